@@ -1,0 +1,40 @@
+# The two commands of the README: `make run` and `make test`. Each sets itself up.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: run test lint bench clean
+
+$(BIN)/python:
+	scripts/setup-system.sh run
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	scripts/setup-system.sh test
+	$(BIN)/pip install -q -e '.[test,bench]'
+	touch $@ $(VENV)/.installed
+
+## run the server on its embedded defaults (SQLite and files under ~/.local/share/edgefleet)
+run: $(VENV)/.installed
+	$(BIN)/edgefleet serve
+
+## lint, then the whole suite on SQLite and PostgreSQL
+test: $(VENV)/.installed-test
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/pytest
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+
+## benchmarks (print a table and JSON; they assert nothing)
+bench: $(VENV)/.installed-test
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache

@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print figures (a table and JSON). They never assert on time."""

@@ -1,0 +1,164 @@
+"""What the benchmarks share: a PostgreSQL database, a server process, timing and output."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+
+RESULTS = Path(__file__).parent / "results"
+PG_ADMIN = os.environ.get("EDGEFLEET_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def pg_url(name: str, driver: str = "postgresql+asyncpg") -> str:
+    p = urlsplit(PG_ADMIN)
+    return urlunsplit((driver, p.netloc, f"/{name}", p.query, ""))
+
+
+async def fresh_database(name: str) -> str:
+    conn = await asyncpg.connect(PG_ADMIN)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return pg_url(name)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    base_url: str
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU the server process has used so far (Linux /proc)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def start_server(database_url: str, data_dir: Path) -> Server:
+    port = free_port()
+    env = {
+        **os.environ,
+        "EDGEFLEET_DATABASE_URL": database_url,
+        "EDGEFLEET_DATA_DIR": str(data_dir),
+        "EDGEFLEET_SECRET_KEY": secrets.token_urlsafe(32),
+        "EDGEFLEET_LOG_LEVEL": "WARNING",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgefleet.cli.main", "serve", "--port", str(port), "--no-migrate"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                return Server(proc, base)
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError("the server exited at start-up")
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("the server did not become ready in 30 s")
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+async def latency(
+    client: httpx.AsyncClient, make: Callable[[int], Awaitable[httpx.Response]], n: int
+) -> dict[str, float]:
+    """Sequential requests: the latency one caller sees."""
+    times = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        r = await make(i)
+        times.append((time.perf_counter() - t0) * 1000)
+        if r.status_code != 200:
+            raise RuntimeError(f"request failed: {r.status_code} {r.text[:200]}")
+    return {
+        "p50_ms": round(statistics.median(times), 2),
+        "p95_ms": round(percentile(times, 95), 2),
+        "p99_ms": round(percentile(times, 99), 2),
+        "n": n,
+    }
+
+
+async def throughput(
+    server: Server,
+    make: Callable[[httpx.AsyncClient, int], Awaitable[httpx.Response]],
+    *,
+    concurrency: int,
+    seconds: float,
+) -> dict[str, float]:
+    """Closed-loop load from ``concurrency`` callers: requests/s and server CPU per request."""
+    done = 0
+    stop_at = time.monotonic() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=server.base_url, limits=limits, timeout=30) as client:
+
+        async def worker(w: int) -> None:
+            nonlocal done
+            i = w
+            while time.monotonic() < stop_at:
+                r = await make(client, i)
+                if r.status_code != 200:
+                    raise RuntimeError(f"request failed: {r.status_code}")
+                done += 1
+                i += concurrency
+
+        cpu0, t0 = server.cpu_seconds(), time.perf_counter()
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+        elapsed, cpu = time.perf_counter() - t0, server.cpu_seconds() - cpu0
+    return {
+        "req_per_s": round(done / elapsed, 1),
+        "server_cpu_us_per_req": round(cpu / max(done, 1) * 1e6, 1),
+        "concurrency": concurrency,
+    }
+
+
+def report(name: str, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
+    print(f"\n== {name} ==")
+    print("  ".join(c.ljust(widths[c]) for c in cols))
+    for r in rows:
+        print("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols))
+    doc = {"benchmark": name, **meta, "results": rows}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=2))
+    print(json.dumps(doc))

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs the Debian packages edgefleet needs, only those that are missing.
+#   scripts/setup-system.sh run    what `make run` needs (python3-venv)
+#   scripts/setup-system.sh test   what `make test` needs as well (PostgreSQL binaries)
+# Needs root or sudo when something is missing; prints what it does.
+set -euo pipefail
+what=${1:-run}
+
+need=()
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+if [ "$what" = test ]; then
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+fi
+[ ${#need[@]} -eq 0 ] && exit 0
+
+echo "installing Debian packages: ${need[*]}"
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${need[@]}"

@@ -1,0 +1,1 @@
+"""HTTP transport: FastAPI routers (thin), schemas, error mapping, middleware."""

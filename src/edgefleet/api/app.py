@@ -1,0 +1,44 @@
+"""The ASGI application: routers, error handlers, middleware, OpenAPI at /docs."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from prometheus_client import make_asgi_app
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from edgefleet import __version__
+from edgefleet.api import errors
+from edgefleet.api.middleware import AuditMiddleware, MetricsMiddleware
+from edgefleet.api.routes import audit, auth, devices, groups, health, tokens, users
+from edgefleet.bootstrap import Container
+from edgefleet.errors import EdgefleetError
+
+
+def create_app(container: Container) -> FastAPI:
+    """Build the app around an already-built container (the caller owns its lifetime)."""
+    app = FastAPI(
+        title="edgefleet",
+        version=__version__,
+        description=(
+            "Fleet manager for industrial IoT gateways. `/api/v1/devices`, `/groups` and "
+            "`/auth/local` are drop-in compatible with ThingsPro Server v2.5; authenticate with "
+            "the `mx-api-token` header or `Authorization: Bearer`."
+        ),
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+    )
+    app.state.container = container
+    for module in (health, auth, devices, groups, users, tokens, audit):
+        for name in ("compat", "router", "extra"):
+            r = getattr(module, name, None)
+            if r is not None:
+                app.include_router(r)
+    app.add_exception_handler(EdgefleetError, errors.handle_error)
+    app.add_exception_handler(RequestValidationError, errors.handle_error)
+    app.add_exception_handler(StarletteHTTPException, errors.handle_error)
+    app.add_exception_handler(Exception, errors.handle_unexpected)
+    app.mount("/metrics", make_asgi_app())
+    app.add_middleware(AuditMiddleware, audit=container.audit)
+    app.add_middleware(MetricsMiddleware)
+    return app

@@ -1,0 +1,137 @@
+"""Errors → HTTP, in one table.
+
+Two body shapes: the ThingsPro-compatible endpoints answer ``{"message": …}`` as the
+original's Sanji stack did; every other endpoint answers RFC 9457 problem+json.
+A route opts into the compatible shape by using ``CompatRoute`` as its router's route class.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+
+from edgefleet.errors import (
+    AuthenticationError,
+    ConflictError,
+    EdgefleetError,
+    LoginBannedError,
+    NotFoundError,
+    PermissionDeniedError,
+    StorageError,
+    ValidationError,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS: list[tuple[type[EdgefleetError], int, str]] = [
+    (NotFoundError, 404, "not-found"),
+    (ConflictError, 409, "conflict"),
+    (ValidationError, 400, "invalid-request"),
+    (AuthenticationError, 401, "unauthenticated"),
+    (PermissionDeniedError, 403, "forbidden"),
+    (LoginBannedError, 429, "too-many-logins"),
+    (StorageError, 503, "storage-unavailable"),
+]
+
+PROBLEM_TYPE_BASE = "https://edgefleet.dev/problems/"
+
+
+def status_of(exc: EdgefleetError) -> tuple[int, str]:
+    for cls, status, slug in STATUS:
+        if isinstance(exc, cls):
+            return status, slug
+    return 500, "internal-error"
+
+
+def _headers(exc: Exception, status: int) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if isinstance(exc, LoginBannedError):
+        headers["Retry-After"] = str(exc.retry_after)
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="edgefleet"'
+    if isinstance(exc, HTTPException) and exc.headers:
+        headers.update(exc.headers)
+    return headers
+
+
+def _validation_detail(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
+    errors = [
+        {"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in exc.errors()
+    ]
+    text = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors) or "invalid request"
+    return text, errors
+
+
+def problem(status: int, slug: str, detail: str, instance: str, **extra: Any) -> JSONResponse:
+    body = {
+        "type": PROBLEM_TYPE_BASE + slug,
+        "title": slug.replace("-", " ").capitalize(),
+        "status": status,
+        "detail": detail,
+        "instance": instance,
+        **extra,
+    }
+    return JSONResponse(body, status_code=status, media_type="application/problem+json")
+
+
+def problem_response(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, EdgefleetError):
+        status, slug = status_of(exc)
+        resp = problem(status, slug, exc.message, request.url.path)
+    elif isinstance(exc, RequestValidationError):
+        text, errors = _validation_detail(exc)
+        resp = problem(422, "validation-failed", text, request.url.path, errors=errors)
+        status = 422
+    elif isinstance(exc, HTTPException):
+        status = exc.status_code
+        resp = problem(status, f"http-{status}", str(exc.detail), request.url.path)
+    else:
+        raise exc
+    resp.headers.update(_headers(exc, status))
+    return resp
+
+
+def compat_response(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, EdgefleetError):
+        status, _ = status_of(exc)
+        message = exc.message
+    elif isinstance(exc, RequestValidationError):
+        status, (message, _) = 400, _validation_detail(exc)
+    elif isinstance(exc, HTTPException):
+        status, message = exc.status_code, str(exc.detail)
+    else:
+        raise exc
+    resp = JSONResponse({"message": message}, status_code=status)
+    resp.headers.update(_headers(exc, status))
+    return resp
+
+
+class CompatRoute(APIRoute):
+    """A route whose errors take the original ThingsPro shape ``{"message": …}``."""
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        handler = super().get_route_handler()
+
+        async def compat_handler(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except (EdgefleetError, RequestValidationError, HTTPException) as exc:
+                return compat_response(request, exc)
+
+        return compat_handler
+
+
+async def handle_error(request: Request, exc: Exception) -> Response:
+    return problem_response(request, exc)
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem(500, "internal-error", "internal server error", request.url.path)

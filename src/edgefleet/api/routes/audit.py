@@ -1,0 +1,38 @@
+"""``/api/v1/audit``: every write, newest first, for admins."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from edgefleet.api.deps import AdminReader, ContainerDep
+from edgefleet.api.schemas import audit_public
+from edgefleet.db.repos.audit import AuditFilter
+
+router = APIRouter(prefix="/api/v1", tags=["audit"])
+
+
+@router.get("/audit", name="audit.list")
+async def list_audit(
+    c: ContainerDep,
+    _: AdminReader,
+    actor: str | None = None,
+    action: Annotated[str | None, Query(description="prefix, e.g. 'devices.'")] = None,
+    target: str | None = None,
+    outcome: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    cursor: Annotated[int | None, Query(description="the nextCursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> dict[str, Any]:
+    entries = await c.audit.query(
+        AuditFilter(
+            actor=actor, action=action, target_id=target, outcome=outcome,
+            since=since, until=until, before_id=cursor,
+        ),
+        limit,
+    )
+    next_cursor = entries[-1].id if len(entries) == limit else None
+    return {"data": [audit_public(e) for e in entries], "nextCursor": next_cursor}

@@ -1,0 +1,154 @@
+"""``/api/v1/devices``: ThingsPro's device API, plus inventory edits and fleet queries."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query, Request
+
+from edgefleet.api.deps import ContainerDep, FleetReader, FleetWriter, audit_target
+from edgefleet.api.errors import CompatRoute
+from edgefleet.api.schemas import DeviceCreate, DeviceUpdate, device_public
+from edgefleet.db.repos.devices import PARTIAL_KEYS, DeviceFilter
+from edgefleet.domain.devices import ConnectionStatus, mac_key
+from edgefleet.domain.query import parse
+from edgefleet.errors import ValidationError
+from edgefleet.services.fleet import Registration
+
+router = APIRouter(prefix="/api/v1", tags=["devices"], route_class=CompatRoute)
+extra = APIRouter(prefix="/api/v1", tags=["devices"])
+
+MAX_LIMIT = 1000
+DEFAULT_LIMIT = 20
+
+
+def _legacy_query(raw: str) -> tuple[dict[str, str], int | None, int | None]:
+    """ThingsPro's ``query``: URL-encoded JSON ``{offset, limit, keys: {k: {filter: v}}}``."""
+    try:
+        doc = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValidationError(f"query is not JSON: {exc.msg} at position {exc.pos}") from exc
+    if not isinstance(doc, dict):
+        raise ValidationError("query must be a JSON object")
+    keys = doc.get("keys") or {}
+    if not isinstance(keys, dict):
+        raise ValidationError("query.keys must be an object")
+    partial: dict[str, str] = {}
+    for key, spec in keys.items():
+        if key not in PARTIAL_KEYS:
+            raise ValidationError(
+                f"query key {key!r} is not searchable; use one of {', '.join(PARTIAL_KEYS)}"
+            )
+        value = spec.get("filter") if isinstance(spec, dict) else spec
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise ValidationError(f"query.keys.{key}.filter must be a string")
+        if str(value):
+            partial[key] = str(value)
+
+    def number(name: str) -> int | None:
+        v = doc.get(name)
+        if v is None:
+            return None
+        if not isinstance(v, int | float) or isinstance(v, bool) or v < 0:
+            raise ValidationError(f"query.{name} must be a non-negative number")
+        return int(v)
+
+    return partial, number("offset"), number("limit")
+
+
+@router.get("/devices", name="devices.list")
+async def list_devices(
+    c: ContainerDep,
+    _: FleetReader,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1)] = DEFAULT_LIMIT,
+    uuid: str | None = None,
+    mac: str | None = None,
+    serialNumber: str | None = None,
+    query: Annotated[str | None, Query(description="ThingsPro JSON filter (partial match)")] = None,
+    q: Annotated[str | None, Query(description="fleet query, e.g. model = \"UC-8112\" and tag:line-3")] = None,
+    status: ConnectionStatus | None = None,
+    tag: str | None = None,
+    groupId: int | None = None,
+) -> dict[str, Any]:
+    partial: dict[str, str] = {}
+    if query:
+        partial, q_offset, q_limit = _legacy_query(query)
+        offset = q_offset if q_offset is not None else offset
+        limit = q_limit if q_limit is not None else limit
+    limit = max(1, min(limit, MAX_LIMIT))
+    f = DeviceFilter(
+        uuid=uuid,
+        mac_key=mac_key(mac) if mac else None,
+        serial_number=serialNumber,
+        partial=partial,
+        status=status.value if status else None,
+        tag=tag,
+        group_id=groupId,
+        query=parse(q) if q else None,
+    )
+    page = await c.fleet.list_devices(f, offset=offset, limit=limit)
+    return {
+        "count": page.total,
+        "limit": limit,
+        "offset": offset,
+        "data": [device_public(v) for v in page.items],
+    }
+
+
+@router.post("/devices", name="devices.create")
+async def register_device(
+    request: Request, c: ContainerDep, _: FleetWriter, body: DeviceCreate
+) -> dict[str, Any]:
+    view, psk = await c.fleet.register_device(
+        Registration(
+            display_name=body.displayName or body.mac,
+            mac=body.mac,
+            serial_number=body.serialNumber,
+            description=body.description,
+            icc_id=body.iccId,
+            tags=tuple(body.tags),
+            attributes=body.attributes,
+        )
+    )
+    audit_target(request, "device", view.device.uuid)
+    return {**device_public(view), "psk": psk}
+
+
+@router.delete("/devices", name="devices.delete_many")
+async def delete_devices(
+    request: Request,
+    c: ContainerDep,
+    _: FleetWriter,
+    uuids: Annotated[list[str], Body(min_length=1, max_length=10000)],
+) -> list[str]:
+    deleted = await c.fleet.delete_devices(uuids)
+    audit_target(request, "device", ",".join(deleted)[:64])
+    return deleted
+
+
+@router.get("/devices/{uuid}", name="devices.get")
+async def get_device(c: ContainerDep, _: FleetReader, uuid: str) -> dict[str, Any]:
+    return device_public(await c.fleet.get_device(uuid))
+
+
+@router.delete("/devices/{uuid}", name="devices.delete")
+async def delete_device(request: Request, c: ContainerDep, _: FleetWriter, uuid: str) -> list[str]:
+    audit_target(request, "device", uuid)
+    return await c.fleet.delete_devices([uuid])
+
+
+@extra.patch("/devices/{uuid}", name="devices.update")
+async def update_device(
+    request: Request, c: ContainerDep, _: FleetWriter, uuid: str, body: DeviceUpdate
+) -> dict[str, Any]:
+    audit_target(request, "device", uuid)
+    view = await c.fleet.update_device(
+        uuid,
+        display_name=body.displayName,
+        description=body.description,
+        tags=body.tags,
+        attributes=body.attributes,
+    )
+    return device_public(view)

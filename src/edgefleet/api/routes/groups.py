@@ -1,0 +1,89 @@
+"""``/api/v1/groups``: ThingsPro's group API (one group per device)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query, Request
+
+from edgefleet.api.deps import ContainerDep, FleetReader, FleetWriter, audit_target
+from edgefleet.api.errors import CompatRoute
+from edgefleet.api.schemas import GroupUpdate, GroupWrite, group_public
+
+router = APIRouter(prefix="/api/v1", tags=["groups"], route_class=CompatRoute)
+
+UUIDList = Annotated[list[str], Body(min_length=1, max_length=10000)]
+
+
+@router.get("/groups", name="groups.list")
+async def list_groups(
+    c: ContainerDep,
+    _: FleetReader,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1)] = 20,
+) -> dict[str, Any]:
+    limit = min(limit, 1000)
+    total, views = await c.fleet.list_groups(offset=offset, limit=limit)
+    return {"count": total, "limit": limit, "offset": offset, "data": [group_public(v) for v in views]}
+
+
+@router.post("/groups", name="groups.create")
+async def create_group(
+    request: Request, c: ContainerDep, _: FleetWriter, body: GroupWrite
+) -> dict[str, Any]:
+    view = await c.fleet.create_group(body.name, body.description)
+    audit_target(request, "group", view.group.id)
+    return group_public(view)
+
+
+@router.delete("/groups", name="groups.delete_many")
+async def delete_groups(
+    request: Request,
+    c: ContainerDep,
+    _: FleetWriter,
+    ids: Annotated[list[int], Body(min_length=1, max_length=1000)],
+) -> list[int]:
+    audit_target(request, "group", ",".join(map(str, ids))[:64])
+    await c.fleet.delete_groups(ids)
+    return ids
+
+
+@router.get("/groups/{id}", name="groups.get")
+async def get_group(c: ContainerDep, _: FleetReader, id: int) -> dict[str, Any]:
+    return group_public(await c.fleet.get_group(id))
+
+
+@router.put("/groups/{id}", name="groups.update")
+async def update_group(
+    request: Request, c: ContainerDep, _: FleetWriter, id: int, body: GroupUpdate
+) -> dict[str, Any]:
+    audit_target(request, "group", id)
+    return group_public(await c.fleet.update_group(id, name=body.name, description=body.description))
+
+
+@router.delete("/groups/{id}", name="groups.delete")
+async def delete_group(request: Request, c: ContainerDep, _: FleetWriter, id: int) -> list[int]:
+    audit_target(request, "group", id)
+    await c.fleet.delete_groups([id])
+    return [id]
+
+
+@router.get("/groups/{id}/devices", name="groups.devices")
+async def group_devices(c: ContainerDep, _: FleetReader, id: int) -> list[str]:
+    return await c.fleet.group_device_uuids(id)
+
+
+@router.post("/groups/{id}/devices", name="groups.add_devices")
+async def add_group_devices(
+    request: Request, c: ContainerDep, _: FleetWriter, id: int, uuids: UUIDList
+) -> list[str]:
+    audit_target(request, "group", id)
+    return await c.fleet.add_to_group(id, uuids)
+
+
+@router.delete("/groups/{id}/devices", name="groups.remove_devices")
+async def remove_group_devices(
+    request: Request, c: ContainerDep, _: FleetWriter, id: int, uuids: UUIDList
+) -> list[str]:
+    audit_target(request, "group", id)
+    return await c.fleet.remove_from_group(id, uuids)

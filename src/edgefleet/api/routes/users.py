@@ -1,0 +1,60 @@
+"""``/api/v1/users``: accounts and roles (admins), and one's own account."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from edgefleet.api.deps import AdminReader, AdminWriter, AnyPrincipal, ContainerDep, LoggedIn, audit_target
+from edgefleet.api.schemas import PasswordChange, UserCreate, UserUpdate, user_public
+
+router = APIRouter(prefix="/api/v1", tags=["users"])
+
+
+@router.get("/users/me", name="users.me")
+async def me(c: ContainerDep, p: AnyPrincipal) -> dict[str, Any]:
+    out = user_public(await c.accounts.get_user(p.user_id))
+    out["permissions"] = sorted(perm.value for perm in p.permissions)
+    out["via"] = {"kind": p.kind.value, "scope": p.scope.value if p.scope else None}
+    return out
+
+
+@router.put("/users/me/password", name="users.change_password", status_code=204)
+async def change_password(request: Request, c: ContainerDep, p: LoggedIn, body: PasswordChange) -> None:
+    audit_target(request, "user", p.user_id)
+    await c.accounts.change_password(p.user_id, body.currentPassword, body.newPassword)
+
+
+@router.get("/users", name="users.list")
+async def list_users(c: ContainerDep, _: AdminReader) -> list[dict[str, Any]]:
+    return [user_public(u) for u in await c.accounts.list_users()]
+
+
+@router.post("/users", name="users.create", status_code=201)
+async def create_user(
+    request: Request, c: ContainerDep, _: AdminWriter, body: UserCreate
+) -> dict[str, Any]:
+    user, generated = await c.accounts.create_user(body.email, body.password, body.role)
+    audit_target(request, "user", user.id)
+    out = user_public(user)
+    if generated is not None:
+        out["oneTimePassword"] = generated
+    return out
+
+
+@router.patch("/users/{user_id}", name="users.update")
+async def update_user(
+    request: Request, c: ContainerDep, _: AdminWriter, user_id: int, body: UserUpdate
+) -> dict[str, Any]:
+    audit_target(request, "user", user_id)
+    user = await c.accounts.update_user(
+        user_id, role=body.role, disabled=body.disabled, password=body.password
+    )
+    return user_public(user)
+
+
+@router.delete("/users/{user_id}", name="users.delete", status_code=204)
+async def delete_user(request: Request, c: ContainerDep, _: AdminWriter, user_id: int) -> None:
+    audit_target(request, "user", user_id)
+    await c.accounts.delete_user(user_id)

@@ -1,0 +1,1 @@
+"""Command line: ``edgefleet`` (typer). One module per command group."""

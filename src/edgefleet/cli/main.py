@@ -1,0 +1,130 @@
+"""``edgefleet``: run the server and administer it from the shell."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import socket
+import sys
+
+import typer
+
+from edgefleet import __version__
+from edgefleet.cli import devices, groups, tokens, users
+from edgefleet.cli.common import err_console, load_settings, run
+from edgefleet.db.migrate import upgrade
+
+app = typer.Typer(
+    help="edgefleet: fleet manager for industrial IoT gateways (ThingsPro-compatible).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(users.app, name="users")
+app.add_typer(tokens.app, name="tokens")
+app.add_typer(devices.app, name="devices")
+app.add_typer(groups.app, name="groups")
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+@config_app.command("show")
+def config_show() -> None:
+    """Print the effective settings as JSON, secrets masked."""
+    typer.echo(json.dumps(load_settings().masked(), indent=2))
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database schema up to date (Alembic)."""
+    settings = load_settings()
+    if settings.is_sqlite:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url)
+    typer.echo("database schema is up to date")
+
+
+def _check_port(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                err_console.print(
+                    f"[red]error:[/red] port {port} on {host} is busy (another program listens "
+                    "there). Choose another with --port or EDGEFLEET_HTTP__PORT."
+                )
+                raise typer.Exit(2) from exc
+            raise
+
+
+@app.command()
+def serve(
+    host: str = typer.Option(None, help="Address to listen on (default from settings)."),
+    port: int = typer.Option(None, help="Port to listen on (default from settings)."),
+    migrate_schema: bool = typer.Option(
+        None, "--migrate/--no-migrate", help="Migrate the schema first (default: on for SQLite)."
+    ),
+) -> None:
+    """Run the server (web API; all roles in one process)."""
+    import uvicorn
+
+    from edgefleet import logs
+    from edgefleet.api.app import create_app
+    from edgefleet.bootstrap import build, prepare_schema
+
+    settings = load_settings()
+    if host:
+        settings.http.host = host
+    if port:
+        settings.http.port = port
+    logs.configure(settings.log_level, settings.log_format)
+    _check_port(settings.http.host, settings.http.port)
+
+    async def main() -> None:
+        container = build(settings)
+        try:
+            await prepare_schema(container, migrate=migrate_schema)
+            first = await container.accounts.ensure_first_admin(settings.admin_email)
+            if first is not None:
+                user, password = first
+                banner = (
+                    "\n  First start: an admin account was created.\n"
+                    f"    email:    {user.email}\n"
+                    f"    password: {password}\n"
+                    "  This one-time password is shown once and must be changed at first login.\n"
+                )
+                sys.stdout.write(banner + "\n")
+                sys.stdout.flush()
+            config = uvicorn.Config(
+                create_app(container),
+                host=settings.http.host,
+                port=settings.http.port,
+                log_config=None,
+                proxy_headers=True,
+                server_header=False,
+            )
+            await uvicorn.Server(config).serve()
+        finally:
+            await container.close()
+
+    asyncio.run(main())
+
+
+def main() -> None:
+    app()
+
+
+# keep `run` importable from here for command modules that prefer one import
+__all__ = ["app", "main", "run"]
+
+
+if __name__ == "__main__":
+    main()

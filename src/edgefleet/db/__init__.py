@@ -1,0 +1,1 @@
+"""Storage: SQLAlchemy tables, repositories (the only SQL), engine and migrations."""

@@ -1,0 +1,1 @@
+"""Repositories: the only SQL in edgefleet. Each works inside a caller's session."""

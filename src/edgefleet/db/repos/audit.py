@@ -1,0 +1,50 @@
+"""The audit log: append and query."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from edgefleet.db.tables import AuditEntry
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    actor: str | None = None
+    action: str | None = None
+    target_id: str | None = None
+    outcome: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    before_id: int | None = None
+    """Cursor: only entries older than this id (newest first)."""
+
+
+class AuditRepo:
+    def __init__(self, session: AsyncSession) -> None:
+        self.s = session
+
+    async def add(self, entry: AuditEntry) -> None:
+        self.s.add(entry)
+        await self.s.flush()
+
+    async def query(self, f: AuditFilter, limit: int) -> list[AuditEntry]:
+        stmt = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
+        if f.actor is not None:
+            stmt = stmt.where(AuditEntry.actor_name == f.actor)
+        if f.action is not None:
+            stmt = stmt.where(AuditEntry.action.startswith(f.action, autoescape=True))
+        if f.target_id is not None:
+            stmt = stmt.where(AuditEntry.target_id == f.target_id)
+        if f.outcome is not None:
+            stmt = stmt.where(AuditEntry.outcome == f.outcome)
+        if f.since is not None:
+            stmt = stmt.where(AuditEntry.at >= f.since)
+        if f.until is not None:
+            stmt = stmt.where(AuditEntry.at < f.until)
+        if f.before_id is not None:
+            stmt = stmt.where(AuditEntry.id < f.before_id)
+        return list(await self.s.scalars(stmt))

@@ -1,0 +1,182 @@
+"""Devices and their tags."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from edgefleet.db.fleetquery import to_clause
+from edgefleet.db.tables import Device, DeviceTag
+from edgefleet.domain.devices import indexed_properties
+from edgefleet.domain.query import Node
+from edgefleet.errors import DuplicateError
+
+PARTIAL_KEYS: dict[str, Any] = {
+    "uuid": Device.uuid,
+    "mac": Device.mac,
+    "displayName": Device.display_name,
+    "serialNumber": Device.serial_number,
+    "defaultRoute": Device.default_route,
+    "softwareVersion": Device.software_version,
+}
+"""The keys ThingsPro's ``query`` parameter matches partially (spec ``FilterDevice``)."""
+
+
+@dataclass(frozen=True)
+class DeviceFilter:
+    uuid: str | None = None
+    mac_key: str | None = None
+    serial_number: str | None = None
+    partial: dict[str, str] = field(default_factory=dict)
+    status: str | None = None
+    tag: str | None = None
+    group_id: int | None = None
+    query: Node | None = None
+
+
+def _conditions(f: DeviceFilter) -> list[ColumnElement[bool]]:
+    cond: list[ColumnElement[bool]] = []
+    if f.uuid is not None:
+        cond.append(Device.uuid == f.uuid)
+    if f.mac_key is not None:
+        cond.append(Device.mac_key == f.mac_key)
+    if f.serial_number is not None:
+        cond.append(Device.serial_number == f.serial_number)
+    for key, value in f.partial.items():
+        cond.append(func.lower(PARTIAL_KEYS[key]).contains(value.lower(), autoescape=True))
+    if f.status is not None:
+        cond.append(Device.connection_status == f.status)
+    if f.tag is not None:
+        cond.append(
+            select(DeviceTag.device_uuid)
+            .where(DeviceTag.device_uuid == Device.uuid, DeviceTag.tag == f.tag)
+            .exists()
+        )
+    if f.group_id is not None:
+        cond.append(Device.group_id == f.group_id)
+    if f.query is not None:
+        cond.append(to_clause(f.query))
+    return cond
+
+
+class DeviceRepo:
+    def __init__(self, session: AsyncSession) -> None:
+        self.s = session
+
+    async def add(self, device: Device, tags: Iterable[str] = ()) -> None:
+        self.s.add(device)
+        try:
+            await self.s.flush()
+        except IntegrityError as exc:
+            raise DuplicateError("device", "mac", device.mac) from exc
+        await self.set_tags(device.uuid, tags)
+
+    async def get(self, uuid: str) -> Device | None:
+        return await self.s.get(Device, uuid)
+
+    async def get_many(self, uuids: Sequence[str]) -> list[Device]:
+        if not uuids:
+            return []
+        rows = await self.s.scalars(select(Device).where(Device.uuid.in_(uuids)))
+        return list(rows)
+
+    async def exists_mac(self, mac_key: str) -> bool:
+        found = await self.s.scalar(select(Device.uuid).where(Device.mac_key == mac_key))
+        return found is not None
+
+    async def page(
+        self, f: DeviceFilter, *, offset: int, limit: int
+    ) -> tuple[int, list[Device]]:
+        cond = _conditions(f)
+        total = await self.s.scalar(select(func.count()).select_from(Device).where(*cond))
+        rows = await self.s.scalars(
+            select(Device)
+            .where(*cond)
+            .order_by(Device.created_at, Device.uuid)
+            .offset(offset)
+            .limit(limit)
+        )
+        return int(total or 0), list(rows)
+
+    async def uuids(self, f: DeviceFilter) -> list[str]:
+        rows = await self.s.scalars(select(Device.uuid).where(*_conditions(f)))
+        return list(rows)
+
+    async def delete(self, uuids: Sequence[str]) -> list[str]:
+        """Delete the devices that exist among ``uuids``; returns those deleted."""
+        if not uuids:
+            return []
+        result = await self.s.scalars(
+            delete(Device).where(Device.uuid.in_(uuids)).returning(Device.uuid)
+        )
+        return list(result)
+
+    async def tags_of(self, uuids: Sequence[str]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = defaultdict(list)
+        if uuids:
+            rows = await self.s.execute(
+                select(DeviceTag.device_uuid, DeviceTag.tag)
+                .where(DeviceTag.device_uuid.in_(uuids))
+                .order_by(DeviceTag.tag)
+            )
+            for uuid, tag in rows:
+                out[uuid].append(tag)
+        return out
+
+    async def set_tags(self, uuid: str, tags: Iterable[str]) -> None:
+        await self.s.execute(delete(DeviceTag).where(DeviceTag.device_uuid == uuid))
+        wanted = sorted(set(tags))
+        if wanted:
+            await self.s.execute(
+                insert(DeviceTag), [{"device_uuid": uuid, "tag": t} for t in wanted]
+            )
+
+    async def set_properties(
+        self, uuid: str, properties: dict[str, Any], at: datetime
+    ) -> None:
+        await self.s.execute(
+            update(Device)
+            .where(Device.uuid == uuid)
+            .values(properties=properties, properties_updated_at=at, **indexed_properties(properties))
+        )
+
+    async def set_group(self, uuids: Sequence[str], group_id: int | None, at: datetime) -> None:
+        if uuids:
+            await self.s.execute(
+                update(Device)
+                .where(Device.uuid.in_(uuids))
+                .values(group_id=group_id, updated_at=at)
+            )
+
+    async def status_counts(self, group_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+        """``{group_id: {status: count}}`` for the given groups."""
+        out: dict[int, dict[str, int]] = defaultdict(dict)
+        if group_ids:
+            rows = await self.s.execute(
+                select(Device.group_id, Device.connection_status, func.count())
+                .where(Device.group_id.in_(group_ids))
+                .group_by(Device.group_id, Device.connection_status)
+            )
+            for gid, status, n in rows:
+                out[gid][status] = n
+        return out
+
+    async def in_groups(self, group_ids: Sequence[int]) -> dict[int, list[Device]]:
+        out: dict[int, list[Device]] = defaultdict(list)
+        if group_ids:
+            rows = await self.s.scalars(
+                select(Device)
+                .where(Device.group_id.in_(group_ids))
+                .order_by(Device.created_at, Device.uuid)
+            )
+            for d in rows:
+                assert d.group_id is not None
+                out[d.group_id].append(d)
+        return out

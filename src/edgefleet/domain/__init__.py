@@ -1,0 +1,1 @@
+"""Domain rules: plain typed Python, no I/O, no framework imports."""

@@ -1,0 +1,93 @@
+"""Errors raised by edgefleet's own code.
+
+Foreign errors (SQLAlchemy, asyncpg, …) are translated into these at the edge
+with ``raise … from exc``; the HTTP layer maps each class to a status in one table
+(``api/errors.py``), the CLI prints its message.
+
+    EdgefleetError
+    ├── NotFoundError ............ 404  (DeviceNotFoundError, GroupNotFoundError, …)
+    ├── ConflictError ............ 409  (DuplicateError, GroupBusyError)
+    ├── ValidationError .......... 400  (QuerySyntaxError)
+    ├── AuthError
+    │   ├── AuthenticationError .. 401  bad or missing credentials
+    │   ├── PermissionDeniedError  403
+    │   └── LoginBannedError ..... 429  too many failed logins
+    └── StorageError ............. 503  the database did not answer
+"""
+
+from __future__ import annotations
+
+
+class EdgefleetError(Exception):
+    """Base of every error edgefleet raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFoundError(EdgefleetError):
+    pass
+
+
+class DeviceNotFoundError(NotFoundError):
+    def __init__(self, uuid: str) -> None:
+        super().__init__(f"device {uuid} not found")
+        self.uuid = uuid
+
+
+class GroupNotFoundError(NotFoundError):
+    def __init__(self, group_id: int | str) -> None:
+        super().__init__(f"group {group_id} not found")
+        self.group_id = group_id
+
+
+class ConflictError(EdgefleetError):
+    pass
+
+
+class DuplicateError(ConflictError):
+    def __init__(self, what: str, field: str, value: str) -> None:
+        super().__init__(f"a {what} with {field} {value!r} already exists")
+        self.what, self.field, self.value = what, field, value
+
+
+class GroupBusyError(ConflictError):
+    def __init__(self, group_id: int) -> None:
+        super().__init__(f"group {group_id} has unfinished tasks")
+        self.group_id = group_id
+
+
+class ValidationError(EdgefleetError):
+    pass
+
+
+class QuerySyntaxError(ValidationError):
+    """A fleet query that does not parse; ``column`` is 1-based."""
+
+    def __init__(self, message: str, query: str, column: int | None = None) -> None:
+        where = f" at column {column}" if column is not None else ""
+        super().__init__(f"invalid fleet query{where}: {message}")
+        self.query, self.column = query, column
+
+
+class AuthError(EdgefleetError):
+    pass
+
+
+class AuthenticationError(AuthError):
+    pass
+
+
+class PermissionDeniedError(AuthError):
+    pass
+
+
+class LoginBannedError(AuthError):
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many failed logins; try again in {retry_after} s")
+        self.retry_after = retry_after
+
+
+class StorageError(EdgefleetError):
+    pass

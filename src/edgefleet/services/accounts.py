@@ -1,0 +1,369 @@
+"""Users, logins, sessions and API tokens.
+
+Passwords are argon2id (pwdlib); bearer secrets (sessions, API tokens) are 256-bit random
+strings stored as SHA-256. Failed logins are counted per account and per address in the
+database, so throttling holds across server instances (fail2ban-style ``maxRetry`` within
+``findTime`` bans for ``banTime``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from pwdlib import PasswordHash
+from pwdlib.hashers.argon2 import Argon2Hasher
+
+from edgefleet.clock import Clock, utcnow
+from edgefleet.db.engine import Database
+from edgefleet.db.repos.accounts import LoginFailureRepo, SessionRepo, TokenRepo, UserRepo
+from edgefleet.db.tables import ApiToken, Session, User
+from edgefleet.domain.auth import (
+    TOKEN_DESCRIPTION_MAX,
+    Principal,
+    PrincipalKind,
+    Role,
+    Scope,
+    check_password_strength,
+    new_secret,
+    normalize_email,
+    permissions_for,
+    scope_allowed,
+    secret_hash,
+)
+from edgefleet.errors import (
+    AuthenticationError,
+    ConflictError,
+    LoginBannedError,
+    NotFoundError,
+    PermissionDeniedError,
+    ValidationError,
+)
+from edgefleet.settings import LoginSettings
+
+log = logging.getLogger(__name__)
+
+TOKEN_TOUCH_INTERVAL = timedelta(seconds=60)
+"""``last_used_at`` is written at most this often per token, not on every request."""
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    secret: str
+    csrf_token: str
+    expires_at: datetime
+    user: User
+
+
+class AccountService:
+    def __init__(
+        self,
+        db: Database,
+        login: LoginSettings,
+        session_ttl: timedelta,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.db = db
+        self.login_settings = login
+        self.session_ttl = session_ttl
+        self.clock = clock
+        self._hasher = PasswordHash((Argon2Hasher(),))
+        self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
+
+    # --- passwords -------------------------------------------------------------------
+
+    async def _hash(self, password: str) -> str:
+        return await asyncio.to_thread(self._hasher.hash, password)
+
+    async def _verify(self, password: str, hashed: str) -> bool:
+        return await asyncio.to_thread(self._hasher.verify, password, hashed)
+
+    # --- users -----------------------------------------------------------------------
+
+    async def ensure_first_admin(self, email: str) -> tuple[User, str] | None:
+        """On an empty user table, create an admin with a one-time password and return both."""
+        async with self.db.session() as s:
+            if await UserRepo(s).count() > 0:
+                return None
+        user, password = await self.create_user(email, None, Role.ADMIN)
+        assert password is not None
+        return user, password
+
+    async def create_user(
+        self, email: str, password: str | None, role: Role
+    ) -> tuple[User, str | None]:
+        """Create a user; with no password given, one is generated, returned once, and must be
+        changed at first login."""
+        email = normalize_email(email)
+        generated = None
+        if password is None:
+            generated = password = secrets.token_urlsafe(12)
+        else:
+            check_password_strength(password)
+        now = self.clock()
+        user = User(
+            email=email,
+            password_hash=await self._hash(password),
+            role=role.value,
+            disabled=False,
+            must_change_password=generated is not None,
+            created_at=now,
+            updated_at=now,
+        )
+        async with self.db.session() as s:
+            await UserRepo(s).add(user)
+        log.info("user created: %s (%s)", email, role.value)
+        return user, generated
+
+    async def list_users(self) -> list[User]:
+        async with self.db.session() as s:
+            return await UserRepo(s).all()
+
+    async def get_user(self, user_id: int) -> User:
+        async with self.db.session() as s:
+            user = await UserRepo(s).get(user_id)
+        if user is None:
+            raise NotFoundError(f"user {user_id} not found")
+        return user
+
+    async def update_user(
+        self,
+        user_id: int,
+        *,
+        role: Role | None = None,
+        disabled: bool | None = None,
+        password: str | None = None,
+    ) -> User:
+        """Admin changes to a user. Never leaves the server without an enabled admin."""
+        if password is not None:
+            check_password_strength(password)
+        new_hash = await self._hash(password) if password is not None else None
+        async with self.db.session() as s:
+            repo = UserRepo(s)
+            user = await repo.get(user_id)
+            if user is None:
+                raise NotFoundError(f"user {user_id} not found")
+            losing_admin = user.role == Role.ADMIN and not user.disabled and (
+                (role is not None and role is not Role.ADMIN) or disabled is True
+            )
+            if losing_admin and await repo.count_active_admins() <= 1:
+                raise ConflictError("this is the last enabled admin; make another admin first")
+            if role is not None:
+                user.role = role.value
+            if disabled is not None:
+                user.disabled = disabled
+            if new_hash is not None:
+                user.password_hash = new_hash
+                user.must_change_password = True
+            user.updated_at = self.clock()
+            if disabled or new_hash is not None:
+                await SessionRepo(s).delete_for_user(user.id)
+        return user
+
+    async def delete_user(self, user_id: int) -> None:
+        async with self.db.session() as s:
+            repo = UserRepo(s)
+            user = await repo.get(user_id)
+            if user is None:
+                raise NotFoundError(f"user {user_id} not found")
+            if user.role == Role.ADMIN and not user.disabled and await repo.count_active_admins() <= 1:
+                raise ConflictError("this is the last enabled admin; make another admin first")
+            await repo.delete(user_id)
+
+    async def set_password(self, email: str, password: str) -> User:
+        """Set a password from the CLI (no old password needed); it need not be changed again."""
+        check_password_strength(password)
+        new_hash = await self._hash(password)
+        async with self.db.session() as s:
+            user = await UserRepo(s).by_email(normalize_email(email))
+            if user is None:
+                raise NotFoundError(f"no user with email {email!r}")
+            user.password_hash = new_hash
+            user.must_change_password = False
+            user.updated_at = self.clock()
+            await SessionRepo(s).delete_for_user(user.id)
+        return user
+
+    async def change_password(self, user_id: int, old: str, new: str) -> None:
+        check_password_strength(new)
+        user = await self.get_user(user_id)
+        if not await self._verify(old, user.password_hash):
+            raise AuthenticationError("the current password is wrong")
+        if old == new:
+            raise ValidationError("the new password must differ from the current one")
+        new_hash = await self._hash(new)
+        async with self.db.session() as s:
+            row = await UserRepo(s).get(user_id)
+            assert row is not None
+            row.password_hash = new_hash
+            row.must_change_password = False
+            row.updated_at = self.clock()
+
+    # --- login -----------------------------------------------------------------------
+
+    def _throttle_keys(self, email: str, ip: str) -> list[str]:
+        keys = [f"account:{email}"]
+        if ip:
+            keys.append(f"address:{ip}")
+        return keys
+
+    async def _check_ban(self, keys: list[str]) -> None:
+        cfg = self.login_settings
+        now = self.clock()
+        async with self.db.session() as s:
+            repo = LoginFailureRepo(s)
+            for key in keys:
+                count, latest = await repo.recent(key, now - timedelta(seconds=cfg.find_time))
+                if count >= cfg.max_retry and latest is not None:
+                    banned_until = latest + timedelta(seconds=cfg.ban_time)
+                    if banned_until > now:
+                        raise LoginBannedError(int((banned_until - now).total_seconds()) + 1)
+
+    async def login(self, email: str, password: str, ip: str = "") -> LoginResult:
+        """Check a password and open a session; throttled per account and per address."""
+        try:
+            email = normalize_email(email)
+        except ValidationError as exc:
+            raise AuthenticationError("wrong email or password") from exc
+        keys = self._throttle_keys(email, ip)
+        await self._check_ban(keys)
+        async with self.db.session() as s:
+            user = await UserRepo(s).by_email(email)
+        ok = await self._verify(password, user.password_hash if user else self._dummy_hash)
+        now = self.clock()
+        if user is None or not ok or user.disabled:
+            async with self.db.session() as s:
+                repo = LoginFailureRepo(s)
+                await repo.record(keys, now)
+                await repo.purge(now - timedelta(seconds=self.login_settings.find_time * 2))
+            log.info("login failed for %s from %s", email, ip or "-")
+            raise AuthenticationError("wrong email or password")
+        secret, csrf = new_secret(), secrets.token_urlsafe(24)
+        expires = now + self.session_ttl
+        async with self.db.session() as s:
+            await LoginFailureRepo(s).clear(keys[0])
+            await SessionRepo(s).add(
+                Session(
+                    token_hash=secret_hash(secret),
+                    user_id=user.id,
+                    csrf_token=csrf,
+                    created_at=now,
+                    expires_at=expires,
+                    ip=ip[:64],
+                )
+            )
+            row = await UserRepo(s).get(user.id)
+            assert row is not None
+            row.last_login_at = now
+            await SessionRepo(s).purge_expired(now)
+        return LoginResult(secret=secret, csrf_token=csrf, expires_at=expires, user=user)
+
+    async def logout(self, secret: str) -> None:
+        async with self.db.session() as s:
+            await SessionRepo(s).delete(secret_hash(secret))
+
+    # --- resolving credentials -------------------------------------------------------
+
+    async def principal_for_session(self, secret: str) -> tuple[Principal, str] | None:
+        """The principal behind a session secret and its CSRF token, or None."""
+        async with self.db.session() as s:
+            found = await SessionRepo(s).live(secret_hash(secret), self.clock())
+        if found is None:
+            return None
+        session, user = found
+        if user.disabled:
+            return None
+        role = Role(user.role)
+        principal = Principal(
+            kind=PrincipalKind.SESSION,
+            user_id=user.id,
+            email=user.email,
+            role=role,
+            permissions=permissions_for(role),
+            must_change_password=user.must_change_password,
+        )
+        return principal, session.csrf_token
+
+    async def principal_for_token(self, secret: str) -> Principal | None:
+        """The principal behind an API token, or None when unknown, revoked or expired."""
+        now = self.clock()
+        async with self.db.session() as s:
+            repo = TokenRepo(s)
+            found = await repo.by_hash(secret_hash(secret))
+            if found is None:
+                return None
+            token, user = found
+            if token.revoked_at is not None or user.disabled:
+                return None
+            if token.expires_at is not None and token.expires_at <= now:
+                return None
+            if token.last_used_at is None or now - token.last_used_at >= TOKEN_TOUCH_INTERVAL:
+                await repo.touch(token.id, now)
+        role, scope = Role(user.role), Scope(token.scope)
+        return Principal(
+            kind=PrincipalKind.TOKEN,
+            user_id=user.id,
+            email=user.email,
+            role=role,
+            permissions=permissions_for(role, scope),
+            scope=scope,
+            token_id=token.id,
+        )
+
+    async def principal_for_bearer(self, secret: str) -> Principal | None:
+        """A bearer header may carry an API token or an API-login session secret."""
+        principal = await self.principal_for_token(secret)
+        if principal is None:
+            found = await self.principal_for_session(secret)
+            principal = found[0] if found else None
+        return principal
+
+    # --- API tokens ------------------------------------------------------------------
+
+    async def create_token(
+        self,
+        owner: Principal,
+        description: str,
+        scope: Scope,
+        expires_at: datetime | None = None,
+    ) -> tuple[ApiToken, str]:
+        """Mint a token for ``owner``; the secret is returned here and never again."""
+        if len(description) > TOKEN_DESCRIPTION_MAX:
+            raise ValidationError(f"description must have at most {TOKEN_DESCRIPTION_MAX} characters")
+        if not scope_allowed(owner.role, scope):
+            raise PermissionDeniedError(
+                f"a {owner.role.value} may not create a token with scope {scope.value!r}"
+            )
+        now = self.clock()
+        if expires_at is not None and expires_at <= now:
+            raise ValidationError("expiresAt must be in the future")
+        secret = new_secret()
+        row = ApiToken(
+            token_hash=secret_hash(secret),
+            prefix=secret[:10],
+            description=description,
+            scope=scope.value,
+            user_id=owner.user_id,
+            created_at=now,
+            expires_at=expires_at,
+        )
+        async with self.db.session() as s:
+            await TokenRepo(s).add(row)
+        return row, secret
+
+    async def list_tokens(self, viewer: Principal, all_users: bool = False) -> list[ApiToken]:
+        async with self.db.session() as s:
+            return await TokenRepo(s).list(None if all_users else viewer.user_id)
+
+    async def revoke_token(self, actor: Principal, token_id: int) -> ApiToken:
+        """Revoke a token; users revoke their own, admins any. Revoking twice is harmless."""
+        async with self.db.session() as s:
+            token = await TokenRepo(s).get(token_id)
+            if token is None or (token.user_id != actor.user_id and actor.role is not Role.ADMIN):
+                raise NotFoundError(f"token {token_id} not found")
+            if token.revoked_at is None:
+                token.revoked_at = self.clock()
+        return token

@@ -1,0 +1,66 @@
+"""The audit log: who changed what, when, and whether it worked."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from edgefleet.clock import Clock, utcnow
+from edgefleet.db.engine import Database
+from edgefleet.db.repos.audit import AuditFilter, AuditRepo
+from edgefleet.db.tables import AuditEntry
+from edgefleet.errors import StorageError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Actor:
+    type: str
+    """``user``, ``token``, ``cli``, ``system`` or ``anonymous``."""
+    id: str = ""
+    name: str = ""
+
+
+class AuditService:
+    def __init__(self, db: Database, clock: Clock = utcnow) -> None:
+        self.db = db
+        self.clock = clock
+
+    async def record(
+        self,
+        actor: Actor,
+        action: str,
+        *,
+        outcome: str,
+        target_type: str = "",
+        target_id: str = "",
+        status_code: int = 0,
+        ip: str = "",
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        entry = AuditEntry(
+            at=self.clock(),
+            actor_type=actor.type,
+            actor_id=actor.id,
+            actor_name=actor.name[:254],
+            action=action[:64],
+            target_type=target_type[:32],
+            target_id=target_id[:64],
+            outcome=outcome,
+            status_code=status_code,
+            ip=ip[:64],
+            detail=detail or {},
+        )
+        try:
+            async with self.db.session() as s:
+                await AuditRepo(s).add(entry)
+        except StorageError:
+            # The change itself is already committed; say loudly that its record is missing.
+            log.error("audit entry lost: %s %s by %s", action, target_id, actor.name)
+            raise
+
+    async def query(self, f: AuditFilter, limit: int) -> list[AuditEntry]:
+        async with self.db.session() as s:
+            return await AuditRepo(s).query(f, limit)

@@ -1,0 +1,315 @@
+"""Devices and groups: registration, inventory, queries and group membership."""
+
+from __future__ import annotations
+
+import logging
+import uuid as uuidlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgefleet.clock import Clock, utcnow
+from edgefleet.db.engine import Database
+from edgefleet.db.repos.devices import DeviceFilter, DeviceRepo
+from edgefleet.db.repos.groups import GroupRepo
+from edgefleet.db.tables import Device, DeviceTask, Group
+from edgefleet.domain.devices import ConnectionStatus, check_tag, mac_key, new_psk
+from edgefleet.errors import (
+    ConflictError,
+    DeviceNotFoundError,
+    DuplicateError,
+    GroupBusyError,
+    GroupNotFoundError,
+    ValidationError,
+)
+from edgefleet.secretbox import SecretBox
+
+log = logging.getLogger(__name__)
+
+MAX_TAGS = 50
+MAX_ATTRIBUTES = 100
+
+
+@dataclass(frozen=True)
+class Registration:
+    display_name: str
+    mac: str
+    serial_number: str = ""
+    description: str = ""
+    icc_id: str = ""
+    tags: tuple[str, ...] = ()
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeviceView:
+    device: Device
+    tags: list[str]
+
+
+@dataclass(frozen=True)
+class DevicePage:
+    total: int
+    items: list[DeviceView]
+
+
+@dataclass(frozen=True)
+class GroupView:
+    group: Group
+    devices: list[DeviceView]
+    status_counts: dict[str, int]
+    task_counts: dict[str, int]
+    task_uuid: str | None
+    task_records: list[DeviceTask]
+    task_meta: dict[str, Any]
+
+
+def _check_attributes(attributes: dict[str, Any]) -> dict[str, Any]:
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise ValidationError(f"at most {MAX_ATTRIBUTES} attributes per device")
+    for key in attributes:
+        if not key or len(key) > 64:
+            raise ValidationError(f"attribute name {key!r} must have 1-64 characters")
+    return attributes
+
+
+def _check_tags(tags: Sequence[str]) -> list[str]:
+    if len(tags) > MAX_TAGS:
+        raise ValidationError(f"at most {MAX_TAGS} tags per device")
+    return [check_tag(t) for t in tags]
+
+
+class FleetService:
+    def __init__(self, db: Database, box: SecretBox, clock: Clock = utcnow) -> None:
+        self.db = db
+        self.box = box
+        self.clock = clock
+
+    # --- devices ---------------------------------------------------------------------
+
+    async def register_device(self, reg: Registration) -> tuple[DeviceView, str]:
+        """Register a gateway: a new uuid and PSK; the PSK is returned here only."""
+        key = mac_key(reg.mac)
+        tags = _check_tags(reg.tags)
+        attributes = _check_attributes(reg.attributes)
+        psk, now = new_psk(), self.clock()
+        device = Device(
+            uuid=str(uuidlib.uuid4()),
+            display_name=reg.display_name,
+            mac=reg.mac.strip(),
+            mac_key=key,
+            serial_number=reg.serial_number,
+            description=reg.description,
+            icc_id=reg.icc_id,
+            psk_encrypted=self.box.seal(psk),
+            connection_status=ConnectionStatus.CREATED.value,
+            connection_changed_at=now,
+            properties={},
+            model_name="",
+            software_version="",
+            software_version_key="",
+            default_route="",
+            alias_name="",
+            attributes=attributes,
+            group_id=None,
+            created_at=now,
+            updated_at=now,
+        )
+        async with self.db.session() as s:
+            repo = DeviceRepo(s)
+            if await repo.exists_mac(key):
+                raise DuplicateError("device", "mac", reg.mac)
+            await repo.add(device, tags)
+        log.info("device registered: %s mac=%s", device.uuid, key)
+        return DeviceView(device, sorted(set(tags))), psk
+
+    async def list_devices(self, f: DeviceFilter, *, offset: int, limit: int) -> DevicePage:
+        async with self.db.session() as s:
+            repo = DeviceRepo(s)
+            total, rows = await repo.page(f, offset=offset, limit=limit)
+            tags = await repo.tags_of([d.uuid for d in rows])
+        return DevicePage(total, [DeviceView(d, tags.get(d.uuid, [])) for d in rows])
+
+    async def get_device(self, uuid: str) -> DeviceView:
+        async with self.db.session() as s:
+            repo = DeviceRepo(s)
+            device = await repo.get(uuid)
+            if device is None:
+                raise DeviceNotFoundError(uuid)
+            tags = await repo.tags_of([uuid])
+        return DeviceView(device, tags.get(uuid, []))
+
+    async def update_device(
+        self,
+        uuid: str,
+        *,
+        display_name: str | None = None,
+        description: str | None = None,
+        tags: Sequence[str] | None = None,
+        attributes: dict[str, Any] | None = None,
+    ) -> DeviceView:
+        checked_tags = _check_tags(tags) if tags is not None else None
+        if attributes is not None:
+            _check_attributes(attributes)
+        async with self.db.session() as s:
+            repo = DeviceRepo(s)
+            device = await repo.get(uuid)
+            if device is None:
+                raise DeviceNotFoundError(uuid)
+            if display_name is not None:
+                device.display_name = display_name
+            if description is not None:
+                device.description = description
+            if attributes is not None:
+                device.attributes = attributes
+            device.updated_at = self.clock()
+            if checked_tags is not None:
+                await repo.set_tags(uuid, checked_tags)
+            current = await repo.tags_of([uuid])
+        return DeviceView(device, current.get(uuid, []))
+
+    async def delete_devices(self, uuids: Sequence[str]) -> list[str]:
+        """Deregister devices, all or none: an unknown uuid refuses the whole request."""
+        wanted = list(dict.fromkeys(uuids))
+        async with self.db.session() as s:
+            repo = DeviceRepo(s)
+            found = {d.uuid for d in await repo.get_many(wanted)}
+            missing = [u for u in wanted if u not in found]
+            if missing:
+                raise DeviceNotFoundError(", ".join(missing))
+            deleted = await repo.delete(wanted)
+        log.info("devices deregistered: %d", len(deleted))
+        return deleted
+
+    async def device_psk(self, uuid: str) -> str:
+        async with self.db.session() as s:
+            device = await DeviceRepo(s).get(uuid)
+        if device is None:
+            raise DeviceNotFoundError(uuid)
+        return self.box.open(device.psk_encrypted)
+
+    # --- groups ----------------------------------------------------------------------
+
+    async def create_group(self, name: str, description: str = "") -> GroupView:
+        name = name.strip()
+        if not name:
+            raise ValidationError("a group needs a name")
+        now = self.clock()
+        group = Group(name=name, description=description, created_at=now, updated_at=now)
+        async with self.db.session() as s:
+            await GroupRepo(s).add(group)
+        return (await self.group_views([group.id]))[0]
+
+    async def list_groups(self, *, offset: int, limit: int) -> tuple[int, list[GroupView]]:
+        async with self.db.session() as s:
+            total, groups = await GroupRepo(s).page(offset=offset, limit=limit)
+        return total, await self.group_views([g.id for g in groups])
+
+    async def get_group(self, group_id: int) -> GroupView:
+        views = await self.group_views([group_id])
+        if not views:
+            raise GroupNotFoundError(group_id)
+        return views[0]
+
+    async def group_views(self, ids: Sequence[int]) -> list[GroupView]:
+        async with self.db.session() as s:
+            grepo, drepo = GroupRepo(s), DeviceRepo(s)
+            groups = {g.id: g for g in await grepo.get_many(ids)}
+            members = await drepo.in_groups(list(groups))
+            tags = await drepo.tags_of([d.uuid for ds in members.values() for d in ds])
+            statuses = await drepo.status_counts(list(groups))
+            task_counts = await grepo.task_counts(list(groups))
+            latest = await grepo.latest_tasks(list(groups))
+            meta = await grepo.group_task_meta([t for t, _ in latest.values()])
+        views = []
+        for gid in ids:
+            group = groups.get(gid)
+            if group is None:
+                continue
+            task_uuid, records = latest.get(gid, (None, []))
+            views.append(
+                GroupView(
+                    group=group,
+                    devices=[DeviceView(d, tags.get(d.uuid, [])) for d in members.get(gid, [])],
+                    status_counts=statuses.get(gid, {}),
+                    task_counts=task_counts.get(gid, {}),
+                    task_uuid=task_uuid,
+                    task_records=records,
+                    task_meta=meta.get(task_uuid, {}) if task_uuid else {},
+                )
+            )
+        return views
+
+    async def update_group(
+        self, group_id: int, *, name: str | None = None, description: str | None = None
+    ) -> GroupView:
+        async with self.db.session() as s:
+            repo = GroupRepo(s)
+            group = await repo.get(group_id)
+            if group is None:
+                raise GroupNotFoundError(group_id)
+            if name is not None:
+                if not name.strip():
+                    raise ValidationError("a group needs a name")
+                group.name = name.strip()
+            if description is not None:
+                group.description = description
+            group.updated_at = self.clock()
+            try:
+                await repo.flush_rename()
+            except DuplicateError as exc:
+                raise DuplicateError("group", "name", group.name) from exc
+        return await self.get_group(group_id)
+
+    async def delete_groups(self, ids: Sequence[int]) -> None:
+        """Delete groups, all or none; refused while any has an unfinished task."""
+        wanted = list(dict.fromkeys(ids))
+        async with self.db.session() as s:
+            repo = GroupRepo(s)
+            found = {g.id for g in await repo.get_many(wanted)}
+            missing = [i for i in wanted if i not in found]
+            if missing:
+                raise GroupNotFoundError(", ".join(str(i) for i in missing))
+            busy = await repo.busy(wanted)
+            if busy:
+                raise GroupBusyError(busy[0])
+            await repo.delete(wanted)
+
+    async def group_device_uuids(self, group_id: int) -> list[str]:
+        async with self.db.session() as s:
+            if await GroupRepo(s).get(group_id) is None:
+                raise GroupNotFoundError(group_id)
+            return await DeviceRepo(s).uuids(DeviceFilter(group_id=group_id))
+
+    async def add_to_group(self, group_id: int, uuids: Sequence[str]) -> list[str]:
+        """Attach devices; one group per device, so a device in another group is refused."""
+        wanted = list(dict.fromkeys(uuids))
+        async with self.db.session() as s:
+            grepo, drepo = GroupRepo(s), DeviceRepo(s)
+            if await grepo.get(group_id, for_update=True) is None:
+                raise GroupNotFoundError(group_id)
+            devices = {d.uuid: d for d in await drepo.get_many(wanted)}
+            missing = [u for u in wanted if u not in devices]
+            if missing:
+                raise DeviceNotFoundError(", ".join(missing))
+            elsewhere = [u for u, d in devices.items() if d.group_id not in (None, group_id)]
+            if elsewhere:
+                raise ConflictError(
+                    "a device can be in one group only; already in another group: "
+                    + ", ".join(elsewhere)
+                )
+            await drepo.set_group(wanted, group_id, self.clock())
+            return await drepo.uuids(DeviceFilter(group_id=group_id))
+
+    async def remove_from_group(self, group_id: int, uuids: Sequence[str]) -> list[str]:
+        wanted = list(dict.fromkeys(uuids))
+        async with self.db.session() as s:
+            grepo, drepo = GroupRepo(s), DeviceRepo(s)
+            if await grepo.get(group_id, for_update=True) is None:
+                raise GroupNotFoundError(group_id)
+            devices = await drepo.get_many(wanted)
+            not_members = [u for u in wanted if u not in {d.uuid for d in devices if d.group_id == group_id}]
+            if not_members:
+                raise ValidationError("not in this group: " + ", ".join(not_members))
+            await drepo.set_group(wanted, None, self.clock())
+            return await drepo.uuids(DeviceFilter(group_id=group_id))

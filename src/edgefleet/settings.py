@@ -1,0 +1,152 @@
+"""Settings: one object, built once at start-up and passed down.
+
+Sources, highest priority first: keyword arguments, environment variables
+(``EDGEFLEET_*``; nested groups with ``__``, e.g. ``EDGEFLEET_LOGIN__MAX_RETRY``),
+a TOML file named by ``EDGEFLEET_CONFIG``, then the embedded defaults below.
+The embedded defaults run a single node with no configuration at all.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "edgefleet"
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+class LogFormat(StrEnum):
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class HTTPSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    public_url: str = ""
+    """URL gateways and browsers use to reach the server; empty means http://host:port."""
+    cookie_secure: bool = False
+    session_ttl_seconds: int = Field(default=12 * 3600, ge=60)
+
+
+class LoginSettings(BaseModel):
+    """Login throttling, fail2ban-style like the original's ``/system/curate``."""
+
+    max_retry: int = Field(default=5, ge=1, le=10)
+    find_time: int = Field(default=600, ge=60, le=3600)
+    ban_time: int = Field(default=600, ge=60, le=3600)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EDGEFLEET_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    environment: Environment = Environment.DEVELOPMENT
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    database_url: str = ""
+    """SQLAlchemy async URL; empty means a SQLite file in ``data_dir``."""
+    secret_key: SecretStr = SecretStr("")
+    """Encrypts secrets at rest (device PSKs); empty means a key file in ``data_dir``."""
+    admin_email: str = "admin@localhost"
+    log_level: str = "INFO"
+    log_format: LogFormat = LogFormat.CONSOLE
+    http: HTTPSettings = Field(default_factory=HTTPSettings)
+    login: LoginSettings = Field(default_factory=LoginSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("EDGEFLEET_CONFIG")
+        if config_file:
+            if not Path(config_file).is_file():
+                raise ValueError(f"EDGEFLEET_CONFIG names {config_file!r}, which is not a file")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Settings:
+        if self.environment is Environment.PRODUCTION:
+            problems = []
+            if not self.database_url or self.database_url.startswith("sqlite"):
+                problems.append("database_url must name a PostgreSQL server")
+            if not self.secret_key.get_secret_value():
+                problems.append("secret_key must be set (EDGEFLEET_SECRET_KEY)")
+            if not self.http.cookie_secure:
+                problems.append("http.cookie_secure must be true behind HTTPS")
+            if problems:
+                raise ValueError("unsafe production settings: " + "; ".join(problems))
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'edgefleet.db'}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+    @property
+    def public_url(self) -> str:
+        return self.http.public_url or f"http://{self.http.host}:{self.http.port}"
+
+    def resolved_secret_key(self) -> bytes:
+        """The key material for at-rest encryption; made once into ``data_dir`` if unset."""
+        configured = self.secret_key.get_secret_value()
+        if configured:
+            return configured.encode()
+        path = self.data_dir / "secret.key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(48))
+        return path.read_text().strip().encode()
+
+    def masked(self) -> dict[str, Any]:
+        """Settings as plain data with every secret replaced, for ``config show``."""
+        data = self.model_dump(mode="json")
+        data["secret_key"] = "********" if self.secret_key.get_secret_value() else "(key file)"
+        data["database_url"] = _mask_url(self.resolved_database_url)
+        return data
+
+
+def _mask_url(url: str) -> str:
+    """Hide the password part of ``scheme://user:password@host``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    if ":" in creds:
+        user = creds.split(":", 1)[0]
+        creds = f"{user}:********"
+    return f"{scheme}://{creds}@{host}"

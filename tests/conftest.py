@@ -1,0 +1,157 @@
+"""Shared fixtures: real databases (SQLite file and PostgreSQL), the app, and callers.
+
+PostgreSQL is found or started, never mocked: ``EDGEFLEET_TEST_PG`` (an admin DSN such as
+``postgresql://postgres@127.0.0.1:5432/postgres``), else a server on 127.0.0.1:5432, else a
+throw-away cluster this session starts from the installed binaries on a port of its own.
+With none of these, tests that need it fail and say what to install.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from edgefleet.api.app import create_app
+from edgefleet.bootstrap import Container, build
+from edgefleet.db.engine import Database, make_engine
+from edgefleet.db.migrate import upgrade_async
+from edgefleet.db.tables import Base
+from edgefleet.domain.auth import Role, Scope
+from edgefleet.settings import Settings
+from tests.pgserver import PostgresServer, find_postgres
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    server = find_postgres(tmp_path_factory.mktemp("pg"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def _open_database(backend: str, request: pytest.FixtureRequest, tmp: Path) -> tuple[Database, str, object]:
+    if backend == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp / 'test.db'}"
+        await upgrade_async(url)
+        return Database(make_engine(url)), url, None
+    server: PostgresServer = request.getfixturevalue("pg_server")
+    name = f"edgefleet_test_{os.getpid()}_{secrets.token_hex(3)}"
+    await server.create_database(name)
+    url = server.url(name)
+    await upgrade_async(url)
+    return Database(make_engine(url)), url, name
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+async def _session_database(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[tuple[Database, str]]:
+    backend = request.param
+    db, url, pg_name = await _open_database(backend, request, tmp_path_factory.mktemp(backend))
+    try:
+        yield db, url
+    finally:
+        await db.dispose()
+        if pg_name is not None:
+            server: PostgresServer = request.getfixturevalue("pg_server")
+            await server.drop_database(str(pg_name))
+
+
+async def _empty(db: Database) -> None:
+    tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
+    async with db.session() as s:
+        if db.dialect == "postgresql":
+            await s.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+        else:
+            for name in tables:
+                await s.execute(text(f"DELETE FROM {name}"))  # noqa: S608 - names from metadata
+
+
+@pytest.fixture
+async def database(_session_database: tuple[Database, str]) -> Database:
+    """A migrated, empty database; parametrized over SQLite and PostgreSQL."""
+    db, _ = _session_database
+    await _empty(db)
+    return db
+
+
+@pytest.fixture
+def settings(tmp_path: Path, _session_database: tuple[Database, str]) -> Settings:
+    _, url = _session_database
+    return Settings(
+        data_dir=tmp_path,
+        database_url=url,
+        secret_key="test-secret-key-not-for-production",  # noqa: S106
+    )
+
+
+@pytest.fixture
+async def container(settings: Settings, database: Database) -> Container:
+    return build(settings, db=database)
+
+
+@pytest.fixture
+async def client(container: Container) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(container)
+    transport = httpx.ASGITransport(app=app, client=("198.51.100.7", 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        yield c
+
+
+@dataclass
+class Caller:
+    """A user of a role, and the headers to call the API as that user (or its token)."""
+
+    email: str
+    password: str
+    role: Role
+    headers: dict[str, str]
+    user_id: int
+
+
+class Callers:
+    def __init__(self, container: Container) -> None:
+        self.c = container
+
+    async def user(self, role: Role, email: str | None = None) -> Caller:
+        email = email or f"{role.value}-{secrets.token_hex(3)}@example.com"
+        password = "correct horse battery"  # noqa: S105
+        user, _ = await self.c.accounts.create_user(email, password, role)
+        login = await self.c.accounts.login(email, password)
+        return Caller(email, password, role, {"Authorization": f"Bearer {login.secret}"}, user.id)
+
+    async def token(self, role: Role, scope: Scope) -> Caller:
+        """An API token of ``scope`` owned by a new user of ``role``, sent as mx-api-token."""
+        caller = await self.user(role)
+        principal = await self.c.accounts.principal_for_bearer(
+            caller.headers["Authorization"].split(" ", 1)[1]
+        )
+        assert principal is not None
+        _, secret = await self.c.accounts.create_token(principal, "test", scope)
+        return Caller(caller.email, caller.password, role, {"mx-api-token": secret}, caller.user_id)
+
+
+@pytest.fixture
+def callers(container: Container) -> Callers:
+    return Callers(container)
+
+
+@pytest.fixture
+async def admin(callers: Callers) -> Caller:
+    return await callers.user(Role.ADMIN)
+
+
+@pytest.fixture
+async def writer(callers: Callers) -> Caller:
+    """The usual API script: a read/write token of an operator."""
+    return await callers.token(Role.OPERATOR, Scope.READ_WRITE)
