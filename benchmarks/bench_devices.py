@@ -20,7 +20,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from benchmarks.common import fresh_database, latency, pg_url, report, start_server, throughput
+from benchmarks.common import fresh_database, latency, report, start_server, throughput
 from edgefleet.bootstrap import build
 from edgefleet.db.migrate import upgrade_async
 from edgefleet.domain.auth import Principal, PrincipalKind, Role, Scope, permissions_for
@@ -52,28 +52,68 @@ async def seed(url: str, n: int) -> float:
         }
         ix = indexed_properties(props)
         created = now - timedelta(seconds=n - i)
-        devices.append((
-            uuid, f"Gateway {i:06d}", f"0090E8{i:06X}", f"0090e8{i:06x}", f"MOXA{i:08d}", "", "",
-            sealed, rng.choice(STATUSES), created, json.dumps(props), created,
-            ix["model_name"], ix["software_version"], ix["software_version_key"],
-            ix["default_route"], ix["alias_name"], "{}", None, created, created,
-        ))
+        devices.append(
+            (
+                uuid,
+                f"Gateway {i:06d}",
+                f"0090E8{i:06X}",
+                f"0090e8{i:06x}",
+                f"MOXA{i:08d}",
+                "",
+                "",
+                sealed,
+                rng.choice(STATUSES),
+                created,
+                json.dumps(props),
+                created,
+                ix["model_name"],
+                ix["software_version"],
+                ix["software_version_key"],
+                ix["default_route"],
+                ix["alias_name"],
+                "{}",
+                None,
+                created,
+                created,
+            )
+        )
         if i % 10 == 0:
             tags.append((uuid, f"line-{i % 7}"))
     cols = [
-        "uuid", "display_name", "mac", "mac_key", "serial_number", "description", "icc_id",
-        "psk_encrypted", "connection_status", "connection_changed_at", "properties",
-        "properties_updated_at", "model_name", "software_version", "software_version_key",
-        "default_route", "alias_name", "attributes", "group_id", "created_at", "updated_at",
+        "uuid",
+        "display_name",
+        "mac",
+        "mac_key",
+        "serial_number",
+        "description",
+        "icc_id",
+        "psk_encrypted",
+        "connection_status",
+        "connection_changed_at",
+        "properties",
+        "properties_updated_at",
+        "model_name",
+        "software_version",
+        "software_version_key",
+        "default_route",
+        "alias_name",
+        "attributes",
+        "group_id",
+        "created_at",
+        "updated_at",
     ]
     conn = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
     try:
-        await conn.set_type_codec("json", encoder=str, decoder=json.loads, schema="pg_catalog")
+        await conn.set_type_codec(
+            "json", encoder=str.encode, decoder=json.loads, schema="pg_catalog", format="binary"
+        )
         t0 = time.perf_counter()
         await conn.copy_records_to_table("devices", records=devices, columns=cols)
-        await conn.copy_records_to_table("device_tags", records=tags, columns=["device_uuid", "tag"])
+        await conn.copy_records_to_table(
+            "device_tags", records=tags, columns=["device_uuid", "tag"]
+        )
         elapsed = time.perf_counter() - t0
-        await conn.execute("ANALYZE")
+        await conn.execute("VACUUM ANALYZE")
     finally:
         await conn.close()
     return elapsed
@@ -82,8 +122,16 @@ async def seed(url: str, n: int) -> float:
 async def token_for(url: str, data_dir: Path) -> str:
     container = build(Settings(database_url=url, data_dir=data_dir, secret_key="bench"))
     try:
-        user, _ = await container.accounts.create_user("bench@example.com", "bench-password-1", Role.OPERATOR)
-        owner = Principal(PrincipalKind.SESSION, user.id, user.email, Role.OPERATOR, permissions_for(Role.OPERATOR))
+        user, _ = await container.accounts.create_user(
+            "bench@example.com", "bench-password-1", Role.OPERATOR
+        )
+        owner = Principal(
+            PrincipalKind.SESSION,
+            user.id,
+            user.email,
+            Role.OPERATOR,
+            permissions_for(Role.OPERATOR),
+        )
         _, secret = await container.accounts.create_token(owner, "bench", Scope.READ)
         return secret
     finally:
@@ -104,15 +152,26 @@ async def main() -> None:
             legacy = json.dumps({"keys": {"displayName": {"filter": "Gateway 0042"}}})
             scenarios = {
                 "page (limit 20, offset<2000)": lambda c, i: c.get(
-                    "/api/v1/devices", headers=h, params={"offset": rng.randrange(0, 2000), "limit": 20}),
+                    "/api/v1/devices",
+                    headers=h,
+                    params={"offset": rng.randrange(0, 2000), "limit": 20},
+                ),
                 "status filter page": lambda c, i: c.get(
-                    "/api/v1/devices", headers=h, params={"status": "offline", "offset": rng.randrange(0, 500)}),
+                    "/api/v1/devices",
+                    headers=h,
+                    params={"status": "offline", "offset": rng.randrange(0, 500)},
+                ),
                 "exact mac": lambda c, i: c.get(
-                    "/api/v1/devices", headers=h, params={"mac": f"0090e8{rng.randrange(DEVICES):06x}"}),
+                    "/api/v1/devices",
+                    headers=h,
+                    params={"mac": f"0090e8{rng.randrange(DEVICES):06x}"},
+                ),
                 "legacy partial query": lambda c, i: c.get(
-                    "/api/v1/devices", headers=h, params={"query": legacy}),
+                    "/api/v1/devices", headers=h, params={"query": legacy}
+                ),
                 "fleet query": lambda c, i: c.get(
-                    "/api/v1/devices", headers=h, params={"q": QUERY}),
+                    "/api/v1/devices", headers=h, params={"q": QUERY}
+                ),
             }
             rows = []
             async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
@@ -129,8 +188,13 @@ async def main() -> None:
     report(
         "devices_api",
         rows,
-        {"devices": DEVICES, "database": "postgresql", "workers": 1, "fleet_query": QUERY,
-         "copy_rows_per_s": round(DEVICES / seconds)},
+        {
+            "devices": DEVICES,
+            "database": "postgresql",
+            "workers": 1,
+            "fleet_query": QUERY,
+            "copy_rows_per_s": round(DEVICES / seconds),
+        },
     )
 
 

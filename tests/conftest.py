@@ -39,7 +39,9 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServ
         server.stop()
 
 
-async def _open_database(backend: str, request: pytest.FixtureRequest, tmp: Path) -> tuple[Database, str, object]:
+async def _open_database(
+    backend: str, request: pytest.FixtureRequest, tmp: Path
+) -> tuple[Database, str, object]:
     if backend == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp / 'test.db'}"
         await upgrade_async(url)
@@ -74,7 +76,7 @@ async def _empty(db: Database) -> None:
             await s.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
         else:
             for name in tables:
-                await s.execute(text(f"DELETE FROM {name}"))  # noqa: S608 - names from metadata
+                await s.execute(text(f"DELETE FROM {name}"))
 
 
 @pytest.fixture
@@ -91,7 +93,7 @@ def settings(tmp_path: Path, _session_database: tuple[Database, str]) -> Setting
     return Settings(
         data_dir=tmp_path,
         database_url=url,
-        secret_key="test-secret-key-not-for-production",  # noqa: S106
+        secret_key="test-secret-key-not-for-production",
     )
 
 
@@ -125,7 +127,7 @@ class Callers:
 
     async def user(self, role: Role, email: str | None = None) -> Caller:
         email = email or f"{role.value}-{secrets.token_hex(3)}@example.com"
-        password = "correct horse battery"  # noqa: S105
+        password = "correct horse battery"
         user, _ = await self.c.accounts.create_user(email, password, role)
         login = await self.c.accounts.login(email, password)
         return Caller(email, password, role, {"Authorization": f"Bearer {login.secret}"}, user.id)

@@ -71,7 +71,7 @@ def _reachable(dsn: str) -> bool:
     async def probe() -> bool:
         try:
             conn = await asyncpg.connect(dsn, timeout=3)
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+        except (TimeoutError, OSError, asyncpg.PostgresError):
             return False
         await conn.close()
         return True
@@ -107,7 +107,9 @@ def _start_private(base: Path) -> PostgresServer:
         try:
             pw = pwd.getpwnam("postgres")
         except KeyError:
-            pytest.fail("running as root needs a 'postgres' system user to start PostgreSQL", pytrace=False)
+            pytest.fail(
+                "running as root needs a 'postgres' system user to start PostgreSQL", pytrace=False
+            )
         run_as = ["runuser", "-u", "postgres", "--"]
         base.chmod(0o777)
         os.chown(base, pw.pw_uid, pw.pw_gid)
@@ -119,8 +121,17 @@ def _start_private(base: Path) -> PostgresServer:
     )
     subprocess.run(
         [
-            *run_as, pg_ctl, "-D", str(data), "-l", str(base / "log"), "-w", "-t", "60",
-            "-o", f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off",
+            *run_as,
+            pg_ctl,
+            "-D",
+            str(data),
+            "-l",
+            str(base / "log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off",
             "start",
         ],
         check=True,

@@ -12,7 +12,9 @@ from edgefleet.errors import StorageError
 
 class SecretBox:
     def __init__(self, key_material: bytes) -> None:
-        key = base64.urlsafe_b64encode(hashlib.sha256(b"edgefleet-secretbox:" + key_material).digest())
+        key = base64.urlsafe_b64encode(
+            hashlib.sha256(b"edgefleet-secretbox:" + key_material).digest()
+        )
         self._fernet = Fernet(key)
 
     def seal(self, plaintext: str) -> str:

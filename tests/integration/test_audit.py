@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import httpx
 
+from edgefleet.domain.auth import Role
 from tests.conftest import Caller, Callers
 from tests.integration.test_devices_api import register
-from edgefleet.domain.auth import Role
 
 
 async def test_writes_are_audited_with_actor_and_outcome(
     client: httpx.AsyncClient, admin: Caller, writer: Caller
 ) -> None:
     dev = await register(client, writer.headers, "0090e8000001")
-    await client.post("/api/v1/devices", headers=writer.headers, json={"mac": "0090e8000001"})  # duplicate
+    await client.post(
+        "/api/v1/devices", headers=writer.headers, json={"mac": "0090e8000001"}
+    )  # duplicate
     await client.get("/api/v1/devices", headers=writer.headers)  # reads are not audited
     r = await client.get("/api/v1/audit", headers=admin.headers, params={"action": "devices."})
     assert r.status_code == 200
@@ -46,10 +48,15 @@ async def test_audit_is_admin_only_and_paginates(
     for i in range(5):
         await register(client, writer.headers, f"0090e800000{i}")
     assert (await client.get("/api/v1/audit", headers=writer.headers)).status_code == 403
-    page1 = (await client.get("/api/v1/audit?limit=3&action=devices.", headers=admin.headers)).json()
+    page1 = (
+        await client.get("/api/v1/audit?limit=3&action=devices.", headers=admin.headers)
+    ).json()
     assert len(page1["data"]) == 3 and page1["nextCursor"] is not None
     page2 = (
-        await client.get(f"/api/v1/audit?limit=3&action=devices.&cursor={page1['nextCursor']}", headers=admin.headers)
+        await client.get(
+            f"/api/v1/audit?limit=3&action=devices.&cursor={page1['nextCursor']}",
+            headers=admin.headers,
+        )
     ).json()
     ids = [e["id"] for e in page1["data"] + page2["data"]]
     assert len(ids) == 5 and ids == sorted(ids, reverse=True)

@@ -16,8 +16,12 @@ from tests.conftest import Caller
 COMPAT_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}$")
 
 
-async def register(client: httpx.AsyncClient, h: dict[str, str], mac: str, **extra: object) -> dict[str, object]:
-    r = await client.post("/api/v1/devices", headers=h, json={"displayName": f"gw-{mac}", "mac": mac, **extra})
+async def register(
+    client: httpx.AsyncClient, h: dict[str, str], mac: str, **extra: object
+) -> dict[str, object]:
+    r = await client.post(
+        "/api/v1/devices", headers=h, json={"displayName": f"gw-{mac}", "mac": mac, **extra}
+    )
     assert r.status_code == 200, r.text
     return dict(r.json())
 
@@ -25,7 +29,9 @@ async def register(client: httpx.AsyncClient, h: dict[str, str], mac: str, **ext
 async def test_registration_returns_uuid_and_psk_once(
     client: httpx.AsyncClient, writer: Caller, container: Container
 ) -> None:
-    body = await register(client, writer.headers, "0090E8112233", serialNumber="MOXA00000001", iccId="8986")
+    body = await register(
+        client, writer.headers, "0090E8112233", serialNumber="MOXA00000001", iccId="8986"
+    )
     assert re.fullmatch(r"[0-9a-f-]{36}", str(body["uuid"]))
     assert re.fullmatch(r"[0-9a-f]{64}", str(body["psk"]))
     assert body["connection"]["status"] == "created"  # type: ignore[index]
@@ -41,10 +47,14 @@ async def test_registration_returns_uuid_and_psk_once(
     assert await container.fleet.device_psk(str(body["uuid"])) == body["psk"]
 
 
-async def test_duplicate_mac_is_refused_in_any_spelling(client: httpx.AsyncClient, writer: Caller) -> None:
+async def test_duplicate_mac_is_refused_in_any_spelling(
+    client: httpx.AsyncClient, writer: Caller
+) -> None:
     await register(client, writer.headers, "0090e8112233")
     r = await client.post(
-        "/api/v1/devices", headers=writer.headers, json={"displayName": "x", "mac": "00:90:E8:11:22:33"}
+        "/api/v1/devices",
+        headers=writer.headers,
+        json={"displayName": "x", "mac": "00:90:E8:11:22:33"},
     )
     assert r.status_code == 409
     assert r.json() == {"message": "a device with mac '00:90:E8:11:22:33' already exists"}
@@ -52,18 +62,28 @@ async def test_duplicate_mac_is_refused_in_any_spelling(client: httpx.AsyncClien
     assert listed["count"] == 1
 
 
-async def test_bad_registration_bodies_get_clear_errors(client: httpx.AsyncClient, writer: Caller) -> None:
-    r = await client.post("/api/v1/devices", headers=writer.headers, json={"displayName": "x", "mac": "nope"})
+async def test_bad_registration_bodies_get_clear_errors(
+    client: httpx.AsyncClient, writer: Caller
+) -> None:
+    r = await client.post(
+        "/api/v1/devices", headers=writer.headers, json={"displayName": "x", "mac": "nope"}
+    )
     assert r.status_code == 400 and "not a MAC address" in r.json()["message"]
     r = await client.post("/api/v1/devices", headers=writer.headers, json={"displayName": "x"})
     assert r.status_code == 400 and "mac" in r.json()["message"]
     r = await client.post("/api/v1/devices", headers=writer.headers, content=b"{not json")
     assert r.status_code == 400
-    r = await client.post("/api/v1/devices", headers=writer.headers, json={"mac": "0090e8000001", "tags": ["bad tag!"]})
+    r = await client.post(
+        "/api/v1/devices",
+        headers=writer.headers,
+        json={"mac": "0090e8000001", "tags": ["bad tag!"]},
+    )
     assert r.status_code == 400 and "tag" in r.json()["message"]
 
 
-async def test_list_pages_with_count_limit_offset(client: httpx.AsyncClient, writer: Caller) -> None:
+async def test_list_pages_with_count_limit_offset(
+    client: httpx.AsyncClient, writer: Caller
+) -> None:
     macs = [f"0090e80000{i:02x}" for i in range(25)]
     for mac in macs:
         await register(client, writer.headers, mac)
@@ -104,40 +124,74 @@ async def test_legacy_json_query_matches_partially(
     a = await register(client, writer.headers, "0090e8000001", displayName="Pump Station 7")
     b = await register(client, writer.headers, "0090e8000002", displayName="pump house")
     await register(client, writer.headers, "0090e8000003", displayName="Boiler")
-    await _set_props(container, str(a["uuid"]), {"softwareVersion": "version 2.3.2 Build 18102617", "defaultRoute": "eth0"})
-    await _set_props(container, str(b["uuid"]), {"softwareVersion": "version 2.4.0", "defaultRoute": "wwan0"})
+    await _set_props(
+        container,
+        str(a["uuid"]),
+        {"softwareVersion": "version 2.3.2 Build 18102617", "defaultRoute": "eth0"},
+    )
+    await _set_props(
+        container, str(b["uuid"]), {"softwareVersion": "version 2.4.0", "defaultRoute": "wwan0"}
+    )
 
     async def q(doc: dict[str, object]) -> list[str]:
-        r = await client.get("/api/v1/devices", headers=writer.headers, params={"query": json.dumps(doc)})
+        r = await client.get(
+            "/api/v1/devices", headers=writer.headers, params={"query": json.dumps(doc)}
+        )
         assert r.status_code == 200, r.text
         return sorted(d["displayName"] for d in r.json()["data"])
 
-    assert await q({"keys": {"displayName": {"filter": "PUMP"}}}) == ["Pump Station 7", "pump house"]
+    assert await q({"keys": {"displayName": {"filter": "PUMP"}}}) == [
+        "Pump Station 7",
+        "pump house",
+    ]
     assert await q({"keys": {"softwareVersion": {"filter": "2.3"}}}) == ["Pump Station 7"]
-    assert await q({"keys": {"displayName": {"filter": "pump"}, "defaultRoute": {"filter": "wwan"}}}) == ["pump house"]
-    assert await q({"keys": {"displayName": {"filter": "%"}}}) == []  # no SQL wildcard leaks through
-    r = await client.get("/api/v1/devices", headers=writer.headers, params={"query": json.dumps({"offset": 1, "limit": 1, "keys": {}})})
+    assert await q(
+        {"keys": {"displayName": {"filter": "pump"}, "defaultRoute": {"filter": "wwan"}}}
+    ) == ["pump house"]
+    assert (
+        await q({"keys": {"displayName": {"filter": "%"}}}) == []
+    )  # no SQL wildcard leaks through
+    r = await client.get(
+        "/api/v1/devices",
+        headers=writer.headers,
+        params={"query": json.dumps({"offset": 1, "limit": 1, "keys": {}})},
+    )
     assert (r.json()["offset"], r.json()["limit"], len(r.json()["data"])) == (1, 1, 1)
     r = await client.get("/api/v1/devices", headers=writer.headers, params={"query": "{oops"})
     assert r.status_code == 400 and "not JSON" in r.json()["message"]
-    r = await client.get("/api/v1/devices", headers=writer.headers, params={"query": json.dumps({"keys": {"psk": {"filter": "a"}}})})
+    r = await client.get(
+        "/api/v1/devices",
+        headers=writer.headers,
+        params={"query": json.dumps({"keys": {"psk": {"filter": "a"}}})},
+    )
     assert r.status_code == 400 and "not searchable" in r.json()["message"]
 
 
-async def test_fleet_query_parameter(client: httpx.AsyncClient, writer: Caller, container: Container) -> None:
+async def test_fleet_query_parameter(
+    client: httpx.AsyncClient, writer: Caller, container: Container
+) -> None:
     a = await register(client, writer.headers, "0090e8000001", tags=["line-3"])
     b = await register(client, writer.headers, "0090e8000002", tags=["line-3", "retired"])
     c = await register(client, writer.headers, "0090e8000003")
-    await _set_props(container, str(a["uuid"]), {"modelName": "UC-8112-LX-CG", "softwareVersion": "2.3.2"})
-    await _set_props(container, str(b["uuid"]), {"modelName": "UC-8112-LX-CG", "softwareVersion": "2.10.0"})
-    await _set_props(container, str(c["uuid"]), {"modelName": "UC-8112-LX-CG", "softwareVersion": "2.1"})
+    await _set_props(
+        container, str(a["uuid"]), {"modelName": "UC-8112-LX-CG", "softwareVersion": "2.3.2"}
+    )
+    await _set_props(
+        container, str(b["uuid"]), {"modelName": "UC-8112-LX-CG", "softwareVersion": "2.10.0"}
+    )
+    await _set_props(
+        container, str(c["uuid"]), {"modelName": "UC-8112-LX-CG", "softwareVersion": "2.1"}
+    )
     r = await client.get(
-        "/api/v1/devices", headers=writer.headers,
+        "/api/v1/devices",
+        headers=writer.headers,
         params={"q": 'model = "UC-8112-LX-CG" and softwareVersion < "2.4" and tag:line-3'},
     )
     assert r.status_code == 200, r.text
     assert [d["uuid"] for d in r.json()["data"]] == [a["uuid"]]
-    r = await client.get("/api/v1/devices", headers=writer.headers, params={"q": "softwareVersion > 2.4"})
+    r = await client.get(
+        "/api/v1/devices", headers=writer.headers, params={"q": "softwareVersion > 2.4"}
+    )
     assert [d["uuid"] for d in r.json()["data"]] == [b["uuid"]]
     r = await client.get("/api/v1/devices", headers=writer.headers, params={"q": "model = "})
     assert r.status_code == 400 and "invalid fleet query" in r.json()["message"]
@@ -146,10 +200,14 @@ async def test_fleet_query_parameter(client: httpx.AsyncClient, writer: Caller, 
 async def test_delete_by_list_is_all_or_nothing(client: httpx.AsyncClient, writer: Caller) -> None:
     a = await register(client, writer.headers, "0090e8000001")
     b = await register(client, writer.headers, "0090e8000002")
-    r = await client.request("DELETE", "/api/v1/devices", headers=writer.headers, json=[a["uuid"], "no-such-uuid"])
+    r = await client.request(
+        "DELETE", "/api/v1/devices", headers=writer.headers, json=[a["uuid"], "no-such-uuid"]
+    )
     assert r.status_code == 404 and "no-such-uuid" in r.json()["message"]
     assert (await client.get("/api/v1/devices", headers=writer.headers)).json()["count"] == 2
-    r = await client.request("DELETE", "/api/v1/devices", headers=writer.headers, json=[a["uuid"], b["uuid"]])
+    r = await client.request(
+        "DELETE", "/api/v1/devices", headers=writer.headers, json=[a["uuid"], b["uuid"]]
+    )
     assert r.status_code == 200 and sorted(r.json()) == sorted([a["uuid"], b["uuid"]])
     assert (await client.get("/api/v1/devices", headers=writer.headers)).json()["count"] == 0
     r = await client.request("DELETE", "/api/v1/devices", headers=writer.headers, json="not-a-list")
@@ -158,8 +216,12 @@ async def test_delete_by_list_is_all_or_nothing(client: httpx.AsyncClient, write
 
 async def test_get_and_delete_one(client: httpx.AsyncClient, writer: Caller) -> None:
     a = await register(client, writer.headers, "0090e8000001")
-    assert (await client.get(f"/api/v1/devices/{a['uuid']}", headers=writer.headers)).status_code == 200
-    assert (await client.delete(f"/api/v1/devices/{a['uuid']}", headers=writer.headers)).status_code == 200
+    assert (
+        await client.get(f"/api/v1/devices/{a['uuid']}", headers=writer.headers)
+    ).status_code == 200
+    assert (
+        await client.delete(f"/api/v1/devices/{a['uuid']}", headers=writer.headers)
+    ).status_code == 200
     r = await client.get(f"/api/v1/devices/{a['uuid']}", headers=writer.headers)
     assert r.status_code == 404 and r.json() == {"message": f"device {a['uuid']} not found"}
 
@@ -167,16 +229,32 @@ async def test_get_and_delete_one(client: httpx.AsyncClient, writer: Caller) -> 
 async def test_inventory_edit_uses_problem_json(client: httpx.AsyncClient, writer: Caller) -> None:
     a = await register(client, writer.headers, "0090e8000001")
     r = await client.patch(
-        f"/api/v1/devices/{a['uuid']}", headers=writer.headers,
-        json={"displayName": "Pump 7", "tags": ["line-3", "line-3", "eu"], "attributes": {"site": "Berlin", "rack": 4}},
+        f"/api/v1/devices/{a['uuid']}",
+        headers=writer.headers,
+        json={
+            "displayName": "Pump 7",
+            "tags": ["line-3", "line-3", "eu"],
+            "attributes": {"site": "Berlin", "rack": 4},
+        },
     )
     assert r.status_code == 200, r.text
-    assert r.json()["tags"] == ["eu", "line-3"] and r.json()["attributes"] == {"site": "Berlin", "rack": 4}
-    r = await client.get("/api/v1/devices", headers=writer.headers, params={"q": 'attr.site ~ "berl" and attr.rack = 4'})
+    assert r.json()["tags"] == ["eu", "line-3"] and r.json()["attributes"] == {
+        "site": "Berlin",
+        "rack": 4,
+    }
+    r = await client.get(
+        "/api/v1/devices",
+        headers=writer.headers,
+        params={"q": 'attr.site ~ "berl" and attr.rack = 4'},
+    )
     assert r.json()["count"] == 1
-    r = await client.patch("/api/v1/devices/nope", headers=writer.headers, json={"displayName": "x"})
+    r = await client.patch(
+        "/api/v1/devices/nope", headers=writer.headers, json={"displayName": "x"}
+    )
     assert r.status_code == 404
     assert r.headers["content-type"] == "application/problem+json"
     assert r.json()["status"] == 404 and r.json()["type"].endswith("/not-found")
-    r = await client.patch(f"/api/v1/devices/{a['uuid']}", headers=writer.headers, json={"psk": "x"})
+    r = await client.patch(
+        f"/api/v1/devices/{a['uuid']}", headers=writer.headers, json={"psk": "x"}
+    )
     assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"

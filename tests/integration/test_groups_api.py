@@ -26,14 +26,35 @@ async def add_task(container: Container, group_id: int, states: dict[str, TaskSt
     now = datetime.now(UTC)
     task_uuid = str(uuidlib.uuid4())
     async with container.db.session() as s:
-        s.add(GroupTask(uuid=task_uuid, group_id=group_id, payload={"method": "post", "resource": "/system/reboot"},
-                        apply_policy="none", retry_times=0, state="RUNNING", revoked=False,
-                        meta={"description": "GROUPLIST_TABLE_ACTION_REBOOT"}, created_at=now, updated_at=now))
+        s.add(
+            GroupTask(
+                uuid=task_uuid,
+                group_id=group_id,
+                payload={"method": "post", "resource": "/system/reboot"},
+                apply_policy="none",
+                retry_times=0,
+                state="RUNNING",
+                revoked=False,
+                meta={"description": "GROUPLIST_TABLE_ACTION_REBOOT"},
+                created_at=now,
+                updated_at=now,
+            )
+        )
         await s.flush()
         for dev, state in states.items():
-            s.add(DeviceTask(uuid=str(uuidlib.uuid4()), group_task_uuid=task_uuid, device_uuid=dev,
-                             state=state.value, success=state is TaskState.SUCCESS,
-                             revoked=state is TaskState.REVOKED, retries_done=0, created_at=now, updated_at=now))
+            s.add(
+                DeviceTask(
+                    uuid=str(uuidlib.uuid4()),
+                    group_task_uuid=task_uuid,
+                    device_uuid=dev,
+                    state=state.value,
+                    success=state is TaskState.SUCCESS,
+                    revoked=state is TaskState.REVOKED,
+                    retries_done=0,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
     return task_uuid
 
 
@@ -43,16 +64,22 @@ async def test_group_lifecycle_and_membership(client: httpx.AsyncClient, writer:
     assert g["devices"] == [] and g["taskUUID"] is None
     a = await register(client, h, "0090e8000001")
     b = await register(client, h, "0090e8000002")
-    r = await client.post(f"/api/v1/groups/{g['id']}/devices", headers=h, json=[a["uuid"], b["uuid"]])
+    r = await client.post(
+        f"/api/v1/groups/{g['id']}/devices", headers=h, json=[a["uuid"], b["uuid"]]
+    )
     assert r.status_code == 200 and sorted(r.json()) == sorted([a["uuid"], b["uuid"]])
     got = (await client.get(f"/api/v1/groups/{g['id']}", headers=h)).json()
     assert [d["uuid"] for d in got["devices"]] == [a["uuid"], b["uuid"]]
     assert got["deviceStatus"]["createdCount"] == 2 and got["deviceStatus"]["totalCount"] == 2
     assert got["deviceStatus"]["created"] == 2
-    r = await client.request("DELETE", f"/api/v1/groups/{g['id']}/devices", headers=h, json=[a["uuid"]])
+    r = await client.request(
+        "DELETE", f"/api/v1/groups/{g['id']}/devices", headers=h, json=[a["uuid"]]
+    )
     assert r.json() == [b["uuid"]]
     assert (await client.get(f"/api/v1/groups/{g['id']}/devices", headers=h)).json() == [b["uuid"]]
-    r = await client.put(f"/api/v1/groups/{g['id']}", headers=h, json={"name": "plant-b", "id": 999})
+    r = await client.put(
+        f"/api/v1/groups/{g['id']}", headers=h, json={"name": "plant-b", "id": 999}
+    )
     assert r.status_code == 200 and r.json()["name"] == "plant-b" and r.json()["id"] == g["id"]
     listed = (await client.get("/api/v1/groups", headers=h)).json()
     assert (listed["count"], listed["limit"], listed["offset"]) == (1, 20, 0)
@@ -62,7 +89,9 @@ async def test_group_lifecycle_and_membership(client: httpx.AsyncClient, writer:
     assert (await client.get(f"/api/v1/devices/{b['uuid']}", headers=h)).json()["groupId"] is None
 
 
-async def test_a_device_belongs_to_one_group_only(client: httpx.AsyncClient, writer: Caller) -> None:
+async def test_a_device_belongs_to_one_group_only(
+    client: httpx.AsyncClient, writer: Caller
+) -> None:
     h = writer.headers
     g1, g2 = await new_group(client, h, "one"), await new_group(client, h, "two")
     a = await register(client, h, "0090e8000001")
@@ -96,14 +125,25 @@ async def test_task_counters_and_busy_group_cannot_be_deleted(
     h = writer.headers
     g = await new_group(client, h, "busy")
     devs = [await register(client, h, f"0090e800000{i}") for i in range(4)]
-    await client.post(f"/api/v1/groups/{g['id']}/devices", headers=h, json=[d["uuid"] for d in devs])
+    await client.post(
+        f"/api/v1/groups/{g['id']}/devices", headers=h, json=[d["uuid"] for d in devs]
+    )
     states = [TaskState.SUCCESS, TaskState.PENDING, TaskState.REVOKED, TaskState.RUNNING]
-    task_uuid = await add_task(container, int(g["id"]), {str(d["uuid"]): s for d, s in zip(devs, states)})
+    task_uuid = await add_task(
+        container, int(g["id"]), {str(d["uuid"]): s for d, s in zip(devs, states)}
+    )
     got = (await client.get(f"/api/v1/groups/{g['id']}", headers=h)).json()
-    assert got["taskStatus"] == {"activeCount": 2, "completedCount": 1, "revokedCount": 1, "totalCount": 4}
+    assert got["taskStatus"] == {
+        "activeCount": 2,
+        "completedCount": 1,
+        "revokedCount": 1,
+        "totalCount": 4,
+    }
     assert got["taskUUID"] == task_uuid
     assert sorted(t["state"] for t in got["tasks"]) == sorted(s.value for s in states)
-    assert all(t["groupTaskUUID"] == task_uuid and t["scheduledDateTime"] == "" for t in got["tasks"])
+    assert all(
+        t["groupTaskUUID"] == task_uuid and t["scheduledDateTime"] == "" for t in got["tasks"]
+    )
     r = await client.delete(f"/api/v1/groups/{g['id']}", headers=h)
     assert r.status_code == 409 and "unfinished tasks" in r.json()["message"]
     r = await client.request("DELETE", "/api/v1/groups", headers=h, json=[g["id"]])

@@ -11,10 +11,13 @@ from tests.conftest import Callers
 PASSWORD = "correct horse battery"
 
 
-async def test_api_login_returns_a_bearer_token(client: httpx.AsyncClient, callers: Callers) -> None:
+async def test_api_login_returns_a_bearer_token(
+    client: httpx.AsyncClient, callers: Callers
+) -> None:
     user = await callers.user(Role.OPERATOR)
     r = await client.post(
-        "/api/v1/auth/local", json={"email": user.email.upper(), "password": PASSWORD, "isKeepEmail": False}
+        "/api/v1/auth/local",
+        json={"email": user.email.upper(), "password": PASSWORD, "isKeepEmail": False},
     )
     assert r.status_code == 200, r.text
     token = r.json()["token"]
@@ -30,7 +33,9 @@ async def test_wrong_password_is_refused_with_the_original_error_shape(
     r = await client.post("/api/v1/auth/local", json={"email": user.email, "password": "nope"})
     assert r.status_code == 401
     assert r.json() == {"message": "wrong email or password"}
-    r = await client.post("/api/v1/auth/local", json={"email": "nobody@example.com", "password": "x"})
+    r = await client.post(
+        "/api/v1/auth/local", json={"email": "nobody@example.com", "password": "x"}
+    )
     assert r.status_code == 401 and r.json() == {"message": "wrong email or password"}
 
 
@@ -62,7 +67,9 @@ async def test_logins_are_banned_per_address_across_accounts(
     # another address still logs in to that account
     transport = httpx.ASGITransport(app=client._transport.app, client=("203.0.113.9", 1))  # type: ignore[attr-defined]
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as other:
-        r = await other.post("/api/v1/auth/local", json={"email": victim.email, "password": PASSWORD})
+        r = await other.post(
+            "/api/v1/auth/local", json={"email": victim.email, "password": PASSWORD}
+        )
         assert r.status_code == 200
 
 
@@ -115,18 +122,22 @@ async def test_one_time_password_must_be_changed_first(
     user, password = first
     assert user.role == "admin" and len(password) >= 12
     assert await container.accounts.ensure_first_admin("other@example.com") is None
-    r = await client.post("/api/v1/auth/local", json={"email": "root@example.com", "password": password})
+    r = await client.post(
+        "/api/v1/auth/local", json={"email": "root@example.com", "password": password}
+    )
     assert r.status_code == 200 and r.json()["mustChangePassword"] is True
     h = {"Authorization": f"Bearer {r.json()['token']}"}
     r = await client.get("/api/v1/devices", headers=h)
     assert r.status_code == 403 and "one-time password" in r.json()["message"]
     r = await client.put(
-        "/api/v1/users/me/password", headers=h,
+        "/api/v1/users/me/password",
+        headers=h,
         json={"currentPassword": password, "newPassword": "short"},
     )
     assert r.status_code == 400
     r = await client.put(
-        "/api/v1/users/me/password", headers=h,
+        "/api/v1/users/me/password",
+        headers=h,
         json={"currentPassword": password, "newPassword": "a much better passphrase"},
     )
     assert r.status_code == 204
@@ -137,7 +148,9 @@ async def test_last_admin_cannot_be_demoted_or_deleted(
     client: httpx.AsyncClient, callers: Callers
 ) -> None:
     admin = await callers.user(Role.ADMIN)
-    r = await client.patch(f"/api/v1/users/{admin.user_id}", headers=admin.headers, json={"role": "viewer"})
+    r = await client.patch(
+        f"/api/v1/users/{admin.user_id}", headers=admin.headers, json={"role": "viewer"}
+    )
     assert r.status_code == 409
     r = await client.delete(f"/api/v1/users/{admin.user_id}", headers=admin.headers)
     assert r.status_code == 409
@@ -150,11 +163,19 @@ async def test_created_user_gets_a_one_time_password_when_none_given(
     client: httpx.AsyncClient, callers: Callers
 ) -> None:
     admin = await callers.user(Role.ADMIN)
-    r = await client.post("/api/v1/users", headers=admin.headers, json={"email": "new@example.com", "role": "viewer"})
+    r = await client.post(
+        "/api/v1/users", headers=admin.headers, json={"email": "new@example.com", "role": "viewer"}
+    )
     assert r.status_code == 201
     body = r.json()
     assert body["mustChangePassword"] is True and len(body["oneTimePassword"]) >= 12
-    r = await client.post("/api/v1/users", headers=admin.headers, json={"email": "NEW@example.com", "role": "viewer"})
+    r = await client.post(
+        "/api/v1/users", headers=admin.headers, json={"email": "NEW@example.com", "role": "viewer"}
+    )
     assert r.status_code == 409
     listed = (await client.get("/api/v1/users", headers=admin.headers)).json()
-    assert all("oneTimePassword" not in u and "password" not in str(u).lower().replace("mustchangepassword", "") for u in listed)
+    assert all(
+        "oneTimePassword" not in u
+        and "password" not in str(u).lower().replace("mustchangepassword", "")
+        for u in listed
+    )

@@ -6,17 +6,28 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgefleet.domain.auth import Permission, Role, Scope, normalize_email, permissions_for, scope_allowed
+from edgefleet.domain.auth import (
+    Permission,
+    Role,
+    Scope,
+    normalize_email,
+    permissions_for,
+    scope_allowed,
+)
 from edgefleet.domain.devices import check_tag, mac_key, new_psk, version_key
 from edgefleet.errors import ValidationError
 
 
-@pytest.mark.parametrize("spelling", ["0090E8112233", "00:90:e8:11:22:33", "00-90-E8-11-22-33", "0090.e811.2233"])
+@pytest.mark.parametrize(
+    "spelling", ["0090E8112233", "00:90:e8:11:22:33", "00-90-E8-11-22-33", "0090.e811.2233"]
+)
 def test_mac_spellings_share_one_key(spelling: str) -> None:
     assert mac_key(spelling) == "0090e8112233"
 
 
-@pytest.mark.parametrize("bad", ["", "0090e811223", "0090e81122334", "zz90e8112233", "00:90:e8:11:22"])
+@pytest.mark.parametrize(
+    "bad", ["", "0090e811223", "0090e81122334", "zz90e8112233", "00:90:e8:11:22"]
+)
 def test_bad_macs_are_refused(bad: str) -> None:
     with pytest.raises(ValidationError):
         mac_key(bad)
@@ -35,8 +46,10 @@ def test_version_key_orders_like_versions(lower: str, higher: str) -> None:
     assert version_key(lower) < version_key(higher)
 
 
-@given(st.lists(st.integers(min_value=0, max_value=10**9), min_size=1, max_size=5),
-       st.lists(st.integers(min_value=0, max_value=10**9), min_size=1, max_size=5))
+@given(
+    st.lists(st.integers(min_value=0, max_value=10**9), min_size=1, max_size=5),
+    st.lists(st.integers(min_value=0, max_value=10**9), min_size=1, max_size=5),
+)
 def test_version_key_agrees_with_tuple_order(a: list[int], b: list[int]) -> None:
     ka, kb = version_key(".".join(map(str, a))), version_key(".".join(map(str, b)))
     assert (ka < kb) == (a < b)

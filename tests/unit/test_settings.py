@@ -9,7 +9,9 @@ import pytest
 from edgefleet.settings import Settings
 
 
-def test_embedded_defaults_use_sqlite_in_the_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_embedded_defaults_use_sqlite_in_the_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("EDGEFLEET_DATA_DIR", str(tmp_path))
     s = Settings()
     assert s.resolved_database_url == f"sqlite+aiosqlite:///{tmp_path / 'edgefleet.db'}"

@@ -74,8 +74,7 @@ async def current_principal(request: Request, container: ContainerDep) -> Princi
     request.state.principal = principal
     if principal.must_change_password and request.url.path not in PASSWORD_CHANGE_PATHS:
         raise PermissionDeniedError(
-            "this account uses a one-time password: change it first "
-            "(PUT /api/v1/users/me/password)"
+            "this account uses a one-time password: change it first (PUT /api/v1/users/me/password)"
         )
     return principal
 
@@ -87,8 +86,9 @@ def require(permission: Permission) -> Callable[..., Awaitable[Principal]]:
     async def check(principal: AnyPrincipal) -> Principal:
         if not principal.can(permission):
             if principal.kind is PrincipalKind.TOKEN and principal.scope is not None:
+                scope = principal.scope.value
                 raise PermissionDeniedError(
-                    f"this token's scope ({principal.scope.value}) does not allow {permission.value}"
+                    f"this token's scope ({scope}) does not allow {permission.value}"
                 )
             raise PermissionDeniedError(
                 f"role {principal.role.value} does not allow {permission.value}"

@@ -19,9 +19,7 @@ log = logging.getLogger(__name__)
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
-REQUESTS = Counter(
-    "edgefleet_http_requests_total", "HTTP requests", ["method", "route", "status"]
-)
+REQUESTS = Counter("edgefleet_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram(
     "edgefleet_http_request_duration_seconds",
     "HTTP request latency",
@@ -94,8 +92,11 @@ class AuditMiddleware:
         principal: Principal | None = state.get("principal")
         client = scope.get("client")
         if principal is not None:
-            actor = Actor(principal.kind.value if principal.kind.value != "session" else "user",
-                          principal.actor_id, principal.email)
+            actor = Actor(
+                principal.kind.value if principal.kind.value != "session" else "user",
+                principal.actor_id,
+                principal.email,
+            )
         else:
             actor = Actor("anonymous", "", str(state.get("audit_actor", ""))[:254])
         route = _route(scope)

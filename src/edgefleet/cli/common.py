@@ -62,7 +62,9 @@ def run(work: Callable[[Container], Awaitable[T]], *, migrate: bool | None = Non
         raise typer.Exit(1) from exc
 
 
-def emit(rows: Sequence[dict[str, Any]] | dict[str, Any], as_json: bool, columns: Sequence[str] = ()) -> None:
+def emit(
+    rows: Sequence[dict[str, Any]] | dict[str, Any], as_json: bool, columns: Sequence[str] = ()
+) -> None:
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
         return

@@ -201,9 +201,7 @@ class DeviceTask(Base):
     __table_args__ = (Index("ix_device_tasks_group_task_state", "group_task_uuid", "state"),)
 
     uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
-    group_task_uuid: Mapped[str] = mapped_column(
-        ForeignKey("group_tasks.uuid", ondelete="CASCADE")
-    )
+    group_task_uuid: Mapped[str] = mapped_column(ForeignKey("group_tasks.uuid", ondelete="CASCADE"))
     device_uuid: Mapped[str] = mapped_column(
         ForeignKey("devices.uuid", ondelete="CASCADE"), index=True
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 from edgefleet.errors import ValidationError
@@ -62,7 +63,7 @@ SCOPE_PERMISSIONS: dict[Scope, frozenset[Permission]] = {
     Scope.BROKER: frozenset({Permission.BROKER}),
 }
 
-TOKEN_PREFIX = "ef_"
+TOKEN_PREFIX = "ef_"  # noqa: S105 - a label, not a secret
 TOKEN_DESCRIPTION_MAX = 150
 PASSWORD_MIN_LENGTH = 10
 
@@ -113,7 +114,7 @@ def check_password_strength(password: str) -> None:
 
 class PrincipalKind(StrEnum):
     SESSION = "session"
-    TOKEN = "token"
+    TOKEN = "token"  # noqa: S105 - an enum name
     SYSTEM = "system"
 
 
@@ -129,10 +130,13 @@ class Principal:
     scope: Scope | None = None
     token_id: int | None = None
     must_change_password: bool = False
+    expires_at: datetime | None = None
 
     def can(self, permission: Permission) -> bool:
         return permission in self.permissions
 
     @property
     def actor_id(self) -> str:
-        return f"token:{self.token_id}" if self.kind is PrincipalKind.TOKEN else f"user:{self.user_id}"
+        return (
+            f"token:{self.token_id}" if self.kind is PrincipalKind.TOKEN else f"user:{self.user_id}"
+        )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -49,6 +50,14 @@ log = logging.getLogger(__name__)
 TOKEN_TOUCH_INTERVAL = timedelta(seconds=60)
 """``last_used_at`` is written at most this often per token, not on every request."""
 
+AUTH_CACHE_SECONDS = 2.0
+"""How long a resolved API token is trusted without asking the database again.
+
+Every credential change made through this process clears the cache at once; a change made
+through another instance takes effect here within this many seconds.
+"""
+AUTH_CACHE_MAX = 10_000
+
 
 @dataclass(frozen=True)
 class LoginResult:
@@ -72,6 +81,11 @@ class AccountService:
         self.clock = clock
         self._hasher = PasswordHash((Argon2Hasher(),))
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
+        self._token_cache: dict[str, tuple[float, Principal]] = {}
+
+    def forget_credentials(self) -> None:
+        """Drop every cached token resolution (after any change to users or tokens)."""
+        self._token_cache.clear()
 
     # --- passwords -------------------------------------------------------------------
 
@@ -146,8 +160,10 @@ class AccountService:
             user = await repo.get(user_id)
             if user is None:
                 raise NotFoundError(f"user {user_id} not found")
-            losing_admin = user.role == Role.ADMIN and not user.disabled and (
-                (role is not None and role is not Role.ADMIN) or disabled is True
+            losing_admin = (
+                user.role == Role.ADMIN
+                and not user.disabled
+                and ((role is not None and role is not Role.ADMIN) or disabled is True)
             )
             if losing_admin and await repo.count_active_admins() <= 1:
                 raise ConflictError("this is the last enabled admin; make another admin first")
@@ -161,6 +177,7 @@ class AccountService:
             user.updated_at = self.clock()
             if disabled or new_hash is not None:
                 await SessionRepo(s).delete_for_user(user.id)
+        self.forget_credentials()
         return user
 
     async def delete_user(self, user_id: int) -> None:
@@ -169,9 +186,14 @@ class AccountService:
             user = await repo.get(user_id)
             if user is None:
                 raise NotFoundError(f"user {user_id} not found")
-            if user.role == Role.ADMIN and not user.disabled and await repo.count_active_admins() <= 1:
+            if (
+                user.role == Role.ADMIN
+                and not user.disabled
+                and await repo.count_active_admins() <= 1
+            ):
                 raise ConflictError("this is the last enabled admin; make another admin first")
             await repo.delete(user_id)
+        self.forget_credentials()
 
     async def set_password(self, email: str, password: str) -> User:
         """Set a password from the CLI (no old password needed); it need not be changed again."""
@@ -289,10 +311,24 @@ class AccountService:
 
     async def principal_for_token(self, secret: str) -> Principal | None:
         """The principal behind an API token, or None when unknown, revoked or expired."""
+        key = secret_hash(secret)
+        cached = self._token_cache.get(key)
+        if cached is not None and cached[0] > time.monotonic():
+            expires = cached[1].expires_at
+            if expires is None or expires > self.clock():
+                return cached[1]
+        principal = await self._load_token(key)
+        if principal is not None:
+            if len(self._token_cache) >= AUTH_CACHE_MAX:
+                self._token_cache.clear()
+            self._token_cache[key] = (time.monotonic() + AUTH_CACHE_SECONDS, principal)
+        return principal
+
+    async def _load_token(self, key: str) -> Principal | None:
         now = self.clock()
         async with self.db.session() as s:
             repo = TokenRepo(s)
-            found = await repo.by_hash(secret_hash(secret))
+            found = await repo.by_hash(key)
             if found is None:
                 return None
             token, user = found
@@ -311,6 +347,7 @@ class AccountService:
             permissions=permissions_for(role, scope),
             scope=scope,
             token_id=token.id,
+            expires_at=token.expires_at,
         )
 
     async def principal_for_bearer(self, secret: str) -> Principal | None:
@@ -332,7 +369,9 @@ class AccountService:
     ) -> tuple[ApiToken, str]:
         """Mint a token for ``owner``; the secret is returned here and never again."""
         if len(description) > TOKEN_DESCRIPTION_MAX:
-            raise ValidationError(f"description must have at most {TOKEN_DESCRIPTION_MAX} characters")
+            raise ValidationError(
+                f"description must have at most {TOKEN_DESCRIPTION_MAX} characters"
+            )
         if not scope_allowed(owner.role, scope):
             raise PermissionDeniedError(
                 f"a {owner.role.value} may not create a token with scope {scope.value!r}"
@@ -366,4 +405,5 @@ class AccountService:
                 raise NotFoundError(f"token {token_id} not found")
             if token.revoked_at is None:
                 token.revoked_at = self.clock()
+        self.forget_credentials()
         return token

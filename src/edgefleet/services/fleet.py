@@ -308,7 +308,9 @@ class FleetService:
             if await grepo.get(group_id, for_update=True) is None:
                 raise GroupNotFoundError(group_id)
             devices = await drepo.get_many(wanted)
-            not_members = [u for u in wanted if u not in {d.uuid for d in devices if d.group_id == group_id}]
+            not_members = [
+                u for u in wanted if u not in {d.uuid for d in devices if d.group_id == group_id}
+            ]
             if not_members:
                 raise ValidationError("not in this group: " + ", ".join(not_members))
             await drepo.set_group(wanted, None, self.clock())

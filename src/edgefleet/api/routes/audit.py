@@ -29,8 +29,13 @@ async def list_audit(
 ) -> dict[str, Any]:
     entries = await c.audit.query(
         AuditFilter(
-            actor=actor, action=action, target_id=target, outcome=outcome,
-            since=since, until=until, before_id=cursor,
+            actor=actor,
+            action=action,
+            target_id=target,
+            outcome=outcome,
+            since=since,
+            until=until,
+            before_id=cursor,
         ),
         limit,
     )

@@ -67,7 +67,9 @@ async def list_devices(
     mac: str | None = None,
     serialNumber: str | None = None,
     query: Annotated[str | None, Query(description="ThingsPro JSON filter (partial match)")] = None,
-    q: Annotated[str | None, Query(description="fleet query, e.g. model = \"UC-8112\" and tag:line-3")] = None,
+    q: Annotated[
+        str | None, Query(description='fleet query, e.g. model = "UC-8112" and tag:line-3')
+    ] = None,
     status: ConnectionStatus | None = None,
     tag: str | None = None,
     groupId: int | None = None,

@@ -24,7 +24,12 @@ async def list_groups(
 ) -> dict[str, Any]:
     limit = min(limit, 1000)
     total, views = await c.fleet.list_groups(offset=offset, limit=limit)
-    return {"count": total, "limit": limit, "offset": offset, "data": [group_public(v) for v in views]}
+    return {
+        "count": total,
+        "limit": limit,
+        "offset": offset,
+        "data": [group_public(v) for v in views],
+    }
 
 
 @router.post("/groups", name="groups.create")
@@ -58,7 +63,9 @@ async def update_group(
     request: Request, c: ContainerDep, _: FleetWriter, id: int, body: GroupUpdate
 ) -> dict[str, Any]:
     audit_target(request, "group", id)
-    return group_public(await c.fleet.update_group(id, name=body.name, description=body.description))
+    return group_public(
+        await c.fleet.update_group(id, name=body.name, description=body.description)
+    )
 
 
 @router.delete("/groups/{id}", name="groups.delete")

@@ -33,6 +33,8 @@ async def create_token(
 
 
 @router.delete("/tokens/{token_id}", name="tokens.revoke")
-async def revoke_token(request: Request, c: ContainerDep, p: LoggedIn, token_id: int) -> dict[str, Any]:
+async def revoke_token(
+    request: Request, c: ContainerDep, p: LoggedIn, token_id: int
+) -> dict[str, Any]:
     audit_target(request, "token", token_id)
     return token_public(await c.accounts.revoke_token(p, token_id))

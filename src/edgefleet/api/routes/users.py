@@ -6,7 +6,14 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from edgefleet.api.deps import AdminReader, AdminWriter, AnyPrincipal, ContainerDep, LoggedIn, audit_target
+from edgefleet.api.deps import (
+    AdminReader,
+    AdminWriter,
+    AnyPrincipal,
+    ContainerDep,
+    LoggedIn,
+    audit_target,
+)
 from edgefleet.api.schemas import PasswordChange, UserCreate, UserUpdate, user_public
 
 router = APIRouter(prefix="/api/v1", tags=["users"])
@@ -21,7 +28,9 @@ async def me(c: ContainerDep, p: AnyPrincipal) -> dict[str, Any]:
 
 
 @router.put("/users/me/password", name="users.change_password", status_code=204)
-async def change_password(request: Request, c: ContainerDep, p: LoggedIn, body: PasswordChange) -> None:
+async def change_password(
+    request: Request, c: ContainerDep, p: LoggedIn, body: PasswordChange
+) -> None:
     audit_target(request, "user", p.user_id)
     await c.accounts.change_password(p.user_id, body.currentPassword, body.newPassword)
 

@@ -101,7 +101,9 @@ class TokenRepo:
         return list(await self.s.scalars(stmt))
 
     async def touch(self, token_id: int, at: datetime) -> None:
-        await self.s.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=at))
+        await self.s.execute(
+            update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=at)
+        )
 
 
 class LoginFailureRepo:

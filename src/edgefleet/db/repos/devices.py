@@ -91,9 +91,7 @@ class DeviceRepo:
         found = await self.s.scalar(select(Device.uuid).where(Device.mac_key == mac_key))
         return found is not None
 
-    async def page(
-        self, f: DeviceFilter, *, offset: int, limit: int
-    ) -> tuple[int, list[Device]]:
+    async def page(self, f: DeviceFilter, *, offset: int, limit: int) -> tuple[int, list[Device]]:
         cond = _conditions(f)
         total = await self.s.scalar(select(func.count()).select_from(Device).where(*cond))
         rows = await self.s.scalars(
@@ -138,13 +136,13 @@ class DeviceRepo:
                 insert(DeviceTag), [{"device_uuid": uuid, "tag": t} for t in wanted]
             )
 
-    async def set_properties(
-        self, uuid: str, properties: dict[str, Any], at: datetime
-    ) -> None:
+    async def set_properties(self, uuid: str, properties: dict[str, Any], at: datetime) -> None:
         await self.s.execute(
             update(Device)
             .where(Device.uuid == uuid)
-            .values(properties=properties, properties_updated_at=at, **indexed_properties(properties))
+            .values(
+                properties=properties, properties_updated_at=at, **indexed_properties(properties)
+            )
         )
 
     async def set_group(self, uuids: Sequence[str], group_id: int | None, at: datetime) -> None:

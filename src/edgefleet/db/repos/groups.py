@@ -113,8 +113,13 @@ class GroupRepo:
         if not uuids:
             return {}
         rows = await self.s.execute(
-            select(GroupTask.uuid, GroupTask.apply_policy, GroupTask.retry_times,
-                   GroupTask.scheduled_at, GroupTask.meta).where(GroupTask.uuid.in_(uuids))
+            select(
+                GroupTask.uuid,
+                GroupTask.apply_policy,
+                GroupTask.retry_times,
+                GroupTask.scheduled_at,
+                GroupTask.meta,
+            ).where(GroupTask.uuid.in_(uuids))
         )
         return {
             u: {"applyPolicy": p, "retryTimes": r, "scheduledAt": s, "meta": m}

@@ -1,0 +1,1 @@
+"""edgefleet-agent: the gateway side of the remote-control protocol (see issue 3)."""
