@@ -26,6 +26,7 @@ run: $(VENV)/.installed
 ## lint, then the whole suite on SQLite and PostgreSQL
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 lint: $(VENV)/.installed-test

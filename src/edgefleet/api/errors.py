@@ -8,7 +8,7 @@ A route opts into the compatible shape by using ``CompatRoute`` as its router's 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import HTTPException, Request, Response
@@ -120,7 +120,7 @@ def compat_response(request: Request, exc: Exception) -> Response:
 class CompatRoute(APIRoute):
     """A route whose errors take the original ThingsPro shape ``{"message": …}``."""
 
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def compat_handler(request: Request) -> Response:

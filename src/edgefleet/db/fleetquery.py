@@ -53,7 +53,7 @@ def _cmp(col: Any, op: str, value: Any) -> ColumnElement[bool]:
     if op == ">=":
         return col >= value  # type: ignore[no-any-return]
     if op == "~":
-        return func.lower(col).contains(str(value).lower(), autoescape=True)  # type: ignore[no-any-return]
+        return func.lower(col).contains(str(value).lower(), autoescape=True)
     raise ValueError(op)
 
 
@@ -76,7 +76,10 @@ def _compare(field: str, op: str, value: Value) -> ColumnElement[bool]:
             return false() if op == "=" else true()
         return _cmp(Device.mac_key, op if op != "~" else "~", key)
     if field == "softwareVersion" and op in ("<", "<=", ">", ">="):
-        return and_(Device.software_version_key != "", _cmp(Device.software_version_key, op, version_key(str(value))))
+        return and_(
+            Device.software_version_key != "",
+            _cmp(Device.software_version_key, op, version_key(str(value))),
+        )
     if field == "group":
         names = select(Group.id).where(_cmp(Group.name, "=" if op != "~" else "~", value))
         member = Device.group_id.in_(names)
@@ -88,7 +91,9 @@ def _compare(field: str, op: str, value: Value) -> ColumnElement[bool]:
     if field.startswith("attr."):
         return _cmp(_attr(field[5:], value), op, value)
     if value is None:
-        return TEXT_COLUMNS[field].is_(None) if op == "=" else TEXT_COLUMNS[field].isnot(None)
+        col = TEXT_COLUMNS[field]
+        missing: ColumnElement[bool] = col.is_(None) if op == "=" else col.isnot(None)
+        return missing
     return _cmp(TEXT_COLUMNS[field], op, value if isinstance(value, str) else str(value))
 
 

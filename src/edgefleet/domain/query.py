@@ -10,6 +10,7 @@ Precedence: ``not`` > ``and`` > ``or``; parentheses group. Operators ``= != < <=
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -82,7 +83,7 @@ FIELDS: dict[str, str] = {
 }
 ORDERED = {"softwareVersion", "createdAt", "groupId"}
 """Fields that take ``< <= > >=`` besides ``attr.*``."""
-KNOWN = sorted(set(FIELDS.values())) + ["attr.<key>"]
+KNOWN = [*sorted(set(FIELDS.values())), "attr.<key>"]
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,9 @@ def canonical_field(name: str, column: int | None = None) -> str:
     try:
         return FIELDS[name.lower()]
     except KeyError:
-        raise _Invalid(f"unknown field {name!r}; known fields: {', '.join(KNOWN)}", column) from None
+        raise _Invalid(
+            f"unknown field {name!r}; known fields: {', '.join(KNOWN)}", column
+        ) from None
 
 
 def _check(field: str, op: str, value: Value, column: int | None) -> Value:
@@ -156,7 +159,9 @@ def _check(field: str, op: str, value: Value, column: int | None) -> Value:
         raise _Invalid("groupId needs a whole number", column)
     if field == "createdAt":
         if op == "~" or not isinstance(value, str):
-            raise _Invalid('createdAt needs an ISO-8601 time, e.g. createdAt > "2026-01-01"', column)
+            raise _Invalid(
+                'createdAt needs an ISO-8601 time, e.g. createdAt > "2026-01-01"', column
+            )
         try:
             datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
@@ -171,11 +176,12 @@ def created_at_value(value: str) -> datetime:
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
+_WORDS: dict[str, Value] = {"true": True, "false": False, "null": None}
+
+
 @v_args(inline=True)
 class _Build(Transformer[Token, Node]):
     def string(self, tok: Token) -> str:
-        import json
-
         return str(json.loads(tok))
 
     def number(self, tok: Token) -> int | float:
@@ -184,8 +190,7 @@ class _Build(Transformer[Token, Node]):
 
     def word(self, tok: Token) -> Value:
         low = str(tok).lower()
-        return {"true": True, "false": False, "null": None}.get(low, str(tok)) if low in (
-            "true", "false", "null") else str(tok)
+        return _WORDS[low] if low in _WORDS else str(tok)
 
     def field(self, tok: Token) -> tuple[str, int | None]:
         return canonical_field(str(tok), tok.column), tok.column
@@ -196,7 +201,7 @@ class _Build(Transformer[Token, Node]):
 
     def in_list(self, field: tuple[str, int | None], *values: Value) -> InList:
         name, column = field
-        items = tuple(v for v in values if v is not None or len(values) > 0)
+        items = tuple(values)
         if not items:
             raise _Invalid(f"{name} in [] needs at least one value", column)
         for v in items:
@@ -252,10 +257,13 @@ def parse(text: str) -> Node:
     except UnexpectedEOF as exc:
         raise QuerySyntaxError("the query ends too early", text, len(text) + 1) from exc
     except UnexpectedCharacters as exc:
-        raise QuerySyntaxError(f"unexpected {text[exc.pos_in_stream]!r}", text, exc.column) from exc
+        pos = exc.pos_in_stream or 0
+        raise QuerySyntaxError(f"unexpected {text[pos]!r}", text, exc.column) from exc
     except UnexpectedInput as exc:
         token = getattr(exc, "token", None)
-        what = f"unexpected {str(token)!r}" if token is not None and str(token) else "unexpected end"
+        what = (
+            f"unexpected {str(token)!r}" if token is not None and str(token) else "unexpected end"
+        )
         column = exc.column if isinstance(exc.column, int) and exc.column > 0 else len(text) + 1
         raise QuerySyntaxError(what, text, column) from exc
     except RecursionError as exc:
@@ -264,8 +272,6 @@ def parse(text: str) -> Node:
 
 
 def _render_value(v: Value) -> str:
-    import json
-
     if v is None:
         return "null"
     if isinstance(v, bool):

@@ -163,7 +163,8 @@ class DeviceRepo:
                 .group_by(Device.group_id, Device.connection_status)
             )
             for gid, status, n in rows:
-                out[gid][status] = n
+                if gid is not None:
+                    out[gid][status] = n
         return out
 
     async def in_groups(self, group_ids: Sequence[int]) -> dict[int, list[Device]]:
