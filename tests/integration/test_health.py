@@ -1,0 +1,60 @@
+"""Liveness, readiness, metrics and our OpenAPI document."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from edgefleet.api.app import create_app
+from edgefleet.bootstrap import build
+from edgefleet.settings import Settings
+from tests.conftest import Caller
+
+
+async def test_healthz_and_readyz(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).json()["status"] == "ok"
+    r = await client.get("/readyz")
+    assert r.status_code == 200 and r.json()["checks"] == {"database": True}
+
+
+async def test_readyz_says_not_ready_without_a_database(tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url="postgresql+asyncpg://nobody@127.0.0.1:9/none",
+        secret_key="k",
+    )
+    container = build(settings)
+    transport = httpx.ASGITransport(app=create_app(container))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        r = await c.get("/readyz")
+        assert r.status_code == 503 and r.json()["checks"] == {"database": False}
+        assert (await c.get("/healthz")).status_code == 200
+    await container.close()
+
+
+async def test_metrics_count_requests_by_route(client: httpx.AsyncClient, writer: Caller) -> None:
+    await client.get("/api/v1/devices/some-uuid", headers=writer.headers)
+    text = (await client.get("/metrics/")).text
+    assert (
+        'edgefleet_http_requests_total{method="GET",route="/api/v1/devices/{uuid}",status="404"}'
+        in text
+    )
+    assert "edgefleet_http_request_duration_seconds_bucket" in text
+
+
+async def test_openapi_documents_every_api_route(client: httpx.AsyncClient) -> None:
+    doc = (await client.get("/openapi.json")).json()
+    assert doc["openapi"].startswith("3.")
+    paths = set(doc["paths"])
+    for p in (
+        "/api/v1/devices",
+        "/api/v1/devices/{uuid}",
+        "/api/v1/groups/{id}/devices",
+        "/api/v1/auth/local",
+        "/api/v1/tokens",
+        "/api/v1/users",
+        "/api/v1/audit",
+    ):
+        assert p in paths
+    assert (await client.get("/docs")).status_code == 200

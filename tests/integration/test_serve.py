@@ -1,0 +1,98 @@
+"""``edgefleet serve`` as a user runs it: a real process on embedded defaults."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env(tmp_path: Path, port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
+    env.update({"EDGEFLEET_DATA_DIR": str(tmp_path / "data"), "EDGEFLEET_HTTP__PORT": str(port)})
+    return env
+
+
+def test_first_start_prints_a_one_time_admin_password_and_serves(tmp_path: Path) -> None:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgefleet.cli.main", "serve"],
+        env=_env(tmp_path, port),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        password = None
+        deadline = time.monotonic() + 60
+        while password is None and time.monotonic() < deadline:
+            line = proc.stdout.readline() if proc.stdout else ""
+            if "password:" in line:
+                password = line.split("password:", 1)[1].strip()
+            if not line and proc.poll() is not None:
+                raise AssertionError(f"serve exited: {proc.stderr.read() if proc.stderr else ''}")
+        assert password
+        base = f"http://127.0.0.1:{port}"
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        r = httpx.post(
+            base + "/api/v1/auth/local", json={"email": "admin@localhost", "password": password}
+        )
+        assert r.status_code == 200 and r.json()["mustChangePassword"] is True
+        assert (tmp_path / "data" / "edgefleet.db").exists()
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    assert password not in err  # printed once on stdout, never logged
+    # a second start finds users and prints no password
+    port2 = _free_port()
+    again = subprocess.Popen(
+        [sys.executable, "-m", "edgefleet.cli.main", "serve"],
+        env=_env(tmp_path, port2),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port2}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+    finally:
+        again.terminate()
+        out2, _ = again.communicate(timeout=20)
+    assert "password" not in out2
+
+
+def test_busy_port_is_reported_clearly(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run(
+            [sys.executable, "-m", "edgefleet.cli.main", "serve"],
+            env=_env(tmp_path, port),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert r.returncode == 2
+    assert f"port {port} on 127.0.0.1 is busy" in r.stderr
