@@ -62,9 +62,8 @@ def run(work: Callable[[Container], Awaitable[T]], *, migrate: bool | None = Non
         raise typer.Exit(1) from exc
 
 
-def emit(
-    rows: Sequence[dict[str, Any]] | dict[str, Any], as_json: bool, columns: Sequence[str] = ()
-) -> None:
+def emit(rows: Any, as_json: bool, columns: Sequence[str] = ()) -> None:
+    """JSON for scripts (anything JSON-able), else a table of the dict or dicts given."""
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
         return
