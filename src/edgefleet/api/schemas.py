@@ -162,6 +162,7 @@ def task_record_public(r: DeviceTask, meta: dict[str, Any]) -> dict[str, Any]:
         "state": r.state,
         "success": r.success,
         "meta": meta.get("meta") or {},
+        "payload": meta.get("payload") or {},
         "createdAt": compat_time(r.created_at),
         "updatedAt": compat_time(r.updated_at),
     }

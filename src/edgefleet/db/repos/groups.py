@@ -119,9 +119,10 @@ class GroupRepo:
                 GroupTask.retry_times,
                 GroupTask.scheduled_at,
                 GroupTask.meta,
+                GroupTask.payload,
             ).where(GroupTask.uuid.in_(uuids))
         )
         return {
-            u: {"applyPolicy": p, "retryTimes": r, "scheduledAt": s, "meta": m}
-            for u, p, r, s, m in rows
+            u: {"applyPolicy": p, "retryTimes": r, "scheduledAt": s, "meta": m, "payload": pl}
+            for u, p, r, s, m, pl in rows
         }
