@@ -51,8 +51,14 @@ def test_version_key_orders_like_versions(lower: str, higher: str) -> None:
     st.lists(st.integers(min_value=0, max_value=10**9), min_size=1, max_size=5),
 )
 def test_version_key_agrees_with_tuple_order(a: list[int], b: list[int]) -> None:
+    def strip(v: list[int]) -> list[int]:
+        while v and v[-1] == 0:
+            v = v[:-1]
+        return v
+
     ka, kb = version_key(".".join(map(str, a))), version_key(".".join(map(str, b)))
-    assert (ka < kb) == (a < b)
+    assert (ka < kb) == (strip(a) < strip(b))
+    assert (ka == kb) == (strip(a) == strip(b))
 
 
 def test_tags() -> None:

@@ -99,9 +99,10 @@ def _compare(field: str, op: str, value: Value) -> ColumnElement[bool]:
 
 def _has(field: str) -> ColumnElement[bool]:
     if field.startswith("attr."):
+        # as_string() is NULL for a missing key or a JSON null on both databases
+        # (the raw element on SQLite is JSON_QUOTE(...), the string 'null', never NULL)
         text = Device.attributes[field[5:]].as_string()
-        raw = Device.attributes[field[5:]]
-        return and_(raw.isnot(None), func.coalesce(text, "x") != "")
+        return and_(text.isnot(None), text != "")
     if field in ("group", "groupId"):
         return Device.group_id.isnot(None)
     if field == "mac":

@@ -56,9 +56,13 @@ def version_key(version: str) -> str:
 
     ``"version 2.3.2 Build 18102617"`` and ``"2.3.2"`` keep their numbers in order, each
     zero-padded to ten digits, so ``"2.10"`` sorts after ``"2.4"`` in plain string order
-    (in SQL as well as in Python). Text without digits gives ``""``.
+    (in SQL as well as in Python); trailing zero parts are dropped, so ``"2.4.0"`` equals
+    ``"2.4"``. Text without digits gives ``""``.
     """
-    return ".".join(n.rjust(10, "0")[-10:] for n in _VERSION_NUMBERS.findall(version))
+    numbers = [int(n) for n in _VERSION_NUMBERS.findall(version)]
+    while numbers and numbers[-1] == 0:  # 2.4.0 is 2.4
+        numbers.pop()
+    return ".".join(str(n).rjust(10, "0")[-10:] for n in numbers)
 
 
 def check_tag(tag: str) -> str:

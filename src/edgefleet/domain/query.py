@@ -261,11 +261,10 @@ def parse(text: str) -> Node:
         raise QuerySyntaxError(f"unexpected {text[pos]!r}", text, exc.column) from exc
     except UnexpectedInput as exc:
         token = getattr(exc, "token", None)
-        what = (
-            f"unexpected {str(token)!r}" if token is not None and str(token) else "unexpected end"
-        )
-        column = exc.column if isinstance(exc.column, int) and exc.column > 0 else len(text) + 1
-        raise QuerySyntaxError(what, text, column) from exc
+        if token is None or token.type == "$END" or not str(token):
+            raise QuerySyntaxError("unexpected end", text, len(text.rstrip()) + 1) from exc
+        column = exc.column if isinstance(exc.column, int) and exc.column > 0 else None
+        raise QuerySyntaxError(f"unexpected {str(token)!r}", text, column) from exc
     except RecursionError as exc:
         raise QuerySyntaxError("the query is too deeply nested", text) from exc
     return node
