@@ -14,6 +14,7 @@ from edgefleet.bootstrap import build
 from edgefleet.cli.main import app
 from edgefleet.db.repos.audit import AuditFilter
 from edgefleet.settings import Settings
+from tests.pgserver import PostgresServer
 
 runner = CliRunner()
 
@@ -151,3 +152,21 @@ def test_bad_configuration_is_a_clear_error(cli_env: Path, monkeypatch: pytest.M
     monkeypatch.setenv("EDGEFLEET_HTTP__PORT", "not-a-port")
     out = cli("config", "show", code=2)
     assert "invalid configuration" in out and "port" in out
+
+
+def test_migrate_brings_postgresql_to_head_and_serve_refuses_before(
+    cli_env: Path, monkeypatch: pytest.MonkeyPatch, pg_server: PostgresServer
+) -> None:
+    name = "edgefleet_migrate_test"
+    asyncio.run(pg_server.drop_database(name))
+    asyncio.run(pg_server.create_database(name))
+    url = pg_server.url(name)
+    monkeypatch.setenv("EDGEFLEET_DATABASE_URL", url)
+    try:
+        out = cli("users", "list", code=1)  # not SQLite: no automatic migration
+        assert "run `edgefleet migrate` first" in out
+        assert "database schema is up to date" in cli("migrate")
+        assert cli_json("users", "list") == []
+        cli("migrate")  # idempotent
+    finally:
+        asyncio.run(pg_server.drop_database(name))

@@ -19,8 +19,8 @@ from edgefleet.settings import Settings
 
 T = TypeVar("T")
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 JsonOption = typer.Option(False, "--json", help="Print JSON for scripts instead of a table.")
 
