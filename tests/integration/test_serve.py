@@ -18,6 +18,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _wait_ready(url: str, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise AssertionError(f"{url} did not answer in time")
+
+
 def _env(tmp_path: Path, port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
     env.update({"EDGEFLEET_DATA_DIR": str(tmp_path / "data"), "EDGEFLEET_HTTP__PORT": str(port)})
@@ -44,12 +54,7 @@ def test_first_start_prints_a_one_time_admin_password_and_serves(tmp_path: Path)
                 raise AssertionError(f"serve exited: {proc.stderr.read() if proc.stderr else ''}")
         assert password
         base = f"http://127.0.0.1:{port}"
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        _wait_ready(base + "/readyz", deadline)
         r = httpx.post(
             base + "/api/v1/auth/local", json={"email": "admin@localhost", "password": password}
         )
@@ -69,13 +74,7 @@ def test_first_start_prints_a_one_time_admin_password_and_serves(tmp_path: Path)
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port2}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        _wait_ready(f"http://127.0.0.1:{port2}/healthz", time.monotonic() + 60)
     finally:
         again.terminate()
         out2, _ = again.communicate(timeout=20)

@@ -32,6 +32,19 @@ def _route(scope: Scope) -> Any:
     return scope.get("route")
 
 
+class _StatusRecorder:
+    """Wraps ``send`` to remember the response status (500 if none was sent)."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status = 500
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self.send(message)
+
+
 class MetricsMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -40,23 +53,16 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = 500
+        recorder = _StatusRecorder(send)
         start = time.perf_counter()
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, recorder)
         finally:
             route = _route(scope)
             template = getattr(route, "path", None) or "unmatched"
             method = scope["method"]
             LATENCY.labels(method, template).observe(time.perf_counter() - start)
-            REQUESTS.labels(method, template, str(status)).inc()
+            REQUESTS.labels(method, template, str(recorder.status)).inc()
 
 
 class AuditMiddleware:
@@ -74,18 +80,11 @@ class AuditMiddleware:
         ):
             await self.app(scope, receive, send)
             return
-        status = 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        recorder = _StatusRecorder(send)
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, recorder)
         finally:
-            await self._record(scope, status)
+            await self._record(scope, recorder.status)
 
     async def _record(self, scope: Scope, status: int) -> None:
         state = scope.get("state") or {}
