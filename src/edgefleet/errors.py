@@ -12,7 +12,9 @@ with ``raise … from exc``; the HTTP layer maps each class to a status in one t
     │   ├── AuthenticationError .. 401  bad or missing credentials
     │   ├── PermissionDeniedError  403
     │   └── LoginBannedError ..... 429  too many failed logins
-    └── StorageError ............. 503  the database did not answer
+    ├── StorageError ............. 503  the database did not answer
+    └── MessageError ............. a malformed MQTT message or topic (logged, never raised
+                                   through a consumer)
 """
 
 from __future__ import annotations
@@ -91,3 +93,7 @@ class LoginBannedError(AuthError):
 
 class StorageError(EdgefleetError):
     pass
+
+
+class MessageError(EdgefleetError):
+    """An MQTT payload or topic that breaks the protocol; ``reason`` says how."""
