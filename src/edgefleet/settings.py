@@ -55,6 +55,22 @@ class LoginSettings(BaseModel):
     ban_time: int = Field(default=600, ge=60, le=3600)
 
 
+class MQTTSettings(BaseModel):
+    """The broker: gateways on a TLS-PSK listener, the server on its own loopback listener."""
+
+    gateway_host: str = "0.0.0.0"  # noqa: S104 - gateways connect from the network
+    gateway_port: int = Field(default=8883, ge=1, le=65535)
+    server_host: str = "127.0.0.1"
+    server_port: int = Field(default=18830, ge=1, le=65535)
+    """Not 1883, so that a system broker already on 1883 does not collide with the embedded one."""
+    server_username: str = "edgefleet-server"
+    server_password: SecretStr = SecretStr("")
+    """Empty means a generated password kept in ``data_dir/mqtt-server.password``."""
+    psk_hint: str = "edgefleet"
+    broker_dir: Path | None = None
+    """Where the Mosquitto configuration is written; empty means ``data_dir/mosquitto``."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="EDGEFLEET_",
@@ -73,6 +89,7 @@ class Settings(BaseSettings):
     log_format: LogFormat = LogFormat.CONSOLE
     http: HTTPSettings = Field(default_factory=HTTPSettings)
     login: LoginSettings = Field(default_factory=LoginSettings)
+    mqtt: MQTTSettings = Field(default_factory=MQTTSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -124,20 +141,40 @@ class Settings(BaseSettings):
         configured = self.secret_key.get_secret_value()
         if configured:
             return configured.encode()
-        path = self.data_dir / "secret.key"
-        if not path.exists():
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_urlsafe(48))
-        return path.read_text().strip().encode()
+        return _secret_file(self.data_dir / "secret.key").encode()
+
+    def mqtt_server_password(self) -> str:
+        """The server's broker password; made once into ``data_dir`` if unset."""
+        configured = self.mqtt.server_password.get_secret_value()
+        return configured or _secret_file(self.data_dir / "mqtt-server.password")
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.mqtt.broker_dir or self.data_dir / "mosquitto"
 
     def masked(self) -> dict[str, Any]:
         """Settings as plain data with every secret replaced, for ``config show``."""
         data = self.model_dump(mode="json")
         data["secret_key"] = "********" if self.secret_key.get_secret_value() else "(key file)"
         data["database_url"] = _mask_url(self.resolved_database_url)
+        data["mqtt"]["server_password"] = (
+            "********" if self.mqtt.server_password.get_secret_value() else "(key file)"
+        )
         return data
+
+
+def _secret_file(path: Path) -> str:
+    """A random secret kept in ``path`` (mode 600), made on first use."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another process made it first
+        else:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()
 
 
 def _mask_url(url: str) -> str:

@@ -181,6 +181,12 @@ class FleetService:
         log.info("devices deregistered: %d", len(deleted))
         return deleted
 
+    async def all_psks(self) -> list[tuple[str, str]]:
+        """``(uuid, psk)`` of every device, for the broker's PSK store."""
+        async with self.db.session() as s:
+            sealed = await DeviceRepo(s).credentials()
+        return [(uuid, self.box.open(p)) for uuid, p in sealed]
+
     async def device_psk(self, uuid: str) -> str:
         async with self.db.session() as s:
             device = await DeviceRepo(s).get(uuid)

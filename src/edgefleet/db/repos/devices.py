@@ -87,6 +87,11 @@ class DeviceRepo:
         rows = await self.s.scalars(select(Device).where(Device.uuid.in_(uuids)))
         return list(rows)
 
+    async def credentials(self) -> list[tuple[str, str]]:
+        """``(uuid, sealed psk)`` of every device, in uuid order."""
+        rows = await self.s.execute(select(Device.uuid, Device.psk_encrypted).order_by(Device.uuid))
+        return [(u, p) for u, p in rows]
+
     async def exists_mac(self, mac_key: str) -> bool:
         found = await self.s.scalar(select(Device.uuid).where(Device.mac_key == mac_key))
         return found is not None

@@ -1,0 +1,1 @@
+"""Configuration for the brokers edgefleet works with, generated from the database."""

@@ -1,0 +1,155 @@
+"""Gateways on a real Mosquitto configured by edgefleet: PSK identities and the ACL."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgefleet.bootstrap import Container
+from edgefleet.mqtt.brokerconfig import mosquitto
+from edgefleet.mqtt.topics import Channel, topic
+from edgefleet.services.fleet import Registration
+from edgefleet.settings import MQTTSettings
+from tests.brokers import RunningMosquitto, free_port, require, start_mosquitto
+
+
+@pytest.fixture
+async def devices(container: Container) -> dict[str, tuple[str, str]]:
+    """Two registered gateways: name → (uuid, psk)."""
+    out = {}
+    for name, mac in (("a", "0090e8000001"), ("b", "0090e8000002")):
+        view, psk = await container.fleet.register_device(Registration(display_name=name, mac=mac))
+        out[name] = (view.device.uuid, psk)
+    return out
+
+
+@pytest.fixture
+async def broker(
+    container: Container, devices: dict[str, tuple[str, str]], tmp_path: Path
+) -> Iterator[RunningMosquitto]:
+    mqtt = MQTTSettings(gateway_host="127.0.0.1", gateway_port=free_port(), server_port=free_port())
+    # not under tmp_path: its parents are private to root, and a broker started as root
+    # drops to the mosquitto user, who must reach the directory
+    directory = Path(tempfile.mkdtemp(prefix="edgefleet-mq-"))
+    files = mosquitto.MosquittoFiles(directory)
+    password = "server-password-for-tests"
+    mosquitto.write_all(files, mqtt, password, await container.fleet.all_psks())
+    running = start_mosquitto(files, mqtt, password)
+    yield running
+    running.stop()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def gw_args(b: RunningMosquitto, uuid: str, psk: str) -> list[str]:
+    return ["-h", "127.0.0.1", "-p", str(b.mqtt.gateway_port), "--psk", psk, "--psk-identity", uuid]
+
+
+def server_args(b: RunningMosquitto) -> list[str]:
+    return [
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(b.mqtt.server_port),
+        "-u",
+        b.mqtt.server_username,
+        "-P",
+        b.password,
+    ]
+
+
+def subscribe(args: list[str], topic_name: str, wait: float = 3) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [
+            require("mosquitto_sub"),
+            *args,
+            "-q",
+            "1",
+            "-t",
+            topic_name,
+            "-C",
+            "1",
+            "-W",
+            str(int(wait)),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.5)  # let the subscription reach the broker
+    return proc
+
+
+def publish(args: list[str], topic_name: str, message: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [require("mosquitto_pub"), *args, "-q", "1", "-t", topic_name, "-m", message],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+
+
+def test_a_gateway_receives_server_requests_over_psk(
+    broker: RunningMosquitto, devices: dict[str, tuple[str, str]]
+) -> None:
+    uuid, psk = devices["a"]
+    sub = subscribe(gw_args(broker, uuid, psk), topic(uuid, Channel.SERVER))
+    assert (
+        publish(server_args(broker), topic(uuid, Channel.SERVER), '{"method":"get"}').returncode
+        == 0
+    )
+    out, err = sub.communicate(timeout=10)
+    assert out.strip() == '{"method":"get"}', err
+    # and the server hears the gateway
+    sub = subscribe(server_args(broker), "$ThingsPro/devices/+/client")
+    assert publish(gw_args(broker, uuid, psk), topic(uuid, Channel.CLIENT), "hello").returncode == 0
+    assert sub.communicate(timeout=10)[0].strip() == "hello"
+
+
+def test_a_gateway_cannot_use_another_gateways_topics(
+    broker: RunningMosquitto, devices: dict[str, tuple[str, str]]
+) -> None:
+    (ua, _), (ub, kb) = devices["a"], devices["b"]
+    spy = subscribe(gw_args(broker, ub, kb), topic(ua, Channel.SERVER), wait=2)
+    publish(server_args(broker), topic(ua, Channel.SERVER), "secret command")
+    out, _ = spy.communicate(timeout=10)
+    assert out == ""  # B never sees A's commands
+    server = subscribe(server_args(broker), "$ThingsPro/devices/+/client", wait=2)
+    publish(gw_args(broker, ub, kb), topic(ua, Channel.CLIENT), "forged response")  # dropped
+    assert server.communicate(timeout=10)[0] == ""
+
+
+def test_wrong_key_unknown_identity_and_bad_server_password_are_refused(
+    broker: RunningMosquitto, devices: dict[str, tuple[str, str]]
+) -> None:
+    ua, _ = devices["a"]
+    assert publish(gw_args(broker, ua, "00" * 32), topic(ua, Channel.STATUS), "1").returncode != 0
+    assert publish(gw_args(broker, "not-a-device", "11" * 32), "x", "1").returncode != 0
+    bad = [*server_args(broker)[:-1], "wrong"]
+    assert publish(bad, topic(ua, Channel.SERVER), "x").returncode != 0
+
+
+async def test_a_deleted_gateway_can_no_longer_connect(
+    broker: RunningMosquitto, devices: dict[str, tuple[str, str]], container: Container
+) -> None:
+    ua, ka = devices["a"]
+    assert publish(gw_args(broker, ua, ka), topic(ua, Channel.STATUS), "1").returncode == 0
+    await container.fleet.delete_devices([ua])
+    mosquitto.write_psk(broker.files, await container.fleet.all_psks())
+    assert mosquitto.reload(broker.files)
+    await asyncio.sleep(0.5)
+    assert publish(gw_args(broker, ua, ka), topic(ua, Channel.STATUS), "1").returncode != 0
+    ub, kb = devices["b"]
+    assert publish(gw_args(broker, ub, kb), topic(ub, Channel.STATUS), "1").returncode == 0
+
+
+def test_generated_files_are_private(broker: RunningMosquitto) -> None:
+    for path in (broker.files.psk, broker.files.passwd, broker.files.acl, broker.files.conf):
+        assert path.stat().st_mode & 0o077 == 0
+    assert broker.password not in broker.files.passwd.read_text()  # hashed by mosquitto_passwd
