@@ -72,6 +72,9 @@ def start_server(database_url: str, data_dir: Path) -> Server:
         "EDGEFLEET_DATA_DIR": str(data_dir),
         "EDGEFLEET_SECRET_KEY": secrets.token_urlsafe(32),
         "EDGEFLEET_LOG_LEVEL": "WARNING",
+        "EDGEFLEET_MQTT__GATEWAY_HOST": "127.0.0.1",
+        "EDGEFLEET_MQTT__GATEWAY_PORT": str(free_port()),
+        "EDGEFLEET_MQTT__SERVER_PORT": str(free_port()),
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "edgefleet.cli.main", "serve", "--port", str(port), "--no-migrate"],

@@ -2,20 +2,40 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+import socket
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from edgefleet.db.engine import Database, make_engine
 from edgefleet.db.migrate import current_revision, head_revision, upgrade_async
 from edgefleet.errors import StorageError
+from edgefleet.mqtt import topics
+from edgefleet.mqtt.client import BrokerLink
+from edgefleet.mqtt.embedded import EmbeddedMosquitto
+from edgefleet.mqtt.relay import GatewayRelay
+from edgefleet.mqtt.router import InboundRouter
 from edgefleet.secretbox import SecretBox
 from edgefleet.services.accounts import AccountService
 from edgefleet.services.audit import AuditService
 from edgefleet.services.fleet import FleetService
+from edgefleet.services.presence import PresenceService
 from edgefleet.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Messaging:
+    """The server's side of the gateway protocol: broker link, relay, presence, router."""
+
+    link: BrokerLink
+    relay: GatewayRelay
+    presence: PresenceService
+    router: InboundRouter
+    broker: EmbeddedMosquitto | None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
 @dataclass
@@ -25,9 +45,59 @@ class Container:
     accounts: AccountService
     fleet: FleetService
     audit: AuditService
+    messaging: Messaging
+
+    async def start_messaging(self) -> None:
+        """Start the embedded broker (if configured), the broker link and the presence writer."""
+        m = self.messaging
+        broker = m.broker
+        if broker is not None:
+            await broker.start()
+            self.fleet.credential_listeners.append(
+                lambda _registered, deleted: broker.credentials_changed(deleted)
+            )
+        m.tasks = [
+            asyncio.create_task(m.link.run(), name="broker-link"),
+            asyncio.create_task(m.presence.run(), name="presence-writer"),
+        ]
+
+    async def stop_messaging(self) -> None:
+        m = self.messaging
+        for task in m.tasks:
+            task.cancel()
+        await asyncio.gather(*m.tasks, return_exceptions=True)
+        m.tasks = []
+        if m.broker is not None:
+            await m.broker.stop()
 
     async def close(self) -> None:
+        await self.stop_messaging()
         await self.db.dispose()
+
+
+def _messaging(settings: Settings, db: Database, fleet: FleetService) -> Messaging:
+    mqtt = settings.mqtt
+    password = settings.mqtt_server_password()
+    presence = PresenceService(db)
+    holder: dict[str, BrokerLink] = {}
+
+    async def publish(topic: str, payload: bytes) -> None:
+        await holder["link"].publish(topic, payload)
+
+    relay = GatewayRelay(publish)
+    router = InboundRouter(presence, relay)
+    link = BrokerLink(
+        host=mqtt.server_host,
+        port=mqtt.server_port,
+        username=mqtt.server_username,
+        password=password,
+        client_id=mqtt.client_id or f"edgefleet-{socket.gethostname()}",
+        subscriptions=topics.SERVER_SUBSCRIPTIONS,
+        handler=router,
+    )
+    holder["link"] = link
+    broker = EmbeddedMosquitto(mqtt, password, fleet.all_psks) if mqtt.embedded else None
+    return Messaging(link, relay, presence, router, broker)
 
 
 def build(settings: Settings, db: Database | None = None) -> Container:
@@ -36,14 +106,16 @@ def build(settings: Settings, db: Database | None = None) -> Container:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = db or Database(make_engine(settings.resolved_database_url))
     box = SecretBox(settings.resolved_secret_key())
+    fleet = FleetService(db, box)
     return Container(
         settings=settings,
         db=db,
         accounts=AccountService(
             db, settings.login, timedelta(seconds=settings.http.session_ttl_seconds)
         ),
-        fleet=FleetService(db, box),
+        fleet=fleet,
         audit=AuditService(db),
+        messaging=_messaging(settings, db, fleet),
     )
 
 

@@ -13,8 +13,10 @@ with ``raise … from exc``; the HTTP layer maps each class to a status in one t
     │   ├── PermissionDeniedError  403
     │   └── LoginBannedError ..... 429  too many failed logins
     ├── StorageError ............. 503  the database did not answer
-    └── MessageError ............. a malformed MQTT message or topic (logged, never raised
-                                   through a consumer)
+    ├── MessageError ............. a malformed MQTT message or topic (logged, never raised
+    │                              through a consumer)
+    └── TransportError ........... 503  the broker is unreachable
+        └── GatewayTimeoutError .. 504  a gateway did not answer in time
 """
 
 from __future__ import annotations
@@ -97,3 +99,13 @@ class StorageError(EdgefleetError):
 
 class MessageError(EdgefleetError):
     """An MQTT payload or topic that breaks the protocol; ``reason`` says how."""
+
+
+class TransportError(EdgefleetError):
+    """The broker could not be reached or refused a publish."""
+
+
+class GatewayTimeoutError(TransportError):
+    def __init__(self, uuid: str, seconds: float) -> None:
+        super().__init__(f"gateway {uuid} did not answer within {seconds:g} s")
+        self.uuid, self.seconds = uuid, seconds

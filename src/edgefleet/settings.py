@@ -66,6 +66,10 @@ class MQTTSettings(BaseModel):
     server_username: str = "edgefleet-server"
     server_password: SecretStr = SecretStr("")
     """Empty means a generated password kept in ``data_dir/mqtt-server.password``."""
+    embedded: bool = True
+    """Start and supervise a Mosquitto; false means connect to ``server_host:server_port``."""
+    client_id: str = ""
+    """The server's MQTT client id; empty means ``edgefleet-<hostname>``. Unique per instance."""
     psk_hint: str = "edgefleet"
     broker_dir: Path | None = None
     """Where the Mosquitto configuration is written; empty means ``data_dir/mosquitto``."""

@@ -30,7 +30,15 @@ def _wait_ready(url: str, deadline: float) -> None:
 
 def _env(tmp_path: Path, port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
-    env.update({"EDGEFLEET_DATA_DIR": str(tmp_path / "data"), "EDGEFLEET_HTTP__PORT": str(port)})
+    env.update(
+        {
+            "EDGEFLEET_DATA_DIR": str(tmp_path / "data"),
+            "EDGEFLEET_HTTP__PORT": str(port),
+            "EDGEFLEET_MQTT__GATEWAY_HOST": "127.0.0.1",
+            "EDGEFLEET_MQTT__GATEWAY_PORT": str(_free_port()),
+            "EDGEFLEET_MQTT__SERVER_PORT": str(_free_port()),
+        }
+    )
     return env
 
 

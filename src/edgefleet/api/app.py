@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import make_asgi_app
@@ -15,9 +18,26 @@ from edgefleet.bootstrap import Container
 from edgefleet.errors import EdgefleetError
 
 
-def create_app(container: Container) -> FastAPI:
-    """Build the app around an already-built container (the caller owns its lifetime)."""
+def create_app(container: Container, *, run_messaging: bool = False) -> FastAPI:
+    """Build the app around an already-built container (the caller owns its lifetime).
+
+    With ``run_messaging`` the app's lifespan starts and stops the gateway side (embedded
+    broker, broker link, presence): uvicorn re-raises SIGTERM after its own shutdown, so
+    anything that must stop cleanly has to stop inside the lifespan.
+    """
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if run_messaging:
+            await container.start_messaging()
+        try:
+            yield
+        finally:
+            if run_messaging:
+                await container.stop_messaging()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="edgefleet",
         version=__version__,
         description=(

@@ -20,10 +20,12 @@ from edgefleet.errors import (
     AuthenticationError,
     ConflictError,
     EdgefleetError,
+    GatewayTimeoutError,
     LoginBannedError,
     NotFoundError,
     PermissionDeniedError,
     StorageError,
+    TransportError,
     ValidationError,
 )
 
@@ -37,6 +39,8 @@ STATUS: list[tuple[type[EdgefleetError], int, str]] = [
     (PermissionDeniedError, 403, "forbidden"),
     (LoginBannedError, 429, "too-many-logins"),
     (StorageError, 503, "storage-unavailable"),
+    (GatewayTimeoutError, 504, "gateway-timeout"),
+    (TransportError, 503, "broker-unavailable"),
 ]
 
 PROBLEM_TYPE_BASE = "https://edgefleet.dev/problems/"

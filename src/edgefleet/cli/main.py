@@ -14,6 +14,7 @@ from edgefleet import __version__
 from edgefleet.cli import broker, devices, groups, tokens, users
 from edgefleet.cli.common import err_console, load_settings, run
 from edgefleet.db.migrate import upgrade
+from edgefleet.errors import EdgefleetError
 
 app = typer.Typer(
     help="edgefleet: fleet manager for industrial IoT gateways (ThingsPro-compatible).",
@@ -105,7 +106,7 @@ def serve(
                 sys.stdout.write(banner + "\n")
                 sys.stdout.flush()
             config = uvicorn.Config(
-                create_app(container),
+                create_app(container, run_messaging=True),
                 host=settings.http.host,
                 port=settings.http.port,
                 log_config=None,
@@ -116,7 +117,11 @@ def serve(
         finally:
             await container.close()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except EdgefleetError as exc:
+        err_console.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(2) from exc
 
 
 def main() -> None:

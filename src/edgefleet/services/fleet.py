@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid as uuidlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,11 +79,20 @@ def _check_tags(tags: Sequence[str]) -> list[str]:
     return [check_tag(t) for t in tags]
 
 
+CredentialListener = Callable[[list[str], list[str]], None]
+"""Called with ``(registered uuids, deleted uuids)`` after each committed change."""
+
+
 class FleetService:
     def __init__(self, db: Database, box: SecretBox, clock: Clock = utcnow) -> None:
         self.db = db
         self.box = box
         self.clock = clock
+        self.credential_listeners: list[CredentialListener] = []
+
+    def _credentials_changed(self, registered: list[str], deleted: list[str]) -> None:
+        for listener in self.credential_listeners:
+            listener(registered, deleted)
 
     # --- devices ---------------------------------------------------------------------
 
@@ -121,6 +130,7 @@ class FleetService:
                 raise DuplicateError("device", "mac", reg.mac)
             await repo.add(device, tags)
         log.info("device registered: %s mac=%s", device.uuid, key)
+        self._credentials_changed([device.uuid], [])
         return DeviceView(device, sorted(set(tags))), psk
 
     async def list_devices(self, f: DeviceFilter, *, offset: int, limit: int) -> DevicePage:
@@ -179,6 +189,7 @@ class FleetService:
                 raise DeviceNotFoundError(", ".join(missing))
             deleted = await repo.delete(wanted)
         log.info("devices deregistered: %d", len(deleted))
+        self._credentials_changed([], deleted)
         return deleted
 
     async def all_psks(self) -> list[tuple[str, str]]:

@@ -6,9 +6,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -148,6 +148,20 @@ class DeviceRepo:
             .values(
                 properties=properties, properties_updated_at=at, **indexed_properties(properties)
             )
+        )
+
+    async def set_statuses(self, rows: Sequence[tuple[str, str]], at: datetime) -> None:
+        """Set ``(uuid, status)`` pairs; a row already in that status keeps its change time."""
+        if not rows:
+            return
+        table = cast(Table, Device.__table__)
+        t = table.c
+        # a Core statement: executemany of one UPDATE (the ORM form wants primary keys)
+        await self.s.execute(
+            update(table)
+            .where(t.uuid == bindparam("u"), t.connection_status != bindparam("st"))
+            .values(connection_status=bindparam("st"), connection_changed_at=bindparam("at")),
+            [{"u": u, "st": st, "at": at} for u, st in rows],
         )
 
     async def set_group(self, uuids: Sequence[str], group_id: int | None, at: datetime) -> None:

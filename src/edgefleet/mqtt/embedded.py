@@ -1,0 +1,194 @@
+"""The embedded broker: a Mosquitto that ``edgefleet serve`` configures, starts and supervises.
+
+Its files are generated from the database at every start into a private temporary
+directory (owned by the ``mosquitto`` user when we run as root, since Mosquitto drops to it),
+so nothing there needs to survive a restart. When gateways are registered or deleted the PSK
+store is rewritten and the broker reloaded (SIGHUP); a deleted gateway still connected is
+kicked by taking over its client id on the server listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import shutil
+import signal
+import socket
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiomqtt
+
+from edgefleet.errors import EdgefleetError
+from edgefleet.mqtt.brokerconfig import mosquitto
+from edgefleet.settings import MQTTSettings
+
+log = logging.getLogger(__name__)
+
+PskSource = Callable[[], Awaitable[list[tuple[str, str]]]]
+
+
+class EmbeddedBrokerError(EdgefleetError):
+    pass
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM the broker if the server dies, even by SIGKILL."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _find_mosquitto() -> str:
+    path = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+    if path is None:
+        raise EmbeddedBrokerError(
+            "the embedded broker needs Mosquitto: install Debian's mosquitto package "
+            "(`make run` does), or set EDGEFLEET_MQTT__EMBEDDED=false and point "
+            "EDGEFLEET_MQTT__SERVER_HOST/PORT at your broker"
+        )
+    return path
+
+
+def _check_free(host: str, port: int, what: str) -> None:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise EmbeddedBrokerError(
+                f"port {port} on {host} for the {what} is busy; choose another with "
+                f"EDGEFLEET_MQTT__{'GATEWAY' if what.startswith('gateway') else 'SERVER'}_PORT"
+            ) from exc
+
+
+class EmbeddedMosquitto:
+    def __init__(self, mqtt: MQTTSettings, server_password: str, psks: PskSource) -> None:
+        self.mqtt = mqtt
+        self.password = server_password
+        self.psks = psks
+        self.files: mosquitto.MosquittoFiles | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._dirty = asyncio.Event()
+        self._to_kick: list[str] = []
+        self._syncer: asyncio.Task[None] | None = None
+        self.restarts = 0
+
+    async def start(self) -> None:
+        binary = _find_mosquitto()
+        _check_free(
+            self.mqtt.gateway_host, self.mqtt.gateway_port, "gateway listener (MQTT TLS-PSK)"
+        )
+        _check_free(self.mqtt.server_host, self.mqtt.server_port, "server listener (MQTT)")
+        self.files = mosquitto.MosquittoFiles(Path(tempfile.mkdtemp(prefix="edgefleet-broker-")))
+        mosquitto.write_all(self.files, self.mqtt, self.password, await self.psks())
+        await self._spawn(binary)
+        self._supervisor = asyncio.create_task(self._supervise(binary), name="embedded-broker")
+        self._syncer = asyncio.create_task(self._sync(), name="embedded-broker-sync")
+        log.info(
+            "embedded Mosquitto: gateways on %s:%d (TLS-PSK), server on %s:%d",
+            self.mqtt.gateway_host,
+            self.mqtt.gateway_port,
+            self.mqtt.server_host,
+            self.mqtt.server_port,
+        )
+
+    async def _spawn(self, binary: str) -> None:
+        assert self.files is not None
+        self._proc = await asyncio.create_subprocess_exec(
+            binary,
+            "-c",
+            str(self.files.conf),
+            stderr=asyncio.subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while loop.time() < deadline:
+            if self._proc.returncode is not None:
+                raise EmbeddedBrokerError(f"mosquitto exited at start; see {self.files.log}")
+            try:
+                _, writer = await asyncio.open_connection(
+                    self.mqtt.server_host, self.mqtt.server_port
+                )
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            return
+        raise EmbeddedBrokerError("mosquitto did not listen within 10 s")
+
+    async def _supervise(self, binary: str) -> None:
+        """Restart the broker if it dies (gateways and the server reconnect by themselves)."""
+        delay = 0.5
+        while True:
+            await asyncio.sleep(0.5)
+            if self._proc is not None and self._proc.returncode is not None:
+                log.error("embedded Mosquitto exited with %s; restarting", self._proc.returncode)
+                await asyncio.sleep(delay)
+                try:
+                    await self._spawn(binary)
+                    self.restarts += 1
+                    delay = 0.5
+                except EmbeddedBrokerError as exc:
+                    log.error("restart failed: %s", exc.message)
+                    delay = min(delay * 2, 30)
+
+    def credentials_changed(self, removed: list[str] | None = None) -> None:
+        """Gateways were registered or deleted: rewrite the PSK store soon (debounced), then
+        close the sessions of the ``removed`` ones."""
+        self._to_kick.extend(removed or [])
+        self._dirty.set()
+
+    async def _sync(self) -> None:
+        while True:
+            await self._dirty.wait()
+            await asyncio.sleep(0.2)  # one rewrite for a burst of registrations
+            self._dirty.clear()
+            kick, self._to_kick = self._to_kick, []
+            try:
+                await self.reload()
+                await asyncio.sleep(0.1)  # let the broker re-read the store before the kick
+                await self.kick(kick)
+            except Exception:  # keep syncing later changes
+                log.exception("could not reload the embedded broker")
+
+    async def reload(self) -> None:
+        assert self.files is not None
+        mosquitto.write_psk(self.files, await self.psks())
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.send_signal(signal.SIGHUP)
+
+    async def kick(self, device_uuids: list[str]) -> None:
+        """Close the sessions of gateways that may no longer connect (their key is gone)."""
+        for device_uuid in device_uuids:
+            try:
+                async with aiomqtt.Client(
+                    self.mqtt.server_host,
+                    self.mqtt.server_port,
+                    username=self.mqtt.server_username,
+                    password=self.password,
+                    identifier=device_uuid,
+                    clean_session=True,
+                ):
+                    pass
+            except aiomqtt.MqttError as exc:
+                log.warning("could not kick %s: %s", device_uuid, exc)
+
+    async def stop(self) -> None:
+        for task in (self._supervisor, self._syncer):
+            if task is not None:
+                task.cancel()
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.terminate()
+            try:
+                await asyncio.wait_for(self._proc.wait(), 10)
+            except TimeoutError:
+                self._proc.kill()
+        if self.files is not None:
+            shutil.rmtree(self.files.directory, ignore_errors=True)

@@ -1,0 +1,26 @@
+"""TLS-PSK client contexts for gateways (agent, simulator, tests).
+
+Python 3.13's ``ssl`` does PSK natively, over TLS 1.2 and 1.3. On older Pythons sslpsk3
+adds it, over TLS 1.2 only (TLS 1.3 fails there with ATTEMPT_TO_REUSE_SESSION_IN_DIFFERENT_CONTEXT).
+"""
+
+from __future__ import annotations
+
+import ssl
+
+
+def psk_client_context(identity: str, key_hex: str) -> ssl.SSLContext:
+    key = bytes.fromhex(key_hex)
+    native = hasattr(ssl.SSLContext, "set_psk_client_callback")
+    if native:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    else:
+        from sslpsk3 import SSLPSKContext
+
+        ctx = SSLPSKContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_ciphers("PSK")
+    ctx.check_hostname = False  # no certificates with PSK
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_psk_client_callback(lambda _hint: (identity, key))  # type: ignore[attr-defined,unused-ignore]
+    return ctx

@@ -1,0 +1,75 @@
+"""Request → response over MQTT: publish to a gateway, wait for the reply with that task_id.
+
+Every server instance receives every response (plain subscriptions); each resolves only the
+requests it is waiting for. A second copy of a response (QoS 1 redelivery) finds nothing
+waiting and is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid as uuidlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from edgefleet.errors import GatewayTimeoutError
+from edgefleet.mqtt import topics
+from edgefleet.mqtt.messages import RequestMessage, ResponseMessage, encode
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[str, bytes], Awaitable[None]]
+
+
+class GatewayRelay:
+    def __init__(self, publish: Publish) -> None:
+        self._publish = publish
+        self._pending: dict[str, tuple[str, asyncio.Future[ResponseMessage]]] = {}
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def request(
+        self,
+        device_uuid: str,
+        method: str,
+        resource: str,
+        data: Any = None,
+        *,
+        wait: float = 30.0,
+        task_id: str | None = None,
+    ) -> ResponseMessage:
+        """Send one request to a gateway and return its response (``GatewayTimeoutError``)."""
+        task_id = task_id or str(uuidlib.uuid4())
+        message = RequestMessage(
+            method=method.lower(), resource=resource, data=data, task_id=task_id
+        )
+        future: asyncio.Future[ResponseMessage] = asyncio.get_running_loop().create_future()
+        self._pending[task_id] = (device_uuid, future)
+        try:
+            await self._publish(topics.topic(device_uuid, topics.Channel.SERVER), encode(message))
+            return await asyncio.wait_for(future, wait)
+        except TimeoutError as exc:
+            raise GatewayTimeoutError(device_uuid, wait) from exc
+        finally:
+            self._pending.pop(task_id, None)
+
+    def resolve(self, device_uuid: str, response: ResponseMessage) -> bool:
+        """Hand a response to its waiting request; False when none waits for it here."""
+        waiting = self._pending.get(response.task_id)
+        if waiting is None:
+            return False
+        owner, future = waiting
+        if owner != device_uuid:
+            log.warning(
+                "response for task %s came from %s, not %s: ignored",
+                response.task_id,
+                device_uuid,
+                owner,
+            )
+            return False
+        if not future.done():
+            future.set_result(response)
+        return True

@@ -1,0 +1,180 @@
+"""Gateways through the embedded Mosquitto: presence, properties, events, kicks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from edgefleet.bootstrap import Container, build
+from edgefleet.db.engine import Database
+from edgefleet.db.repos.devices import DeviceFilter
+from edgefleet.mqtt import topics
+from edgefleet.services.fleet import Registration
+from edgefleet.settings import MQTTSettings, Settings
+from edgefleet.simulator.gateway import VirtualGateway
+from tests.brokers import free_port, require
+
+PROPS = {"modelName": "UC-8112-LX-CG", "softwareVersion": "2.4.1", "defaultRoute": "eth0"}
+
+
+@pytest.fixture
+async def live(settings: Settings, database: Database) -> AsyncIterator[Container]:
+    """The server's gateway side running: embedded broker, broker link, presence writer."""
+    settings.mqtt = MQTTSettings(
+        gateway_host="127.0.0.1", gateway_port=free_port(), server_port=free_port()
+    )
+    container = build(settings, db=database)
+    await container.start_messaging()
+    await container.messaging.link.wait_connected(10)
+    yield container
+    await container.stop_messaging()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 20) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not await check():
+        if loop.time() > deadline:
+            raise AssertionError(f"not true within {seconds} s")
+        await asyncio.sleep(0.1)
+
+
+async def register(c: Container, n: int) -> list[tuple[str, str]]:
+    out = []
+    for i in range(n):
+        view, psk = await c.fleet.register_device(
+            Registration(display_name=f"gw{i}", mac=f"0090e8{i:06x}")
+        )
+        out.append((view.device.uuid, psk))
+    await asyncio.sleep(0.5)  # the broker re-reads its PSK store (debounced)
+    return out
+
+
+async def count(c: Container, status: str) -> int:
+    return (await c.fleet.list_devices(DeviceFilter(status=status), offset=0, limit=1)).total
+
+
+def start(
+    c: Container, creds: list[tuple[str, str]]
+) -> tuple[list[VirtualGateway], list[asyncio.Task[None]]]:
+    mqtt = c.settings.mqtt
+    gws = [VirtualGateway(u, k, "127.0.0.1", mqtt.gateway_port, dict(PROPS)) for u, k in creds]
+    return gws, [asyncio.create_task(g.run()) for g in gws]
+
+
+async def test_gateways_come_online_with_properties_and_go_offline(live: Container) -> None:
+    creds = await register(live, 20)
+    gws, tasks = start(live, creds)
+
+    async def all_online() -> bool:
+        return await count(live, "online") == 20
+
+    await eventually(all_online)
+    await live.messaging.presence.drained()
+
+    async def properties_cached() -> bool:
+        views = (await live.fleet.list_devices(DeviceFilter(), offset=0, limit=100)).items
+        return all(v.device.model_name == "UC-8112-LX-CG" for v in views)
+
+    await eventually(properties_cached)
+    before = (await live.fleet.get_device(creds[0][0])).device.connection_changed_at
+    for g in gws[:10]:
+        g.crash()  # the broker publishes their wills
+    for g in gws[10:]:
+        await g.go_offline()  # a clean shutdown says "0" itself
+    for t in tasks[10:]:
+        t.cancel()
+
+    async def all_offline() -> bool:
+        return await count(live, "offline") == 20
+
+    await eventually(all_offline)
+    after = (await live.fleet.get_device(creds[0][0])).device.connection_changed_at
+    assert after > before
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_mosquitto_clients_gateway_is_seen_online(live: Container) -> None:
+    [(uuid, psk)] = await register(live, 1)
+    mqtt = live.settings.mqtt
+    proc = await asyncio.create_subprocess_exec(
+        require("mosquitto_pub"),
+        *("-h", "127.0.0.1", "-p", str(mqtt.gateway_port)),
+        *("--psk", psk, "--psk-identity", uuid, "-q", "1"),
+        *("-t", topics.topic(uuid, topics.Channel.STATUS), "-m", "1"),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 10)
+    assert proc.returncode == 0, err.decode()
+
+    async def online() -> bool:
+        return (await live.fleet.get_device(uuid)).device.connection_status == "online"
+
+    await eventually(online)
+
+
+async def test_property_events_update_the_cache_and_bad_messages_are_dropped(
+    live: Container, caplog: pytest.LogCaptureFixture
+) -> None:
+    creds = await register(live, 1)
+    [gw], [task] = start(live, creds)
+    await asyncio.wait_for(gw.connected.wait(), 10)
+    client = gw._client
+    assert client is not None
+    await client.publish(topics.topic(gw.uuid, topics.Channel.CLIENT), b"{not json", qos=1)
+    await client.publish(topics.topic(gw.uuid, topics.Channel.CLIENT), b'{"method":"put"}', qos=1)
+    await gw.emit("put", "/system/properties/defaultRoute", "wwan0")
+    await gw.emit("put", "/system/properties/gps", {"data": {"lat": 25.0, "lng": 121.5}})
+
+    async def updated() -> bool:
+        props = (await live.fleet.get_device(gw.uuid)).device.properties
+        return props.get("defaultRoute") == "wwan0" and props.get("gps") == {
+            "lat": 25.0,
+            "lng": 121.5,
+        }
+
+    await eventually(updated)
+    assert (await live.fleet.get_device(gw.uuid)).device.default_route == "wwan0"
+    rejected = [r.getMessage() for r in caplog.records if "rejected MQTT message" in r.getMessage()]
+    assert any("not JSON" in m for m in rejected) and any("resource" in m for m in rejected)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_requests_reach_the_gateway_and_answers_come_back(live: Container) -> None:
+    creds = await register(live, 1)
+    [gw], [task] = start(live, creds)
+    await asyncio.wait_for(gw.connected.wait(), 10)
+    relay = live.messaging.relay
+    r = await relay.request(gw.uuid, "GET", "/system/status", wait=10)
+    assert r.code == 200 and r.data["hostname"].startswith("sim-")
+    r = await relay.request(gw.uuid, "get", "/no/such/resource", wait=10)
+    assert r.code == 404
+    # a redelivered request (same task_id) is not run twice: the first answer comes back
+    first = await relay.request(gw.uuid, "post", "/system/reboot", wait=10, task_id="t-1")
+    again = await relay.request(gw.uuid, "post", "/system/reboot", wait=10, task_id="t-1")
+    assert first == again
+    assert gw.executed[("post", "/system/reboot")] == 1 and gw.requests == 5
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+# paho leaves a socket whose TLS handshake failed to the garbage collector (closed there)
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_a_deleted_gateway_is_kicked_and_cannot_return(live: Container) -> None:
+    creds = await register(live, 2)
+    gws, tasks = start(live, creds)
+    await asyncio.wait_for(asyncio.gather(*(g.connected.wait() for g in gws)), 10)
+    await live.fleet.delete_devices([gws[0].uuid])
+    done, _ = await asyncio.wait([tasks[0]], timeout=10)
+    assert done, "the deleted gateway's session was not closed"
+    retry = asyncio.create_task(gws[0].run())
+    done, _ = await asyncio.wait([retry], timeout=10)
+    assert done and retry.exception() is not None  # TLS handshake refused: its key is gone
+    assert gws[1].connected.is_set()
+    tasks[1].cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
