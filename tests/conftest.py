@@ -24,7 +24,8 @@ from edgefleet.db.engine import Database, make_engine
 from edgefleet.db.migrate import upgrade_async
 from edgefleet.db.tables import Base
 from edgefleet.domain.auth import Role, Scope
-from edgefleet.settings import Settings
+from edgefleet.settings import MQTTSettings, Settings
+from tests.brokers import free_port
 from tests.pgserver import PostgresServer, find_postgres
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -100,6 +101,20 @@ def settings(tmp_path: Path, _session_database: tuple[Database, str]) -> Setting
 @pytest.fixture
 async def container(settings: Settings, database: Database) -> Container:
     return build(settings, db=database)
+
+
+@pytest.fixture
+async def live(settings: Settings, database: Database) -> AsyncIterator[Container]:
+    """The server's gateway side running: embedded Mosquitto on free ports, broker link,
+    presence writer (see tests/gateways.py for helpers)."""
+    settings.mqtt = MQTTSettings(
+        gateway_host="127.0.0.1", gateway_port=free_port(), server_port=free_port()
+    )
+    container = build(settings, db=database)
+    await container.start_messaging()
+    await container.messaging.link.wait_connected(10)
+    yield container
+    await container.stop_messaging()
 
 
 @pytest.fixture

@@ -3,65 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from edgefleet.bootstrap import Container, build
-from edgefleet.db.engine import Database
+from edgefleet.bootstrap import Container
 from edgefleet.db.repos.devices import DeviceFilter
 from edgefleet.mqtt import topics
-from edgefleet.services.fleet import Registration
-from edgefleet.settings import MQTTSettings, Settings
-from edgefleet.simulator.gateway import VirtualGateway
-from tests.brokers import free_port, require
-
-PROPS = {"modelName": "UC-8112-LX-CG", "softwareVersion": "2.4.1", "defaultRoute": "eth0"}
-
-
-@pytest.fixture
-async def live(settings: Settings, database: Database) -> AsyncIterator[Container]:
-    """The server's gateway side running: embedded broker, broker link, presence writer."""
-    settings.mqtt = MQTTSettings(
-        gateway_host="127.0.0.1", gateway_port=free_port(), server_port=free_port()
-    )
-    container = build(settings, db=database)
-    await container.start_messaging()
-    await container.messaging.link.wait_connected(10)
-    yield container
-    await container.stop_messaging()
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 20) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError(f"not true within {seconds} s")
-        await asyncio.sleep(0.1)
-
-
-async def register(c: Container, n: int) -> list[tuple[str, str]]:
-    out = []
-    for i in range(n):
-        view, psk = await c.fleet.register_device(
-            Registration(display_name=f"gw{i}", mac=f"0090e8{i:06x}")
-        )
-        out.append((view.device.uuid, psk))
-    await asyncio.sleep(0.5)  # the broker re-reads its PSK store (debounced)
-    return out
-
-
-async def count(c: Container, status: str) -> int:
-    return (await c.fleet.list_devices(DeviceFilter(status=status), offset=0, limit=1)).total
-
-
-def start(
-    c: Container, creds: list[tuple[str, str]]
-) -> tuple[list[VirtualGateway], list[asyncio.Task[None]]]:
-    mqtt = c.settings.mqtt
-    gws = [VirtualGateway(u, k, "127.0.0.1", mqtt.gateway_port, dict(PROPS)) for u, k in creds]
-    return gws, [asyncio.create_task(g.run()) for g in gws]
+from tests.brokers import require
+from tests.gateways import count, eventually, register, start
 
 
 async def test_gateways_come_online_with_properties_and_go_offline(live: Container) -> None:

@@ -75,6 +75,8 @@ class EmbeddedMosquitto:
         self._proc: asyncio.subprocess.Process | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._dirty = asyncio.Event()
+        self._synced = asyncio.Event()
+        self._synced.set()
         self._to_kick: list[str] = []
         self._syncer: asyncio.Task[None] | None = None
         self.restarts = 0
@@ -143,7 +145,12 @@ class EmbeddedMosquitto:
         """Gateways were registered or deleted: rewrite the PSK store soon (debounced), then
         close the sessions of the ``removed`` ones."""
         self._to_kick.extend(removed or [])
+        self._synced.clear()
         self._dirty.set()
+
+    async def reloaded(self) -> None:
+        """Wait until the broker has re-read every credential change made so far."""
+        await self._synced.wait()
 
     async def _sync(self) -> None:
         while True:
@@ -157,6 +164,8 @@ class EmbeddedMosquitto:
                 await self.kick(kick)
             except Exception:  # keep syncing later changes
                 log.exception("could not reload the embedded broker")
+            if not self._dirty.is_set():
+                self._synced.set()
 
     async def reload(self) -> None:
         assert self.files is not None

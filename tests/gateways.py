@@ -1,0 +1,52 @@
+"""Helpers for tests that run gateways against the server's broker (see the ``live`` fixture)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from edgefleet.bootstrap import Container
+from edgefleet.db.repos.devices import DeviceFilter
+from edgefleet.services.fleet import Registration
+from edgefleet.simulator.gateway import VirtualGateway
+
+PROPS = {"modelName": "UC-8112-LX-CG", "softwareVersion": "2.4.1", "defaultRoute": "eth0"}
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 20) -> None:
+    """Poll ``check`` every 0.1 s until it is true; fail after ``seconds``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not await check():
+        if loop.time() > deadline:
+            raise AssertionError(f"not true within {seconds} s")
+        await asyncio.sleep(0.1)
+
+
+async def register(c: Container, n: int, prefix: str = "gw") -> list[tuple[str, str]]:
+    """Register ``n`` devices; return their ``(uuid, psk)`` once the broker knows the keys."""
+    out = []
+    for i in range(n):
+        view, psk = await c.fleet.register_device(
+            Registration(display_name=f"{prefix}{i}", mac=f"0090e8{i:06x}")
+        )
+        out.append((view.device.uuid, psk))
+    if c.messaging.broker is not None:
+        await c.messaging.broker.reloaded()
+    return out
+
+
+async def count(c: Container, status: str) -> int:
+    return (await c.fleet.list_devices(DeviceFilter(status=status), offset=0, limit=1)).total
+
+
+def start(
+    c: Container, creds: list[tuple[str, str]], **kwargs: object
+) -> tuple[list[VirtualGateway], list[asyncio.Task[None]]]:
+    """Run one virtual gateway per credential against the live broker's gateway port."""
+    mqtt = c.settings.mqtt
+    gws = [
+        VirtualGateway(u, k, "127.0.0.1", mqtt.gateway_port, dict(PROPS), **kwargs)  # type: ignore[arg-type]
+        for u, k in creds
+    ]
+    return gws, [asyncio.create_task(g.run()) for g in gws]
