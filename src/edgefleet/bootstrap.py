@@ -54,7 +54,7 @@ class Container:
         if broker is not None:
             await broker.start()
             self.fleet.credential_listeners.append(
-                lambda _registered, deleted: broker.credentials_changed(deleted)
+                lambda _registered, _deleted: broker.credentials_changed()
             )
         m.tasks = [
             asyncio.create_task(m.link.run(), name="broker-link"),
@@ -67,6 +67,7 @@ class Container:
             task.cancel()
         await asyncio.gather(*m.tasks, return_exceptions=True)
         m.tasks = []
+        await m.router.close()
         if m.broker is not None:
             await m.broker.stop()
 
@@ -94,9 +95,14 @@ def _messaging(settings: Settings, db: Database, fleet: FleetService) -> Messagi
         client_id=mqtt.client_id or f"edgefleet-{socket.gethostname()}",
         subscriptions=topics.SERVER_SUBSCRIPTIONS,
         handler=router,
+        on_connect=router.connected,
     )
     holder["link"] = link
-    broker = EmbeddedMosquitto(mqtt, password, fleet.all_psks) if mqtt.embedded else None
+    broker = (
+        EmbeddedMosquitto(mqtt, password, fleet.all_psks, fleet.credentials_fingerprint)
+        if mqtt.embedded
+        else None
+    )
     return Messaging(link, relay, presence, router, broker)
 
 

@@ -11,7 +11,7 @@ import sys
 import typer
 
 from edgefleet import __version__
-from edgefleet.cli import broker, devices, groups, tokens, users
+from edgefleet.cli import broker, devices, groups, simulate, tokens, users
 from edgefleet.cli.common import err_console, load_settings, run
 from edgefleet.db.migrate import upgrade
 from edgefleet.errors import EdgefleetError
@@ -28,6 +28,7 @@ app.add_typer(tokens.app, name="tokens")
 app.add_typer(devices.app, name="devices")
 app.add_typer(groups.app, name="groups")
 app.add_typer(broker.app, name="broker-config")
+app.command("simulate")(simulate.simulate)
 
 
 @app.command()

@@ -34,6 +34,7 @@ class BrokerLink:
         client_id: str,
         subscriptions: Sequence[str],
         handler: Handler,
+        on_connect: Callable[[], None] | None = None,
         keepalive: int = 30,
         max_backoff: float = 30.0,
     ) -> None:
@@ -42,6 +43,7 @@ class BrokerLink:
         self.client_id = client_id
         self.subscriptions = list(subscriptions)
         self.handler = handler
+        self.on_connect = on_connect
         self.keepalive = keepalive
         self.max_backoff = max_backoff
         self.connected = asyncio.Event()
@@ -82,6 +84,8 @@ class BrokerLink:
             self.connects += 1
             self.connected.set()
             log.info("connected to broker %s:%d as %s", self.host, self.port, self.client_id)
+            if self.on_connect is not None:
+                self.on_connect()
             async for message in client.messages:
                 payload = message.payload if isinstance(message.payload, bytes) else b""
                 try:

@@ -4,7 +4,8 @@ Its files are generated from the database at every start into a private temporar
 directory (owned by the ``mosquitto`` user when we run as root, since Mosquitto drops to it),
 so nothing there needs to survive a restart. When gateways are registered or deleted the PSK
 store is rewritten and the broker reloaded (SIGHUP); a deleted gateway still connected is
-kicked by taking over its client id on the server listener.
+kicked by taking over its client id on the server listener. Changes made by another process
+(the CLI, another server instance) are noticed by polling a cheap fingerprint of the devices.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ from edgefleet.settings import MQTTSettings
 log = logging.getLogger(__name__)
 
 PskSource = Callable[[], Awaitable[list[tuple[str, str]]]]
+Fingerprint = Callable[[], Awaitable[object]]
+
+POLL_SECONDS = 2.0
+"""How often the database is checked for devices registered or deleted by another process."""
 
 
 class EmbeddedBrokerError(EdgefleetError):
@@ -67,18 +72,27 @@ def _check_free(host: str, port: int, what: str) -> None:
 
 
 class EmbeddedMosquitto:
-    def __init__(self, mqtt: MQTTSettings, server_password: str, psks: PskSource) -> None:
+    def __init__(
+        self,
+        mqtt: MQTTSettings,
+        server_password: str,
+        psks: PskSource,
+        fingerprint: Fingerprint | None = None,
+    ) -> None:
         self.mqtt = mqtt
         self.password = server_password
         self.psks = psks
+        self.fingerprint = fingerprint
+        self._known: set[str] = set()
+        self._last_print: object = None
         self.files: mosquitto.MosquittoFiles | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._dirty = asyncio.Event()
         self._synced = asyncio.Event()
         self._synced.set()
-        self._to_kick: list[str] = []
         self._syncer: asyncio.Task[None] | None = None
+        self._poller: asyncio.Task[None] | None = None
         self.restarts = 0
 
     async def start(self) -> None:
@@ -88,10 +102,16 @@ class EmbeddedMosquitto:
         )
         _check_free(self.mqtt.server_host, self.mqtt.server_port, "server listener (MQTT)")
         self.files = mosquitto.MosquittoFiles(Path(tempfile.mkdtemp(prefix="edgefleet-broker-")))
-        mosquitto.write_all(self.files, self.mqtt, self.password, await self.psks())
+        if self.fingerprint is not None:
+            self._last_print = await self.fingerprint()
+        psks = await self.psks()
+        self._known = {u for u, _ in psks}
+        mosquitto.write_all(self.files, self.mqtt, self.password, psks)
         await self._spawn(binary)
         self._supervisor = asyncio.create_task(self._supervise(binary), name="embedded-broker")
         self._syncer = asyncio.create_task(self._sync(), name="embedded-broker-sync")
+        if self.fingerprint is not None:
+            self._poller = asyncio.create_task(self._poll(), name="embedded-broker-poll")
         log.info(
             "embedded Mosquitto: gateways on %s:%d (TLS-PSK), server on %s:%d",
             self.mqtt.gateway_host,
@@ -141,12 +161,24 @@ class EmbeddedMosquitto:
                     log.error("restart failed: %s", exc.message)
                     delay = min(delay * 2, 30)
 
-    def credentials_changed(self, removed: list[str] | None = None) -> None:
+    def credentials_changed(self) -> None:
         """Gateways were registered or deleted: rewrite the PSK store soon (debounced), then
-        close the sessions of the ``removed`` ones."""
-        self._to_kick.extend(removed or [])
+        close the sessions of those whose key is gone."""
         self._synced.clear()
         self._dirty.set()
+
+    async def _poll(self) -> None:
+        assert self.fingerprint is not None
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
+            try:
+                current = await self.fingerprint()
+            except EdgefleetError as exc:
+                log.warning("embedded broker: cannot check for device changes: %s", exc.message)
+                continue
+            if current != self._last_print:
+                self._last_print = current
+                self.credentials_changed()
 
     async def reloaded(self) -> None:
         """Wait until the broker has re-read every credential change made so far."""
@@ -157,21 +189,26 @@ class EmbeddedMosquitto:
             await self._dirty.wait()
             await asyncio.sleep(0.2)  # one rewrite for a burst of registrations
             self._dirty.clear()
-            kick, self._to_kick = self._to_kick, []
             try:
-                await self.reload()
-                await asyncio.sleep(0.1)  # let the broker re-read the store before the kick
-                await self.kick(kick)
+                removed = await self.reload()
+                if removed:
+                    await asyncio.sleep(0.1)  # let the broker re-read the store before the kick
+                    await self.kick(removed)
             except Exception:  # keep syncing later changes
                 log.exception("could not reload the embedded broker")
             if not self._dirty.is_set():
                 self._synced.set()
 
-    async def reload(self) -> None:
+    async def reload(self) -> list[str]:
+        """Rewrite the PSK store and signal the broker; return the uuids no longer in it."""
         assert self.files is not None
-        mosquitto.write_psk(self.files, await self.psks())
+        psks = await self.psks()
+        current = {u for u, _ in psks}
+        removed, self._known = sorted(self._known - current), current
+        mosquitto.write_psk(self.files, psks)
         if self._proc is not None and self._proc.returncode is None:
             self._proc.send_signal(signal.SIGHUP)
+        return removed
 
     async def kick(self, device_uuids: list[str]) -> None:
         """Close the sessions of gateways that may no longer connect (their key is gone)."""
@@ -189,8 +226,14 @@ class EmbeddedMosquitto:
             except aiomqtt.MqttError as exc:
                 log.warning("could not kick %s: %s", device_uuid, exc)
 
+    @property
+    def pid(self) -> int | None:
+        """The running broker's process id (None when it is not running)."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.returncode is None else None
+
     async def stop(self) -> None:
-        for task in (self._supervisor, self._syncer):
+        for task in (self._supervisor, self._syncer, self._poller):
             if task is not None:
                 task.cancel()
         if self._proc is not None and self._proc.returncode is None:

@@ -23,23 +23,84 @@ PROPERTIES_TIMEOUT = 30.0
 
 
 class InboundRouter:
-    """Routes each message by channel; on every ``1`` it refreshes the gateway's properties."""
+    """Routes each message by channel; on every ``1`` it refreshes the gateway's properties.
+
+    Presence after a (re)connection to the broker is reconciled, because the broker's state
+    can disagree with the database: a broker restart publishes no wills, and a retained ``0``
+    can be stale (a gateway that reconnected and did not retain its ``1``). So a retained
+    ``0`` is not believed at once, and ``grace`` seconds after connecting every gateway the
+    database holds online but that has not said ``1`` since is probed with
+    ``GET /system/properties``: an answer keeps it online, silence marks it offline.
+    """
 
     def __init__(
-        self, presence: PresenceService, relay: GatewayRelay, *, refresh_limit: int = 200
+        self,
+        presence: PresenceService,
+        relay: GatewayRelay,
+        *,
+        refresh_limit: int = 200,
+        grace: float = 3.0,
+        probe_timeout: float = 10.0,
     ) -> None:
         self.presence = presence
         self.relay = relay
-        self._refreshing: set[asyncio.Task[None]] = set()
+        self.grace = grace
+        self.probe_timeout = probe_timeout
+        self._refreshing: set[asyncio.Task[bool]] = set()
         self._refresh_slots = asyncio.Semaphore(refresh_limit)
         self._refresh_ids: dict[str, str] = {}
+        self._said_online: set[str] = set()
+        """Gateways that said ``1`` since the last connection to the broker."""
+        self._reconciler: asyncio.Task[None] | None = None
+        self.reconciled = asyncio.Event()
+
+    def connected(self) -> None:
+        """The broker link (re)connected and subscribed: reconcile presence shortly."""
+        self._said_online.clear()
+        self.reconciled.clear()
+        if self._reconciler is not None:
+            self._reconciler.cancel()
+        self._reconciler = asyncio.create_task(self._reconcile(), name="presence-reconcile")
+
+    async def close(self) -> None:
+        """Stop reconciling and refreshing (shutdown)."""
+        tasks = [*self._refreshing, *([self._reconciler] if self._reconciler else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _reconcile(self) -> None:
+        await asyncio.sleep(self.grace)
+        try:
+            await self.presence.drained()
+            believed = await self.presence.online_uuids()
+        except EdgefleetError as exc:
+            log.warning("presence not reconciled: %s", exc.message)
+            return
+        doubtful = [u for u in believed if u not in self._said_online]
+        if doubtful:
+            log.info("presence: probing %d gateways after the broker connection", len(doubtful))
+        await asyncio.gather(*(self._probe(u) for u in doubtful))
+        await self.presence.drained()
+        self.reconciled.set()
+
+    async def _probe(self, device_uuid: str) -> None:
+        answered = await self._refresh_properties(device_uuid, wait=self.probe_timeout)
+        if device_uuid not in self._said_online:
+            self.presence.apply_status(device_uuid, answered)
 
     async def __call__(self, topic: str, payload: bytes, retained: bool) -> None:
         try:
             device_uuid, channel = topics.parse(topic)
             if channel is topics.Channel.STATUS:
                 online = decode_status(payload)
-                self.presence.apply_status(device_uuid, online)
+                if online:
+                    self._said_online.add(device_uuid)
+                    self.presence.apply_status(device_uuid, True)
+                elif not retained:
+                    self._said_online.discard(device_uuid)
+                    self.presence.apply_status(device_uuid, False)
+                # a retained "0" may be stale: the reconciliation probes that gateway
                 if online and not retained:
                     self._refresh(device_uuid)
             elif channel is topics.Channel.CLIENT:
@@ -77,19 +138,19 @@ class InboundRouter:
         self._refreshing.add(task)
         task.add_done_callback(self._refreshing.discard)
 
-    async def _refresh_properties(self, device_uuid: str) -> None:
+    async def _refresh_properties(self, device_uuid: str, wait: float = PROPERTIES_TIMEOUT) -> bool:
+        """Ask a gateway for its properties (cached when the answer arrives); True if it
+        answered at all."""
         task_id = str(uuidlib.uuid4())
         self._refresh_ids[task_id] = device_uuid
         async with self._refresh_slots:
             try:
                 await self.relay.request(
-                    device_uuid,
-                    "get",
-                    "/system/properties",
-                    wait=PROPERTIES_TIMEOUT,
-                    task_id=task_id,
+                    device_uuid, "get", "/system/properties", wait=wait, task_id=task_id
                 )
+                return True
             except EdgefleetError as exc:
                 log.info("properties of %s not refreshed: %s", device_uuid, exc.message)
+                return False
             finally:
                 self._refresh_ids.pop(task_id, None)

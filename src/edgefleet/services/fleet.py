@@ -198,6 +198,16 @@ class FleetService:
             sealed = await DeviceRepo(s).credentials()
         return [(uuid, self.box.open(p)) for uuid, p in sealed]
 
+    async def credentials_by_mac(self, mac_keys: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """``mac_key → (uuid, psk)`` of the registered devices among ``mac_keys``."""
+        async with self.db.session() as s:
+            sealed = await DeviceRepo(s).credentials_by_mac(mac_keys)
+        return {k: (u, self.box.open(p)) for k, (u, p) in sealed.items()}
+
+    async def credentials_fingerprint(self) -> tuple[int, Any]:
+        async with self.db.session() as s:
+            return await DeviceRepo(s).credentials_fingerprint()
+
     async def device_psk(self, uuid: str) -> str:
         async with self.db.session() as s:
             device = await DeviceRepo(s).get(uuid)

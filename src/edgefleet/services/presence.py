@@ -92,6 +92,11 @@ class PresenceService:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10)
 
+    async def online_uuids(self) -> list[str]:
+        """Gateways the database holds online."""
+        async with self.db.session() as s:
+            return await DeviceRepo(s).uuids_with_status(ConnectionStatus.ONLINE.value)
+
     async def drained(self) -> None:
         """Wait until every queued status is written (tests, shutdown)."""
         await self._idle.wait()

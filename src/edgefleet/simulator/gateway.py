@@ -40,6 +40,10 @@ class Behaviour:
     """Seconds before each answer."""
     failure_rate: float = 0.0
     """Share of requests answered with code 500."""
+    flap_interval: float = 0.0
+    """Mean seconds between dropped connections (0: never); the gateway then reconnects."""
+    event_interval: float = 0.0
+    """Mean seconds between unsolicited property events (0: none)."""
 
 
 @dataclass
@@ -58,6 +62,9 @@ class VirtualGateway:
         self.connected = asyncio.Event()
         self.requests = 0
         self.executed: Counter[tuple[str, str]] = Counter()
+        self.events = 0
+        self.failures = 0
+        self.flapped = False
         self._answers: OrderedDict[str, ResponseMessage] = OrderedDict()
         self._client: aiomqtt.Client | None = None
         self._started = time.monotonic()
@@ -91,6 +98,70 @@ class VirtualGateway:
             finally:
                 self.connected.clear()
                 self._client = None
+
+    async def serve(self, stop: asyncio.Event | None = None) -> None:
+        """Stay connected as a real gateway does: reconnect with jittered backoff, flap and
+        emit events as ``behaviour`` says, until cancelled or ``stop`` is set."""
+        stop = stop or asyncio.Event()
+        delay = 1.0
+        while not stop.is_set():
+            session = asyncio.create_task(self.run())
+            extras = [asyncio.create_task(self._misbehave(stop))]
+            try:
+                await asyncio.wait([session, *extras], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in extras:
+                    t.cancel()
+            if not session.done():
+                if stop.is_set():
+                    await self.go_offline()
+                session.cancel()
+            try:
+                await session
+                delay = 1.0
+            except aiomqtt.MqttError as exc:
+                if not self.flapped:
+                    self.failures += 1
+                    log.debug("gateway %s: %s", self.uuid, exc)
+            except asyncio.CancelledError:
+                if not stop.is_set() and not self.flapped:
+                    raise
+            self.flapped = False
+            if not stop.is_set():
+                await asyncio.sleep(delay * self.rng.uniform(0.5, 1.5))
+                delay = min(delay * 2, 60.0)
+
+    async def _misbehave(self, stop: asyncio.Event) -> None:
+        """Ends when the session should end: ``stop`` set, or a flap is due."""
+        b, loop = self.behaviour, asyncio.get_running_loop()
+        await self.connected.wait()
+        never = float("inf")
+        flap_at = (
+            loop.time() + self.rng.expovariate(1 / b.flap_interval) if b.flap_interval else never
+        )
+        event_at = (
+            loop.time() + self.rng.expovariate(1 / b.event_interval) if b.event_interval else never
+        )
+        while True:
+            wake = min(flap_at, event_at, loop.time() + 3600)
+            try:
+                await asyncio.wait_for(stop.wait(), max(0.0, wake - loop.time()))
+                return
+            except TimeoutError:
+                pass
+            now = loop.time()
+            if now >= flap_at:
+                self.flapped = True
+                self.crash()
+                return
+            if now >= event_at:
+                event_at = now + self.rng.expovariate(1 / b.event_interval)
+                value = round(self.rng.uniform(0, 100), 1)
+                try:
+                    await self.emit("put", "/system/properties/cpuUsage", value)
+                except (aiomqtt.MqttError, RuntimeError):
+                    return
+                self.events += 1
 
     async def _answer(self, client: aiomqtt.Client, payload: bytes) -> None:
         try:

@@ -92,6 +92,27 @@ class DeviceRepo:
         rows = await self.s.execute(select(Device.uuid, Device.psk_encrypted).order_by(Device.uuid))
         return [(u, p) for u, p in rows]
 
+    async def credentials_by_mac(self, mac_keys: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """``mac_key → (uuid, sealed psk)`` for the devices among ``mac_keys``."""
+        out: dict[str, tuple[str, str]] = {}
+        for i in range(0, len(mac_keys), 5000):
+            rows = await self.s.execute(
+                select(Device.mac_key, Device.uuid, Device.psk_encrypted).where(
+                    Device.mac_key.in_(mac_keys[i : i + 5000])
+                )
+            )
+            out.update({k: (u, p) for k, u, p in rows})
+        return out
+
+    async def uuids_with_status(self, status: str) -> list[str]:
+        rows = await self.s.scalars(select(Device.uuid).where(Device.connection_status == status))
+        return list(rows)
+
+    async def credentials_fingerprint(self) -> tuple[int, Any]:
+        """Changes when a device is registered or deleted: ``(count, newest created_at)``."""
+        row = (await self.s.execute(select(func.count(), func.max(Device.created_at)))).one()
+        return int(row[0]), row[1]
+
     async def exists_mac(self, mac_key: str) -> bool:
         found = await self.s.scalar(select(Device.uuid).where(Device.mac_key == mac_key))
         return found is not None

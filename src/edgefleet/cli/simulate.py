@@ -1,0 +1,85 @@
+"""``edgefleet simulate``: run a fleet of virtual gateways against the configured broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+
+import typer
+
+from edgefleet.bootstrap import Container
+from edgefleet.cli.common import err_console, run
+from edgefleet.simulator.fleet import SimulatedFleet, ensure_devices, raise_fd_limit
+from edgefleet.simulator.gateway import Behaviour
+
+
+def simulate(
+    devices: int = typer.Option(..., "--devices", "-n", min=1, help="How many gateways."),
+    prefix: str = typer.Option("sim", help="Names the fleet; a second run reuses its devices."),
+    host: str = typer.Option(None, help="Broker host (default: the gateway listener)."),
+    port: int = typer.Option(None, help="Broker port (default: the gateway listener)."),
+    connect_rate: float = typer.Option(300.0, min=0, help="Connections started per second."),
+    latency: float = typer.Option(0.0, min=0, help="Seconds before each answer."),
+    failure_rate: float = typer.Option(0.0, min=0, max=1, help="Share of requests failing."),
+    flap_interval: float = typer.Option(
+        0.0, min=0, help="Mean seconds between dropped connections per gateway (0: never)."
+    ),
+    event_interval: float = typer.Option(
+        0.0, min=0, help="Mean seconds between property events per gateway (0: none)."
+    ),
+    keepalive: int = typer.Option(60, min=5, max=65535, help="MQTT keepalive in seconds."),
+    duration: float = typer.Option(0.0, min=0, help="Stop after this many seconds (0: Ctrl-C)."),
+    stats_interval: float = typer.Option(5.0, min=0.1, help="Seconds between stats lines."),
+    seed: int = typer.Option(None, help="Random seed, for repeatable runs."),
+) -> None:
+    """Register (or reuse) N gateways and run them in this process, each a real MQTT client
+    with its own TLS-PSK identity. Prints one JSON line of stats every --stats-interval."""
+    limit = raise_fd_limit()
+    if devices > limit - 100:
+        err_console.print(
+            f"[red]error:[/red] {devices} gateways need as many sockets, and this process may "
+            f"open {limit} files: run several simulators with disjoint --prefix values"
+        )
+        raise typer.Exit(2)
+
+    async def work(c: Container) -> None:
+        mqtt = c.settings.mqtt
+        target_host = host or ("127.0.0.1" if mqtt.gateway_host == "0.0.0.0" else mqtt.gateway_host)  # noqa: S104
+        started = time.monotonic()
+        creds = await ensure_devices(c.fleet, prefix, devices)
+        err_console.print(
+            f"{len(creds)} gateways ready in {time.monotonic() - started:.1f} s; "
+            f"connecting to {target_host}:{port or mqtt.gateway_port}"
+        )
+        fleet = SimulatedFleet(
+            creds,
+            target_host,
+            port or mqtt.gateway_port,
+            prefix=prefix,
+            behaviour=Behaviour(latency, failure_rate, flap_interval, event_interval),
+            connect_rate=connect_rate,
+            keepalive=keepalive,
+            seed=seed,
+        )
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, fleet.stop.set)
+        runner = asyncio.create_task(fleet.run())
+        begin = loop.time()
+        while not fleet.stop.is_set():
+            try:
+                await asyncio.wait_for(fleet.stop.wait(), stats_interval)
+            except TimeoutError:
+                pass
+            elapsed = loop.time() - begin
+            line = {"t": round(elapsed, 1), **fleet.stats()}
+            sys.stdout.write(json.dumps(line) + "\n")
+            sys.stdout.flush()
+            if duration and elapsed >= duration:
+                fleet.stop.set()
+        await runner
+
+    run(work)
