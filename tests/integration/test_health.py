@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import httpx
 
 from edgefleet.api.app import create_app
-from edgefleet.bootstrap import build
+from edgefleet.bootstrap import Container, build
 from edgefleet.settings import Settings
 from tests.conftest import Caller
+from tests.gateways import eventually
 
 
 async def test_healthz_and_readyz(client: httpx.AsyncClient) -> None:
@@ -58,3 +61,23 @@ async def test_openapi_documents_every_api_route(client: httpx.AsyncClient) -> N
     ):
         assert p in paths
     assert (await client.get("/docs")).status_code == 200
+
+
+async def test_readyz_follows_the_broker_connection(live: Container) -> None:
+    transport = httpx.ASGITransport(app=create_app(live))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        r = await c.get("/readyz")
+        assert r.status_code == 200 and r.json()["checks"] == {"database": True, "broker": True}
+        broker = live.messaging.broker
+        assert broker is not None and broker.pid is not None
+        os.kill(broker.pid, signal.SIGKILL)  # the supervisor restarts it
+
+        async def not_ready() -> bool:
+            return (await c.get("/readyz")).status_code == 503
+
+        await eventually(not_ready, 10)
+
+        async def ready() -> bool:
+            return (await c.get("/readyz")).status_code == 200
+
+        await eventually(ready, 30)

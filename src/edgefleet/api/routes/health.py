@@ -19,6 +19,11 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", name="health.ready")
 async def readyz(c: ContainerDep) -> JSONResponse:
-    db_ok = await c.db.ping()
-    body = {"status": "ready" if db_ok else "not ready", "checks": {"database": db_ok}}
-    return JSONResponse(body, status_code=200 if db_ok else 503)
+    """Ready when the database answers and, if this process runs the gateway side, its
+    broker connection is up (requests to gateways would fail without it)."""
+    checks = {"database": await c.db.ping()}
+    if c.messaging.tasks:
+        checks["broker"] = c.messaging.link.connected.is_set()
+    ok = all(checks.values())
+    body = {"status": "ready" if ok else "not ready", "checks": checks}
+    return JSONResponse(body, status_code=200 if ok else 503)
