@@ -19,6 +19,7 @@ from edgefleet.mqtt.router import InboundRouter
 from edgefleet.secretbox import SecretBox
 from edgefleet.services.accounts import AccountService
 from edgefleet.services.audit import AuditService
+from edgefleet.services.broker_auth import BrokerAuthService
 from edgefleet.services.fleet import FleetService
 from edgefleet.services.presence import PresenceService
 from edgefleet.settings import Settings
@@ -46,6 +47,7 @@ class Container:
     fleet: FleetService
     audit: AuditService
     messaging: Messaging
+    broker_auth: BrokerAuthService
 
     async def start_messaging(self) -> None:
         """Start the embedded broker (if configured), the broker link and the presence writer."""
@@ -113,6 +115,10 @@ def build(settings: Settings, db: Database | None = None) -> Container:
     db = db or Database(make_engine(settings.resolved_database_url))
     box = SecretBox(settings.resolved_secret_key())
     fleet = FleetService(db, box)
+    broker_auth = BrokerAuthService(
+        fleet, settings.mqtt.server_username, settings.mqtt_server_password()
+    )
+    fleet.credential_listeners.append(lambda _new, deleted: broker_auth.forget(deleted))
     return Container(
         settings=settings,
         db=db,
@@ -122,6 +128,7 @@ def build(settings: Settings, db: Database | None = None) -> Container:
         fleet=fleet,
         audit=AuditService(db),
         messaging=_messaging(settings, db, fleet),
+        broker_auth=broker_auth,
     )
 
 

@@ -65,6 +65,10 @@ class MetricsMiddleware:
             REQUESTS.labels(method, template, str(recorder.status)).inc()
 
 
+NOT_AUDITED = frozenset({"/api/v1/broker/authn", "/api/v1/broker/authz"})
+"""Questions asked with POST, not changes: one per broker connection or subscription."""
+
+
 class AuditMiddleware:
     """Records every write under ``/api/`` with its actor, action, target and outcome."""
 
@@ -77,6 +81,7 @@ class AuditMiddleware:
             scope["type"] != "http"
             or scope["method"] not in WRITE_METHODS
             or not scope["path"].startswith("/api/")
+            or scope["path"] in NOT_AUDITED
         ):
             await self.app(scope, receive, send)
             return

@@ -1,0 +1,91 @@
+"""``/api/v1/broker/…``: hooks for brokers that ask the server (a ``broker``-scope token).
+
+- ``POST /broker/authn`` and ``POST /broker/authz`` answer in the shape of EMQX's HTTP
+  authentication and authorisation (``{"result": "allow" | "deny", "is_superuser"}``), so an
+  EMQX-compatible broker needs only its URL, a body template and the ``mx-api-token`` header.
+- ``GET /broker/psk/{identity}`` gives one gateway's key (hex), for PSK callbacks (aedes).
+- ``GET /broker/psk-file`` gives the whole store as ``identity:hex`` lines, the format of
+  Mosquitto's ``psk_file``, for broker nodes that keep a local copy.
+
+Decisions are not written to the audit log (one per connection and subscription); denials are
+logged with their reason, never with the password.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgefleet.api.deps import ContainerDep, require
+from edgefleet.domain.auth import Permission, Principal
+from edgefleet.domain.broker_access import Action
+from edgefleet.errors import DeviceNotFoundError
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/api/v1/broker", tags=["broker hooks"])
+BrokerCaller = Annotated[Principal, Depends(require(Permission.BROKER))]
+
+
+class AuthnBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    username: str = Field(default="", max_length=256)
+    password: str = Field(default="", max_length=1024)
+    clientid: str = Field(default="", max_length=256)
+    cert_common_name: str = Field(default="", max_length=256)
+    peerhost: str = Field(default="", max_length=64)
+
+
+class AuthzBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    username: str = Field(default="", max_length=256)
+    clientid: str = Field(default="", max_length=256)
+    topic: str = Field(min_length=1, max_length=65535)
+    action: Action
+
+
+@router.post("/authn", name="broker.authn")
+async def authenticate(c: ContainerDep, _: BrokerCaller, body: AuthnBody) -> dict[str, Any]:
+    result = await c.broker_auth.authenticate(
+        username=body.username,
+        password=body.password,
+        client_id=body.clientid,
+        cert_common_name=body.cert_common_name,
+    )
+    if not result.allow:
+        log.info(
+            "broker authn denied: user=%s client=%s peer=%s: %s",
+            body.username,
+            body.clientid,
+            body.peerhost,
+            result.reason,
+        )
+    return {"result": "allow" if result.allow else "deny", "is_superuser": result.superuser}
+
+
+@router.post("/authz", name="broker.authz")
+async def authorize(c: ContainerDep, _: BrokerCaller, body: AuthzBody) -> dict[str, str]:
+    ok = await c.broker_auth.authorize(username=body.username, topic=body.topic, action=body.action)
+    if not ok:
+        log.info("broker authz denied: user=%s %s %s", body.username, body.action, body.topic)
+    return {"result": "allow" if ok else "deny"}
+
+
+@router.get("/psk/{identity}", name="broker.psk")
+async def psk(c: ContainerDep, _: BrokerCaller, identity: str) -> dict[str, str]:
+    key = await c.broker_auth.device_key(identity)
+    if key is None:
+        raise DeviceNotFoundError(identity)
+    return {"identity": identity, "psk": key}
+
+
+@router.get("/psk-file", name="broker.psk_file", response_class=PlainTextResponse)
+async def psk_file(c: ContainerDep, _: BrokerCaller) -> PlainTextResponse:
+    lines = "".join(f"{u}:{k}\n" for u, k in await c.fleet.all_psks())
+    return PlainTextResponse(lines, headers={"Cache-Control": "no-store"})

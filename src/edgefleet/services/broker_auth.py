@@ -1,0 +1,78 @@
+"""Answers for brokers that ask the server who may connect and publish (HTTP hooks).
+
+For brokers without a PSK file of their own (a cluster, EMQX-style HTTP authentication,
+aedes' PSK callback): the server is the source of truth. Lookups of a device's key are
+cached for a few seconds, so a reconnect storm costs one database read per gateway.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from dataclasses import dataclass
+
+from edgefleet.domain.broker_access import Action, device_topic_allowed
+from edgefleet.errors import DeviceNotFoundError
+from edgefleet.services.fleet import FleetService
+
+CACHE_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class AuthnResult:
+    allow: bool
+    superuser: bool = False
+    reason: str = ""
+
+
+class BrokerAuthService:
+    def __init__(self, fleet: FleetService, server_username: str, server_password: str) -> None:
+        self.fleet = fleet
+        self.server_username = server_username
+        self.server_password = server_password
+        self._keys: dict[str, tuple[float, str | None]] = {}
+
+    async def device_key(self, device_uuid: str) -> str | None:
+        """The device's PSK (hex), or None when no such device is registered."""
+        now = time.monotonic()
+        cached = self._keys.get(device_uuid)
+        if cached is not None and now - cached[0] < CACHE_SECONDS:
+            return cached[1]
+        try:
+            key: str | None = await self.fleet.device_psk(device_uuid)
+        except DeviceNotFoundError:
+            key = None
+        if len(self._keys) > 100_000:
+            self._keys.clear()
+        self._keys[device_uuid] = (now, key)
+        return key
+
+    def forget(self, device_uuids: list[str]) -> None:
+        for u in device_uuids:
+            self._keys.pop(u, None)
+
+    async def authenticate(
+        self, *, username: str, password: str, client_id: str, cert_common_name: str = ""
+    ) -> AuthnResult:
+        if username == self.server_username:
+            ok = bool(self.server_password) and hmac.compare_digest(
+                password.encode(), self.server_password.encode()
+            )
+            return AuthnResult(ok, superuser=ok, reason="" if ok else "wrong server password")
+        if client_id != username:
+            return AuthnResult(False, reason="a gateway's client id must be its uuid")
+        key = await self.device_key(username)
+        if key is None:
+            return AuthnResult(False, reason="no such device")
+        if cert_common_name:
+            ok = cert_common_name == username
+            return AuthnResult(ok, reason="" if ok else "certificate CN is not the uuid")
+        ok = hmac.compare_digest(password.lower().encode(), key.encode())
+        return AuthnResult(ok, reason="" if ok else "wrong key")
+
+    async def authorize(self, *, username: str, topic: str, action: Action) -> bool:
+        if username == self.server_username:
+            return True
+        if not device_topic_allowed(username, topic, action):
+            return False
+        return await self.device_key(username) is not None
