@@ -21,6 +21,7 @@ from edgefleet.services.accounts import AccountService
 from edgefleet.services.audit import AuditService
 from edgefleet.services.broker_auth import BrokerAuthService
 from edgefleet.services.fleet import FleetService
+from edgefleet.services.pki import PkiService, broker_tls
 from edgefleet.services.presence import PresenceService
 from edgefleet.settings import Settings
 
@@ -48,6 +49,7 @@ class Container:
     audit: AuditService
     messaging: Messaging
     broker_auth: BrokerAuthService
+    pki: PkiService
 
     async def start_messaging(self) -> None:
         """Start the embedded broker (if configured), the broker link and the presence writer."""
@@ -78,7 +80,7 @@ class Container:
         await self.db.dispose()
 
 
-def _messaging(settings: Settings, db: Database, fleet: FleetService) -> Messaging:
+def _messaging(settings: Settings, db: Database, fleet: FleetService, pki: PkiService) -> Messaging:
     mqtt = settings.mqtt
     password = settings.mqtt_server_password()
     presence = PresenceService(db)
@@ -101,7 +103,14 @@ def _messaging(settings: Settings, db: Database, fleet: FleetService) -> Messagi
     )
     holder["link"] = link
     broker = (
-        EmbeddedMosquitto(mqtt, password, fleet.all_psks, fleet.credentials_fingerprint)
+        EmbeddedMosquitto(
+            mqtt,
+            password,
+            fleet.all_psks,
+            fleet.credentials_fingerprint,
+            tls=lambda: broker_tls(pki, mqtt),
+            crl=pki.crl_pem,
+        )
         if mqtt.embedded
         else None
     )
@@ -115,6 +124,7 @@ def build(settings: Settings, db: Database | None = None) -> Container:
     db = db or Database(make_engine(settings.resolved_database_url))
     box = SecretBox(settings.resolved_secret_key())
     fleet = FleetService(db, box)
+    pki = PkiService(db, box, fleet)
     broker_auth = BrokerAuthService(
         fleet, settings.mqtt.server_username, settings.mqtt_server_password()
     )
@@ -127,8 +137,9 @@ def build(settings: Settings, db: Database | None = None) -> Container:
         ),
         fleet=fleet,
         audit=AuditService(db),
-        messaging=_messaging(settings, db, fleet),
+        messaging=_messaging(settings, db, fleet, pki),
         broker_auth=broker_auth,
+        pki=pki,
     )
 
 

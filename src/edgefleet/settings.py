@@ -71,6 +71,12 @@ class MQTTSettings(BaseModel):
     client_id: str = ""
     """The server's MQTT client id; empty means ``edgefleet-<hostname>``. Unique per instance."""
     psk_hint: str = "edgefleet"
+    cert_port: int = Field(default=0, ge=0, le=65535)
+    """A second gateway listener for X.509 client certificates from the server's CA
+    (TLS, CN = device uuid); 0 turns it off. 8884 is the usual choice."""
+    cert_hostnames: list[str] = Field(default_factory=list)
+    """Names gateways use to reach the broker, for its server certificate (default: this
+    host's name, localhost, 127.0.0.1 and gateway_host)."""
     broker_dir: Path | None = None
     """Where the Mosquitto configuration is written; empty means ``data_dir/mosquitto``."""
 

@@ -13,7 +13,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from edgefleet import __version__
 from edgefleet.api import errors
 from edgefleet.api.middleware import AuditMiddleware, MetricsMiddleware
-from edgefleet.api.routes import audit, auth, broker, devices, groups, health, tokens, users
+from edgefleet.api.routes import (
+    audit,
+    auth,
+    broker,
+    devices,
+    groups,
+    health,
+    pki,
+    tokens,
+    users,
+)
 from edgefleet.bootstrap import Container
 from edgefleet.errors import EdgefleetError
 
@@ -49,7 +59,7 @@ def create_app(container: Container, *, run_messaging: bool = False) -> FastAPI:
         openapi_url="/openapi.json",
     )
     app.state.container = container
-    for module in (health, auth, devices, groups, users, tokens, audit, broker):
+    for module in (health, auth, devices, groups, users, tokens, audit, broker, pki):
         for name in ("compat", "router", "extra"):
             r = getattr(module, name, None)
             if r is not None:

@@ -212,3 +212,27 @@ class DeviceTask(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+
+
+class Authority(Base):
+    """The server's certificate authority (one row): its certificate, and its key sealed by
+    the server key, shared by every server instance."""
+
+    __tablename__ = "pki_authority"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cert_pem: Mapped[str] = mapped_column(Text)
+    key_sealed: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+
+
+class DeviceCertificate(Base):
+    """A certificate issued to a gateway; kept after the device is deleted, for the CRL."""
+
+    __tablename__ = "device_certificates"
+
+    serial: Mapped[str] = mapped_column(String(40), primary_key=True)
+    device_uuid: Mapped[str] = mapped_column(String(36), index=True)
+    issued_at: Mapped[datetime]
+    not_after: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]

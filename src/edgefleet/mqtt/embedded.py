@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 PskSource = Callable[[], Awaitable[list[tuple[str, str]]]]
 Fingerprint = Callable[[], Awaitable[object]]
+TlsSource = Callable[[], Awaitable[mosquitto.TlsMaterial]]
+CrlSource = Callable[[], Awaitable[str]]
 
 POLL_SECONDS = 2.0
 """How often the database is checked for devices registered or deleted by another process."""
@@ -59,7 +61,7 @@ def _find_mosquitto() -> str:
     return path
 
 
-def _check_free(host: str, port: int, what: str) -> None:
+def _check_free(host: str, port: int, what: str, setting: str) -> None:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -67,7 +69,7 @@ def _check_free(host: str, port: int, what: str) -> None:
         except OSError as exc:
             raise EmbeddedBrokerError(
                 f"port {port} on {host} for the {what} is busy; choose another with "
-                f"EDGEFLEET_MQTT__{'GATEWAY' if what.startswith('gateway') else 'SERVER'}_PORT"
+                f"EDGEFLEET_MQTT__{setting}"
             ) from exc
 
 
@@ -78,11 +80,15 @@ class EmbeddedMosquitto:
         server_password: str,
         psks: PskSource,
         fingerprint: Fingerprint | None = None,
+        tls: TlsSource | None = None,
+        crl: CrlSource | None = None,
     ) -> None:
         self.mqtt = mqtt
         self.password = server_password
         self.psks = psks
         self.fingerprint = fingerprint
+        self.tls = tls
+        self.crl = crl
         self._known: set[str] = set()
         self._last_print: object = None
         self.files: mosquitto.MosquittoFiles | None = None
@@ -97,16 +103,18 @@ class EmbeddedMosquitto:
 
     async def start(self) -> None:
         binary = _find_mosquitto()
-        _check_free(
-            self.mqtt.gateway_host, self.mqtt.gateway_port, "gateway listener (MQTT TLS-PSK)"
-        )
-        _check_free(self.mqtt.server_host, self.mqtt.server_port, "server listener (MQTT)")
+        m = self.mqtt
+        _check_free(m.gateway_host, m.gateway_port, "gateway listener (TLS-PSK)", "GATEWAY_PORT")
+        _check_free(m.server_host, m.server_port, "server listener (MQTT)", "SERVER_PORT")
+        if m.cert_port:
+            _check_free(m.gateway_host, m.cert_port, "certificate listener", "CERT_PORT")
+        tls = await self.tls() if self.mqtt.cert_port and self.tls is not None else None
         self.files = mosquitto.MosquittoFiles(Path(tempfile.mkdtemp(prefix="edgefleet-broker-")))
         if self.fingerprint is not None:
             self._last_print = await self.fingerprint()
         psks = await self.psks()
         self._known = {u for u, _ in psks}
-        mosquitto.write_all(self.files, self.mqtt, self.password, psks)
+        mosquitto.write_all(self.files, self.mqtt, self.password, psks, tls)
         await self._spawn(binary)
         self._supervisor = asyncio.create_task(self._supervise(binary), name="embedded-broker")
         self._syncer = asyncio.create_task(self._sync(), name="embedded-broker-sync")
@@ -206,6 +214,8 @@ class EmbeddedMosquitto:
         current = {u for u, _ in psks}
         removed, self._known = sorted(self._known - current), current
         mosquitto.write_psk(self.files, psks)
+        if self.mqtt.cert_port and self.crl is not None:
+            mosquitto.write_crl(self.files, await self.crl())
         if self._proc is not None and self._proc.returncode is None:
             self._proc.send_signal(signal.SIGHUP)
         return removed

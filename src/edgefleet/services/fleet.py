@@ -187,7 +187,7 @@ class FleetService:
             missing = [u for u in wanted if u not in found]
             if missing:
                 raise DeviceNotFoundError(", ".join(missing))
-            deleted = await repo.delete(wanted)
+            deleted = await repo.delete(wanted, self.clock())
         log.info("devices deregistered: %d", len(deleted))
         self._credentials_changed([], deleted)
         return deleted

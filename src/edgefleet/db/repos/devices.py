@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from edgefleet.db.fleetquery import to_clause
-from edgefleet.db.tables import Device, DeviceTag
+from edgefleet.db.tables import Device, DeviceCertificate, DeviceTag
 from edgefleet.domain.devices import indexed_properties
 from edgefleet.domain.query import Node
 from edgefleet.errors import DuplicateError
@@ -133,14 +133,24 @@ class DeviceRepo:
         rows = await self.s.scalars(select(Device.uuid).where(*_conditions(f)))
         return list(rows)
 
-    async def delete(self, uuids: Sequence[str]) -> list[str]:
-        """Delete the devices that exist among ``uuids``; returns those deleted."""
+    async def delete(self, uuids: Sequence[str], at: datetime) -> list[str]:
+        """Delete the devices that exist among ``uuids`` and revoke their certificates;
+        returns those deleted."""
         if not uuids:
             return []
         result = await self.s.scalars(
             delete(Device).where(Device.uuid.in_(uuids)).returning(Device.uuid)
         )
-        return list(result)
+        deleted = list(result)
+        await self.s.execute(
+            update(DeviceCertificate)
+            .where(
+                DeviceCertificate.device_uuid.in_(deleted), DeviceCertificate.revoked_at.is_(None)
+            )
+            .values(revoked_at=at)
+            .execution_options(synchronize_session=False)
+        )
+        return deleted
 
     async def tags_of(self, uuids: Sequence[str]) -> dict[str, list[str]]:
         out: dict[str, list[str]] = defaultdict(list)

@@ -6,6 +6,8 @@ Two listeners share one security set-up (``per_listener_settings false``):
 - the server listener on loopback: username/password (the password file is hashed by
   ``mosquitto_passwd -U``; we never write that hash ourselves).
 The ACL pattern lets a device use only ``$ThingsPro/devices/<its uuid>/#``.
+With ``cert_port`` set, a third listener takes X.509 client certificates from the server's CA
+(CN = uuid; deleted devices' certificates are in the CRL).
 Mosquitto re-reads the PSK and ACL files on SIGHUP (``reload``); files are written to a
 temporary name and renamed, so the broker never reads half a file.
 """
@@ -60,6 +62,32 @@ class MosquittoFiles:
     def log(self) -> Path:
         return self.directory / "mosquitto.log"
 
+    @property
+    def ca(self) -> Path:
+        return self.directory / "ca.pem"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.directory / "server.pem"
+
+    @property
+    def server_key(self) -> Path:
+        return self.directory / "server.key"
+
+    @property
+    def crl(self) -> Path:
+        return self.directory / "crl.pem"
+
+
+@dataclass(frozen=True)
+class TlsMaterial:
+    """What the certificate listener needs, all PEM, from the server's CA."""
+
+    ca: str
+    cert: str
+    key: str
+    crl: str
+
 
 def render_conf(files: MosquittoFiles, mqtt: MQTTSettings) -> str:
     d = files
@@ -88,6 +116,20 @@ use_username_as_clientid true
 
 # the edgefleet server: loopback, username/password
 listener {mqtt.server_port} {mqtt.server_host}
+""" + (_cert_listener(files, mqtt) if mqtt.cert_port else "")
+
+
+def _cert_listener(d: MosquittoFiles, mqtt: MQTTSettings) -> str:
+    return f"""
+# gateways with a certificate from the edgefleet CA: CN = device uuid
+listener {mqtt.cert_port} {mqtt.gateway_host}
+cafile {d.ca}
+certfile {d.server_cert}
+keyfile {d.server_key}
+crlfile {d.crl}
+require_certificate true
+use_identity_as_username true
+use_username_as_clientid true
 """
 
 
@@ -130,13 +172,20 @@ def write_psk(files: MosquittoFiles, entries: Iterable[tuple[str, str]]) -> None
     _write(files.psk, render_psk(entries))
 
 
+def write_crl(files: MosquittoFiles, crl_pem: str) -> None:
+    _write(files.crl, crl_pem)
+
+
 def write_all(
     files: MosquittoFiles,
     mqtt: MQTTSettings,
     server_password: str,
     psk_entries: Iterable[tuple[str, str]],
+    tls: TlsMaterial | None = None,
 ) -> None:
     """Write the whole configuration; ``mosquitto -c files.conf`` then runs it."""
+    if mqtt.cert_port and tls is None:
+        raise BrokerConfigError("the certificate listener needs the CA's material")
     files.directory.mkdir(parents=True, exist_ok=True)
     owner = _owner()
     if owner:
@@ -144,6 +193,11 @@ def write_all(
     _write(files.conf, render_conf(files, mqtt))
     _write(files.acl, render_acl(mqtt.server_username))
     write_psk(files, psk_entries)
+    if mqtt.cert_port and tls is not None:
+        _write(files.ca, tls.ca)
+        _write(files.server_cert, tls.cert)
+        _write(files.server_key, tls.key)
+        write_crl(files, tls.crl)
     _write(files.passwd, f"{mqtt.server_username}:{server_password}\n")
     tool = shutil.which("mosquitto_passwd")
     if tool is None:
