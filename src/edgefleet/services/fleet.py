@@ -96,8 +96,7 @@ class FleetService:
 
     # --- devices ---------------------------------------------------------------------
 
-    async def register_device(self, reg: Registration) -> tuple[DeviceView, str]:
-        """Register a gateway: a new uuid and PSK; the PSK is returned here only."""
+    def _new_device(self, reg: Registration) -> tuple[Device, list[str], str]:
         key = mac_key(reg.mac)
         tags = _check_tags(reg.tags)
         attributes = _check_attributes(reg.attributes)
@@ -124,14 +123,36 @@ class FleetService:
             created_at=now,
             updated_at=now,
         )
+        return device, tags, psk
+
+    async def register_device(self, reg: Registration) -> tuple[DeviceView, str]:
+        """Register a gateway: a new uuid and PSK; the PSK is returned here only."""
+        device, tags, psk = self._new_device(reg)
         async with self.db.session() as s:
             repo = DeviceRepo(s)
-            if await repo.exists_mac(key):
+            if await repo.exists_mac(device.mac_key):
                 raise DuplicateError("device", "mac", reg.mac)
             await repo.add(device, tags)
-        log.info("device registered: %s mac=%s", device.uuid, key)
+        log.info("device registered: %s mac=%s", device.uuid, device.mac_key)
         self._credentials_changed([device.uuid], [])
         return DeviceView(device, sorted(set(tags))), psk
+
+    async def register_many(self, regs: Sequence[Registration]) -> list[tuple[DeviceView, str]]:
+        """Register many gateways in one transaction: all or none (a MAC already registered,
+        or given twice, refuses the batch)."""
+        made = [self._new_device(r) for r in regs]
+        keys = [d.mac_key for d, _, _ in made]
+        if len(set(keys)) != len(keys):
+            raise ValidationError("the same mac appears twice in the batch")
+        async with self.db.session() as s:
+            repo = DeviceRepo(s)
+            taken = await repo.credentials_by_mac(keys)
+            if taken:
+                raise DuplicateError("device", "mac", next(iter(taken)))
+            await repo.add_many([(d, t) for d, t, _ in made])
+        log.info("devices registered: %d", len(made))
+        self._credentials_changed([d.uuid for d, _, _ in made], [])
+        return [(DeviceView(d, sorted(set(t))), psk) for d, t, psk in made]
 
     async def list_devices(self, f: DeviceFilter, *, offset: int, limit: int) -> DevicePage:
         async with self.db.session() as s:

@@ -39,21 +39,21 @@ async def ensure_devices(fleet: FleetService, prefix: str, n: int) -> list[tuple
     """``(uuid, psk)`` of gateways ``prefix-0 … prefix-(n-1)``, registering those missing."""
     macs = [simulated_mac(prefix, i) for i in range(n)]
     known = await fleet.credentials_by_mac(macs)
-    out = []
-    for i, mac in enumerate(macs):
-        if mac not in known:
-            view, psk = await fleet.register_device(
-                Registration(
-                    display_name=f"{prefix}-{i}",
-                    mac=mac,
-                    serial_number=f"SIM{i:08d}",
-                    description="simulated gateway",
-                    tags=("simulated",),
-                )
-            )
-            known[mac] = (view.device.uuid, psk)
-        out.append(known[mac])
-    return out
+    missing = [
+        Registration(
+            display_name=f"{prefix}-{i}",
+            mac=mac,
+            serial_number=f"SIM{i:08d}",
+            description="simulated gateway",
+            tags=("simulated",),
+        )
+        for i, mac in enumerate(macs)
+        if mac not in known
+    ]
+    for start in range(0, len(missing), 1000):
+        for view, psk in await fleet.register_many(missing[start : start + 1000]):
+            known[view.device.mac_key] = (view.device.uuid, psk)
+    return [known[mac] for mac in macs]
 
 
 def properties_for(prefix: str, index: int, uuid: str) -> dict[str, Any]:

@@ -78,6 +78,20 @@ class DeviceRepo:
             raise DuplicateError("device", "mac", device.mac) from exc
         await self.set_tags(device.uuid, tags)
 
+    async def add_many(self, devices: Sequence[tuple[Device, Iterable[str]]]) -> None:
+        """Insert many devices with their tags (executemany, one round of statements)."""
+        if not devices:
+            return
+        table = cast(Table, Device.__table__)
+        rows = [{c.name: getattr(d, c.key) for c in table.columns} for d, _ in devices]
+        try:
+            await self.s.execute(insert(table), rows)
+        except IntegrityError as exc:
+            raise DuplicateError("device", "mac", "(one of the batch)") from exc
+        tags = [{"device_uuid": d.uuid, "tag": t} for d, ts in devices for t in sorted(set(ts))]
+        if tags:
+            await self.s.execute(insert(DeviceTag), tags)
+
     async def get(self, uuid: str) -> Device | None:
         return await self.s.get(Device, uuid)
 
