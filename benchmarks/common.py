@@ -49,6 +49,7 @@ def free_port() -> int:
 class Server:
     proc: subprocess.Popen[bytes]
     base_url: str
+    env: dict[str, str]
 
     def cpu_seconds(self) -> float:
         """User + system CPU the server process has used so far (Linux /proc)."""
@@ -64,7 +65,9 @@ class Server:
             self.proc.kill()
 
 
-def start_server(database_url: str, data_dir: Path) -> Server:
+def start_server(
+    database_url: str, data_dir: Path, extra_env: dict[str, str] | None = None
+) -> Server:
     port = free_port()
     env = {
         **os.environ,
@@ -75,6 +78,7 @@ def start_server(database_url: str, data_dir: Path) -> Server:
         "EDGEFLEET_MQTT__GATEWAY_HOST": "127.0.0.1",
         "EDGEFLEET_MQTT__GATEWAY_PORT": str(free_port()),
         "EDGEFLEET_MQTT__SERVER_PORT": str(free_port()),
+        **(extra_env or {}),
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "edgefleet.cli.main", "serve", "--port", str(port), "--no-migrate"],
@@ -86,7 +90,7 @@ def start_server(database_url: str, data_dir: Path) -> Server:
     while time.monotonic() < deadline:
         try:
             if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                return Server(proc, base)
+                return Server(proc, base, env)
         except httpx.TransportError:
             pass
         if proc.poll() is not None:
@@ -94,6 +98,30 @@ def start_server(database_url: str, data_dir: Path) -> Server:
         time.sleep(0.2)
     proc.kill()
     raise RuntimeError("the server did not become ready in 30 s")
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process (KiB), from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        out.extend(int(x) for x in text)
+    return out
+
+
+def broker_of(server: Server) -> int:
+    """The pid of the embedded Mosquitto the server runs."""
+    for pid in children(server.proc.pid):
+        if Path(f"/proc/{pid}/comm").read_text().strip() == "mosquitto":
+            return pid
+    raise RuntimeError("the server runs no embedded Mosquitto")
 
 
 def percentile(values: list[float], p: float) -> float:

@@ -1,0 +1,196 @@
+"""Broker capacity with presence tracked (P1), the reconnect storm after a broker restart
+(P2), and the server's memory per online gateway (P8).
+
+One ``edgefleet serve`` (PostgreSQL, embedded Mosquitto) and several ``edgefleet simulate``
+processes on this machine, every gateway a real TLS-PSK MQTT client. Figures:
+- time until the server's database shows every gateway online, and the rate;
+- the server's and the broker's RSS at that count, and KiB per online gateway;
+- after ``kill -9`` of the broker (its supervisor restarts it): time until every gateway has
+  said ``1`` again to the server;
+- after ``kill -9`` of the simulators (the kernel closes their sockets; the broker publishes
+  the wills): time until the database shows them all offline.
+
+EDGEFLEET_BENCH_GATEWAYS (default 10000) and EDGEFLEET_BENCH_SIM_PROCS (default 4) size it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from benchmarks.common import (
+    broker_of,
+    fresh_database,
+    report,
+    rss_kib,
+    start_server,
+)
+from edgefleet.db.engine import Database, make_engine
+from edgefleet.db.migrate import upgrade
+from edgefleet.secretbox import SecretBox
+from edgefleet.services.fleet import FleetService
+from edgefleet.simulator.fleet import ensure_devices
+
+DB = "edgefleet_bench_broker"
+STEP_TIMEOUT = 240.0
+
+
+async def _count(conn: asyncpg.Connection, status: str) -> int:
+    n = await conn.fetchval("select count(*) from devices where connection_status = $1", status)
+    return int(n)
+
+
+async def _follow(proc: asyncio.subprocess.Process, latest: dict[int, dict[str, Any]]) -> None:
+    """Keep the newest stats line a simulator printed."""
+    assert proc.stdout is not None
+    async for line in proc.stdout:
+        try:
+            latest[proc.pid] = json.loads(line)
+        except ValueError:
+            continue
+
+
+async def _wait(what: str, check: Any, limit: float = STEP_TIMEOUT) -> float:
+    t0 = time.monotonic()
+    while not await check():
+        if time.monotonic() - t0 > limit:
+            raise RuntimeError(f"{what}: not done within {limit} s")
+        await asyncio.sleep(0.25)
+    return time.monotonic() - t0
+
+
+async def main() -> None:
+    n = int(os.environ.get("EDGEFLEET_BENCH_GATEWAYS", "10000"))
+    procs = int(os.environ.get("EDGEFLEET_BENCH_SIM_PROCS", "4"))
+    per = -(-n // procs)
+    url = await fresh_database(DB)
+    await asyncio.to_thread(upgrade, url)
+    secret = "bench-" + os.urandom(16).hex()
+    with tempfile.TemporaryDirectory() as tmp:
+        server = start_server(url, Path(tmp), {"EDGEFLEET_SECRET_KEY": secret})
+        sims: list[asyncio.subprocess.Process] = []
+        latest: dict[int, dict[str, Any]] = {}
+        readers: list[asyncio.Task[None]] = []
+        pg = await asyncpg.connect(url.replace("+asyncpg", ""))
+        try:
+            broker_pid = broker_of(server)
+            idle_server, idle_broker = rss_kib(server.proc.pid), rss_kib(broker_pid)
+            db = Database(make_engine(url))
+            fleet = FleetService(db, SecretBox(secret.encode()))
+            t0 = time.monotonic()
+            for k in range(procs):
+                await ensure_devices(fleet, f"bench{k}", min(per, n - k * per))
+            register_s = time.monotonic() - t0
+            await db.dispose()
+            await asyncio.sleep(2.5)  # the embedded broker notices the new keys (polls 2 s)
+
+            env = {**os.environ, **server.env, "EDGEFLEET_LOG_LEVEL": "WARNING"}
+            env.pop("EDGEFLEET_HTTP__PORT", None)
+            cpu0 = server.cpu_seconds()
+            t0 = time.monotonic()
+            for k in range(procs):
+                count = min(per, n - k * per)
+                sims.append(
+                    await asyncio.create_subprocess_exec(
+                        sys.executable,
+                        *("-m", "edgefleet.cli.main", "simulate", "--prefix", f"bench{k}"),
+                        *("-n", str(count), "--connect-rate", str(round(600 / procs))),
+                        *("--stats-interval", "0.5"),
+                        env=env,
+                        stdout=asyncio.subprocess.PIPE,
+                        stderr=asyncio.subprocess.DEVNULL,
+                    )
+                )
+
+            readers = [asyncio.create_task(_follow(p, latest)) for p in sims]
+
+            async def all_online() -> bool:
+                return await _count(pg, "online") >= n
+
+            online_s = await _wait("all online", all_online)
+            await asyncio.sleep(5)  # property refreshes settle
+            server_cpu = server.cpu_seconds() - cpu0
+            server_rss, broker_rss = rss_kib(server.proc.pid), rss_kib(broker_pid)
+            sim_rss = sum(rss_kib(s.pid) for s in sims)
+            with_props = await pg.fetchval("select count(*) from devices where model_name <> ''")
+
+            # P2: the broker dies; its supervisor restarts it; every gateway reconnects
+            kill_at = datetime.now(UTC).replace(tzinfo=None)
+            os.kill(broker_pid, signal.SIGKILL)
+            await asyncio.sleep(1)  # the simulators notice
+
+            async def reconnected() -> bool:
+                return sum(x.get("connected", 0) for x in latest.values()) >= n
+
+            async def confirmed() -> bool:
+                # every gateway said "1" again or answered the server's probe: either way
+                # the server asked for its properties after the restart
+                fresh = await pg.fetchval(
+                    "select count(*) from devices where connection_status = 'online' "
+                    "and properties_updated_at > $1",
+                    kill_at,
+                )
+                return int(fresh) >= n
+
+            reconnect_s = 1 + await _wait("reconnect storm", reconnected)
+            confirmed_s = 1 + await _wait("server confirmed", confirmed)
+            broker_pid = broker_of(server)
+            online_after_storm = await _count(pg, "online")
+
+            # wills: the simulators die at once
+            for s in sims:
+                s.kill()
+            for s in sims:
+                await s.wait()
+
+            async def all_offline() -> bool:
+                return await _count(pg, "offline") >= n
+
+            offline_s = await _wait("all offline", all_offline)
+        finally:
+            for s in sims:
+                if s.returncode is None:
+                    s.kill()
+            for r in readers:
+                r.cancel()
+            await pg.close()
+            server.stop()
+    rows = [
+        {
+            "gateways": n,
+            "sim_processes": procs,
+            "register_s": round(register_s, 1),
+            "all_online_s": round(online_s, 1),
+            "connects_per_s": round(n / online_s, 1),
+            "with_properties": with_props,
+            "server_rss_mib": round(server_rss / 1024, 1),
+            "server_kib_per_gateway": round((server_rss - idle_server) / n, 2),
+            "server_cpu_ms_per_connect": round(server_cpu / n * 1000, 3),
+            "broker_rss_mib": round(broker_rss / 1024, 1),
+            "broker_kib_per_gateway": round((broker_rss - idle_broker) / n, 2),
+            "simulator_kib_per_gateway": round(sim_rss / n, 1),
+            "storm_reconnected_s": round(reconnect_s, 1),
+            "storm_server_confirmed_s": round(confirmed_s, 1),
+            "online_after_storm": online_after_storm,
+            "wills_all_offline_s": round(offline_s, 1),
+        }
+    ]
+    report(
+        "broker_capacity",
+        rows,
+        {"machine": os.uname().nodename},
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
