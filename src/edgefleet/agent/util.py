@@ -242,3 +242,24 @@ def prune(directory: Path, pattern: str, keep: int) -> None:
     files = sorted(directory.glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
     for old in files[keep:]:
         old.unlink(missing_ok=True)
+
+
+async def upload_into(
+    out: dict[str, Any],
+    http: httpx.AsyncClient,
+    url: str | None,
+    headers: Mapping[str, str],
+    path: Path,
+    timeout_s: float,
+) -> None:
+    """If ``url`` is given, upload ``path`` there and record the answer in ``out``
+    (``upload``, and ``url`` when the answer names one); a failure answers 502."""
+    if url is None:
+        return
+    try:
+        answer = await upload(http, url, headers, path, timeout_s)
+    except TransferError as exc:
+        raise HandlerError(502, exc.message) from None
+    out["upload"] = answer
+    if isinstance(answer, dict) and "url" in answer:
+        out["url"] = answer["url"]

@@ -37,7 +37,7 @@ from edgefleet.agent.util import (
     download,
     parse,
     prune,
-    upload,
+    upload_into,
 )
 
 log = logging.getLogger(__name__)
@@ -192,16 +192,9 @@ class Configuration:
             "entries": entries,
             "scopes": sorted(scopes),
         }
-        if body.url is not None:
-            try:
-                answer = await upload(
-                    self.ctx.http, body.url, body.headers, dest, self.ctx.config.downloadTimeout
-                )
-            except TransferError as exc:
-                raise HandlerError(502, exc.message) from None
-            out["upload"] = answer
-            if isinstance(answer, dict) and "url" in answer:
-                out["url"] = answer["url"]
+        await upload_into(
+            out, self.ctx.http, body.url, body.headers, dest, self.ctx.config.downloadTimeout
+        )
         return 200, out
 
     async def import_(self, req: Request) -> Reply:

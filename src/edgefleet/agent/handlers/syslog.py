@@ -23,13 +23,12 @@ from pydantic import Field
 
 from edgefleet.agent.plugin import AgentContext, HandlerError, Reply, Request, Route
 from edgefleet.agent.util import (
-    TransferError,
     UploadTarget,
     expand,
     parse,
     prune,
     run_command,
-    upload,
+    upload_into,
 )
 
 log = logging.getLogger(__name__)
@@ -100,16 +99,9 @@ class Syslog:
             "lines": text.count(b"\n"),
             "source": source,
         }
-        if body.url is not None:
-            try:
-                answer = await upload(
-                    self.ctx.http, body.url, body.headers, dest, self.ctx.config.downloadTimeout
-                )
-            except TransferError as exc:
-                raise HandlerError(502, exc.message) from None
-            out["upload"] = answer
-            if isinstance(answer, dict) and "url" in answer:
-                out["url"] = answer["url"]
+        await upload_into(
+            out, self.ctx.http, body.url, body.headers, dest, self.ctx.config.downloadTimeout
+        )
         return 200, out
 
 
