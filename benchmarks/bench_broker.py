@@ -10,7 +10,8 @@ processes on this machine, every gateway a real TLS-PSK MQTT client. Figures:
 - after ``kill -9`` of the simulators (the kernel closes their sockets; the broker publishes
   the wills): time until the database shows them all offline.
 
-EDGEFLEET_BENCH_GATEWAYS (default 10000) and EDGEFLEET_BENCH_SIM_PROCS (default 4) size it.
+EDGEFLEET_BENCH_GATEWAYS (default 10000) and EDGEFLEET_BENCH_SIM_PROCS (default 4) size it;
+EDGEFLEET_BENCH_SERVER_LOG=INFO shows the server's log on stderr.
 """
 
 from __future__ import annotations
@@ -60,11 +61,16 @@ async def _follow(proc: asyncio.subprocess.Process, latest: dict[int, dict[str, 
             continue
 
 
-async def _wait(what: str, check: Any, limit: float = STEP_TIMEOUT) -> float:
-    t0 = time.monotonic()
-    while not await check():
-        if time.monotonic() - t0 > limit:
-            raise RuntimeError(f"{what}: not done within {limit} s")
+async def _wait(what: str, count: Any, n: int, limit: float = STEP_TIMEOUT) -> float:
+    """Seconds until ``count()`` reaches ``n``; progress on stderr every 5 s."""
+    t0 = last = time.monotonic()
+    while (got := await count()) < n:
+        now = time.monotonic()
+        if now - t0 > limit:
+            raise RuntimeError(f"{what}: {got} of {n} after {limit} s")
+        if now - last >= 5:
+            print(f"  {what}: {got}/{n} after {now - t0:.0f} s", file=sys.stderr)
+            last = now
         await asyncio.sleep(0.25)
     return time.monotonic() - t0
 
@@ -77,7 +83,14 @@ async def main() -> None:
     await asyncio.to_thread(upgrade, url)
     secret = "bench-" + os.urandom(16).hex()
     with tempfile.TemporaryDirectory() as tmp:
-        server = start_server(url, Path(tmp), {"EDGEFLEET_SECRET_KEY": secret})
+        server = start_server(
+            url,
+            Path(tmp),
+            {
+                "EDGEFLEET_SECRET_KEY": secret,
+                "EDGEFLEET_LOG_LEVEL": os.environ.get("EDGEFLEET_BENCH_SERVER_LOG", "WARNING"),
+            },
+        )
         sims: list[asyncio.subprocess.Process] = []
         latest: dict[int, dict[str, Any]] = {}
         readers: list[asyncio.Task[None]] = []
@@ -108,16 +121,13 @@ async def main() -> None:
                         *("--stats-interval", "0.5"),
                         env=env,
                         stdout=asyncio.subprocess.PIPE,
-                        stderr=asyncio.subprocess.DEVNULL,
+                        stderr=None,  # warnings go to the benchmark's stderr
                     )
                 )
 
             readers = [asyncio.create_task(_follow(p, latest)) for p in sims]
 
-            async def all_online() -> bool:
-                return await _count(pg, "online") >= n
-
-            online_s = await _wait("all online", all_online)
+            online_s = await _wait("all online", lambda: _count(pg, "online"), n)
             await asyncio.sleep(5)  # property refreshes settle
             server_cpu = server.cpu_seconds() - cpu0
             server_rss, broker_rss = rss_kib(server.proc.pid), rss_kib(broker_pid)
@@ -129,10 +139,10 @@ async def main() -> None:
             os.kill(broker_pid, signal.SIGKILL)
             await asyncio.sleep(1)  # the simulators notice
 
-            async def reconnected() -> bool:
-                return sum(x.get("connected", 0) for x in latest.values()) >= n
+            async def reconnected() -> int:
+                return sum(x.get("connected", 0) for x in latest.values())
 
-            async def confirmed() -> bool:
+            async def confirmed() -> int:
                 # every gateway said "1" again or answered the server's probe: either way
                 # the server asked for its properties after the restart
                 fresh = await pg.fetchval(
@@ -140,10 +150,10 @@ async def main() -> None:
                     "and properties_updated_at > $1",
                     kill_at,
                 )
-                return int(fresh) >= n
+                return int(fresh)
 
-            reconnect_s = 1 + await _wait("reconnect storm", reconnected)
-            confirmed_s = 1 + await _wait("server confirmed", confirmed)
+            reconnect_s = 1 + await _wait("reconnect storm", reconnected, n)
+            confirmed_s = 1 + await _wait("server confirmed", confirmed, n)
             broker_pid = broker_of(server)
             online_after_storm = await _count(pg, "online")
 
@@ -153,10 +163,7 @@ async def main() -> None:
             for s in sims:
                 await s.wait()
 
-            async def all_offline() -> bool:
-                return await _count(pg, "offline") >= n
-
-            offline_s = await _wait("all offline", all_offline)
+            offline_s = await _wait("all offline", lambda: _count(pg, "offline"), n)
         finally:
             for s in sims:
                 if s.returncode is None:
@@ -193,4 +200,6 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    # a SIGTERM (timeout, CI) unwinds like Ctrl-C, so the server and simulators are stopped
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     asyncio.run(main())

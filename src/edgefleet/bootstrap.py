@@ -110,6 +110,7 @@ def _messaging(settings: Settings, db: Database, fleet: FleetService, pki: PkiSe
             fleet.credentials_fingerprint,
             tls=lambda: broker_tls(pki, mqtt),
             crl=pki.crl_pem,
+            record=settings.data_dir / "embedded-mosquitto.json",
         )
         if mqtt.embedded
         else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -103,3 +104,33 @@ def test_busy_port_is_reported_clearly(tmp_path: Path) -> None:
         )
     assert r.returncode == 2
     assert f"port {port} on 127.0.0.1 is busy" in r.stderr
+
+
+def test_a_broker_left_by_a_killed_server_is_stopped_at_the_next_start(tmp_path: Path) -> None:
+    """Run as root, Mosquitto drops to its own user, which clears the parent-death signal: a
+    server killed with SIGKILL leaves its broker holding the ports. The next start stops it."""
+    env = _env(tmp_path, _free_port())
+    cmd = [sys.executable, "-m", "edgefleet.cli.main", "serve"]
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    record = tmp_path / "data" / "embedded-mosquitto.json"
+    try:
+        _wait_ready(f"http://127.0.0.1:{env['EDGEFLEET_HTTP__PORT']}/readyz", time.monotonic() + 60)
+        broker = json.loads(record.read_text())["pid"]
+    finally:
+        first.kill()
+        first.wait()
+    time.sleep(0.5)
+    env["EDGEFLEET_HTTP__PORT"] = str(_free_port())  # the same broker ports as before
+    again = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait_ready(f"http://127.0.0.1:{env['EDGEFLEET_HTTP__PORT']}/readyz", time.monotonic() + 60)
+        assert not Path(f"/proc/{broker}").exists() or _zombie(broker)
+        assert json.loads(record.read_text())["pid"] != broker
+    finally:
+        again.terminate()
+        again.communicate(timeout=20)
+    assert not record.exists()  # a clean stop removes it
+
+
+def _zombie(pid: int) -> bool:
+    return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()

@@ -19,6 +19,11 @@ from edgefleet.errors import TransportError
 
 log = logging.getLogger(__name__)
 
+MAX_INFLIGHT = 1000
+"""QoS 1 publishes awaiting their PUBACK at once (paho's default, 20, serialises a storm)."""
+MAX_QUEUED = 20_000
+"""Publishes paho holds beyond the in-flight window before refusing more."""
+
 Handler = Callable[[str, bytes, bool], Awaitable[None]]
 """``(topic, payload, retained)``."""
 
@@ -37,6 +42,7 @@ class BrokerLink:
         on_connect: Callable[[], None] | None = None,
         keepalive: int = 30,
         max_backoff: float = 30.0,
+        publish_timeout: float = 30.0,
     ) -> None:
         self.host, self.port = host, port
         self.username, self.password = username, password
@@ -46,6 +52,7 @@ class BrokerLink:
         self.on_connect = on_connect
         self.keepalive = keepalive
         self.max_backoff = max_backoff
+        self.publish_timeout = publish_timeout
         self.connected = asyncio.Event()
         self._client: aiomqtt.Client | None = None
         self.connects = 0
@@ -76,8 +83,12 @@ class BrokerLink:
             identifier=self.client_id,
             keepalive=self.keepalive,
             clean_session=False,
-            max_queued_outgoing_messages=10_000,
+            max_queued_outgoing_messages=MAX_QUEUED,
+            max_inflight_messages=MAX_INFLIGHT,
         ) as client:
+            # thousands of requests in flight are normal here (a reconciliation, a task to a
+            # whole group), not a sign of trouble worth a warning each
+            client.pending_calls_threshold = MAX_QUEUED
             for sub in self.subscriptions:
                 await client.subscribe(sub, qos=1)
             self._client = client
@@ -100,7 +111,9 @@ class BrokerLink:
         if client is None:
             raise TransportError("not connected to the broker")
         try:
-            await client.publish(topic, payload, qos=qos, retain=retain)
+            await client.publish(
+                topic, payload, qos=qos, retain=retain, timeout=self.publish_timeout
+            )
         except aiomqtt.MqttError as exc:
             raise TransportError(f"publish to {topic} failed: {exc}") from exc
 

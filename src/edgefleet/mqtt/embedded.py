@@ -11,12 +11,17 @@ kicked by taking over its client id on the server listener. Changes made by anot
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
+import json
 import logging
+import os
+import resource
 import shutil
 import signal
 import socket
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -41,10 +46,48 @@ class EmbeddedBrokerError(EdgefleetError):
     pass
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM the broker if the server dies, even by SIGKILL."""
+def _prepare_child() -> None:
+    """In the child before exec: SIGTERM the broker if the server dies, even by SIGKILL (lost
+    when Mosquitto drops root privileges: the pid record below covers that), and let it hold
+    as many connections as the hard open-file limit allows (a soft limit of 1024 is common)."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _stop_stale(record: Path) -> None:
+    """Stop a broker an earlier server left running (killed hard while Mosquitto ran as
+    another user), known by the record that server wrote; anything else is left alone."""
+    try:
+        info = json.loads(record.read_text())
+        pid, conf, server = int(info["pid"]), str(info["conf"]), int(info["server"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        status = Path(f"/proc/{pid}/status").read_text()
+        parent = int(status.split("PPid:", 1)[1].split()[0])
+    except (OSError, IndexError, ValueError):
+        cmdline, parent = [], 0
+    if parent == server:
+        return  # its server still runs (the port check says so clearly)
+    if conf.encode() in cmdline:
+        log.warning("stopping the embedded Mosquitto (pid %d) an earlier server left", pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(50):
+                time.sleep(0.1)
+                os.kill(pid, 0)
+            os.kill(pid, signal.SIGKILL)
+    directory = Path(conf).parent
+    if directory.name.startswith(TMP_PREFIX):
+        shutil.rmtree(directory, ignore_errors=True)
+    record.unlink(missing_ok=True)
+
+
+TMP_PREFIX = "edgefleet-broker-"
 
 
 PR_SET_PDEATHSIG = 1
@@ -82,8 +125,12 @@ class EmbeddedMosquitto:
         fingerprint: Fingerprint | None = None,
         tls: TlsSource | None = None,
         crl: CrlSource | None = None,
+        record: Path | None = None,
     ) -> None:
+        """``record``: where the running broker's pid is kept (in the data directory), so a
+        broker orphaned by a hard kill of the server is stopped at the next start."""
         self.mqtt = mqtt
+        self.record = record
         self.password = server_password
         self.psks = psks
         self.fingerprint = fingerprint
@@ -103,13 +150,15 @@ class EmbeddedMosquitto:
 
     async def start(self) -> None:
         binary = _find_mosquitto()
+        if self.record is not None:
+            await asyncio.to_thread(_stop_stale, self.record)
         m = self.mqtt
         _check_free(m.gateway_host, m.gateway_port, "gateway listener (TLS-PSK)", "GATEWAY_PORT")
         _check_free(m.server_host, m.server_port, "server listener (MQTT)", "SERVER_PORT")
         if m.cert_port:
             _check_free(m.gateway_host, m.cert_port, "certificate listener", "CERT_PORT")
         tls = await self.tls() if self.mqtt.cert_port and self.tls is not None else None
-        self.files = mosquitto.MosquittoFiles(Path(tempfile.mkdtemp(prefix="edgefleet-broker-")))
+        self.files = mosquitto.MosquittoFiles(Path(tempfile.mkdtemp(prefix=TMP_PREFIX)))
         if self.fingerprint is not None:
             self._last_print = await self.fingerprint()
         psks = await self.psks()
@@ -135,8 +184,15 @@ class EmbeddedMosquitto:
             "-c",
             str(self.files.conf),
             stderr=asyncio.subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_prepare_child,
         )
+        if self.record is not None:
+            self.record.parent.mkdir(parents=True, exist_ok=True)
+            self.record.write_text(
+                json.dumps(
+                    {"pid": self._proc.pid, "conf": str(self.files.conf), "server": os.getpid()}
+                )
+            )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 10
         while loop.time() < deadline:
@@ -254,3 +310,5 @@ class EmbeddedMosquitto:
                 self._proc.kill()
         if self.files is not None:
             shutil.rmtree(self.files.directory, ignore_errors=True)
+        if self.record is not None:
+            self.record.unlink(missing_ok=True)

@@ -120,14 +120,14 @@ class InboundRouter:
             if self._refresh_ids.pop(message.task_id, None) == device_uuid:
                 # written here, in arrival order, so a later property event is not overwritten
                 if message.code == 200 and isinstance(message.data, dict):
-                    await self.presence.replace_properties(device_uuid, message.data)
+                    self.presence.replace_properties(device_uuid, message.data)
                 else:
                     log.info("properties of %s: gateway answered %s", device_uuid, message.code)
             if not self.relay.resolve(device_uuid, message):
                 log.debug("response %s from %s: nobody waits here", message.task_id, device_uuid)
             return
         assert isinstance(message, EventMessage)
-        await self.presence.apply_property_event(
+        self.presence.apply_property_event(
             device_uuid, message.method, message.resource, message.data
         )
 

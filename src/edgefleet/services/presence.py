@@ -1,16 +1,19 @@
 """Presence and cached properties of gateways, from what they publish.
 
-Status messages are queued and written in batches (one statement for many gateways), so a
-reconnect storm of thousands of gateways costs a few transactions, not thousands. Within a
-batch the last status of each gateway wins, which keeps MQTT's per-topic order.
+Status messages and property updates are queued and written in batches (one statement for
+many gateways), so a reconnect storm of thousands of gateways costs a few transactions, not
+thousands. Within a batch the last status of each gateway wins and its property updates are
+folded in arrival order, which keeps MQTT's per-topic order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from edgefleet.clock import Clock, utcnow
 from edgefleet.db.engine import Database
@@ -20,7 +23,28 @@ from edgefleet.errors import StorageError
 
 log = logging.getLogger(__name__)
 
+K = TypeVar("K")
+V = TypeVar("V")
+
 PROPERTIES = "/system/properties"
+
+
+@dataclass
+class _PendingProperties:
+    base: dict[str, Any] | None
+    """The whole object when the gateway sent one; None when only keys changed."""
+    patch: dict[str, Any]
+    """Keys set on top of the stored object (when ``base`` is None)."""
+
+
+def _take(pending: dict[K, V], limit: int) -> dict[K, V]:
+    """Remove and return up to ``limit`` of the oldest entries."""
+    if len(pending) <= limit:
+        batch = dict(pending)
+        pending.clear()
+        return batch
+    keys = list(itertools.islice(pending, limit))
+    return {k: pending.pop(k) for k in keys}
 
 
 @dataclass(frozen=True)
@@ -32,80 +56,46 @@ class PropertyChange:
 
 
 class PresenceService:
+    """Queues statuses and property updates and writes them in batches, from one task.
+
+    One writer keeps each gateway's updates in arrival order and never has two of its own
+    transactions waiting on each other's rows; rows are written in uuid order, so several
+    server instances lock them in the same order too.
+    """
+
     def __init__(
         self,
         db: Database,
         clock: Clock = utcnow,
         *,
-        batch_size: int = 2000,
+        batch_size: int = 5000,
         batch_delay: float = 0.05,
     ) -> None:
         self.db = db
         self.clock = clock
         self.batch_size = batch_size
         self.batch_delay = batch_delay
-        self._queue: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()
+        self._statuses: dict[str, bool] = {}
+        self._properties: dict[str, _PendingProperties] = {}
+        self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self.written = 0
+        self.properties_written = 0
 
     def apply_status(self, device_uuid: str, online: bool) -> None:
-        """Record a status message; written by ``run`` shortly after."""
-        self._idle.clear()
-        self._queue.put_nowait((device_uuid, online))
+        """Record a status message; written by ``run`` shortly after (the latest wins)."""
+        self._statuses.pop(device_uuid, None)
+        self._statuses[device_uuid] = online
+        self._pending()
 
-    async def run(self) -> None:
-        """Write queued statuses in batches until cancelled; a database outage is retried."""
-        while True:
-            first = await self._queue.get()
-            batch = {first[0]: first[1]}
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + self.batch_delay
-            while len(batch) < self.batch_size:
-                timeout = deadline - loop.time()
-                if timeout <= 0:
-                    break
-                try:
-                    uuid, online = await asyncio.wait_for(self._queue.get(), timeout)
-                except TimeoutError:
-                    break
-                batch.pop(uuid, None)  # re-insert so the latest status is last
-                batch[uuid] = online
-            await self._write(batch)
-            if self._queue.empty():
-                self._idle.set()
+    def replace_properties(self, device_uuid: str, properties: dict[str, Any]) -> None:
+        """Record a gateway's whole properties object (its answer to ``GET
+        /system/properties``); written shortly after."""
+        self._properties[device_uuid] = _PendingProperties(dict(properties), {})
+        self._pending()
 
-    async def _write(self, batch: dict[str, bool]) -> None:
-        rows = [
-            (uuid, (ConnectionStatus.ONLINE if online else ConnectionStatus.OFFLINE).value)
-            for uuid, online in batch.items()
-        ]
-        delay = 0.5
-        while True:
-            try:
-                async with self.db.session() as s:
-                    await DeviceRepo(s).set_statuses(rows, self.clock())
-                self.written += len(rows)
-                return
-            except StorageError:
-                log.warning("presence: database unavailable, retrying %d statuses", len(rows))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10)
-
-    async def online_uuids(self) -> list[str]:
-        """Gateways the database holds online."""
-        async with self.db.session() as s:
-            return await DeviceRepo(s).uuids_with_status(ConnectionStatus.ONLINE.value)
-
-    async def drained(self) -> None:
-        """Wait until every queued status is written (tests, shutdown)."""
-        await self._idle.wait()
-
-    async def replace_properties(self, device_uuid: str, properties: dict[str, Any]) -> None:
-        async with self.db.session() as s:
-            await DeviceRepo(s).set_properties(device_uuid, properties, self.clock())
-
-    async def apply_property_event(
+    def apply_property_event(
         self, device_uuid: str, method: str, resource: str, data: Any
     ) -> PropertyChange | None:
         """``PUT /system/properties/<key>`` or ``/system/properties`` events update the cache."""
@@ -122,12 +112,76 @@ class PresenceService:
             # the gateway's own REST body is {"data": value}; events carry the value itself
             value = data["data"] if isinstance(data, dict) and set(data) == {"data"} else data
             patch = {key: value}
+        pending = self._properties.get(device_uuid)
+        if pending is None:
+            self._properties[device_uuid] = _PendingProperties(None, dict(patch))
+        elif pending.base is not None:
+            pending.base.update(patch)
+        else:
+            pending.patch.update(patch)
+        self._pending()
+        return PropertyChange(device_uuid, key, patch if key is None else patch[key])
+
+    def _pending(self) -> None:
+        self._idle.clear()
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Write what is queued in batches until cancelled; a database outage is retried."""
+        while True:
+            await self._wakeup.wait()
+            await asyncio.sleep(self.batch_delay)  # let a batch gather
+            self._wakeup.clear()
+            statuses = _take(self._statuses, self.batch_size)
+            properties = _take(self._properties, self.batch_size)
+            if statuses:
+                await self._retry(self._write_statuses, statuses)
+            if properties:
+                await self._retry(self._write_properties, properties)
+            if self._statuses or self._properties:
+                self._wakeup.set()
+            else:
+                self._idle.set()
+
+    async def _retry(self, write: Callable[[Any], Awaitable[None]], batch: Any) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await write(batch)
+                return
+            except StorageError:
+                log.warning("presence: database unavailable, retrying %d updates", len(batch))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10)
+
+    async def _write_statuses(self, batch: dict[str, bool]) -> None:
+        rows = [
+            (uuid, (ConnectionStatus.ONLINE if online else ConnectionStatus.OFFLINE).value)
+            for uuid, online in sorted(batch.items())
+        ]
+        async with self.db.session() as s:
+            await DeviceRepo(s).set_statuses(rows, self.clock())
+        self.written += len(rows)
+
+    async def _write_properties(self, batch: dict[str, _PendingProperties]) -> None:
         async with self.db.session() as s:
             repo = DeviceRepo(s)
-            device = await repo.get(device_uuid)
-            if device is None:
-                return None
-            await repo.set_properties(
-                device_uuid, {**(device.properties or {}), **patch}, self.clock()
-            )
-        return PropertyChange(device_uuid, key, patch if key is None else patch[key])
+            patch_only = sorted(u for u, p in batch.items() if p.base is None)
+            current = await repo.properties_of(patch_only) if patch_only else {}
+            rows: list[tuple[str, dict[str, Any]]] = []
+            for uuid, pending in sorted(batch.items()):
+                if pending.base is not None:
+                    rows.append((uuid, pending.base))
+                elif uuid in current:  # an unknown device has nothing to update
+                    rows.append((uuid, {**current[uuid], **pending.patch}))
+            await repo.set_many_properties(rows, self.clock())
+        self.properties_written += len(rows)
+
+    async def online_uuids(self) -> list[str]:
+        """Gateways the database holds online."""
+        async with self.db.session() as s:
+            return await DeviceRepo(s).uuids_with_status(ConnectionStatus.ONLINE.value)
+
+    async def drained(self) -> None:
+        """Wait until every queued status is written (tests, shutdown)."""
+        await self._idle.wait()

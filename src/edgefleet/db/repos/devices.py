@@ -186,13 +186,43 @@ class DeviceRepo:
                 insert(DeviceTag), [{"device_uuid": uuid, "tag": t} for t in wanted]
             )
 
-    async def set_properties(self, uuid: str, properties: dict[str, Any], at: datetime) -> None:
-        await self.s.execute(
-            update(Device)
-            .where(Device.uuid == uuid)
-            .values(
-                properties=properties, properties_updated_at=at, **indexed_properties(properties)
+    async def properties_of(self, uuids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The cached properties of the given devices that exist."""
+        out: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(uuids), 1000):
+            rows = await self.s.execute(
+                select(Device.uuid, Device.properties).where(
+                    Device.uuid.in_(uuids[start : start + 1000])
+                )
             )
+            out.update({u: dict(p or {}) for u, p in rows})
+        return out
+
+    async def set_many_properties(
+        self, rows: Sequence[tuple[str, dict[str, Any]]], at: datetime
+    ) -> None:
+        """Replace the properties of many devices: one UPDATE, executed for every row."""
+        if not rows:
+            return
+        table = cast(Table, Device.__table__)
+        indexed = indexed_properties({})
+        await self.s.execute(
+            update(table)
+            .where(table.c.uuid == bindparam("u"))
+            .values(
+                properties=bindparam("p", type_=table.c.properties.type),
+                properties_updated_at=bindparam("at"),
+                **{column: bindparam(f"i_{column}") for column in indexed},
+            ),
+            [
+                {
+                    "u": uuid,
+                    "p": properties,
+                    "at": at,
+                    **{f"i_{k}": v for k, v in indexed_properties(properties).items()},
+                }
+                for uuid, properties in rows
+            ],
         )
 
     async def set_statuses(self, rows: Sequence[tuple[str, str]], at: datetime) -> None:

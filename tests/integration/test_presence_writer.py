@@ -1,0 +1,62 @@
+"""The presence writer: statuses and properties queued, folded and written in batches."""
+
+from __future__ import annotations
+
+import asyncio
+
+from edgefleet.bootstrap import Container
+from edgefleet.services.presence import PresenceService
+from tests.gateways import register
+
+
+async def _written(presence: PresenceService) -> None:
+    writer = asyncio.create_task(presence.run())
+    try:
+        await asyncio.wait_for(presence.drained(), 10)
+    finally:
+        writer.cancel()
+
+
+async def test_updates_are_folded_in_arrival_order(container: Container) -> None:
+    creds = await register(container, 3)
+    a, b, c = (u for u, _ in creds)
+    presence = PresenceService(container.db)
+    # a: a whole object, then one key changes; b: one key changes on top of what is stored,
+    # then the whole object arrives; c: key events only, over the stored object
+    presence.replace_properties(a, {"modelName": "UC-8112", "softwareVersion": "1.0"})
+    presence.apply_property_event(a, "put", "/system/properties/softwareVersion", {"data": "1.1"})
+    presence.replace_properties(c, {"modelName": "UC-3111", "aliasName": "old"})
+    await _written(presence)
+    presence.apply_property_event(b, "put", "/system/properties/aliasName", "first")
+    presence.replace_properties(b, {"modelName": "UC-8220"})
+    presence.apply_property_event(c, "put", "/system/properties/aliasName", "new")
+    presence.apply_property_event(c, "put", "/system/properties", {"defaultRoute": "eth1"})
+    presence.apply_status(a, True)
+    presence.apply_status(a, False)
+    presence.apply_status(b, True)
+    presence.apply_property_event("no-such-device", "put", "/system/properties/x", 1)
+    await _written(presence)
+
+    da, db_, dc = [(await container.fleet.get_device(u)).device for u in (a, b, c)]
+    assert da.properties == {"modelName": "UC-8112", "softwareVersion": "1.1"}
+    assert da.software_version == "1.1" and da.connection_status == "offline"
+    assert db_.properties == {"modelName": "UC-8220"} and db_.model_name == "UC-8220"
+    assert db_.connection_status == "online"
+    assert dc.properties == {"modelName": "UC-3111", "aliasName": "new", "defaultRoute": "eth1"}
+    assert dc.alias_name == "new" and dc.default_route == "eth1"
+    # one row per gateway per batch, however many updates it had; the unknown one wrote none
+    assert presence.properties_written == 2 + 2
+
+
+async def test_batches_are_bounded_and_all_written(container: Container) -> None:
+    creds = await register(container, 25)
+    presence = PresenceService(container.db, batch_size=10)
+    for i, (uuid, _) in enumerate(creds):
+        presence.apply_status(uuid, i % 2 == 0)
+        presence.replace_properties(uuid, {"modelName": f"m{i}"})
+    await _written(presence)
+    assert presence.written == 25 and presence.properties_written == 25
+    for i, (uuid, _) in enumerate(creds):
+        device = (await container.fleet.get_device(uuid)).device
+        assert device.model_name == f"m{i}"
+        assert device.connection_status == ("online" if i % 2 == 0 else "offline")
