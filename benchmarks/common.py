@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import os
 import secrets
+import signal
 import socket
 import statistics
 import subprocess
@@ -53,9 +55,7 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """User + system CPU the server process has used so far (Linux /proc)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks
+        return cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -63,6 +63,11 @@ class Server:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """``preexec_fn``: the child gets ``sig`` when the benchmark dies, however it dies."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
 
 
 def start_server(
@@ -84,6 +89,8 @@ def start_server(
         [sys.executable, "-m", "edgefleet.cli.main", "serve", "--port", str(port), "--no-migrate"],
         env=env,
         stdout=subprocess.DEVNULL,
+        # SIGTERM: the server stops its embedded broker on the way out
+        preexec_fn=lambda: die_with_parent(signal.SIGTERM),
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -98,6 +105,12 @@ def start_server(
         time.sleep(0.2)
     proc.kill()
     raise RuntimeError("the server did not become ready in 30 s")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kib(pid: int) -> int:

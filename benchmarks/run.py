@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 
-from benchmarks import bench_devices
+from benchmarks import bench_broker, bench_devices
 
 
 def main() -> None:
+    # a SIGTERM unwinds like Ctrl-C, so servers and simulators are stopped
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     asyncio.run(bench_devices.main())
+    asyncio.run(bench_broker.main())
 
 
 if __name__ == "__main__":

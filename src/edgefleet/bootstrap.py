@@ -20,7 +20,7 @@ from edgefleet.secretbox import SecretBox
 from edgefleet.services.accounts import AccountService
 from edgefleet.services.audit import AuditService
 from edgefleet.services.broker_auth import BrokerAuthService
-from edgefleet.services.fleet import FleetService
+from edgefleet.services.fleet import CredentialListener, FleetService
 from edgefleet.services.pki import PkiService, broker_tls
 from edgefleet.services.presence import PresenceService
 from edgefleet.settings import Settings
@@ -38,6 +38,7 @@ class Messaging:
     router: InboundRouter
     broker: EmbeddedMosquitto | None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    on_credentials: CredentialListener | None = None
 
 
 @dataclass
@@ -57,9 +58,9 @@ class Container:
         broker = m.broker
         if broker is not None:
             await broker.start()
-            self.fleet.credential_listeners.append(
-                lambda _registered, _deleted: broker.credentials_changed()
-            )
+            if m.on_credentials is None:  # once, however often messaging is restarted
+                m.on_credentials = lambda _registered, _deleted: broker.credentials_changed()
+                self.fleet.credential_listeners.append(m.on_credentials)
         m.tasks = [
             asyncio.create_task(m.link.run(), name="broker-link"),
             asyncio.create_task(m.presence.run(), name="presence-writer"),

@@ -63,7 +63,7 @@ class World:
         assert r.status_code == 200, r.text
         dev = dict(r.json())
         async with self.c.db.session() as s:
-            await DeviceRepo(s).set_properties(dev["uuid"], PROPERTIES, datetime.now(UTC))
+            await DeviceRepo(s).set_many_properties([(dev["uuid"], PROPERTIES)], datetime.now(UTC))
         return dev
 
     async def group(self, devices: int = 2) -> dict[str, Any]:

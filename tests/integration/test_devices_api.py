@@ -115,7 +115,7 @@ async def test_exact_filters(client: httpx.AsyncClient, writer: Caller) -> None:
 
 async def _set_props(container: Container, uuid: str, props: dict[str, object]) -> None:
     async with container.db.session() as s:
-        await DeviceRepo(s).set_properties(uuid, props, datetime.now(UTC))
+        await DeviceRepo(s).set_many_properties([(uuid, props)], datetime.now(UTC))
 
 
 async def test_legacy_json_query_matches_partially(

@@ -99,6 +99,7 @@ async def test_a_second_run_reuses_the_simulated_devices(live: Container) -> Non
 async def test_gateways_lost_with_a_broker_restart_are_marked_offline(live: Container) -> None:
     router = live.messaging.router
     router.grace, router.probe_timeout = 0.5, 2.0
+    router.settle_max = 5.0  # when `back` said "1" before the server subscribed again
     creds = await register(live, 4)
     _, gone_tasks = start(live, creds[:3])  # one session each: they will not come back
     back = VirtualGateway(creds[3][0], creds[3][1], "127.0.0.1", live.settings.mqtt.gateway_port)
@@ -128,11 +129,55 @@ async def test_gateways_lost_with_a_broker_restart_are_marked_offline(live: Cont
     await asyncio.gather(back_task, return_exceptions=True)
 
 
+async def test_probes_wait_for_the_reconnect_storm(live: Container) -> None:
+    """A gateway that comes back a while after the broker restart is not probed (and marked
+    offline) before it had its chance: the probes wait until the "1"s have settled."""
+    router, link = live.messaging.router, live.messaging.link
+    router.grace, router.quiet, router.settle_max, router.probe_timeout = 0.5, 1.0, 10.0, 1.0
+    creds = await register(live, 2)
+    late, gone = (
+        VirtualGateway(u, k, "127.0.0.1", live.settings.mqtt.gateway_port) for u, k in creds
+    )
+    sessions = [asyncio.create_task(g.run()) for g in (late, gone)]
+
+    async def all_online() -> bool:
+        return await count(live, "online") == 2
+
+    await eventually(all_online)
+    await live.messaging.presence.drained()
+    since = (await live.fleet.get_device(late.uuid)).device.connection_changed_at
+    broker = live.messaging.broker
+    assert broker is not None and broker.pid is not None
+    connects = link.connects
+    os.kill(broker.pid, signal.SIGKILL)
+    await asyncio.gather(*sessions, return_exceptions=True)
+
+    async def server_back() -> bool:
+        return link.connects > connects
+
+    await eventually(server_back, 30)
+    # later than grace + probe timeout: a probe sent at once would have found it silent
+    await asyncio.sleep(router.grace + router.probe_timeout + 1.0)
+    again = asyncio.create_task(late.run())
+    await eventually(lambda: _is_set(router.reconciled), 30)
+    late_now = (await live.fleet.get_device(late.uuid)).device
+    assert late_now.connection_status == "online"
+    assert late_now.connection_changed_at == since  # never flipped to offline and back
+    assert (await live.fleet.get_device(gone.uuid)).device.connection_status == "offline"
+    again.cancel()
+    await asyncio.gather(again, return_exceptions=True)
+
+
+async def _is_set(event: asyncio.Event) -> bool:
+    return event.is_set()
+
+
 async def test_a_stale_retained_offline_does_not_unseat_a_connected_gateway(
     live: Container,
 ) -> None:
     router, link = live.messaging.router, live.messaging.link
     router.grace, router.probe_timeout = 0.5, 5.0
+    router.settle_max = 1.0  # nobody says "1" here: the broker did not restart
     [(uuid, psk)] = await register(live, 1)
     gw = VirtualGateway(uuid, psk, "127.0.0.1", live.settings.mqtt.gateway_port)
     first = asyncio.create_task(gw.run())

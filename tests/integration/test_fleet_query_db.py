@@ -60,7 +60,7 @@ async def fleet(container: Container) -> dict[str, str]:
         names[uuid] = name
         async with container.db.session() as s:
             if props:
-                await DeviceRepo(s).set_properties(uuid, props, start)
+                await DeviceRepo(s).set_many_properties([(uuid, props)], start)
             row = await s.get(Device, uuid)
             assert row is not None
             row.created_at = start + timedelta(days=i)

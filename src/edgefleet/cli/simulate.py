@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import typer
 
@@ -14,6 +15,8 @@ from edgefleet.bootstrap import Container
 from edgefleet.cli.common import err_console, run
 from edgefleet.simulator.fleet import SimulatedFleet, ensure_devices, raise_fd_limit
 from edgefleet.simulator.gateway import Behaviour
+
+CONNECT_THREADS = 32
 
 
 def simulate(
@@ -65,6 +68,9 @@ def simulate(
             seed=seed,
         )
         loop = asyncio.get_running_loop()
+        # aiomqtt connects (TCP, TLS handshake) in the default executor: the stock 6 threads
+        # turn a reconnect storm into a queue of blocking handshakes
+        loop.set_default_executor(ThreadPoolExecutor(CONNECT_THREADS, "connect"))
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, fleet.stop.set)
         runner = asyncio.create_task(fleet.run())

@@ -88,6 +88,9 @@ def _stop_stale(record: Path) -> None:
 
 
 TMP_PREFIX = "edgefleet-broker-"
+RELOADED = b"Reloading config."
+"""What Mosquitto logs (level "information") when a SIGHUP makes it re-read its files."""
+RELOAD_WAIT = 5.0
 
 
 PR_SET_PDEATHSIG = 1
@@ -256,7 +259,6 @@ class EmbeddedMosquitto:
             try:
                 removed = await self.reload()
                 if removed:
-                    await asyncio.sleep(0.1)  # let the broker re-read the store before the kick
                     await self.kick(removed)
             except Exception:  # keep syncing later changes
                 log.exception("could not reload the embedded broker")
@@ -273,8 +275,25 @@ class EmbeddedMosquitto:
         if self.mqtt.cert_port and self.crl is not None:
             mosquitto.write_crl(self.files, await self.crl())
         if self._proc is not None and self._proc.returncode is None:
-            self._proc.send_signal(signal.SIGHUP)
+            await self._signal_reload()
         return removed
+
+    async def _signal_reload(self) -> None:
+        """SIGHUP, then wait (at most ``RELOAD_WAIT`` s) until the broker logs that it re-read
+        its files: a gateway registered a moment ago must be able to connect at once."""
+        assert self.files is not None and self._proc is not None
+        log_file = self.files.log
+        offset = log_file.stat().st_size if log_file.exists() else 0
+        self._proc.send_signal(signal.SIGHUP)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RELOAD_WAIT
+        while loop.time() < deadline:
+            await asyncio.sleep(0.01)
+            with contextlib.suppress(OSError), log_file.open("rb") as f:
+                f.seek(offset)
+                if RELOADED in f.read():
+                    return
+        log.warning("embedded Mosquitto: reload not confirmed within %.0f s", RELOAD_WAIT)
 
     async def kick(self, device_uuids: list[str]) -> None:
         """Close the sessions of gateways that may no longer connect (their key is gone)."""

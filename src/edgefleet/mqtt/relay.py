@@ -23,8 +23,12 @@ Publish = Callable[[str, bytes], Awaitable[None]]
 
 
 class GatewayRelay:
-    def __init__(self, publish: Publish) -> None:
+    """``publish_limit`` bounds publishes awaiting the broker's PUBACK at once; a request
+    waiting for its gateway's answer holds nothing but its entry here."""
+
+    def __init__(self, publish: Publish, *, publish_limit: int = 500) -> None:
         self._publish = publish
+        self._publish_slots = asyncio.Semaphore(publish_limit)
         self._pending: dict[str, tuple[str, asyncio.Future[ResponseMessage]]] = {}
 
     @property
@@ -49,7 +53,10 @@ class GatewayRelay:
         future: asyncio.Future[ResponseMessage] = asyncio.get_running_loop().create_future()
         self._pending[task_id] = (device_uuid, future)
         try:
-            await self._publish(topics.topic(device_uuid, topics.Channel.SERVER), encode(message))
+            async with self._publish_slots:
+                await self._publish(
+                    topics.topic(device_uuid, topics.Channel.SERVER), encode(message)
+                )
             return await asyncio.wait_for(future, wait)
         except TimeoutError as exc:
             raise GatewayTimeoutError(device_uuid, wait) from exc

@@ -28,9 +28,14 @@ class InboundRouter:
     Presence after a (re)connection to the broker is reconciled, because the broker's state
     can disagree with the database: a broker restart publishes no wills, and a retained ``0``
     can be stale (a gateway that reconnected and did not retain its ``1``). So a retained
-    ``0`` is not believed at once, and ``grace`` seconds after connecting every gateway the
-    database holds online but that has not said ``1`` since is probed with
-    ``GET /system/properties``: an answer keeps it online, silence marks it offline.
+    ``0`` is not believed at once. After a (re)connection the router waits ``grace`` seconds,
+    then until the reconnect storm has settled (gateways said ``1`` and then none for
+    ``quiet`` seconds; ``settle_max`` when none says anything, as after a restart of the
+    server alone, when connected gateways have no reason to), and probes every gateway the
+    database holds online but that has not said ``1`` since with ``GET /system/properties``:
+    an answer keeps it online, silence (``probe_timeout``) marks it offline. Waiting for the
+    storm first sends the probes to the few gateways that did not come back, not to
+    thousands still reconnecting.
     """
 
     def __init__(
@@ -38,17 +43,21 @@ class InboundRouter:
         presence: PresenceService,
         relay: GatewayRelay,
         *,
-        refresh_limit: int = 200,
         grace: float = 3.0,
+        quiet: float = 2.0,
+        settle_max: float = 30.0,
         probe_timeout: float = 10.0,
     ) -> None:
         self.presence = presence
         self.relay = relay
         self.grace = grace
+        self.quiet = quiet
+        self.settle_max = settle_max
         self.probe_timeout = probe_timeout
         self._refreshing: set[asyncio.Task[bool]] = set()
-        self._refresh_slots = asyncio.Semaphore(refresh_limit)
         self._refresh_ids: dict[str, str] = {}
+        self._last_online: float | None = None
+        """Loop time of the latest ``1`` since the last connection to the broker."""
         self._said_online: set[str] = set()
         """Gateways that said ``1`` since the last connection to the broker."""
         self._reconciler: asyncio.Task[None] | None = None
@@ -57,6 +66,7 @@ class InboundRouter:
     def connected(self) -> None:
         """The broker link (re)connected and subscribed: reconcile presence shortly."""
         self._said_online.clear()
+        self._last_online = None
         self.reconciled.clear()
         if self._reconciler is not None:
             self._reconciler.cancel()
@@ -70,7 +80,15 @@ class InboundRouter:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _reconcile(self) -> None:
+        loop = asyncio.get_running_loop()
         await asyncio.sleep(self.grace)
+        settled_by = loop.time() + self.settle_max
+        while True:  # until `quiet` seconds after the latest "1" (once one came), or settled_by
+            last = self._last_online
+            wait = min(settled_by, last + self.quiet if last is not None else settled_by)
+            if wait <= loop.time():
+                break
+            await asyncio.sleep(min(wait - loop.time(), self.quiet))
         try:
             await self.presence.drained()
             believed = await self.presence.online_uuids()
@@ -80,14 +98,21 @@ class InboundRouter:
         doubtful = [u for u in believed if u not in self._said_online]
         if doubtful:
             log.info("presence: probing %d gateways after the broker connection", len(doubtful))
-        await asyncio.gather(*(self._probe(u) for u in doubtful))
+        silent = sum(not ok for ok in await asyncio.gather(*(self._probe(u) for u in doubtful)))
+        if silent:
+            log.info("presence: %d probed gateways did not answer: offline", silent)
         await self.presence.drained()
         self.reconciled.set()
 
-    async def _probe(self, device_uuid: str) -> None:
-        answered = await self._refresh_properties(device_uuid, wait=self.probe_timeout)
-        if device_uuid not in self._said_online:
-            self.presence.apply_status(device_uuid, answered)
+    async def _probe(self, device_uuid: str) -> bool:
+        """False when the gateway stayed silent and was marked offline."""
+        if device_uuid in self._said_online:
+            return True  # it came back while others were probed
+        answered = await self._refresh_properties(device_uuid, wait=self.probe_timeout, quiet=True)
+        if device_uuid in self._said_online:
+            return True
+        self.presence.apply_status(device_uuid, answered)
+        return answered
 
     async def __call__(self, topic: str, payload: bytes, retained: bool) -> None:
         try:
@@ -96,6 +121,7 @@ class InboundRouter:
                 online = decode_status(payload)
                 if online:
                     self._said_online.add(device_uuid)
+                    self._last_online = asyncio.get_running_loop().time()
                     self.presence.apply_status(device_uuid, True)
                 elif not retained:
                     self._said_online.discard(device_uuid)
@@ -138,19 +164,21 @@ class InboundRouter:
         self._refreshing.add(task)
         task.add_done_callback(self._refreshing.discard)
 
-    async def _refresh_properties(self, device_uuid: str, wait: float = PROPERTIES_TIMEOUT) -> bool:
+    async def _refresh_properties(
+        self, device_uuid: str, wait: float = PROPERTIES_TIMEOUT, *, quiet: bool = False
+    ) -> bool:
         """Ask a gateway for its properties (cached when the answer arrives); True if it
-        answered at all."""
+        answered at all. ``quiet``: a silence is the caller's to report."""
         task_id = str(uuidlib.uuid4())
         self._refresh_ids[task_id] = device_uuid
-        async with self._refresh_slots:
-            try:
-                await self.relay.request(
-                    device_uuid, "get", "/system/properties", wait=wait, task_id=task_id
-                )
-                return True
-            except EdgefleetError as exc:
+        try:
+            await self.relay.request(
+                device_uuid, "get", "/system/properties", wait=wait, task_id=task_id
+            )
+            return True
+        except EdgefleetError as exc:
+            if not quiet:
                 log.info("properties of %s not refreshed: %s", device_uuid, exc.message)
-                return False
-            finally:
-                self._refresh_ids.pop(task_id, None)
+            return False
+        finally:
+            self._refresh_ids.pop(task_id, None)

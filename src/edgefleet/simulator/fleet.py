@@ -116,6 +116,7 @@ class SimulatedFleet:
         return {
             "gateways": len(self.gateways),
             "connected": sum(g.connected.is_set() for g in self.gateways),
+            "sessions": sum(g.sessions for g in self.gateways),
             "requests": sum(g.requests for g in self.gateways),
             "events": sum(g.events for g in self.gateways),
             "connect_failures": sum(g.failures for g in self.gateways),

@@ -61,6 +61,8 @@ class VirtualGateway:
     def __post_init__(self) -> None:
         self.connected = asyncio.Event()
         self.requests = 0
+        self.sessions = 0
+        """Connections established (announced with ``1``) so far."""
         self.executed: Counter[tuple[str, str]] = Counter()
         self.events = 0
         self.failures = 0
@@ -90,6 +92,7 @@ class VirtualGateway:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             await client.subscribe(self._topic(topics.Channel.SERVER), qos=1)
             await client.publish(self._topic(topics.Channel.STATUS), b"1", qos=1)
+            self.sessions += 1
             self.connected.set()
             try:
                 async for message in client.messages:
@@ -105,6 +108,7 @@ class VirtualGateway:
         stop = stop or asyncio.Event()
         delay = 1.0
         while not stop.is_set():
+            sessions = self.sessions
             session = asyncio.create_task(self.run())
             extras = [asyncio.create_task(self._misbehave(stop))]
             try:
@@ -127,6 +131,8 @@ class VirtualGateway:
                 if not stop.is_set() and not self.flapped:
                     raise
             self.flapped = False
+            if self.sessions > sessions:
+                delay = 1.0  # it was connected: a lost connection starts the backoff afresh
             if not stop.is_set():
                 await asyncio.sleep(delay * self.rng.uniform(0.5, 1.5))
                 delay = min(delay * 2, 60.0)

@@ -101,6 +101,8 @@ log_dest file {d.log}
 log_type error
 log_type warning
 log_type notice
+# "information" carries "Reloading config.", by which the server knows a reload took effect
+log_type information
 connection_messages true
 set_tcp_nodelay true
 # The server's one connection carries every gateway's status and responses: a reconnect
