@@ -13,6 +13,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from edgefleet.agent.config import AgentConfig
+from edgefleet.agent.core import Agent
 from edgefleet.api.app import create_app
 from edgefleet.bootstrap import Container, build
 from edgefleet.db.engine import Database
@@ -105,11 +107,8 @@ async def _publish_with_cert(c: Container, d: Path, uuid: str) -> tuple[int, str
     return proc.returncode, err.decode()
 
 
-async def test_a_gateway_with_a_certificate_connects_until_deleted(
-    live_tls: Container, tmp_path: Path
-) -> None:
-    c = live_tls
-    uuid = await _device(c)
+async def _certificate_files(c: Container, uuid: str, d: Path) -> None:
+    """What a gateway does: make a key, send a CSR, keep the certificate and the CA."""
     key = ec.generate_private_key(ec.SECP256R1())  # made on the gateway, never sent
     transport = httpx.ASGITransport(app=create_app(c))
     writer = await Callers(c).token(Role.OPERATOR, Scope.READ_WRITE)
@@ -118,15 +117,23 @@ async def test_a_gateway_with_a_certificate_connects_until_deleted(
             URL.format(uuid), json={"csr": make_csr(uuid, key)}, headers=writer.headers
         )
         assert r.status_code == 201, r.text
-    (tmp_path / "ca.pem").write_text(r.json()["ca"])
-    (tmp_path / "gw.pem").write_text(r.json()["certificate"])
-    (tmp_path / "gw.key").write_bytes(
+    (d / "ca.pem").write_text(r.json()["ca"])
+    (d / "gw.pem").write_text(r.json()["certificate"])
+    (d / "gw.key").write_bytes(
         key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
     )
+
+
+async def test_a_gateway_with_a_certificate_connects_until_deleted(
+    live_tls: Container, tmp_path: Path
+) -> None:
+    c = live_tls
+    uuid = await _device(c)
+    await _certificate_files(c, uuid, tmp_path)
     code, err = await _publish_with_cert(c, tmp_path, uuid)
     assert code == 0, err
 
@@ -137,7 +144,42 @@ async def test_a_gateway_with_a_certificate_connects_until_deleted(
     await c.fleet.delete_devices([uuid])
     broker = c.messaging.broker
     assert broker is not None
-    await broker.reloaded()
-    await asyncio.sleep(0.3)  # the broker re-reads its files after SIGHUP
+    await broker.reloaded()  # the broker has logged that it re-read its files
     code, err = await _publish_with_cert(c, tmp_path, uuid)
     assert code != 0, "a revoked certificate was accepted"
+
+
+async def test_the_agent_connects_with_its_certificate_and_answers(
+    live_tls: Container, tmp_path: Path
+) -> None:
+    c = live_tls
+    uuid = await _device(c)
+    await _certificate_files(c, uuid, tmp_path)
+    config = AgentConfig.model_validate(
+        {
+            "remoteHost": "127.0.0.1",
+            "remotePort": c.settings.mqtt.cert_port,
+            "deviceUUID": uuid,
+            "tls": "cert",
+            "certFile": str(tmp_path / "gw.pem"),
+            "keyFile": str(tmp_path / "gw.key"),
+            "caFile": str(tmp_path / "ca.pem"),  # verifies the broker's certificate
+            "dataDir": str(tmp_path / "agent-data"),
+            "properties": {"modelName": "UC-8220-T-LX"},
+        }
+    )
+    agent = Agent(config)
+    task = asyncio.create_task(agent.run())
+    try:
+        await asyncio.wait_for(agent.connected.wait(), 15)
+        answer = await c.messaging.relay.request(uuid, "get", "/system/properties", wait=10)
+        assert answer.code == 200 and answer.data["modelName"] == "UC-8220-T-LX"
+
+        async def online_with_properties() -> bool:
+            device = (await c.fleet.get_device(uuid)).device
+            return device.connection_status == "online" and device.model_name == "UC-8220-T-LX"
+
+        await eventually(online_with_properties)
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 15)
