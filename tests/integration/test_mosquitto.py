@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import shutil
 import socket
 import subprocess
@@ -174,3 +176,69 @@ def test_the_broker_picks_ecdhe_psk_whatever_the_gateway_prefers(
     assert cipher is not None
     if cipher[1] == "TLSv1.2":
         assert cipher[0].startswith("ECDHE-PSK-"), cipher
+
+
+def _python_313() -> str | None:
+    """A Python ≥ 3.13 (native TLS-PSK in ``ssl``): EDGEFLEET_TEST_PY313, PATH, or pyenv."""
+    candidates = [os.environ.get("EDGEFLEET_TEST_PY313", ""), shutil.which("python3.13") or ""]
+    candidates += sorted(str(p) for p in Path.home().glob(".pyenv/versions/3.1[3-9]*/bin/python3"))
+    for candidate in filter(None, candidates):
+        try:
+            subprocess.run(
+                [candidate, "-c", "import ssl; ssl.SSLContext.set_psk_client_callback"],
+                check=True,
+                capture_output=True,
+                timeout=10,
+            )
+        except (OSError, subprocess.SubprocessError):
+            continue
+        return candidate
+    return None
+
+
+NATIVE_PSK_CLIENT = """
+import json, socket, ssl, sys
+sys.path.insert(0, sys.argv[1])
+from edgefleet.mqtt.psk import psk_client_context
+port, uuid, psk, version = int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+ctx = psk_client_context(uuid, psk)
+ctx.maximum_version = ctx.minimum_version = getattr(ssl.TLSVersion, version)
+with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+    with ctx.wrap_socket(raw) as tls:
+        print(json.dumps([tls.version(), tls.cipher()[0]]))
+"""
+
+
+@pytest.mark.parametrize("version", ["TLSv1_3", "TLSv1_2"])
+def test_python_313_native_psk_connects_over_tls_1_3_and_1_2(
+    broker: RunningMosquitto, devices: dict[str, tuple[str, str]], version: str
+) -> None:
+    """The agent's PSK context on Python 3.13, which does PSK natively (no sslpsk3)."""
+    python = _python_313()
+    if python is None:
+        message = "Python 3.13 not found (set EDGEFLEET_TEST_PY313): native TLS-PSK untested"
+        if os.environ.get("CI"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    uuid, psk = devices["a"]
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    port = str(broker.mqtt.gateway_port)
+    run = subprocess.run(
+        [python, "-c", NATIVE_PSK_CLIENT, src, port, uuid, psk, version],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.returncode == 0, run.stderr
+    negotiated, cipher = json.loads(run.stdout)
+    assert negotiated == version.replace("_", ".")
+    if version == "TLSv1_2":
+        assert cipher.startswith("ECDHE-PSK-")
+    # a wrong key is refused on the native path too
+    wrong = subprocess.run(
+        [python, "-c", NATIVE_PSK_CLIENT, src, port, uuid, "00" * 32, version],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert wrong.returncode != 0
