@@ -23,6 +23,7 @@ from edgefleet.services.broker_auth import BrokerAuthService
 from edgefleet.services.fleet import CredentialListener, FleetService
 from edgefleet.services.pki import PkiService, broker_tls
 from edgefleet.services.presence import PresenceService
+from edgefleet.services.remote import RemoteService
 from edgefleet.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class Container:
     messaging: Messaging
     broker_auth: BrokerAuthService
     pki: PkiService
+    remote: RemoteService
 
     async def start_messaging(self) -> None:
         """Start the embedded broker (if configured), the broker link and the presence writer."""
@@ -131,6 +133,7 @@ def build(settings: Settings, db: Database | None = None) -> Container:
         fleet, settings.mqtt.server_username, settings.mqtt_server_password()
     )
     fleet.credential_listeners.append(lambda _new, deleted: broker_auth.forget(deleted))
+    messaging = _messaging(settings, db, fleet, pki)
     return Container(
         settings=settings,
         db=db,
@@ -139,9 +142,10 @@ def build(settings: Settings, db: Database | None = None) -> Container:
         ),
         fleet=fleet,
         audit=AuditService(db),
-        messaging=_messaging(settings, db, fleet, pki),
+        messaging=messaging,
         broker_auth=broker_auth,
         pki=pki,
+        remote=RemoteService(fleet, messaging.relay),
     )
 
 

@@ -6,7 +6,7 @@ with ``raise … from exc``; the HTTP layer maps each class to a status in one t
 
     EdgefleetError
     ├── NotFoundError ............ 404  (DeviceNotFoundError, GroupNotFoundError, …)
-    ├── ConflictError ............ 409  (DuplicateError, GroupBusyError)
+    ├── ConflictError ............ 409  (DuplicateError, GroupBusyError, DeviceOfflineError)
     ├── ValidationError .......... 400  (QuerySyntaxError)
     ├── AuthError
     │   ├── AuthenticationError .. 401  bad or missing credentials
@@ -60,6 +60,12 @@ class GroupBusyError(ConflictError):
     def __init__(self, group_id: int) -> None:
         super().__init__(f"group {group_id} has unfinished tasks")
         self.group_id = group_id
+
+
+class DeviceOfflineError(ConflictError):
+    def __init__(self, uuid: str) -> None:
+        super().__init__(f"device {uuid} is offline")
+        self.uuid = uuid
 
 
 class ValidationError(EdgefleetError):

@@ -21,6 +21,7 @@ from edgefleet.api.routes import (
     groups,
     health,
     pki,
+    tasks,
     tokens,
     users,
 )
@@ -59,7 +60,7 @@ def create_app(container: Container, *, run_messaging: bool = False) -> FastAPI:
         openapi_url="/openapi.json",
     )
     app.state.container = container
-    for module in (health, auth, devices, groups, users, tokens, audit, broker, pki):
+    for module in (health, auth, devices, groups, users, tokens, audit, broker, pki, tasks):
         for name in ("compat", "router", "extra"):
             r = getattr(module, name, None)
             if r is not None:

@@ -1,0 +1,41 @@
+"""One request relayed to one gateway and its answer returned: ThingsPro's ``deviceTasks``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgefleet.domain.devices import ConnectionStatus
+from edgefleet.errors import DeviceOfflineError
+from edgefleet.mqtt.relay import GatewayRelay
+from edgefleet.services.fleet import FleetService
+
+DEFAULT_WAIT = 30.0
+"""Seconds a ``deviceTasks`` call waits for the gateway (Sanji's own default TTL is 10-120 s)."""
+
+
+class RemoteService:
+    def __init__(self, fleet: FleetService, relay: GatewayRelay) -> None:
+        self.fleet = fleet
+        self.relay = relay
+
+    async def request(
+        self,
+        device_uuid: str,
+        method: str,
+        resource: str,
+        data: Any = None,
+        *,
+        wait: float = DEFAULT_WAIT,
+    ) -> dict[str, Any]:
+        """The gateway's response message as it sent it, with ``taskID`` beside ``task_id``.
+
+        An unknown device raises ``DeviceNotFoundError``, one not online
+        ``DeviceOfflineError`` (nothing is sent), silence ``GatewayTimeoutError``.
+        """
+        view = await self.fleet.get_device(device_uuid)
+        if view.device.connection_status != ConnectionStatus.ONLINE.value:
+            raise DeviceOfflineError(device_uuid)
+        response = await self.relay.request(device_uuid, method, resource, data, wait=wait)
+        body = response.model_dump(mode="json")
+        body["taskID"] = response.task_id  # the spec's spelling; the 2017 server sent task_id
+        return body
