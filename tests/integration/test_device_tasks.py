@@ -13,6 +13,7 @@ from edgefleet.api.app import create_app
 from edgefleet.bootstrap import Container
 from edgefleet.domain.auth import Role, Scope
 from edgefleet.simulator.gateway import Behaviour
+from tests import spec
 from tests.conftest import Callers
 from tests.gateways import PROPS, count, eventually, register, start
 
@@ -53,6 +54,7 @@ async def test_a_request_is_relayed_and_the_gateways_answer_returned(
     assert body["data"]["modelName"] == PROPS["modelName"]
     assert body["task_id"] == body["taskID"] and len(body["taskID"]) == 36
     assert isinstance(body["sign"], list)
+    spec.validate(body, spec.response_schema("post", "/deviceTasks"))  # the original's shape
     # data is passed through untouched, query string kept
     r = await api.post(
         URL,
