@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from prometheus_client import REGISTRY
+
 from edgefleet.bootstrap import Container
 from edgefleet.services.presence import PresenceService
 from tests.gateways import register
@@ -48,14 +50,23 @@ async def test_updates_are_folded_in_arrival_order(container: Container) -> None
     assert presence.properties_written == 2 + 2
 
 
+def _written_metric(kind: str) -> float:
+    return REGISTRY.get_sample_value("edgefleet_presence_rows_written_total", {"kind": kind}) or 0
+
+
 async def test_batches_are_bounded_and_all_written(container: Container) -> None:
     creds = await register(container, 25)
+    before = _written_metric("status"), _written_metric("properties")
     presence = PresenceService(container.db, batch_size=10)
     for i, (uuid, _) in enumerate(creds):
         presence.apply_status(uuid, i % 2 == 0)
         presence.replace_properties(uuid, {"modelName": f"m{i}"})
     await _written(presence)
     assert presence.written == 25 and presence.properties_written == 25
+    assert (_written_metric("status"), _written_metric("properties")) == (
+        before[0] + 25,
+        before[1] + 25,
+    )
     for i, (uuid, _) in enumerate(creds):
         device = (await container.fleet.get_device(uuid)).device
         assert device.model_name == f"m{i}"

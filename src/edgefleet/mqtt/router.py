@@ -18,6 +18,11 @@ from edgefleet.services.presence import PresenceService
 log = logging.getLogger(__name__)
 
 INBOUND = Counter("edgefleet_mqtt_messages_total", "MQTT messages received", ["channel", "outcome"])
+PROBES = Counter(
+    "edgefleet_presence_probes_total",
+    "Gateways probed after a broker (re)connection",
+    ["outcome"],  # answered | silent
+)
 
 PROPERTIES_TIMEOUT = 30.0
 
@@ -99,6 +104,8 @@ class InboundRouter:
         if doubtful:
             log.info("presence: probing %d gateways after the broker connection", len(doubtful))
         silent = sum(not ok for ok in await asyncio.gather(*(self._probe(u) for u in doubtful)))
+        PROBES.labels("silent").inc(silent)
+        PROBES.labels("answered").inc(len(doubtful) - silent)
         if silent:
             log.info("presence: %d probed gateways did not answer: offline", silent)
         await self.presence.drained()

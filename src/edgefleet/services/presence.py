@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from prometheus_client import Counter, Histogram
+
 from edgefleet.clock import Clock, utcnow
 from edgefleet.db.engine import Database
 from edgefleet.db.repos.devices import DeviceRepo
@@ -22,6 +24,18 @@ from edgefleet.domain.devices import ConnectionStatus
 from edgefleet.errors import StorageError
 
 log = logging.getLogger(__name__)
+
+WRITTEN = Counter(
+    "edgefleet_presence_rows_written_total",
+    "Gateway rows written by the presence writer",
+    ["kind"],  # status | properties
+)
+BATCH_SECONDS = Histogram(
+    "edgefleet_presence_batch_seconds",
+    "Time to write one presence batch",
+    ["kind"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -159,11 +173,21 @@ class PresenceService:
             (uuid, (ConnectionStatus.ONLINE if online else ConnectionStatus.OFFLINE).value)
             for uuid, online in sorted(batch.items())
         ]
-        async with self.db.session() as s:
-            await DeviceRepo(s).set_statuses(rows, self.clock())
+        with BATCH_SECONDS.labels("status").time():
+            async with self.db.session() as s:
+                await DeviceRepo(s).set_statuses(rows, self.clock())
         self.written += len(rows)
+        WRITTEN.labels("status").inc(len(rows))
 
     async def _write_properties(self, batch: dict[str, _PendingProperties]) -> None:
+        with BATCH_SECONDS.labels("properties").time():
+            rows = await self._store_properties(batch)
+        self.properties_written += len(rows)
+        WRITTEN.labels("properties").inc(len(rows))
+
+    async def _store_properties(
+        self, batch: dict[str, _PendingProperties]
+    ) -> list[tuple[str, dict[str, Any]]]:
         async with self.db.session() as s:
             repo = DeviceRepo(s)
             patch_only = sorted(u for u, p in batch.items() if p.base is None)
@@ -175,7 +199,7 @@ class PresenceService:
                 elif uuid in current:  # an unknown device has nothing to update
                     rows.append((uuid, {**current[uuid], **pending.patch}))
             await repo.set_many_properties(rows, self.clock())
-        self.properties_written += len(rows)
+        return rows
 
     async def online_uuids(self) -> list[str]:
         """Gateways the database holds online."""
