@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Installs the Debian packages edgefleet needs, only those that are missing.
-#   scripts/setup-system.sh run    what `make run` needs (python3-venv)
+#   scripts/setup-system.sh run    what `make run` needs (python3-venv, Mosquitto for the
+#                                  embedded broker `edgefleet serve` starts)
 #   scripts/setup-system.sh test   what `make test` needs as well (PostgreSQL binaries,
-#                                  Mosquitto and its command-line clients)
+#                                  Mosquitto's command-line clients)
 # Needs root or sudo when something is missing; prints what it does.
 set -euo pipefail
 what=${1:-run}
 
 need=()
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 if [ "$what" = test ]; then
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
-  command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
   command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
