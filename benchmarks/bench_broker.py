@@ -35,7 +35,6 @@ import asyncpg
 from benchmarks.common import (
     broker_of,
     cpu_seconds,
-    die_with_parent,
     fresh_database,
     report,
     rss_kib,
@@ -43,6 +42,7 @@ from benchmarks.common import (
 )
 from edgefleet.db.engine import Database, make_engine
 from edgefleet.db.migrate import upgrade
+from edgefleet.processes import die_with_parent
 from edgefleet.secretbox import SecretBox
 from edgefleet.services.fleet import FleetService
 from edgefleet.simulator.fleet import ensure_devices

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
 import os
 import secrets
@@ -21,6 +20,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
+
+from edgefleet.processes import die_with_parent
 
 RESULTS = Path(__file__).parent / "results"
 PG_ADMIN = os.environ.get("EDGEFLEET_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -63,11 +64,6 @@ class Server:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-
-
-def die_with_parent(sig: int = signal.SIGKILL) -> None:
-    """``preexec_fn``: the child gets ``sig`` when the benchmark dies, however it dies."""
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
 
 
 def start_server(

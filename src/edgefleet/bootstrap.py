@@ -20,7 +20,7 @@ from edgefleet.secretbox import SecretBox
 from edgefleet.services.accounts import AccountService
 from edgefleet.services.audit import AuditService
 from edgefleet.services.broker_auth import BrokerAuthService
-from edgefleet.services.fleet import CredentialListener, FleetService
+from edgefleet.services.fleet import FleetService
 from edgefleet.services.pki import PkiService, broker_tls
 from edgefleet.services.presence import PresenceService
 from edgefleet.services.remote import RemoteService
@@ -39,7 +39,6 @@ class Messaging:
     router: InboundRouter
     broker: EmbeddedMosquitto | None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    on_credentials: CredentialListener | None = None
 
 
 @dataclass
@@ -60,9 +59,9 @@ class Container:
         broker = m.broker
         if broker is not None:
             await broker.start()
-            if m.on_credentials is None:  # once, however often messaging is restarted
-                m.on_credentials = lambda _registered, _deleted: broker.credentials_changed()
-                self.fleet.credential_listeners.append(m.on_credentials)
+            listeners = self.fleet.credential_listeners
+            if broker.credentials_changed not in listeners:  # once, however often restarted
+                listeners.append(broker.credentials_changed)
         m.tasks = [
             asyncio.create_task(m.link.run(), name="broker-link"),
             asyncio.create_task(m.presence.run(), name="presence-writer"),

@@ -13,7 +13,8 @@ import typer
 
 from edgefleet.bootstrap import Container
 from edgefleet.cli.common import err_console, run
-from edgefleet.simulator.fleet import SimulatedFleet, ensure_devices, raise_fd_limit
+from edgefleet.processes import raise_fd_limit
+from edgefleet.simulator.fleet import SimulatedFleet, ensure_devices
 from edgefleet.simulator.gateway import Behaviour
 
 CONNECT_THREADS = 32

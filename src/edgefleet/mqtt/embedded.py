@@ -12,23 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import os
-import resource
 import shutil
 import signal
 import socket
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import aiomqtt
 
 from edgefleet.errors import EdgefleetError
 from edgefleet.mqtt.brokerconfig import mosquitto
+from edgefleet.processes import die_with_parent, raise_fd_limit
 from edgefleet.settings import MQTTSettings
 
 log = logging.getLogger(__name__)
@@ -50,11 +49,8 @@ def _prepare_child() -> None:
     """In the child before exec: SIGTERM the broker if the server dies, even by SIGKILL (lost
     when Mosquitto drops root privileges: the pid record below covers that), and let it hold
     as many connections as the hard open-file limit allows (a soft limit of 1024 is common)."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    die_with_parent(signal.SIGTERM)
+    raise_fd_limit()
 
 
 def _stop_stale(record: Path) -> None:
@@ -91,9 +87,6 @@ TMP_PREFIX = "edgefleet-broker-"
 RELOADED = b"Reloading config."
 """What Mosquitto logs (level "information") when a SIGHUP makes it re-read its files."""
 RELOAD_WAIT = 5.0
-
-
-PR_SET_PDEATHSIG = 1
 
 
 def _find_mosquitto() -> str:
@@ -228,7 +221,9 @@ class EmbeddedMosquitto:
                     log.error("restart failed: %s", exc.message)
                     delay = min(delay * 2, 30)
 
-    def credentials_changed(self) -> None:
+    def credentials_changed(
+        self, _registered: Sequence[str] = (), _deleted: Sequence[str] = ()
+    ) -> None:
         """Gateways were registered or deleted: rewrite the PSK store soon (debounced), then
         close the sessions of those whose key is gone."""
         self._synced.clear()

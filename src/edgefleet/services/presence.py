@@ -45,10 +45,9 @@ PROPERTIES = "/system/properties"
 
 @dataclass
 class _PendingProperties:
-    base: dict[str, Any] | None
-    """The whole object when the gateway sent one; None when only keys changed."""
-    patch: dict[str, Any]
-    """Keys set on top of the stored object (when ``base`` is None)."""
+    whole: bool
+    """True: ``values`` is the gateway's whole object; False: keys to set on the stored one."""
+    values: dict[str, Any]
 
 
 def _take(pending: dict[K, V], limit: int) -> dict[K, V]:
@@ -106,7 +105,7 @@ class PresenceService:
     def replace_properties(self, device_uuid: str, properties: dict[str, Any]) -> None:
         """Record a gateway's whole properties object (its answer to ``GET
         /system/properties``); written shortly after."""
-        self._properties[device_uuid] = _PendingProperties(dict(properties), {})
+        self._properties[device_uuid] = _PendingProperties(True, dict(properties))
         self._pending()
 
     def apply_property_event(
@@ -126,13 +125,8 @@ class PresenceService:
             # the gateway's own REST body is {"data": value}; events carry the value itself
             value = data["data"] if isinstance(data, dict) and set(data) == {"data"} else data
             patch = {key: value}
-        pending = self._properties.get(device_uuid)
-        if pending is None:
-            self._properties[device_uuid] = _PendingProperties(None, dict(patch))
-        elif pending.base is not None:
-            pending.base.update(patch)
-        else:
-            pending.patch.update(patch)
+        pending = self._properties.setdefault(device_uuid, _PendingProperties(False, {}))
+        pending.values.update(patch)
         self._pending()
         return PropertyChange(device_uuid, key, patch if key is None else patch[key])
 
@@ -190,14 +184,14 @@ class PresenceService:
     ) -> list[tuple[str, dict[str, Any]]]:
         async with self.db.session() as s:
             repo = DeviceRepo(s)
-            patch_only = sorted(u for u, p in batch.items() if p.base is None)
+            patch_only = sorted(u for u, p in batch.items() if not p.whole)
             current = await repo.properties_of(patch_only) if patch_only else {}
             rows: list[tuple[str, dict[str, Any]]] = []
             for uuid, pending in sorted(batch.items()):
-                if pending.base is not None:
-                    rows.append((uuid, pending.base))
+                if pending.whole:
+                    rows.append((uuid, pending.values))
                 elif uuid in current:  # an unknown device has nothing to update
-                    rows.append((uuid, {**current[uuid], **pending.patch}))
+                    rows.append((uuid, {**current[uuid], **pending.values}))
             await repo.set_many_properties(rows, self.clock())
         return rows
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import resource
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,14 +24,6 @@ def simulated_mac(prefix: str, index: int) -> str:
     if not 0 <= index < 1 << 24:
         raise ValueError("a simulated fleet holds at most 16,777,216 gateways")
     return f"02ef{zlib.crc32(prefix.encode()) & 0xFF:02x}{index:06x}"
-
-
-def raise_fd_limit() -> int:
-    """Raise this process's open-file limit to its hard limit; return the new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
 
 
 async def ensure_devices(fleet: FleetService, prefix: str, n: int) -> list[tuple[str, str]]:
