@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 
-from benchmarks import bench_broker, bench_devices
+from benchmarks import bench_broker, bench_devices, bench_tasks
 
 
 def main() -> None:
@@ -13,6 +13,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     asyncio.run(bench_devices.main())
     asyncio.run(bench_broker.main())
+    asyncio.run(bench_tasks.main())
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +25,27 @@ from edgefleet.db.engine import Database, make_engine
 from edgefleet.db.migrate import upgrade_async
 from edgefleet.db.tables import Base
 from edgefleet.domain.auth import Role, Scope
-from edgefleet.settings import MQTTSettings, Settings
+from edgefleet.settings import HTTPSettings, MQTTSettings, Settings
 from tests.brokers import free_port
+from tests.filestores import FileBackend, StoreEnv, serve
+from tests.httpserver import bound_socket
 from tests.pgserver import PostgresServer, find_postgres
+from tests.s3server import CREDENTIALS, S3Server, start_s3_server
 
 BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's S3 server in a subprocess, with boto3's credential chain pointed at dummy keys."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in CREDENTIALS.items():
+            mp.setenv(name, value)
+        server = start_s3_server(tmp_path_factory.mktemp("s3"))
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -172,3 +189,46 @@ async def admin(callers: Callers) -> Caller:
 async def writer(callers: Callers) -> Caller:
     """The usual API script: a read/write token of an operator."""
     return await callers.token(Role.OPERATOR, Scope.READ_WRITE)
+
+
+# --- file stores (see tests/filestores.py) ------------------------------------------------
+
+
+@pytest.fixture(params=["local", "s3"])
+def file_backend(request: pytest.FixtureRequest, settings: Settings) -> FileBackend:
+    """``settings`` pointed at a directory, or at a fresh bucket of the moto server."""
+    if request.param == "local":
+        backend = FileBackend("local")
+    else:
+        s3: S3Server = request.getfixturevalue("s3_server")
+        backend = FileBackend("s3", s3, s3.new_bucket())
+    backend.configure(settings)
+    return backend
+
+
+@pytest.fixture
+def http_socket(settings: Settings, file_backend: FileBackend) -> Iterator[socket.socket]:
+    """The socket the app is served on; its URL becomes the server's public URL (set before
+    any container is built, so the local store's links point at it)."""
+    sock = bound_socket()
+    settings.http = HTTPSettings(public_url=f"http://127.0.0.1:{sock.getsockname()[1]}")
+    yield sock
+    sock.close()
+
+
+@pytest.fixture
+async def store_env(
+    http_socket: socket.socket, settings: Settings, database: Database, file_backend: FileBackend
+) -> AsyncIterator[StoreEnv]:
+    """The app over each file store, reachable through ASGI and over real HTTP."""
+    async with serve(build(settings, db=database), http_socket, file_backend) as env:
+        yield env
+
+
+@pytest.fixture
+async def live_store_env(
+    http_socket: socket.socket, live: Container, file_backend: FileBackend
+) -> AsyncIterator[StoreEnv]:
+    """As ``store_env``, with the gateway side running (the ``live`` fixture)."""
+    async with serve(live, http_socket, file_backend) as env:
+        yield env

@@ -7,10 +7,16 @@ import logging
 import socket
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from edgefleet.db.engine import Database, make_engine
 from edgefleet.db.migrate import current_revision, head_revision, upgrade_async
+from edgefleet.db.tables import Task
 from edgefleet.errors import StorageError
+from edgefleet.files import FileStore
+from edgefleet.files.local import LocalFileStore
+from edgefleet.files.s3 import S3FileStore, make_client, parse_s3_url
+from edgefleet.files.signing import UrlSigner
 from edgefleet.mqtt import topics
 from edgefleet.mqtt.client import BrokerLink
 from edgefleet.mqtt.embedded import EmbeddedMosquitto
@@ -20,10 +26,13 @@ from edgefleet.secretbox import SecretBox
 from edgefleet.services.accounts import AccountService
 from edgefleet.services.audit import AuditService
 from edgefleet.services.broker_auth import BrokerAuthService
+from edgefleet.services.engine import TaskEngine
+from edgefleet.services.files import FileService, FirmwareService
 from edgefleet.services.fleet import FleetService
 from edgefleet.services.pki import PkiService, broker_tls
 from edgefleet.services.presence import PresenceService
 from edgefleet.services.remote import RemoteService
+from edgefleet.services.tasks import TaskService
 from edgefleet.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,7 +60,10 @@ class Container:
     messaging: Messaging
     broker_auth: BrokerAuthService
     pki: PkiService
+    tasks: TaskService
     remote: RemoteService
+    files: FileService
+    firmware: FirmwareService
 
     async def start_messaging(self) -> None:
         """Start the embedded broker (if configured), the broker link and the presence writer."""
@@ -65,6 +77,7 @@ class Container:
         m.tasks = [
             asyncio.create_task(m.link.run(), name="broker-link"),
             asyncio.create_task(m.presence.run(), name="presence-writer"),
+            asyncio.create_task(self.tasks.engine.run(), name="task-engine"),
         ]
 
     async def stop_messaging(self) -> None:
@@ -120,6 +133,36 @@ def _messaging(settings: Settings, db: Database, fleet: FleetService, pki: PkiSe
     return Messaging(link, relay, presence, router, broker)
 
 
+def _file_store(settings: Settings, signer: UrlSigner) -> FileStore:
+    """``storage.url``: empty or ``file:///dir`` → a directory; ``s3://bucket/prefix`` → S3."""
+    storage = settings.storage
+    if storage.url.startswith("s3://"):
+        bucket, prefix = parse_s3_url(storage.url)
+        client = make_client(storage.s3_endpoint_url, storage.s3_region)
+        return S3FileStore(client, bucket, prefix)
+    return LocalFileStore(settings.files_dir, signer, settings.public_url)
+
+
+def _tasks(db: Database, messaging: Messaging, firmware: FirmwareService) -> TaskService:
+    """The task engine and service; firmware tasks get a fresh download URL per dispatch."""
+
+    async def resolve(task: Task) -> Any:
+        assert task.firmware_id is not None
+        data = dict(task.payload.get("data") or {})
+        data["file"] = await firmware.dispatch_file(task.firmware_id)
+        if task.meta.get("version"):
+            data.setdefault("version", task.meta["version"])
+        return data
+
+    async def lookup(firmware_id: int) -> dict[str, Any]:
+        row = await firmware.get(firmware_id)
+        return {"version": row.version, "models": row.models}
+
+    engine = TaskEngine(db, messaging.relay.send, resolve=resolve)
+    messaging.router.tasks = engine
+    return TaskService(db, engine, firmware=lookup)
+
+
 def build(settings: Settings, db: Database | None = None) -> Container:
     """Wire every service from ``settings``; tests may hand in a database already open."""
     if settings.is_sqlite:
@@ -133,6 +176,9 @@ def build(settings: Settings, db: Database | None = None) -> Container:
     )
     fleet.credential_listeners.append(lambda _new, deleted: broker_auth.forget(deleted))
     messaging = _messaging(settings, db, fleet, pki)
+    signer = UrlSigner(settings.resolved_secret_key())
+    files = FileService(db, _file_store(settings, signer), signer, settings.storage)
+    firmware = FirmwareService(db, files)
     return Container(
         settings=settings,
         db=db,
@@ -144,7 +190,10 @@ def build(settings: Settings, db: Database | None = None) -> Container:
         messaging=messaging,
         broker_auth=broker_auth,
         pki=pki,
+        tasks=_tasks(db, messaging, firmware),
         remote=RemoteService(fleet, messaging.relay),
+        files=files,
+        firmware=firmware,
     )
 
 

@@ -5,14 +5,16 @@ with ``raise … from exc``; the HTTP layer maps each class to a status in one t
 (``api/errors.py``), the CLI prints its message.
 
     EdgefleetError
-    ├── NotFoundError ............ 404  (DeviceNotFoundError, GroupNotFoundError, …)
+    ├── NotFoundError ............ 404  (DeviceNotFoundError, GroupNotFoundError,
+    │                                    StoredFileNotFoundError, FirmwareNotFoundError, …)
     ├── ConflictError ............ 409  (DuplicateError, GroupBusyError, DeviceOfflineError)
     ├── ValidationError .......... 400  (QuerySyntaxError)
+    │   └── FileTooLargeError .... 413  an upload over the size limit
     ├── AuthError
     │   ├── AuthenticationError .. 401  bad or missing credentials
     │   ├── PermissionDeniedError  403
     │   └── LoginBannedError ..... 429  too many failed logins
-    ├── StorageError ............. 503  the database did not answer
+    ├── StorageError ............. 503  the database or the file store did not answer
     ├── MessageError ............. a malformed MQTT message or topic (logged, never raised
     │                              through a consumer)
     └── TransportError ........... 503  the broker is unreachable
@@ -44,6 +46,18 @@ class GroupNotFoundError(NotFoundError):
     def __init__(self, group_id: int | str) -> None:
         super().__init__(f"group {group_id} not found")
         self.group_id = group_id
+
+
+class StoredFileNotFoundError(NotFoundError):
+    def __init__(self, key: str) -> None:
+        super().__init__(f"file {key} not found")
+        self.key = key
+
+
+class FirmwareNotFoundError(NotFoundError):
+    def __init__(self, firmware_id: int) -> None:
+        super().__init__(f"firmware {firmware_id} not found")
+        self.firmware_id = firmware_id
 
 
 class ConflictError(EdgefleetError):
@@ -79,6 +93,12 @@ class QuerySyntaxError(ValidationError):
         where = f" at column {column}" if column is not None else ""
         super().__init__(f"invalid fleet query{where}: {message}")
         self.query, self.column = query, column
+
+
+class FileTooLargeError(ValidationError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"file larger than the limit of {limit} bytes")
+        self.limit = limit
 
 
 class AuthError(EdgefleetError):

@@ -13,8 +13,9 @@ import secrets
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -81,6 +82,30 @@ class MQTTSettings(BaseModel):
     """Where the Mosquitto configuration is written; empty means ``data_dir/mosquitto``."""
 
 
+class StorageSettings(BaseModel):
+    """Where uploaded files (filebin, firmware) are kept, and how big they may be."""
+
+    url: str = ""
+    """Empty: ``data_dir/files``; ``file:///path``: that directory; ``s3://bucket/prefix``: S3."""
+    s3_endpoint_url: str = ""
+    """An S3-API server other than AWS (MinIO, Ceph, …); empty means AWS."""
+    s3_region: str = ""
+    """The bucket's region; empty means boto3's own default (``AWS_DEFAULT_REGION``, …)."""
+    max_file_bytes: int = Field(default=500 * 1024 * 1024, ge=1)
+    """The largest file one upload may carry (the original's filebin allowed 500 MB)."""
+    url_ttl_seconds: int = Field(default=900, ge=1, le=7 * 24 * 3600)
+    """How long the download URL in a filebin answer stays valid."""
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, v: str) -> str:
+        if v and not v.startswith(("file:///", "s3://")):
+            raise ValueError("must be empty, file:///absolute/path or s3://bucket/prefix")
+        if v.startswith("s3://") and not urlsplit(v).netloc:
+            raise ValueError("an s3:// URL needs a bucket: s3://bucket/prefix")
+        return v
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="EDGEFLEET_",
@@ -100,6 +125,7 @@ class Settings(BaseSettings):
     http: HTTPSettings = Field(default_factory=HTTPSettings)
     login: LoginSettings = Field(default_factory=LoginSettings)
     mqtt: MQTTSettings = Field(default_factory=MQTTSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -162,6 +188,12 @@ class Settings(BaseSettings):
     def broker_dir(self) -> Path:
         return self.mqtt.broker_dir or self.data_dir / "mosquitto"
 
+    @property
+    def files_dir(self) -> Path:
+        """The local file store's directory (when ``storage.url`` is not ``s3://``)."""
+        url = self.storage.url
+        return Path(url[len("file://") :]) if url.startswith("file://") else self.data_dir / "files"
+
     def masked(self) -> dict[str, Any]:
         """Settings as plain data with every secret replaced, for ``config show``."""
         data = self.model_dump(mode="json")
@@ -170,6 +202,7 @@ class Settings(BaseSettings):
         data["mqtt"]["server_password"] = (
             "********" if self.mqtt.server_password.get_secret_value() else "(key file)"
         )
+        data["storage"]["s3_endpoint_url"] = _mask_url(self.storage.s3_endpoint_url)
         return data
 
 

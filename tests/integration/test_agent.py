@@ -208,7 +208,8 @@ async def test_firmware_is_downloaded_verified_and_reported(
         "sha256": hashlib.sha256(image).hexdigest(),
     }
 
-    r = await relay.request(uuid, "post", "/system/firmware", {"delay": 0, "file": good}, wait=10)
+    data = {"delay": 0, "file": good, "version": "1.2.3"}
+    r = await relay.request(uuid, "post", "/system/firmware", data, wait=10)
     assert r.code == 200 and r.data["status"] == "accepted"
 
     async def reported() -> bool:
@@ -217,10 +218,19 @@ async def test_firmware_is_downloaded_verified_and_reported(
     await eventually(reported)
     [final] = events.final(uuid)
     assert final["code"] == "FW_UPGRADE_SUCCESS" and final["sha256"] == good["sha256"]
+    assert final["version"] == "1.2.3"
     assert installed.read_bytes() == image
     progress = [d["progress"] for d in events.firmware(uuid) if "progress" in d]
     assert progress[0] == 0 and progress[-1] == 100 and progress == sorted(progress)
     assert ("GET", "/files/fw-1.2.3.img", TOKEN) in file_server.requests
+    # then the reboot (rebootAfterFirmware), after rebootDelay
+    busy = await relay.request(uuid, "post", "/system/firmware", data, wait=10)
+    assert busy.code == 409  # until the upgrade's reboot has run
+    await agent.background.idle()
+    assert (tmp_path / "reboots").read_text().splitlines() == ["rebooted"]
+    assert [e.data for u, e in events.items if e.resource == "/system/reboot"] == [
+        {"code": "REBOOTING"}
+    ]
 
     bad = dict(good, sha256="0" * 64)
     r = await relay.request(uuid, "post", "/system/firmware", {"file": bad}, wait=10)
@@ -233,6 +243,37 @@ async def test_firmware_is_downloaded_verified_and_reported(
     last = events.final(uuid)[-1]
     assert last["code"] == "FW_UPGRADE_FAIL" and "sha256 mismatch" in last["reason"]
     await finish(agent, task)
+
+
+async def test_a_reboot_or_an_upgrade_not_yet_started_is_cancelled(
+    live: Container, tmp_path: Path, file_server: FileServer, events: Events
+) -> None:
+    [(uuid, psk)] = await register(live, 1)
+    agent = Agent(config_for(live, uuid, psk, tmp_path))
+    task = await start(agent)
+    relay = live.messaging.relay
+    r = await relay.request(uuid, "post", "/system/reboot", {"delay": 30}, wait=10, task_id="rb")
+    assert r.code == 200
+    file_server.files["fw.img"] = b"image"
+    ref = {"url": file_server.url("fw.img"), "headers": {"mx-api-token": TOKEN}}
+    r = await relay.request(
+        uuid, "post", "/system/firmware", {"delay": 30, "file": ref}, wait=10, task_id="fw"
+    )
+    assert r.code == 200
+    for task_id in ("rb", "fw"):
+        r = await relay.request(uuid, "delete", f"/system/tasks/{task_id}", wait=10)
+        assert r.code == 200 and r.data == {"cancelled": True, "task_id": task_id}
+    assert agent.background.running == 0
+    r = await relay.request(uuid, "delete", "/system/tasks/rb", wait=10)
+    assert r.code == 409 and r.data == {"message": "already finished"}
+    r = await relay.request(uuid, "delete", "/system/tasks/unknown", wait=10)
+    assert r.code == 404
+    # both may start again at once: nothing is left pending
+    r = await relay.request(uuid, "post", "/system/reboot", {"delay": 30}, wait=10)
+    assert r.code == 200
+    await finish(agent, task)
+    assert not (tmp_path / "reboots").exists() and events.firmware(uuid) == []
+    assert file_server.requests == []
 
 
 async def test_stopping_the_agent_takes_the_device_offline(live: Container, tmp_path: Path) -> None:

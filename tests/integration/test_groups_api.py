@@ -9,7 +9,7 @@ import httpx
 from sqlalchemy import select
 
 from edgefleet.bootstrap import Container
-from edgefleet.db.tables import DeviceTask, GroupTask
+from edgefleet.db.tables import Execution, Task
 from edgefleet.domain.tasks import TaskState
 from tests.conftest import Caller
 from tests.integration.test_devices_api import register
@@ -26,31 +26,33 @@ async def add_task(container: Container, group_id: int, states: dict[str, TaskSt
     now = datetime.now(UTC)
     task_uuid = str(uuidlib.uuid4())
     async with container.db.session() as s:
-        s.add(
-            GroupTask(
-                uuid=task_uuid,
-                group_id=group_id,
-                payload={"method": "post", "resource": "/system/reboot"},
-                apply_policy="none",
-                retry_times=0,
-                state="RUNNING",
-                revoked=False,
-                meta={"description": "GROUPLIST_TABLE_ACTION_REBOOT"},
-                created_at=now,
-                updated_at=now,
-            )
+        task = Task(
+            uuid=task_uuid,
+            kind="group",
+            group_id=group_id,
+            target={"groupId": group_id},
+            payload={"method": "post", "resource": "/system/reboot"},
+            completion="reboot",
+            apply_policy="none",
+            retry_times=0,
+            state="RUNNING",
+            revoked=False,
+            meta={"description": "GROUPLIST_TABLE_ACTION_REBOOT"},
+            created_at=now,
+            updated_at=now,
         )
+        s.add(task)
         await s.flush()
         for dev, state in states.items():
             s.add(
-                DeviceTask(
+                Execution(
                     uuid=str(uuidlib.uuid4()),
-                    group_task_uuid=task_uuid,
+                    task_id=task.id,
                     device_uuid=dev,
                     state=state.value,
                     success=state is TaskState.SUCCESS,
                     revoked=state is TaskState.REVOKED,
-                    retries_done=0,
+                    message_id=str(uuidlib.uuid4()),
                     created_at=now,
                     updated_at=now,
                 )
@@ -151,7 +153,7 @@ async def test_task_counters_and_busy_group_cannot_be_deleted(
     assert (await client.get(f"/api/v1/groups/{g['id']}", headers=h)).status_code == 200
     # once every record is finished the group can go
     async with container.db.session() as s:
-        for rec in (await s.scalars(select(DeviceTask))).all():
+        for rec in (await s.scalars(select(Execution))).all():
             rec.state = TaskState.SUCCESS.value
     r = await client.request("DELETE", "/api/v1/groups", headers=h, json=[g["id"]])
     assert r.status_code == 200

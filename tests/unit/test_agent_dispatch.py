@@ -151,6 +151,7 @@ def test_the_built_in_handlers_are_registered_entry_points(ctx: AgentContext) ->
         "configuration": "edgefleet.agent.handlers.configuration:plugin",
         "syslog": "edgefleet.agent.handlers.syslog:plugin",
         "services": "edgefleet.agent.handlers.services:plugin",
+        "jobs": "edgefleet.agent.handlers.jobs:plugin",
     }
     routes = {(r.method, r.path) for r in load_plugins(ctx)}
     assert {
@@ -165,6 +166,7 @@ def test_the_built_in_handlers_are_registered_entry_points(ctx: AgentContext) ->
         ("get", "/system/services"),
         ("get", "/system/services/{name}"),
         ("put", "/system/services/{name}"),
+        ("delete", "/system/tasks/{task_id}"),
     } <= routes
     without = {(r.method, r.path) for r in load_plugins(ctx, disabled=["firmware"])}
     assert ("post", "/system/firmware") not in without and ("get", "/system/status") in without

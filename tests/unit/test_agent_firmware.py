@@ -1,4 +1,5 @@
-"""Firmware upgrade: download from a real HTTP server, verify size and sha256, install, events."""
+"""Firmware upgrade: download from a real HTTP server, verify size and sha256, install, events,
+then the reboot."""
 
 from __future__ import annotations
 
@@ -59,16 +60,19 @@ def read(path: str) -> bytes:
     return Path(path).read_bytes()
 
 
-def body(server: FileServer, **file: Any) -> FirmwareBody:
+def body(server: FileServer, version: str | None = None, **file: Any) -> FirmwareBody:
     ref = {"url": server.url("fw.img"), "headers": {"mx-api-token": TOKEN}, **file}
-    return FirmwareBody.model_validate({"file": ref})
+    return FirmwareBody.model_validate({"file": ref, "version": version})
 
 
 async def test_a_verified_download_reports_success_with_progress(
     ctx: AgentContext, file_server: FileServer, recorder: Recorder
 ) -> None:
-    final = await Firmware(ctx).run(body(file_server, size=len(IMAGE), sha256=DIGEST.upper()))
+    final = await Firmware(ctx).run(
+        body(file_server, "1.3.0", size=len(IMAGE), sha256=DIGEST.upper())
+    )
     assert final["code"] == SUCCESS and final["sha256"] == DIGEST and final["size"] == len(IMAGE)
+    assert final["version"] == "1.3.0"
     assert read(final["file"]) == IMAGE
     assert Path(final["file"]).parent == ctx.data_dir / "firmware"
     assert recorder.events[-1] == ("put", "/system/firmware", final, 200)
@@ -121,6 +125,7 @@ async def test_the_install_command_gets_the_file_and_its_failure_is_reported(
     async for ctx in context(config, recorder):
         final = await Firmware(ctx).run(body(file_server, sha256=DIGEST))
         assert final["code"] == SUCCESS and copy.read_bytes() == IMAGE
+        assert final["version"] == ""  # the request named none
     config = agent_config(
         tmp_path, firmwareInstallCommand=["sh", "-c", "echo bad image >&2; exit 3"]
     )
@@ -129,26 +134,56 @@ async def test_the_install_command_gets_the_file_and_its_failure_is_reported(
         assert final == {"code": FAIL, "reason": "install command exited with 3: bad image"}
 
 
-async def test_the_request_is_accepted_at_once_and_one_upgrade_runs_at_a_time(
-    ctx: AgentContext, file_server: FileServer, recorder: Recorder
-) -> None:
-    fw = Firmware(ctx)
+def request(server: FileServer, task_id: str, **extra: Any) -> Request:
     data = {
         "delay": 0,
-        "file": {"url": file_server.url("fw.img"), "headers": {"mx-api-token": TOKEN}},
+        "file": {"url": server.url("fw.img"), "headers": {"mx-api-token": TOKEN}},
+        **extra,
     }
-    request = Request("post", "/system/firmware", "/system/firmware", {}, {}, data, "t-1")
-    code, answer = await fw.upgrade(request)
-    assert code == 200 and answer["status"] == "accepted" and len(request.deferred) == 1
-    assert recorder.events == []  # nothing happens before the answer is out
-    second = Request("post", "/system/firmware", "/system/firmware", {}, {}, data, "t-2")
-    with pytest.raises(Exception, match="already running") as busy:
-        await fw.upgrade(second)
-    assert getattr(busy.value, "code", None) == 409
-    await request.deferred[0]()
-    assert recorder.events[-1][2]["code"] == SUCCESS
-    code, _ = await fw.upgrade(second)  # done: the next one may start
-    assert code == 200
+    return Request("post", "/system/firmware", "/system/firmware", {}, {}, data, task_id)
+
+
+async def test_the_request_is_accepted_at_once_and_one_upgrade_runs_at_a_time(
+    tmp_path: Path, file_server: FileServer, recorder: Recorder
+) -> None:
+    async for ctx in context(agent_config(tmp_path, rebootDelay=0), recorder):
+        fw = Firmware(ctx)
+        first = request(file_server, "t-1", version="1.3.0")
+        code, answer = await fw.upgrade(first)
+        assert code == 200 and answer["status"] == "accepted" and len(first.deferred) == 1
+        assert recorder.events == []  # nothing happens before the answer is out
+        # as the agent runs it once the answer is out: a background job of the task_id
+        job = ctx.background.spawn(first.deferred[0](), name="upgrade", task_id="t-1")
+        second = request(file_server, "t-2")
+        with pytest.raises(Exception, match="already running") as busy:
+            await fw.upgrade(second)
+        assert getattr(busy.value, "code", None) == 409
+        await job
+        success, rebooting = recorder.events[-2:]
+        assert success[2]["code"] == SUCCESS and success[2]["version"] == "1.3.0"
+        assert rebooting == ("put", "/system/reboot", {"code": "REBOOTING"}, 200)
+        assert (tmp_path / "rebooted").exists()  # rebootCommand, after rebootDelay
+        code, _ = await fw.upgrade(second)  # done: the next one may start
+        assert code == 200
+
+
+async def test_no_reboot_after_a_failure_or_when_not_configured(
+    tmp_path: Path, file_server: FileServer, recorder: Recorder
+) -> None:
+    async for ctx in context(agent_config(tmp_path, rebootDelay=0), recorder):
+        failing = request(file_server, "t-1", file={"url": file_server.url("missing.img")})
+        failing.data["file"]["headers"] = {"mx-api-token": TOKEN}
+        await Firmware(ctx).upgrade(failing)
+        await failing.deferred[0]()
+        assert recorder.events[-1][2]["code"] == FAIL
+    config = agent_config(tmp_path, rebootDelay=0, rebootAfterFirmware=False)
+    async for ctx in context(config, recorder):
+        good = request(file_server, "t-2")
+        await Firmware(ctx).upgrade(good)
+        await good.deferred[0]()
+        assert recorder.events[-1][2]["code"] == SUCCESS
+    assert not (tmp_path / "rebooted").exists()
+    assert all(e[1] == "/system/firmware" for e in recorder.events)
 
 
 @pytest.mark.parametrize(

@@ -79,7 +79,13 @@ class AgentConfig(BaseModel):
 
     rebootCommand: Command = Field(default_factory=lambda: ["systemctl", "reboot"], min_length=1)
     rebootDelay: float = Field(default=3.0, ge=0, le=3600)
-    """Seconds between the answer and the reboot when the request gives no ``delay``."""
+    """Seconds between the answer and the reboot when the request gives no ``delay``, and
+    between a firmware upgrade's (or an import's) result and its reboot."""
+    rebootAfterFirmware: bool = True
+    """Reboot once a firmware upgrade succeeded, as ThingsPro gateways do."""
+    rebootAfterImport: bool = False
+    """Reboot after a configuration import, as ThingsPro gateways do (off: the scopes here are
+    the host owner's paths, which may not need a reboot)."""
 
     firmwareInstallCommand: Command | None = None
     """Run with the downloaded file (``{file}`` in an argument, else appended); none: only

@@ -25,7 +25,7 @@ import httpx
 
 from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.dispatch import Dispatcher, Outcome, load_plugins
-from edgefleet.agent.plugin import ENTRY_POINT_GROUP, AgentContext, Background, Route
+from edgefleet.agent.plugin import ENTRY_POINT_GROUP, AgentContext, Background, Job, Route
 from edgefleet.agent.state import TaskStore
 from edgefleet.errors import MessageError
 from edgefleet.mqtt import topics
@@ -62,6 +62,11 @@ def tls_context(config: AgentConfig) -> ssl.SSLContext:
     assert config.certFile is not None and config.keyFile is not None  # checked by the model
     ctx.load_cert_chain(str(config.certFile), str(config.keyFile))
     return ctx
+
+
+async def _after(sent: asyncio.Event, job: Job) -> None:
+    await sent.wait()
+    await job()
 
 
 class Agent:
@@ -129,6 +134,7 @@ class Agent:
                     data_dir=self.data_dir,
                     http=http,
                     background=self.background,
+                    answered=self._answered,
                 )
                 routes = load_plugins(ctx, self.group, self.config.disabledHandlers)
                 self.dispatcher = Dispatcher([*self.extra_routes, *routes])
@@ -244,10 +250,33 @@ class Agent:
             log.warning("rejected request: %s", exc.message)
             return
         response, outcome = await self.execute(request)
-        await self._send(self._topic(topics.Channel.CLIENT), encode(response))
-        if outcome is not None:
-            for i, job in enumerate(outcome.deferred):
-                self.background.spawn(job(), name=f"{request.method} {request.resource} #{i}")
+        # the jobs are known (and cancellable by task_id) from now on, but start only once the
+        # answer is out: a reboot must not overtake its own answer
+        sent = asyncio.Event()
+        jobs = [
+            self.background.spawn(
+                _after(sent, job),
+                name=f"{request.method} {request.resource} #{i}",
+                task_id=request.task_id,
+            )
+            for i, job in enumerate(outcome.deferred if outcome is not None else [])
+        ]
+        try:
+            await self._send(self._topic(topics.Channel.CLIENT), encode(response))
+        except BaseException:
+            for t in jobs:
+                t.cancel()
+            raise
+        sent.set()
+
+    def _answered(self, task_id: str) -> bool:
+        if self._store is None:
+            return False
+        try:
+            return self._store.answer(task_id) is not None
+        except Exception:
+            log.exception("task store failed; task %s taken as unknown", task_id)
+            return False
 
     async def execute(self, request: RequestMessage) -> tuple[ResponseMessage, Outcome | None]:
         """The answer to ``request``, run at most once per task_id (``Outcome`` when run now)."""

@@ -10,16 +10,21 @@ takes an :class:`AgentContext` and returns the :class:`Route` objects it serves:
 
 A handler returns ``(code, data)``; raising :class:`HandlerError` answers with its code and
 ``{"message": …}``; any other exception answers 500. Work that must happen after the answer
-was sent (a reboot, a download) is registered with :meth:`Request.after_reply`.
+was sent (a reboot, a download) is registered with :meth:`Request.after_reply`; the agent runs
+it as a background job of the request's task_id, which ``DELETE /system/tasks/{task_id}`` may
+cancel until the job calls :meth:`Background.commit` (its point of no return).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -104,26 +109,99 @@ class Emitter(Protocol):
         """Publish an event (no task_id) on the gateway's ``client`` topic."""
 
 
+class JobState(StrEnum):
+    """Where the background jobs of one request (one task_id) are."""
+
+    RUNNING = "running"
+    """Still running and may be cancelled."""
+    COMMITTED = "committed"
+    """Still running, past their point of no return (installing, rebooting): not cancellable."""
+    ENDED = "ended"
+    """Finished, failed or cancelled."""
+
+
+REMEMBERED_JOBS = 1000
+
+
 class Background:
-    """Background jobs the agent owns: kept referenced, logged on failure, cancelled at exit."""
+    """Background jobs the agent owns: kept referenced, logged on failure, cancelled at exit.
 
-    def __init__(self) -> None:
+    Jobs spawned for a request are indexed by its ``task_id``, so that they can be cancelled
+    (``DELETE /system/tasks/{task_id}``); the task_ids of the newest ``remember`` ended ones are
+    kept, to tell a finished task from an unknown one.
+    """
+
+    def __init__(self, remember: int = REMEMBERED_JOBS) -> None:
         self._tasks: set[asyncio.Task[None]] = set()
+        self._by_task_id: dict[str, set[asyncio.Task[None]]] = {}
+        self._committed: dict[str, str] = {}
+        self._ended: OrderedDict[str, None] = OrderedDict()
+        self._remember = remember
 
-    def spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    def spawn(
+        self, work: Coroutine[Any, Any, None], name: str, task_id: str | None = None
+    ) -> asyncio.Task[None]:
         task = asyncio.create_task(work, name=name)
         self._tasks.add(task)
-        task.add_done_callback(self._done)
+        if task_id is not None:
+            self._by_task_id.setdefault(task_id, set()).add(task)
+            self._ended.pop(task_id, None)
+        task.add_done_callback(functools.partial(self._done, task_id))
         return task
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _done(self, task_id: str | None, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        jobs = self._by_task_id.get(task_id) if task_id is not None else None
+        if task_id is not None and jobs is not None:
+            jobs.discard(task)
+            if not jobs:
+                del self._by_task_id[task_id]
+                self._committed.pop(task_id, None)
+                self._ended[task_id] = None
+                if len(self._ended) > self._remember:
+                    self._ended.popitem(last=False)
         if not task.cancelled() and task.exception() is not None:
             log.error("background job %s failed", task.get_name(), exc_info=task.exception())
 
     @property
     def running(self) -> int:
         return len(self._tasks)
+
+    def state(self, task_id: str) -> JobState | None:
+        """The state of the jobs of ``task_id``; None when it started none (or is forgotten)."""
+        if task_id in self._committed:
+            return JobState.COMMITTED
+        if task_id in self._by_task_id:
+            return JobState.RUNNING
+        return JobState.ENDED if task_id in self._ended else None
+
+    def active(self, task_id: str | None) -> bool:
+        """True while jobs of ``task_id`` run (cancellable or not). Handlers that allow one
+        job at a time ask this rather than keep a flag: a job cancelled before its first step
+        never runs its clean-up."""
+        return task_id is not None and self.state(task_id) in (JobState.RUNNING, JobState.COMMITTED)
+
+    def commit(self, task_id: str, reason: str) -> None:
+        """Mark the running jobs of ``task_id`` past their point of no return: a cancel is then
+        refused with ``reason``. Nothing happens when ``task_id`` runs no job here (a handler's
+        job run directly, as unit tests do)."""
+        if task_id in self._by_task_id:
+            self._committed[task_id] = reason
+
+    def reason(self, task_id: str) -> str:
+        """Why the jobs of a committed ``task_id`` can no longer be cancelled."""
+        return self._committed.get(task_id, "")
+
+    async def cancel(self, task_id: str, grace: float = 10.0) -> JobState | None:
+        """Cancel the jobs of ``task_id`` if they are ``RUNNING``, and wait (up to ``grace`` s)
+        until they are gone; return the state they were in (only ``RUNNING`` ones stop)."""
+        state = self.state(task_id)
+        if state is JobState.RUNNING:
+            jobs = list(self._by_task_id[task_id])
+            for t in jobs:
+                t.cancel()
+            await asyncio.wait(jobs, timeout=grace)
+        return state
 
     async def idle(self) -> None:
         """Wait until no job runs (jobs started meanwhile are waited for too)."""
@@ -137,15 +215,21 @@ class Background:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def _never(task_id: str) -> bool:
+    return False
+
+
 @dataclass
 class AgentContext:
-    """What a plug-in gets: the configuration, events, its data directory, an HTTP client."""
+    """What a plug-in gets: the configuration, events, its data directory, an HTTP client,
+    the background jobs, and whether a task_id was answered before (the agent's task store)."""
 
     config: AgentConfig
     emit: Emitter
     data_dir: Path
     http: httpx.AsyncClient
     background: Background = field(default_factory=Background)
+    answered: Callable[[str], bool] = _never
 
     def spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         return self.background.spawn(work, name)

@@ -18,9 +18,13 @@ from edgefleet.api.routes import (
     auth,
     broker,
     devices,
+    filebin,
+    firmware,
     groups,
+    grouptasks,
     health,
     pki,
+    rollouts,
     tasks,
     tokens,
     users,
@@ -60,7 +64,22 @@ def create_app(container: Container, *, run_messaging: bool = False) -> FastAPI:
         openapi_url="/openapi.json",
     )
     app.state.container = container
-    for module in (health, auth, devices, groups, users, tokens, audit, broker, pki, tasks):
+    for module in (
+        health,
+        auth,
+        devices,
+        groups,
+        users,
+        tokens,
+        audit,
+        broker,
+        pki,
+        tasks,
+        filebin,
+        firmware,
+        grouptasks,
+        rollouts,
+    ):
         for name in ("compat", "router", "extra"):
             r = getattr(module, name, None)
             if r is not None:

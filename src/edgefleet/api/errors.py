@@ -20,6 +20,7 @@ from edgefleet.errors import (
     AuthenticationError,
     ConflictError,
     EdgefleetError,
+    FileTooLargeError,
     GatewayTimeoutError,
     LoginBannedError,
     NotFoundError,
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 STATUS: list[tuple[type[EdgefleetError], int, str]] = [
     (NotFoundError, 404, "not-found"),
     (ConflictError, 409, "conflict"),
+    (FileTooLargeError, 413, "file-too-large"),
     (ValidationError, 400, "invalid-request"),
     (AuthenticationError, 401, "unauthenticated"),
     (PermissionDeniedError, 403, "forbidden"),

@@ -65,12 +65,16 @@ class MetricsMiddleware:
             REQUESTS.labels(method, template, str(recorder.status)).inc()
 
 
+AUDITED_PREFIXES = ("/api/", "/filebin/")
+"""The API, and the original's filebin mount outside it."""
+
 NOT_AUDITED = frozenset({"/api/v1/broker/authn", "/api/v1/broker/authz"})
 """Questions asked with POST, not changes: one per broker connection or subscription."""
 
 
 class AuditMiddleware:
-    """Records every write under ``/api/`` with its actor, action, target and outcome."""
+    """Records every write under ``/api/`` (and ``/filebin/``) with its actor, action,
+    target and outcome."""
 
     def __init__(self, app: ASGIApp, audit: AuditService) -> None:
         self.app = app
@@ -80,7 +84,7 @@ class AuditMiddleware:
         if (
             scope["type"] != "http"
             or scope["method"] not in WRITE_METHODS
-            or not scope["path"].startswith("/api/")
+            or not scope["path"].startswith(AUDITED_PREFIXES)
             or scope["path"] in NOT_AUDITED
         ):
             await self.app(scope, receive, send)

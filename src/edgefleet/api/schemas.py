@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from edgefleet.db.tables import ApiToken, AuditEntry, Device, DeviceTask, User
+from edgefleet.db.tables import ApiToken, AuditEntry, Device, Execution, Firmware, Task, User
 from edgefleet.domain.auth import TOKEN_DESCRIPTION_MAX, Role, Scope
 from edgefleet.domain.tasks import ACTIVE, COMPLETED, TaskState
 from edgefleet.services.fleet import DeviceView, GroupView
@@ -149,20 +149,20 @@ def device_public(view: DeviceView) -> dict[str, Any]:
     }
 
 
-def task_record_public(r: DeviceTask, meta: dict[str, Any]) -> dict[str, Any]:
-    scheduled = meta.get("scheduledAt")
+def task_record_public(r: Execution, task: Task) -> dict[str, Any]:
+    """A device's record of a group task, as ThingsPro's ``Group.tasks`` items."""
     return {
         "uuid": r.uuid,
-        "groupTaskUUID": r.group_task_uuid,
+        "groupTaskUUID": task.uuid,
         "deviceUUID": r.device_uuid,
-        "applyPolicy": meta.get("applyPolicy", "none"),
-        "retryTimes": meta.get("retryTimes", 0),
-        "scheduledDateTime": compat_time(scheduled) if scheduled else "",
+        "applyPolicy": task.apply_policy,
+        "retryTimes": task.retry_times,
+        "scheduledDateTime": compat_time(task.scheduled_at) if task.scheduled_at else "",
         "revoked": r.revoked,
         "state": r.state,
         "success": r.success,
-        "meta": meta.get("meta") or {},
-        "payload": meta.get("payload") or {},
+        "meta": task.meta or {},
+        "payload": task.payload or {},
         "createdAt": compat_time(r.created_at),
         "updatedAt": compat_time(r.updated_at),
     }
@@ -193,14 +193,14 @@ def group_public(view: GroupView) -> dict[str, Any]:
             "offline": offline,
             "created": created,
         },
-        "tasks": [task_record_public(r, view.task_meta) for r in view.task_records],
+        "tasks": [task_record_public(r, view.task) for r in view.task_records if view.task],
         "taskStatus": {
             "activeCount": active,
             "completedCount": completed,
             "revokedCount": revoked,
             "totalCount": sum(tc.values()),
         },
-        "taskUUID": view.task_uuid,
+        "taskUUID": view.task.uuid if view.task else None,
     }
 
 
@@ -241,4 +241,19 @@ def audit_public(e: AuditEntry) -> dict[str, Any]:
         "statusCode": e.status_code,
         "ip": e.ip,
         "detail": e.detail,
+    }
+
+
+def firmware_public(f: Firmware) -> dict[str, Any]:
+    return {
+        "id": f.id,
+        "uuid": f.uuid,
+        "version": f.version,
+        "models": f.models,
+        "filename": f.filename,
+        "size": f.size,
+        "sha256": f.sha256,
+        "notes": f.notes,
+        "createdAt": iso_time(f.created_at),
+        "createdBy": f.created_by,
     }

@@ -34,6 +34,16 @@ def simulate(
     event_interval: float = typer.Option(
         0.0, min=0, help="Mean seconds between property events per gateway (0: none)."
     ),
+    boot_seconds: float = typer.Option(2.0, min=0, help="Seconds a rebooting gateway is away."),
+    reboot_delay: float | None = typer.Option(
+        None, min=0, help="Seconds from a reboot's answer to the reboot (default: the request's)."
+    ),
+    firmware_failure_rate: float = typer.Option(
+        0.0, min=0, max=1, help="Share of firmware upgrades ending in FW_UPGRADE_FAIL."
+    ),
+    firmware_seconds: float = typer.Option(
+        1.0, min=0, help="Simulated firmware install time, after the download."
+    ),
     keepalive: int = typer.Option(60, min=5, max=65535, help="MQTT keepalive in seconds."),
     duration: float = typer.Option(0.0, min=0, help="Stop after this many seconds (0: Ctrl-C)."),
     stats_interval: float = typer.Option(5.0, min=0.1, help="Seconds between stats lines."),
@@ -63,7 +73,16 @@ def simulate(
             target_host,
             port or mqtt.gateway_port,
             prefix=prefix,
-            behaviour=Behaviour(latency, failure_rate, flap_interval, event_interval),
+            behaviour=Behaviour(
+                latency=latency,
+                failure_rate=failure_rate,
+                flap_interval=flap_interval,
+                event_interval=event_interval,
+                boot_seconds=boot_seconds,
+                reboot_delay=reboot_delay,
+                firmware_failure_rate=firmware_failure_rate,
+                firmware_seconds=firmware_seconds,
+            ),
             connect_rate=connect_rate,
             keepalive=keepalive,
             seed=seed,

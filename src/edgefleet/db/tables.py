@@ -15,6 +15,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -176,42 +178,109 @@ class DeviceTag(Base):
     tag: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
 
 
-class GroupTask(Base):
-    """A task fanned out to every device of a group (ThingsPro ``groupTasks``)."""
+class Task(Base):
+    """One request meant for many gateways: a group task, a ``deviceJobRelay`` job or a
+    rollout (see domain/tasks.py). ``id`` is the job relay's numeric ``taskId``."""
 
-    __tablename__ = "group_tasks"
+    __tablename__ = "tasks"
+    __table_args__ = (
+        # one open task per group; a second is refused by the database, not by a race
+        Index(
+            "uq_tasks_open_group",
+            "group_id",
+            unique=True,
+            postgresql_where=text("state IN ('PENDING', 'RUNNING', 'PAUSED')"),
+            sqlite_where=text("state IN ('PENDING', 'RUNNING', 'PAUSED')"),
+        ),
+    )
 
-    uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
-    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"), index=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(255), default="")
+    group_id: Mapped[int | None] = mapped_column(
+        ForeignKey("groups.id", ondelete="SET NULL"), index=True
+    )
+    target: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    firmware_id: Mapped[int | None] = mapped_column(Integer)
+    completion: Mapped[str] = mapped_column(String(16))
     apply_policy: Mapped[str] = mapped_column(String(16), default="none")
     retry_times: Mapped[int] = mapped_column(Integer, default=0)
+    retry_interval: Mapped[float] = mapped_column(Float, default=10.0)
+    timeout_seconds: Mapped[float] = mapped_column(Float, default=30.0)
+    completion_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     scheduled_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]
     state: Mapped[str] = mapped_column(String(16), index=True)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    waves: Mapped[list[int]] = mapped_column(JSON, default=list)
+    current_wave: Mapped[int] = mapped_column(Integer, default=0)
+    success_threshold: Mapped[int] = mapped_column(Integer, default=0)
+    error_threshold: Mapped[int | None] = mapped_column(Integer)
+    max_per_minute: Mapped[int | None] = mapped_column(Integer)
+    window: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    detail: Mapped[str] = mapped_column(String(500), default="")
+    created_by: Mapped[str] = mapped_column(String(254), default="")
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
 
 
-class DeviceTask(Base):
-    """One device's record of a group task: the execution the task service drives."""
+class Execution(Base):
+    """One gateway's share of a task: dispatched, retried and recorded by the task service.
 
-    __tablename__ = "device_tasks"
-    __table_args__ = (Index("ix_device_tasks_group_task_state", "group_task_uuid", "state"),)
+    ``due_at`` is when a PENDING execution may start (NULL: its wave has not opened) and,
+    while RUNNING, when the current attempt times out. ``message_id`` is the ``task_id`` of
+    the current attempt's request: a new one per attempt, the same one when a dispatch that
+    may not have gone out is sent again, so the gateway never runs an attempt twice.
+    """
 
-    uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
-    group_task_uuid: Mapped[str] = mapped_column(ForeignKey("group_tasks.uuid", ondelete="CASCADE"))
-    device_uuid: Mapped[str] = mapped_column(
-        ForeignKey("devices.uuid", ondelete="CASCADE"), index=True
+    __tablename__ = "executions"
+    __table_args__ = (
+        Index("ix_executions_task_state", "task_id", "state"),
+        Index("ix_executions_state_due", "state", "due_at"),
+        Index("ix_executions_device_state", "device_uuid", "state"),
     )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
+    device_uuid: Mapped[str] = mapped_column(ForeignKey("devices.uuid", ondelete="CASCADE"))
+    wave: Mapped[int] = mapped_column(Integer, default=0)
     state: Mapped[str] = mapped_column(String(16))
     success: Mapped[bool] = mapped_column(Boolean, default=False)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
-    retries_done: Mapped[int] = mapped_column(Integer, default=0)
-    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    due_at: Mapped[datetime | None]
+    message_id: Mapped[str] = mapped_column(String(64), unique=True)
+    sent_at: Mapped[datetime | None]
+    acked_at: Mapped[datetime | None]
+    code: Mapped[int | None] = mapped_column(Integer)
+    result: Mapped[Any] = mapped_column(JSON, nullable=True)
+    progress: Mapped[int | None] = mapped_column(Integer)
+    detail: Mapped[str] = mapped_column(String(500), default="")
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class ExecutionEvent(Base):
+    """An execution's history: every state change (and result) with its time."""
+
+    __tablename__ = "execution_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    execution_id: Mapped[int] = mapped_column(
+        ForeignKey("executions.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime]
+    state: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(String(500), default="")
+    code: Mapped[int | None] = mapped_column(Integer)
 
 
 class Authority(Base):
@@ -236,3 +305,38 @@ class DeviceCertificate(Base):
     issued_at: Mapped[datetime]
     not_after: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
+
+
+class File(Base):
+    """A file in the file store (filebin upload, task attachment or firmware image)."""
+
+    __tablename__ = "files"
+
+    key: Mapped[str] = mapped_column(String(160), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), default="filebin")
+    filename: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    content_type: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(index=True)
+    created_by: Mapped[str] = mapped_column(String(254), default="")
+
+
+class Firmware(Base):
+    """A firmware image in the catalogue; its bytes are the file ``file_key``."""
+
+    __tablename__ = "firmware"
+    __table_args__ = (Index("uq_firmware_version_filename", "version", "filename", unique=True),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    version: Mapped[str] = mapped_column(String(64))
+    models: Mapped[list[str]] = mapped_column(JSON, default=list)
+    """Model names the image fits (``modelName`` of a gateway); empty means any."""
+    file_key: Mapped[str] = mapped_column(ForeignKey("files.key", ondelete="RESTRICT"))
+    filename: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    notes: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(254), default="")

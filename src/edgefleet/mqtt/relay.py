@@ -63,6 +63,17 @@ class GatewayRelay:
         finally:
             self._pending.pop(task_id, None)
 
+    async def send(
+        self, device_uuid: str, method: str, resource: str, data: Any, task_id: str
+    ) -> None:
+        """Publish one request and return once the broker has it; whoever records results
+        (the task engine) deals with the answer."""
+        message = RequestMessage(
+            method=method.lower(), resource=resource, data=data, task_id=task_id
+        )
+        async with self._publish_slots:
+            await self._publish(topics.topic(device_uuid, topics.Channel.SERVER), encode(message))
+
     def resolve(self, device_uuid: str, response: ResponseMessage) -> bool:
         """Hand a response to its waiting request; False when none waits for it here."""
         waiting = self._pending.get(response.task_id)

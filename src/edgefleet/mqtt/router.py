@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid as uuidlib
+from typing import Any, Protocol
 
 from prometheus_client import Counter
 
@@ -25,6 +26,15 @@ PROBES = Counter(
 )
 
 PROPERTIES_TIMEOUT = 30.0
+
+
+class TaskSink(Protocol):
+    """What the task engine wants to hear of gateways (see services/engine.py)."""
+
+    def response(self, device_uuid: str, message: ResponseMessage) -> None: ...
+    def event(self, device_uuid: str, message: EventMessage) -> None: ...
+    def online(self, device_uuid: str) -> None: ...
+    def properties(self, device_uuid: str, properties: dict[str, Any]) -> None: ...
 
 
 class InboundRouter:
@@ -67,6 +77,8 @@ class InboundRouter:
         """Gateways that said ``1`` since the last connection to the broker."""
         self._reconciler: asyncio.Task[None] | None = None
         self.reconciled = asyncio.Event()
+        self.tasks: TaskSink | None = None
+        """Set by the composition root once the task engine exists."""
 
     def connected(self) -> None:
         """The broker link (re)connected and subscribed: reconcile presence shortly."""
@@ -136,6 +148,8 @@ class InboundRouter:
                 # a retained "0" may be stale: the reconciliation probes that gateway
                 if online and not retained:
                     self._refresh(device_uuid)
+                    if self.tasks is not None:
+                        self.tasks.online(device_uuid)
             elif channel is topics.Channel.CLIENT:
                 await self._client_message(device_uuid, payload)
             else:
@@ -154,15 +168,19 @@ class InboundRouter:
                 # written here, in arrival order, so a later property event is not overwritten
                 if message.code == 200 and isinstance(message.data, dict):
                     self.presence.replace_properties(device_uuid, message.data)
+                    if self.tasks is not None:
+                        self.tasks.properties(device_uuid, message.data)
                 else:
                     log.info("properties of %s: gateway answered %s", device_uuid, message.code)
-            if not self.relay.resolve(device_uuid, message):
-                log.debug("response %s from %s: nobody waits here", message.task_id, device_uuid)
+            if not self.relay.resolve(device_uuid, message) and self.tasks is not None:
+                self.tasks.response(device_uuid, message)  # a task's, or nobody's
             return
         assert isinstance(message, EventMessage)
-        self.presence.apply_property_event(
+        change = self.presence.apply_property_event(
             device_uuid, message.method, message.resource, message.data
         )
+        if change is None and self.tasks is not None:
+            self.tasks.event(device_uuid, message)
 
     def _refresh(self, device_uuid: str) -> None:
         task = asyncio.create_task(

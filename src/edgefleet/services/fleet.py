@@ -12,7 +12,7 @@ from edgefleet.clock import Clock, utcnow
 from edgefleet.db.engine import Database
 from edgefleet.db.repos.devices import DeviceFilter, DeviceRepo
 from edgefleet.db.repos.groups import GroupRepo
-from edgefleet.db.tables import Device, DeviceTask, Group
+from edgefleet.db.tables import Device, Execution, Group, Task
 from edgefleet.domain.devices import ConnectionStatus, check_tag, mac_key, new_psk
 from edgefleet.errors import (
     ConflictError,
@@ -59,9 +59,9 @@ class GroupView:
     devices: list[DeviceView]
     status_counts: dict[str, int]
     task_counts: dict[str, int]
-    task_uuid: str | None
-    task_records: list[DeviceTask]
-    task_meta: dict[str, Any]
+    task: Task | None
+    """The group's newest task (its ``taskUUID``), whose executions are ``task_records``."""
+    task_records: list[Execution]
 
 
 def _check_attributes(attributes: dict[str, Any]) -> dict[str, Any]:
@@ -268,22 +268,20 @@ class FleetService:
             statuses = await drepo.status_counts(list(groups))
             task_counts = await grepo.task_counts(list(groups))
             latest = await grepo.latest_tasks(list(groups))
-            meta = await grepo.group_task_meta([t for t, _ in latest.values()])
         views = []
         for gid in ids:
             group = groups.get(gid)
             if group is None:
                 continue
-            task_uuid, records = latest.get(gid, (None, []))
+            task, records = latest.get(gid, (None, []))
             views.append(
                 GroupView(
                     group=group,
                     devices=[DeviceView(d, tags.get(d.uuid, [])) for d in members.get(gid, [])],
                     status_counts=statuses.get(gid, {}),
                     task_counts=task_counts.get(gid, {}),
-                    task_uuid=task_uuid,
+                    task=task,
                     task_records=records,
-                    task_meta=meta.get(task_uuid, {}) if task_uuid else {},
                 )
             )
         return views

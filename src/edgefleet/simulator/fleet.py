@@ -3,7 +3,7 @@
 Each gateway is a real MQTT client with its own TLS-PSK identity. Simulated devices are
 registered once and found again by their MAC address, which is derived from the fleet's
 prefix and the gateway's index (locally administered: ``02:ef:…``), so a second run reuses
-them.
+them. The gateways share one HTTP client (a bounded pool) for firmware and import downloads.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgefleet.services.fleet import FleetService, Registration
-from edgefleet.simulator.gateway import Behaviour, VirtualGateway
+from edgefleet.simulator.gateway import Behaviour, VirtualGateway, download_client
 
 MODELS = ("UC-8112-LX-CG", "UC-8220-T-LX", "UC-3111-T-US-LX", "MC-1121-KL1-T")
 
@@ -90,6 +90,16 @@ class SimulatedFleet:
 
     async def run(self) -> None:
         """Start every gateway (ramped at ``connect_rate``) and keep them until ``stop``."""
+        async with download_client() as http:
+            for gw in self.gateways:
+                gw.http = http
+            try:
+                await self._run()
+            finally:
+                for gw in self.gateways:
+                    gw.http = None
+
+    async def _run(self) -> None:
         tasks: list[asyncio.Task[None]] = []
         try:
             for i, gw in enumerate(self.gateways):
@@ -111,4 +121,9 @@ class SimulatedFleet:
             "requests": sum(g.requests for g in self.gateways),
             "events": sum(g.events for g in self.gateways),
             "connect_failures": sum(g.failures for g in self.gateways),
+            "reboots": sum(g.reboots for g in self.gateways),
+            "upgrades": sum(g.upgrades for g in self.gateways),
+            "failed_upgrades": sum(g.failed_upgrades for g in self.gateways),
+            "cancelled": sum(g.cancelled for g in self.gateways),
+            "jobs": sum(len(g.jobs) for g in self.gateways),
         }

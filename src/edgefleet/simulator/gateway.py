@@ -3,21 +3,39 @@
 It connects as a ThingsPro gateway does (client id = uuid, retained will ``0``, ``1`` on
 connect), answers requests on its ``server`` topic from a small resource table, and never
 runs the same ``task_id`` twice (a redelivered request gets the first answer again).
+
+Long-running requests behave as on a real gateway (docs/protocol.md, "Long-running requests"):
+``post /system/reboot`` answers, waits its delay and drops the connection without DISCONNECT
+(the broker publishes the will), stays away ``boot_seconds`` and comes back; ``post
+/system/firmware`` answers ``accepted``, really downloads the file (streamed and hashed, never
+stored), reports progress and a result event, and reboots into the new ``softwareVersion``;
+``put /system/import`` downloads the archive, answers, and reboots 3 s later. ``delete
+/system/tasks/{task_id}`` cancels such a job while it runs. Only :meth:`VirtualGateway.serve`
+comes back after a reboot; :meth:`VirtualGateway.run` returns when the gateway goes down.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import socket
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import aiomqtt
+import httpx
 
+from edgefleet.agent.handlers.configuration import ImportBody
+from edgefleet.agent.handlers.firmware import FAIL, SUCCESS, FirmwareBody
+from edgefleet.agent.handlers.system import RebootBody
+from edgefleet.agent.plugin import HandlerError
+from edgefleet.agent.util import FileRef, TransferError, parse
 from edgefleet.errors import MessageError
 from edgefleet.mqtt import topics
 from edgefleet.mqtt.messages import (
@@ -32,6 +50,64 @@ from edgefleet.mqtt.psk import psk_client_context
 log = logging.getLogger(__name__)
 
 REMEMBERED_TASKS = 256
+SANJI_REBOOT_DELAY = 3.0
+"""Seconds between the answer and the reboot when a request gives no delay (as Sanji waits)."""
+DOWNLOAD_TIMEOUT = 600.0
+OUTBOX_LIMIT = 100
+"""Events kept while disconnected (a job's progress and result), sent after the next connect."""
+FIRMWARE = "/system/firmware"
+TASKS = "/system/tasks/"
+
+Progress = Callable[[int, int | None], Awaitable[None]]
+
+
+def download_client(max_connections: int = 100) -> httpx.AsyncClient:
+    """The HTTP client for gateways' downloads; one per fleet. A request waits for a free
+    connection (no pool timeout), so thousands of upgrades at once queue instead of failing."""
+    return httpx.AsyncClient(
+        follow_redirects=True,
+        timeout=httpx.Timeout(60.0, connect=15.0, pool=None),
+        limits=httpx.Limits(max_connections=max_connections),
+    )
+
+
+async def fetch(
+    http: httpx.AsyncClient, ref: FileRef, progress: Progress | None = None
+) -> tuple[int, str]:
+    """Stream ``ref.url`` with ``ref.headers``, keeping nothing but its size and sha256;
+    check ``ref.size`` and ``ref.sha256`` (``TransferError`` with the reason)."""
+    digest, size = hashlib.sha256(), 0
+    try:
+        async with asyncio.timeout(DOWNLOAD_TIMEOUT):
+            async with http.stream("GET", ref.url, headers=ref.headers) as r:
+                if r.status_code != 200:
+                    raise TransferError(f"download failed: HTTP {r.status_code}")
+                length = r.headers.get("content-length")
+                total = ref.size if ref.size is not None else _int(length)
+                async for chunk in r.aiter_bytes(64 * 1024):
+                    size += len(chunk)
+                    if ref.size is not None and size > ref.size:
+                        raise TransferError(f"size mismatch: more than {ref.size} bytes")
+                    digest.update(chunk)
+                    if progress is not None:
+                        await progress(size, total)
+    except TimeoutError:
+        raise TransferError(f"download timed out after {DOWNLOAD_TIMEOUT:g} s") from None
+    except httpx.HTTPError as exc:
+        raise TransferError(f"download failed: {type(exc).__name__}: {exc}") from None
+    if ref.size is not None and size != ref.size:
+        raise TransferError(f"size mismatch: got {size} bytes, expected {ref.size}")
+    got = digest.hexdigest()
+    if ref.sha256 is not None and got != ref.sha256:
+        raise TransferError(f"sha256 mismatch: got {got}, expected {ref.sha256}")
+    return size, got
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 @dataclass
@@ -44,6 +120,23 @@ class Behaviour:
     """Mean seconds between dropped connections (0: never); the gateway then reconnects."""
     event_interval: float = 0.0
     """Mean seconds between unsolicited property events (0: none)."""
+    boot_seconds: float = 2.0
+    """Seconds away when rebooting (from the dropped connection to the next connect)."""
+    reboot_delay: float | None = None
+    """Seconds between a reboot's (or import's) answer and the reboot; None: the request's
+    ``delay``, else 3 s as Sanji."""
+    firmware_failure_rate: float = 0.0
+    """Share of firmware upgrades that end with ``FW_UPGRADE_FAIL`` after the download."""
+    firmware_seconds: float = 1.0
+    """Simulated install time, after the download."""
+
+
+@dataclass
+class Job:
+    """A long-running job started by the request ``task_id``."""
+
+    kind: str
+    task: asyncio.Task[None]
 
 
 @dataclass
@@ -57,6 +150,8 @@ class VirtualGateway:
     behaviour: Behaviour = field(default_factory=Behaviour)
     use_tls: bool = True
     rng: random.Random = field(default_factory=random.Random)
+    http: httpx.AsyncClient | None = None
+    """Shared client for downloads (see :func:`download_client`); None: one per download."""
 
     def __post_init__(self) -> None:
         self.connected = asyncio.Event()
@@ -64,78 +159,127 @@ class VirtualGateway:
         self.sessions = 0
         """Connections established (announced with ``1``) so far."""
         self.executed: Counter[tuple[str, str]] = Counter()
+        """Requests run, once per task_id (a redelivery is answered from the cache)."""
         self.events = 0
         self.failures = 0
         self.flapped = False
+        self.reboots = 0
+        self.upgrades = 0
+        """Firmware upgrades that succeeded (``failed_upgrades``: ended with FW_UPGRADE_FAIL)."""
+        self.failed_upgrades = 0
+        self.cancelled = 0
+        """Jobs stopped by ``delete /system/tasks/{task_id}``."""
+        self.jobs: dict[str, Job] = {}
+        """Long jobs that may still be cancelled, by the task_id of the request that started
+        them (a job leaves when its result is being sent)."""
+        self._job_tasks: set[asyncio.Task[None]] = set()
         self._answers: OrderedDict[str, ResponseMessage] = OrderedDict()
         self._client: aiomqtt.Client | None = None
         self._started = time.monotonic()
+        self._outbox: list[bytes] = []
+        self._going_down = False  # the session ends because the gateway reboots
+        self._serving = False
+        self._next_version: str | None = None
 
     def _topic(self, channel: topics.Channel) -> str:
         return topics.topic(self.uuid, channel)
 
     async def run(self) -> None:
-        """Connect, announce, and answer requests until cancelled or disconnected."""
+        """Connect, announce, and answer requests until cancelled or disconnected.
+
+        Returns (without error) when the gateway reboots; only :meth:`serve` brings it back,
+        so tests of reboots and firmware use ``serve``. Cancelling ``run`` (outside ``serve``)
+        also stops its jobs.
+        """
+        self._going_down = False
         will = aiomqtt.Will(self._topic(topics.Channel.STATUS), b"0", qos=1, retain=True)
-        async with aiomqtt.Client(
-            self.host,
-            self.port,
-            identifier=self.uuid,
-            keepalive=self.keepalive,
-            will=will,
-            tls_context=psk_client_context(self.uuid, self.psk) if self.use_tls else None,
-            clean_session=True,
-        ) as client:
-            self._client = client
-            sock = client._client.socket()  # Nagle off, as the broker has it
-            if isinstance(sock, socket.socket):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            await client.subscribe(self._topic(topics.Channel.SERVER), qos=1)
-            await client.publish(self._topic(topics.Channel.STATUS), b"1", qos=1)
-            self.sessions += 1
-            self.connected.set()
-            try:
-                async for message in client.messages:
-                    payload = message.payload if isinstance(message.payload, bytes) else b""
-                    await self._answer(client, payload)
-            finally:
-                self.connected.clear()
-                self._client = None
+        try:
+            async with aiomqtt.Client(
+                self.host,
+                self.port,
+                identifier=self.uuid,
+                keepalive=self.keepalive,
+                will=will,
+                tls_context=psk_client_context(self.uuid, self.psk) if self.use_tls else None,
+                clean_session=True,
+            ) as client:
+                self._client = client
+                sock = client._client.socket()  # Nagle off, as the broker has it
+                if isinstance(sock, socket.socket):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                await client.subscribe(self._topic(topics.Channel.SERVER), qos=1)
+                await client.publish(self._topic(topics.Channel.STATUS), b"1", qos=1)
+                self.sessions += 1
+                self.connected.set()
+                try:
+                    while self._outbox:
+                        await client.publish(
+                            self._topic(topics.Channel.CLIENT), self._outbox[0], qos=1
+                        )
+                        self._outbox.pop(0)
+                    async for message in client.messages:
+                        payload = message.payload if isinstance(message.payload, bytes) else b""
+                        await self._answer(client, payload)
+                finally:
+                    self.connected.clear()
+                    self._client = None
+        except aiomqtt.MqttError:
+            if not self._going_down:
+                raise
+        except asyncio.CancelledError:
+            if not self._serving:
+                self._stop_jobs()
+            raise
 
     async def serve(self, stop: asyncio.Event | None = None) -> None:
         """Stay connected as a real gateway does: reconnect with jittered backoff, flap and
-        emit events as ``behaviour`` says, until cancelled or ``stop`` is set."""
+        emit events as ``behaviour`` says, come back ``boot_seconds`` after a reboot, until
+        cancelled or ``stop`` is set (which also stops its jobs)."""
         stop = stop or asyncio.Event()
         delay = 1.0
-        while not stop.is_set():
-            sessions = self.sessions
-            session = asyncio.create_task(self.run())
-            extras = [asyncio.create_task(self._misbehave(stop))]
-            try:
-                await asyncio.wait([session, *extras], return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for t in extras:
-                    t.cancel()
-            if not session.done():
-                if stop.is_set():
-                    await self.go_offline()
-                session.cancel()
-            try:
-                await session
-                delay = 1.0
-            except aiomqtt.MqttError as exc:
-                if not self.flapped:
-                    self.failures += 1
-                    log.debug("gateway %s: %s", self.uuid, exc)
-            except asyncio.CancelledError:
-                if not stop.is_set() and not self.flapped:
-                    raise
-            self.flapped = False
-            if self.sessions > sessions:
-                delay = 1.0  # it was connected: a lost connection starts the backoff afresh
-            if not stop.is_set():
-                await asyncio.sleep(delay * self.rng.uniform(0.5, 1.5))
-                delay = min(delay * 2, 60.0)
+        self._serving = True
+        try:
+            while not stop.is_set():
+                sessions = self.sessions
+                session = asyncio.create_task(self.run(), name=f"gw:{self.uuid}:session")
+                extras = [asyncio.create_task(self._misbehave(stop))]
+                try:
+                    await asyncio.wait([session, *extras], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for t in extras:
+                        t.cancel()
+                if not session.done():
+                    if stop.is_set():
+                        await self.go_offline()
+                    session.cancel()
+                try:
+                    await session
+                    delay = 1.0
+                except aiomqtt.MqttError as exc:
+                    if not self.flapped:
+                        self.failures += 1
+                        log.debug("gateway %s: %s", self.uuid, exc)
+                except asyncio.CancelledError:
+                    if not stop.is_set() and not self.flapped:
+                        raise
+                self.flapped = False
+                if self._going_down:  # a reboot, not a failure: back after the boot time
+                    self._going_down = False
+                    pause, delay = self.behaviour.boot_seconds, 1.0
+                else:
+                    if self.sessions > sessions:
+                        delay = 1.0  # it was connected: a lost connection starts afresh
+                    pause = delay * self.rng.uniform(0.5, 1.5)
+                    delay = min(delay * 2, 60.0)
+                if not stop.is_set():
+                    try:
+                        await asyncio.wait_for(stop.wait(), pause)
+                    except TimeoutError:
+                        pass
+        finally:
+            self._serving = False
+            tasks = self._stop_jobs()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _misbehave(self, stop: asyncio.Event) -> None:
         """Ends when the session should end: ``stop`` set, or a flap is due."""
@@ -169,6 +313,8 @@ class VirtualGateway:
                     return
                 self.events += 1
 
+    # --- requests ------------------------------------------------------------------------------
+
     async def _answer(self, client: aiomqtt.Client, payload: bytes) -> None:
         try:
             request = decode_request(payload)
@@ -177,41 +323,58 @@ class VirtualGateway:
             return
         self.requests += 1
         response = self._answers.get(request.task_id)
+        job: Coroutine[Any, Any, None] | None = None
         if response is None:
             if self.behaviour.latency:
                 await asyncio.sleep(self.behaviour.latency)
-            response = self.handle(request)
+            response, job = await self._handle(request)
             self.executed[(request.method, request.resource)] += 1
             self._answers[request.task_id] = response
             if len(self._answers) > REMEMBERED_TASKS:
                 self._answers.popitem(last=False)
-        await client.publish(self._topic(topics.Channel.CLIENT), encode(response), qos=1)
+        try:
+            await client.publish(self._topic(topics.Channel.CLIENT), encode(response), qos=1)
+        finally:  # started once the answer is out (or lost with the connection), never before
+            if job is not None:
+                self._start(request, job)
 
-    def handle(self, request: RequestMessage) -> ResponseMessage:
-        code: int = 404
-        data: Any = {"message": "Resource not found"}
-        if self.rng.random() < self.behaviour.failure_rate:
-            code, data = 500, {"message": "simulated failure"}
-        elif request.method == "get" and request.resource == "/system/properties":
-            code, data = 200, self.properties
-        elif request.method == "get" and request.resource.startswith("/system/properties/"):
-            key = request.resource.rsplit("/", 1)[1]
-            if key in self.properties:
-                code, data = 200, self.properties[key]
-        elif request.method == "get" and request.resource.split("?")[0] == "/system/status":
-            code, data = (
-                200,
-                {
-                    "hostname": f"sim-{self.uuid[:8]}",
-                    "version": self.properties.get("softwareVersion", ""),
-                    "uptimeSec": int(time.monotonic() - self._started),
-                    "cpuUsage": round(self.rng.uniform(1, 30), 1),
-                    "memoryUsage": round(self.rng.uniform(20, 60), 1),
-                },
-            )
-        elif request.method == "post" and request.resource == "/system/reboot":
-            code, data = 200, {}
-        return ResponseMessage(
+    def _start(self, request: RequestMessage, work: Coroutine[Any, Any, None]) -> None:
+        kind = request.resource.split("?")[0]
+        task = asyncio.create_task(work, name=f"gw:{self.uuid}:{kind}:{request.task_id}")
+        job = Job(kind, task)
+        self.jobs[request.task_id] = job
+        self._job_tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._job_tasks.discard(t)
+            if self.jobs.get(request.task_id) is job:
+                del self.jobs[request.task_id]
+            if not t.cancelled() and t.exception() is not None:
+                log.error("gateway %s: job %s failed", self.uuid, kind, exc_info=t.exception())
+
+        task.add_done_callback(done)
+
+    def _finished(self, task_id: str) -> None:
+        """The job of ``task_id`` is past cancelling (its result is being sent)."""
+        self.jobs.pop(task_id, None)
+
+    def _stop_jobs(self) -> list[asyncio.Task[None]]:
+        """Cancel every job but the caller's; return them (to await)."""
+        me = asyncio.current_task()
+        tasks = [t for t in self._job_tasks if t is not me]
+        for t in tasks:
+            t.cancel()
+        return tasks
+
+    async def _handle(
+        self, request: RequestMessage
+    ) -> tuple[ResponseMessage, Coroutine[Any, Any, None] | None]:
+        job: Coroutine[Any, Any, None] | None = None
+        try:
+            code, data, job = await self._route(request)
+        except HandlerError as exc:
+            code, data = exc.code, {"message": exc.message}
+        response = ResponseMessage(
             task_id=request.task_id,
             code=code,
             method=request.method,
@@ -220,6 +383,172 @@ class VirtualGateway:
             id=self.rng.randrange(655350),
             sign=["simulator"],
         )
+        return response, job
+
+    async def _route(
+        self, request: RequestMessage
+    ) -> tuple[int, Any, Coroutine[Any, Any, None] | None]:
+        method, path = request.method, urlsplit(request.resource).path
+        if self.rng.random() < self.behaviour.failure_rate:
+            return 500, {"message": "simulated failure"}, None
+        if method == "get" and path == "/system/properties":
+            return 200, self.properties, None
+        if method == "get" and path.startswith("/system/properties/"):
+            key = path.rsplit("/", 1)[1]
+            if key in self.properties:
+                return 200, self.properties[key], None
+        elif method == "get" and path == "/system/status":
+            return 200, self._status(), None
+        elif method == "post" and path == "/system/reboot":
+            return self._reboot_request(request)
+        elif method == "post" and path == FIRMWARE:
+            return self._firmware_request(request)
+        elif method == "put" and path == "/system/import":
+            return await self._import_request(request)
+        elif method == "delete" and path.startswith(TASKS) and path.count("/") == 3:
+            return await self._cancel_request(unquote(path[len(TASKS) :]))
+        return 404, {"message": "Resource not found"}, None
+
+    def _status(self) -> dict[str, Any]:
+        return {
+            "hostname": f"sim-{self.uuid[:8]}",
+            "version": self.properties.get("softwareVersion", ""),
+            "uptimeSec": max(0, int(time.monotonic() - self._started)),
+            "cpuUsage": round(self.rng.uniform(1, 30), 1),
+            "memoryUsage": round(self.rng.uniform(20, 60), 1),
+        }
+
+    def _running(self, kind: str) -> bool:
+        return any(j.kind == kind for j in self.jobs.values())
+
+    def _reboot_delay(self, asked: float | None) -> float:
+        if self.behaviour.reboot_delay is not None:
+            return self.behaviour.reboot_delay
+        return SANJI_REBOOT_DELAY if asked is None else asked
+
+    def _reboot_request(
+        self, request: RequestMessage
+    ) -> tuple[int, Any, Coroutine[Any, Any, None] | None]:
+        body = parse(RebootBody, request.data)
+        if self._running("/system/reboot"):
+            raise HandlerError(409, "a reboot is already pending")
+        return 200, {}, self._reboot_later(request.task_id, self._reboot_delay(body.delay))
+
+    def _firmware_request(
+        self, request: RequestMessage
+    ) -> tuple[int, Any, Coroutine[Any, Any, None] | None]:
+        body = parse(FirmwareBody, request.data)
+        if self._running(FIRMWARE):
+            raise HandlerError(409, "a firmware upgrade is already running")
+        answer = {"status": "accepted", "delay": body.delay, "url": body.file.url}
+        return 200, answer, self._upgrade(request.task_id, body)
+
+    async def _import_request(
+        self, request: RequestMessage
+    ) -> tuple[int, Any, Coroutine[Any, Any, None] | None]:
+        body = parse(ImportBody, request.data)
+        if body.scopes is None:
+            raise HandlerError(400, "scopes is required")
+        if not body.scopes:
+            return 200, {"message": "no selected scopes."}, None
+        try:
+            size, digest = await self._fetch(body.file)
+        except TransferError as exc:
+            raise HandlerError(400, exc.message) from None
+        answer = {"scopes": body.scopes, "size": size, "sha256": digest}
+        return 200, answer, self._reboot_later(request.task_id, self._reboot_delay(None))
+
+    async def _cancel_request(
+        self, task_id: str
+    ) -> tuple[int, Any, Coroutine[Any, Any, None] | None]:
+        job = self.jobs.get(task_id)
+        if job is not None:
+            job.task.cancel()
+            await asyncio.wait([job.task], timeout=10)
+            self.cancelled += 1
+            return 200, {"cancelled": True, "task_id": task_id}, None
+        if task_id in self._answers:
+            return 409, {"message": "already finished"}, None
+        return 404, {"message": f"no task {task_id} is known here"}, None
+
+    # --- long jobs -----------------------------------------------------------------------------
+
+    async def _reboot_later(self, task_id: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._finished(task_id)
+        await self.reboot()
+
+    async def _upgrade(self, task_id: str, body: FirmwareBody) -> None:
+        await asyncio.sleep(body.delay)
+        step = 0  # quarters reported; 0 % is sent first
+
+        async def progress(done: int, total: int | None) -> None:  # at 0, 25, 50, 75, 100 %
+            nonlocal step
+            pct = min(100, done * 100 // total) if total else 0
+            if total and pct // 25 > step:
+                step = pct // 25
+                await self._progress(pct, done, total)
+
+        try:
+            await self._progress(0, 0, body.file.size)
+            size, digest = await self._fetch(body.file, progress)
+            if step < 4:
+                await self._progress(100 if size else None, size, size or None)
+            await asyncio.sleep(self.behaviour.firmware_seconds)
+            if self.rng.random() < self.behaviour.firmware_failure_rate:
+                raise TransferError("simulated install failure")
+        except TransferError as exc:
+            self._finished(task_id)
+            self.failed_upgrades += 1
+            await self._report("put", FIRMWARE, {"code": FAIL, "reason": exc.message}, 500)
+            return
+        self._finished(task_id)
+        self.upgrades += 1
+        self._next_version = body.version or self._next_version
+        result = {"code": SUCCESS, "version": body.version or "", "sha256": digest, "size": size}
+        await self._report("put", FIRMWARE, result)
+        await self.reboot()
+
+    async def _progress(self, pct: int | None, done: int, total: int | None) -> None:
+        await self._report("put", FIRMWARE, {"progress": pct, "downloaded": done, "total": total})
+
+    async def _fetch(self, ref: FileRef, progress: Progress | None = None) -> tuple[int, str]:
+        if self.http is not None:
+            return await fetch(self.http, ref, progress)
+        async with download_client(1) as http:
+            return await fetch(http, ref, progress)
+
+    async def reboot(self) -> None:
+        """Reboot now: stop every other job, say ``REBOOTING``, drop the connection without
+        DISCONNECT (the broker publishes the will ``0``); :meth:`serve` comes back after
+        ``boot_seconds`` with the version a firmware upgrade installed."""
+        self.reboots += 1
+        await asyncio.gather(*self._stop_jobs(), return_exceptions=True)
+        await self._report("put", "/system/reboot", {"code": "REBOOTING"})
+        self._outbox.clear()  # what was not sent is lost with the reboot
+        if self._next_version is not None:
+            self.properties["softwareVersion"] = self._next_version
+            self._next_version = None
+        self._started = time.monotonic() + self.behaviour.boot_seconds
+        if self._client is not None:
+            self._going_down = True
+            self.crash()
+
+    # --- publishing ----------------------------------------------------------------------------
+
+    async def _report(self, method: str, resource: str, data: Any, code: int = 200) -> None:
+        """An event of a job: published now, or kept for the next connection."""
+        event = EventMessage(method=method, resource=resource, data=data, code=code)
+        payload = encode(event)
+        client = self._client
+        if client is not None:
+            try:
+                await client.publish(self._topic(topics.Channel.CLIENT), payload, qos=1)
+                return
+            except aiomqtt.MqttError:
+                pass
+        if len(self._outbox) < OUTBOX_LIMIT:
+            self._outbox.append(payload)
 
     async def emit(self, method: str, resource: str, data: Any, code: int = 200) -> None:
         """Publish an unsolicited event (e.g. ``put /system/properties/defaultRoute``)."""

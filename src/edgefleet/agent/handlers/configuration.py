@@ -6,12 +6,15 @@ exported). Import downloads an archive, extracts it into a fresh staging directo
 tarfile's ``data`` filter (nothing may leave it through ``..`` or links, a leading ``/`` is
 stripped, no devices or set-uid bits), refuses it whole if a file lies outside every configured
 scope, and then copies the files of the selected scopes into place, each replaced atomically.
-Symbolic links are not imported.
+Symbolic links are not imported. ThingsPro gateways reboot 3 s after an import; the agent
+does so only with ``rebootAfterImport`` (after ``rebootDelay``, cancellable until then), since
+its scopes are whatever paths the host's owner chose.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import io
 import json
@@ -29,6 +32,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgefleet.agent.handlers.system import reboot_later
 from edgefleet.agent.plugin import AgentContext, HandlerError, Reply, Request, Route
 from edgefleet.agent.util import (
     FileRef,
@@ -231,7 +235,16 @@ class Configuration:
         finally:
             archive.unlink(missing_ok=True)
         log.info("imported %d files of scopes %s", len(applied.files), sorted(selected))
-        return 200, {"scopes": sorted(selected), "files": applied.files, "skipped": applied.skipped}
+        out: dict[str, Any] = {
+            "scopes": sorted(selected),
+            "files": applied.files,
+            "skipped": applied.skipped,
+        }
+        if self.ctx.config.rebootAfterImport:
+            delay = self.ctx.config.rebootDelay
+            out["rebootDelay"] = delay
+            req.after_reply(functools.partial(reboot_later, self.ctx, req.task_id, delay))
+        return 200, out
 
 
 def plugin(ctx: AgentContext) -> Iterable[Route]:

@@ -3,12 +3,16 @@
 Properties come from Linux itself (/proc, /sys, /etc/os-release, the socket layer,
 ``uuid.getnode``); the configuration's ``properties`` override or add keys (a gateway's
 modelName or serialNumber is often not readable from /sys).
+
+A reboot answers first and runs ``rebootCommand`` after its delay; until then it may be
+cancelled (``DELETE /system/tasks/{task_id}``). Firmware and import reboot the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import logging
 import platform
 import shutil
@@ -190,10 +194,38 @@ class RebootBody(BaseModel):
     delay: float | None = Field(default=None, ge=0, le=3600)
 
 
+REBOOTING = "rebooting: can no longer be cancelled"
+
+
+async def reboot(ctx: AgentContext, task_id: str) -> None:
+    """Announce ``REBOOTING`` and run ``rebootCommand`` (``REBOOT_FAIL`` if it fails); from
+    here the job of ``task_id`` can no longer be cancelled. Shared by reboot, firmware, import."""
+    ctx.background.commit(task_id, REBOOTING)
+    argv = ctx.config.rebootCommand
+    log.warning("rebooting: %s", " ".join(argv))
+    await ctx.emit("put", "/system/reboot", {"code": "REBOOTING"})
+    result = await run_command(argv, ctx.config.commandTimeout)
+    if not result.ok:
+        log.error("reboot command %s", result.explain())
+        await ctx.emit(
+            "put",
+            "/system/reboot",
+            {"code": "REBOOT_FAIL", "reason": f"reboot command {result.explain()}"},
+            500,
+        )
+
+
+async def reboot_later(ctx: AgentContext, task_id: str, delay: float | None = None) -> None:
+    """:func:`reboot` after ``delay`` s (default ``rebootDelay``), cancellable until then."""
+    await asyncio.sleep(ctx.config.rebootDelay if delay is None else delay)
+    await reboot(ctx, task_id)
+
+
 class System:
     def __init__(self, ctx: AgentContext) -> None:
         self.ctx = ctx
-        self.reboot_pending = False
+        self.pending: str | None = None
+        """The task_id of the latest accepted reboot (pending while its job runs)."""
 
     def routes(self) -> Iterable[Route]:
         return [
@@ -225,34 +257,12 @@ class System:
 
     async def reboot(self, req: Request) -> Reply:
         body = parse(RebootBody, req.data)
-        if self.reboot_pending:
+        if self.ctx.background.active(self.pending):
             raise HandlerError(409, "a reboot is already pending")
         delay = self.ctx.config.rebootDelay if body.delay is None else body.delay
-        self.reboot_pending = True
-
-        async def later() -> None:
-            try:
-                await asyncio.sleep(delay)
-                await self._reboot()
-            finally:
-                self.reboot_pending = False
-
-        req.after_reply(later)
+        self.pending = req.task_id
+        req.after_reply(functools.partial(reboot_later, self.ctx, req.task_id, delay))
         return 200, {"delay": delay}
-
-    async def _reboot(self) -> None:
-        argv = self.ctx.config.rebootCommand
-        log.warning("rebooting: %s", " ".join(argv))
-        await self.ctx.emit("put", "/system/reboot", {"code": "REBOOTING"})
-        result = await run_command(argv, self.ctx.config.commandTimeout)
-        if not result.ok:
-            log.error("reboot command %s", result.explain())
-            await self.ctx.emit(
-                "put",
-                "/system/reboot",
-                {"code": "REBOOT_FAIL", "reason": f"reboot command {result.explain()}"},
-                500,
-            )
 
 
 def plugin(ctx: AgentContext) -> Iterable[Route]:

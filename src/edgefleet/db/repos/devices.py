@@ -144,7 +144,9 @@ class DeviceRepo:
         return int(total or 0), list(rows)
 
     async def uuids(self, f: DeviceFilter) -> list[str]:
-        rows = await self.s.scalars(select(Device.uuid).where(*_conditions(f)))
+        rows = await self.s.scalars(
+            select(Device.uuid).where(*_conditions(f)).order_by(Device.created_at, Device.uuid)
+        )
         return list(rows)
 
     async def delete(self, uuids: Sequence[str], at: datetime) -> list[str]:

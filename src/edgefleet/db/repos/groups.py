@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from edgefleet.db.tables import DeviceTask, Group, GroupTask
+from edgefleet.db.tables import Execution, Group, Task
 from edgefleet.domain.tasks import ACTIVE
 from edgefleet.errors import DuplicateError
 
@@ -57,72 +56,50 @@ class GroupRepo:
         if not ids:
             return []
         rows = await self.s.scalars(
-            select(GroupTask.group_id)
-            .join(DeviceTask, DeviceTask.group_task_uuid == GroupTask.uuid)
-            .where(GroupTask.group_id.in_(ids), DeviceTask.state.in_([s.value for s in ACTIVE]))
+            select(Task.group_id)
+            .join(Execution, Execution.task_id == Task.id)
+            .where(Task.group_id.in_(ids), Execution.state.in_([s.value for s in ACTIVE]))
             .distinct()
         )
-        return sorted(rows)
+        return sorted(g for g in rows if g is not None)
 
     async def task_counts(self, ids: Sequence[int]) -> dict[int, dict[str, int]]:
         """``{group_id: {state: count}}`` over every device task of the group's tasks."""
         out: dict[int, dict[str, int]] = defaultdict(dict)
         if ids:
             rows = await self.s.execute(
-                select(GroupTask.group_id, DeviceTask.state, func.count())
-                .join(DeviceTask, DeviceTask.group_task_uuid == GroupTask.uuid)
-                .where(GroupTask.group_id.in_(ids))
-                .group_by(GroupTask.group_id, DeviceTask.state)
+                select(Task.group_id, Execution.state, func.count())
+                .join(Execution, Execution.task_id == Task.id)
+                .where(Task.group_id.in_(ids))
+                .group_by(Task.group_id, Execution.state)
             )
             for gid, state, n in rows:
-                out[gid][state] = n
+                if gid is not None:
+                    out[gid][state] = n
         return out
 
-    async def latest_tasks(self, ids: Sequence[int]) -> dict[int, tuple[str, list[DeviceTask]]]:
-        """For each group, its newest group task's uuid and that task's device records."""
-        out: dict[int, tuple[str, list[DeviceTask]]] = {}
+    async def latest_tasks(self, ids: Sequence[int]) -> dict[int, tuple[Task, list[Execution]]]:
+        """For each group, its newest task and that task's executions (device records)."""
+        out: dict[int, tuple[Task, list[Execution]]] = {}
         if not ids:
             return out
         newest = (
-            select(GroupTask.group_id, func.max(GroupTask.created_at).label("at"))
-            .where(GroupTask.group_id.in_(ids))
-            .group_by(GroupTask.group_id)
+            select(func.max(Task.id).label("id"))
+            .where(Task.group_id.in_(ids))
+            .group_by(Task.group_id)
             .subquery()
         )
-        latest = await self.s.execute(
-            select(GroupTask.group_id, GroupTask.uuid).join(
-                newest,
-                (GroupTask.group_id == newest.c.group_id) & (GroupTask.created_at == newest.c.at),
-            )
-        )
-        by_task: dict[str, int] = {uuid: gid for gid, uuid in latest}
-        records: dict[str, list[DeviceTask]] = defaultdict(list)
-        if by_task:
+        latest = list(await self.s.scalars(select(Task).where(Task.id.in_(select(newest.c.id)))))
+        records: dict[int, list[Execution]] = defaultdict(list)
+        if latest:
             rows = await self.s.scalars(
-                select(DeviceTask)
-                .where(DeviceTask.group_task_uuid.in_(list(by_task)))
-                .order_by(DeviceTask.created_at, DeviceTask.uuid)
+                select(Execution)
+                .where(Execution.task_id.in_([t.id for t in latest]))
+                .order_by(Execution.id)
             )
             for r in rows:
-                records[r.group_task_uuid].append(r)
-        for uuid, gid in by_task.items():
-            out[gid] = (uuid, records[uuid])
+                records[r.task_id].append(r)
+        for t in latest:
+            assert t.group_id is not None
+            out[t.group_id] = (t, records[t.id])
         return out
-
-    async def group_task_meta(self, uuids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        if not uuids:
-            return {}
-        rows = await self.s.execute(
-            select(
-                GroupTask.uuid,
-                GroupTask.apply_policy,
-                GroupTask.retry_times,
-                GroupTask.scheduled_at,
-                GroupTask.meta,
-                GroupTask.payload,
-            ).where(GroupTask.uuid.in_(uuids))
-        )
-        return {
-            u: {"applyPolicy": p, "retryTimes": r, "scheduledAt": s, "meta": m, "payload": pl}
-            for u, p, r, s, m, pl in rows
-        }

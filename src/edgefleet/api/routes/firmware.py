@@ -1,0 +1,91 @@
+"""``/api/v1/firmware``: the firmware catalogue (images a firmware task sends to gateways).
+
+``POST`` is multipart: one file, ``version`` (required), ``models`` (comma-separated or
+repeated; none means any model), ``notes``. Writes need fleet:write and are audited.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+
+from edgefleet.api.deps import ContainerDep, FleetReader, FleetWriter, audit_target
+from edgefleet.api.multipart import receive_form
+from edgefleet.api.schemas import firmware_public
+from edgefleet.errors import ValidationError
+from edgefleet.services.files import FileKind
+
+router = APIRouter(prefix="/api/v1", tags=["firmware"])
+
+_CREATE_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "version"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "version": {"type": "string", "maxLength": 64},
+                        "models": {
+                            "type": "string",
+                            "description": "model names, comma-separated or repeated",
+                        },
+                        "notes": {"type": "string"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post("/firmware", name="firmware.create", status_code=201, openapi_extra=_CREATE_DOC)
+async def create_firmware(request: Request, c: ContainerDep, p: FleetWriter) -> dict[str, Any]:
+    form = await receive_form(
+        request, c.files, max_files=1, kind=FileKind.FIRMWARE, created_by=p.email
+    )
+    if not form.files:
+        raise ValidationError("no firmware file in the upload")
+    row = await c.firmware.add_firmware(
+        form.files[0].file,
+        version=form.first("version"),
+        models=form.fields.get("models", []),
+        notes=form.first("notes"),
+        created_by=p.email,
+    )
+    audit_target(request, "firmware", row.id)
+    return firmware_public(row)
+
+
+@router.get("/firmware", name="firmware.list")
+async def list_firmware(
+    c: ContainerDep,
+    _: FleetReader,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+) -> dict[str, Any]:
+    """Newest first."""
+    total, rows = await c.firmware.list_firmware(offset=offset, limit=limit)
+    return {
+        "count": total,
+        "limit": limit,
+        "offset": offset,
+        "data": [firmware_public(r) for r in rows],
+    }
+
+
+@router.get("/firmware/{firmware_id}", name="firmware.get")
+async def get_firmware(c: ContainerDep, _: FleetReader, firmware_id: int) -> dict[str, Any]:
+    return firmware_public(await c.firmware.get(firmware_id))
+
+
+@router.delete("/firmware/{firmware_id}", name="firmware.delete", status_code=204)
+async def delete_firmware(
+    request: Request, c: ContainerDep, _: FleetWriter, firmware_id: int
+) -> None:
+    """Removes the image from the catalogue and its file from the store."""
+    audit_target(request, "firmware", firmware_id)
+    await c.firmware.delete_firmware(firmware_id)

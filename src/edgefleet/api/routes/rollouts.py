@@ -1,0 +1,227 @@
+"""``/api/v1/rollouts`` and ``/api/v1/executions``: staged rollouts (ours, not ThingsPro's).
+
+A rollout is a task over a group, a fleet query or a list of devices, split into ordered
+waves; the next wave opens when the current one reaches ``successThreshold`` % successes,
+and the rollout aborts when a wave's failures pass ``errorThreshold`` %. ``maxPerMinute``
+and a maintenance ``window`` limit when executions start. ``dryRun`` answers with the
+devices each wave would hold and creates nothing. Errors are problem+json.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from edgefleet.api.deps import ContainerDep, FleetReader, FleetWriter, audit_target
+from edgefleet.api.routes.tasks import Payload
+from edgefleet.api.taskviews import execution_public, task_public
+from edgefleet.domain.tasks import TaskKind, TaskState
+from edgefleet.services.tasks import TaskSpec
+
+router = APIRouter(prefix="/api/v1", tags=["rollouts"])
+
+FIRMWARE = Payload(method="post", resource="/system/firmware")
+
+
+class Target(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    groupId: int | None = None
+    query: str | None = Field(default=None, min_length=1, max_length=4000)
+    devices: list[str] | None = Field(default=None, min_length=1, max_length=10000)
+
+    @model_validator(mode="after")
+    def _one(self) -> Target:
+        given = [k for k in ("groupId", "query", "devices") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of groupId, query, devices")
+        return self
+
+
+class Window(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    timezone: str = "UTC"
+    days: list[str] = Field(
+        default_factory=lambda: ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+    )
+    start: str = "00:00"
+    end: str = "00:00"
+
+
+class RolloutCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(default="", max_length=255)
+    target: Target
+    payload: Payload | None = None
+    firmwareId: int | None = None
+    firmwareDelay: float = Field(default=3, ge=0, le=3600)
+    waves: list[int | str] = Field(default_factory=list, max_length=100)
+    successThreshold: int = Field(default=100, ge=0, le=100)
+    errorThreshold: int | None = Field(default=None, ge=0, le=100)
+    maxPerMinute: int | None = Field(default=None, ge=1, le=1_000_000)
+    window: Window | None = None
+    retryTimes: int = Field(default=0, ge=0, le=100)
+    retryIntervalSeconds: float = Field(default=10, ge=1, le=86400)
+    timeoutSeconds: float = Field(default=30, ge=1, le=3600)
+    completionTimeoutSeconds: float | None = Field(default=None, ge=1, le=86400)
+    scheduledAt: datetime | None = None
+    expiresAt: datetime | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
+    dryRun: bool = False
+
+    @field_validator("scheduledAt", "expiresAt")
+    @classmethod
+    def _utc(cls, v: datetime | None) -> datetime | None:
+        return v if v is None or v.tzinfo else v.replace(tzinfo=UTC)
+
+    @model_validator(mode="after")
+    def _what(self) -> RolloutCreate:
+        if (self.payload is None) == (self.firmwareId is None):
+            raise ValueError("give either payload or firmwareId")
+        return self
+
+    def spec(self, created_by: str) -> TaskSpec:
+        p = self.payload or FIRMWARE
+        data = p.data
+        if self.firmwareId is not None:
+            data = {"delay": self.firmwareDelay}
+        return TaskSpec(
+            kind=TaskKind.ROLLOUT,
+            method=p.method,
+            resource=p.resource,
+            data=data,
+            name=self.name,
+            group_id=self.target.groupId,
+            query=self.target.query,
+            devices=self.target.devices,
+            retry_times=self.retryTimes,
+            retry_interval=self.retryIntervalSeconds,
+            scheduled_at=self.scheduledAt,
+            expires_at=self.expiresAt,
+            timeout_seconds=self.timeoutSeconds,
+            completion_seconds=self.completionTimeoutSeconds,
+            waves=self.waves,
+            success_threshold=self.successThreshold,
+            error_threshold=self.errorThreshold,
+            max_per_minute=self.maxPerMinute,
+            window=self.window.model_dump() if self.window else None,
+            meta=self.meta,
+            firmware_id=self.firmwareId,
+            created_by=created_by,
+        )
+
+
+@router.post("/rollouts", name="rollouts.create", status_code=201)
+async def create_rollout(
+    request: Request, c: ContainerDep, who: FleetWriter, body: RolloutCreate
+) -> JSONResponse:
+    spec = body.spec(who.email)
+    if body.dryRun:
+        plan = await c.tasks.plan(spec)
+        waves, start = [], 0
+        for i, n in enumerate(plan.waves):
+            waves.append({"index": i + 1, "size": n, "devices": plan.devices[start : start + n]})
+            start += n
+        return JSONResponse({"dryRun": True, "total": len(plan.devices), "waves": waves})
+    view = await c.tasks.create(spec)
+    audit_target(request, "task", view.task.uuid)
+    return JSONResponse(task_public(view), status_code=201)
+
+
+@router.get("/rollouts", name="rollouts.list")
+async def list_rollouts(
+    c: ContainerDep,
+    _: FleetReader,
+    state: Annotated[list[str], Query()] = [],  # noqa: B006 - FastAPI reads, never mutates
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+) -> dict[str, Any]:
+    total, views = await c.tasks.list_tasks(
+        kinds=[TaskKind.ROLLOUT], states=state, offset=offset, limit=limit
+    )
+    return {
+        "count": total,
+        "limit": limit,
+        "offset": offset,
+        "data": [task_public(v) for v in views],
+    }
+
+
+@router.get("/rollouts/{uuid}", name="rollouts.get")
+async def get_rollout(c: ContainerDep, _: FleetReader, uuid: str) -> dict[str, Any]:
+    return task_public(await c.tasks.get(uuid, kinds=[TaskKind.ROLLOUT]))
+
+
+@router.get("/rollouts/{uuid}/executions", name="rollouts.executions")
+async def rollout_executions(
+    c: ContainerDep,
+    _: FleetReader,
+    uuid: str,
+    state: Annotated[list[TaskState], Query()] = [],  # noqa: B006
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    await c.tasks.get(uuid, kinds=[TaskKind.ROLLOUT])
+    total, rows = await c.tasks.executions(
+        uuid, states=[s.value for s in state], offset=offset, limit=limit
+    )
+    return {
+        "count": total,
+        "limit": limit,
+        "offset": offset,
+        "data": [execution_public(e) for e in rows],
+    }
+
+
+async def _steer(request: Request, c: Any, uuid: str, action: str) -> dict[str, Any]:
+    audit_target(request, "task", uuid)
+    await c.tasks.get(uuid, kinds=[TaskKind.ROLLOUT])
+    view = await getattr(c.tasks, action)(uuid)
+    return task_public(view)
+
+
+@router.post("/rollouts/{uuid}/pause", name="rollouts.pause")
+async def pause_rollout(
+    request: Request, c: ContainerDep, _: FleetWriter, uuid: str
+) -> dict[str, Any]:
+    return await _steer(request, c, uuid, "pause")
+
+
+@router.post("/rollouts/{uuid}/resume", name="rollouts.resume")
+async def resume_rollout(
+    request: Request, c: ContainerDep, _: FleetWriter, uuid: str
+) -> dict[str, Any]:
+    return await _steer(request, c, uuid, "resume")
+
+
+@router.post("/rollouts/{uuid}/abort", name="rollouts.abort")
+async def abort_rollout(
+    request: Request, c: ContainerDep, _: FleetWriter, uuid: str
+) -> dict[str, Any]:
+    return await _steer(request, c, uuid, "abort")
+
+
+@router.post("/rollouts/{uuid}/revoke", name="rollouts.revoke")
+async def revoke_rollout(
+    request: Request, c: ContainerDep, _: FleetWriter, uuid: str
+) -> dict[str, Any]:
+    return await _steer(request, c, uuid, "revoke")
+
+
+@router.post("/rollouts/{uuid}/rerun", name="rollouts.rerun")
+async def rerun_rollout(
+    request: Request, c: ContainerDep, _: FleetWriter, uuid: str
+) -> dict[str, Any]:
+    return await _steer(request, c, uuid, "rerun_failed")
+
+
+@router.get("/executions/{uuid}", name="executions.get")
+async def get_execution(c: ContainerDep, _: FleetReader, uuid: str) -> dict[str, Any]:
+    e, task, history = await c.tasks.execution(uuid)
+    return execution_public(e, task, history)
