@@ -23,7 +23,6 @@ import asyncio
 import json
 import os
 import signal
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -34,26 +33,23 @@ import asyncpg
 
 from benchmarks.common import (
     broker_of,
+    count_status,
     cpu_seconds,
     fresh_database,
     report,
     rss_kib,
     start_server,
+    start_simulators,
+    wait_for,
 )
 from edgefleet.db.engine import Database, make_engine
 from edgefleet.db.migrate import upgrade
-from edgefleet.processes import die_with_parent
 from edgefleet.secretbox import SecretBox
 from edgefleet.services.fleet import FleetService
 from edgefleet.simulator.fleet import ensure_devices
 
 DB = "edgefleet_bench_broker"
 STEP_TIMEOUT = 240.0
-
-
-async def _count(conn: asyncpg.Connection, status: str) -> int:
-    n = await conn.fetchval("select count(*) from devices where connection_status = $1", status)
-    return int(n)
 
 
 async def _follow(proc: asyncio.subprocess.Process, latest: dict[int, dict[str, Any]]) -> None:
@@ -64,20 +60,6 @@ async def _follow(proc: asyncio.subprocess.Process, latest: dict[int, dict[str, 
             latest[proc.pid] = json.loads(line)
         except ValueError:
             continue
-
-
-async def _wait(what: str, count: Any, n: int, limit: float = STEP_TIMEOUT) -> float:
-    """Seconds until ``count()`` reaches ``n``; progress on stderr every 5 s."""
-    t0 = last = time.monotonic()
-    while (got := await count()) < n:
-        now = time.monotonic()
-        if now - t0 > limit:
-            raise RuntimeError(f"{what}: {got} of {n} after {limit} s")
-        if now - last >= 5:
-            print(f"  {what}: {got}/{n} after {now - t0:.0f} s", file=sys.stderr)
-            last = now
-        await asyncio.sleep(0.25)
-    return time.monotonic() - t0
 
 
 async def main() -> None:
@@ -117,29 +99,18 @@ async def main() -> None:
             env.pop("EDGEFLEET_HTTP__PORT", None)
             cpu0 = server.cpu_seconds()
             t0 = time.monotonic()
-            for k in range(procs):
-                count = min(per, n - k * per)
-                sims.append(
-                    await asyncio.create_subprocess_exec(
-                        sys.executable,
-                        *("-m", "edgefleet.cli.main", "simulate", "--prefix", f"bench{k}"),
-                        *("-n", str(count), "--connect-rate", str(round(rate / procs))),
-                        *("--stats-interval", "0.5"),
-                        env=env,
-                        stdout=asyncio.subprocess.PIPE,
-                        stderr=None,  # warnings go to the benchmark's stderr
-                        preexec_fn=die_with_parent,
-                    )
-                )
+            sims += await start_simulators(
+                env, n, procs, rate, "--stats-interval", "0.5", stdout=asyncio.subprocess.PIPE
+            )
 
             readers = [asyncio.create_task(_follow(p, latest)) for p in sims]
 
-            online_s = await _wait("all online", lambda: _count(pg, "online"), n)
+            online_s = await wait_for("all online", lambda: count_status(pg, "online"), n)
 
             async def with_properties() -> int:
                 return int(await pg.fetchval("select count(*) from devices where model_name <> ''"))
 
-            await _wait("properties cached", with_properties, n)
+            await wait_for("properties cached", with_properties, n)
             properties_s = time.monotonic() - t0
             await asyncio.sleep(2)  # the last writes settle before memory is read
             server_cpu = server.cpu_seconds() - cpu0
@@ -167,16 +138,16 @@ async def main() -> None:
                 )
                 return int(fresh)
 
-            await _wait("reconnect storm", reconnected, n)
+            await wait_for("reconnect storm", reconnected, n)
             reconnect_s = time.monotonic() - killed
-            await _wait("server confirmed", confirmed, n)
+            await wait_for("server confirmed", confirmed, n)
             confirmed_s = time.monotonic() - killed
             # CPU the storm cost the server, and the new broker since it started: with the
             # simulators on other machines, these bound how fast a storm can go
             storm_server_cpu = server.cpu_seconds() - storm_cpu0
             storm_broker_cpu = cpu_seconds(broker_of(server))
             broker_pid = broker_of(server)
-            online_after_storm = await _count(pg, "online")
+            online_after_storm = await count_status(pg, "online")
 
             # wills: the simulators die at once
             for s in sims:
@@ -184,7 +155,7 @@ async def main() -> None:
             for s in sims:
                 await s.wait()
 
-            offline_s = await _wait("all offline", lambda: _count(pg, "offline"), n)
+            offline_s = await wait_for("all offline", lambda: count_status(pg, "offline"), n)
         finally:
             for s in sims:
                 if s.returncode is None:

@@ -26,13 +26,18 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from benchmarks.bench_broker import _count, _wait
-from benchmarks.common import fresh_database, report, start_server
+from benchmarks.common import (
+    count_status,
+    fresh_database,
+    report,
+    start_server,
+    start_simulators,
+    wait_for,
+)
 from edgefleet.bootstrap import build
 from edgefleet.db.engine import Database, make_engine
 from edgefleet.db.migrate import upgrade
 from edgefleet.domain.auth import Principal, PrincipalKind, Role, Scope, permissions_for
-from edgefleet.processes import die_with_parent
 from edgefleet.secretbox import SecretBox
 from edgefleet.services.fleet import FleetService
 from edgefleet.settings import Settings
@@ -105,26 +110,15 @@ async def main() -> None:
 
             env = {**os.environ, **server.env, "EDGEFLEET_LOG_LEVEL": "WARNING"}
             env.pop("EDGEFLEET_HTTP__PORT", None)
-            for k in range(procs):
-                count = min(per, n - k * per)
-                sims.append(
-                    await asyncio.create_subprocess_exec(
-                        sys.executable,
-                        *("-m", "edgefleet.cli.main", "simulate", "--prefix", f"bench{k}"),
-                        *("-n", str(count), "--connect-rate", str(round(rate / procs))),
-                        *("--reboot-delay", "0.5", "--boot-seconds", "2"),
-                        env=env,
-                        stdout=asyncio.subprocess.DEVNULL,
-                        stderr=None,
-                        preexec_fn=die_with_parent,
-                    )
-                )
-            await _wait("all online", lambda: _count(pg, "online"), n)
+            sims += await start_simulators(
+                env, n, procs, rate, "--reboot-delay", "0.5", "--boot-seconds", "2"
+            )
+            await wait_for("all online", lambda: count_status(pg, "online"), n)
 
             async def with_properties() -> int:
                 return int(await pg.fetchval("select count(*) from devices where model_name <> ''"))
 
-            await _wait("properties cached", with_properties, n)
+            await wait_for("properties cached", with_properties, n)
             await asyncio.sleep(2)
             rows = []
             async with httpx.AsyncClient(
@@ -152,13 +146,13 @@ async def main() -> None:
                             )
                             return int(n_)
 
-                        await _wait("acknowledged", acked, n, 600)
+                        await wait_for("acknowledged", acked, n, 600)
                         acked_s = time.monotonic() - t0
 
                     async def done(task: str = task) -> int:
                         return await _finished(pg, task, ("SUCCESS", "FAILURE", "REVOKED"))
 
-                    await _wait(f"{payload['resource']} finished", done, n, 900)
+                    await wait_for(f"{payload['resource']} finished", done, n, 900)
                     done_s = time.monotonic() - t0
                     success = await _finished(pg, task, ("SUCCESS",))
                     rows.append(
@@ -178,7 +172,7 @@ async def main() -> None:
                         state = await pg.fetchval("select state from tasks where uuid = $1", task)
                         return int(state not in ("PENDING", "RUNNING", "PAUSED"))
 
-                    await _wait("task closed", closed, 1)
+                    await wait_for("task closed", closed, 1)
         finally:
             for s in sims:
                 if s.returncode is None:

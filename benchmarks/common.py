@@ -202,3 +202,51 @@ def report(name: str, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=2))
     print(json.dumps(doc))
+
+
+async def count_status(conn: asyncpg.Connection, status: str) -> int:
+    n = await conn.fetchval("select count(*) from devices where connection_status = $1", status)
+    return int(n)
+
+
+async def wait_for(what: str, count: Any, n: int, limit: float = 240.0) -> float:
+    """Seconds until ``count()`` reaches ``n``; progress on stderr every 5 s."""
+    t0 = last = time.monotonic()
+    while (got := await count()) < n:
+        now = time.monotonic()
+        if now - t0 > limit:
+            raise RuntimeError(f"{what}: {got} of {n} after {limit} s")
+        if now - last >= 5:
+            print(f"  {what}: {got}/{n} after {now - t0:.0f} s", file=sys.stderr)
+            last = now
+        await asyncio.sleep(0.25)
+    return time.monotonic() - t0
+
+
+async def start_simulators(
+    env: dict[str, str],
+    n: int,
+    procs: int,
+    rate: float,
+    *args: str,
+    stdout: int | None = asyncio.subprocess.DEVNULL,
+) -> list[asyncio.subprocess.Process]:
+    """``procs`` ``edgefleet simulate`` processes holding ``n`` gateways of the fleets
+    ``bench0`` … (registered by :func:`edgefleet.simulator.fleet.ensure_devices`), ``rate``
+    connects per second over all; ``args`` go to each. They die with this process."""
+    per = -(-n // procs)
+    sims = []
+    for k in range(procs):
+        sims.append(
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                *("-m", "edgefleet.cli.main", "simulate", "--prefix", f"bench{k}"),
+                *("-n", str(min(per, n - k * per)), "--connect-rate", str(round(rate / procs))),
+                *args,
+                env=env,
+                stdout=stdout,
+                stderr=None,  # warnings go to the benchmark's stderr
+                preexec_fn=die_with_parent,
+            )
+        )
+    return sims

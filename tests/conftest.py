@@ -8,6 +8,7 @@ With none of these, tests that need it fail and say what to install.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import socket
@@ -28,6 +29,7 @@ from edgefleet.domain.auth import Role, Scope
 from edgefleet.settings import HTTPSettings, MQTTSettings, Settings
 from tests.brokers import free_port
 from tests.filestores import FileBackend, StoreEnv, serve
+from tests.gateways import Events
 from tests.httpserver import bound_socket
 from tests.pgserver import PostgresServer, find_postgres
 from tests.s3server import CREDENTIALS, S3Server, start_s3_server
@@ -232,3 +234,28 @@ async def live_store_env(
     """As ``store_env``, with the gateway side running (the ``live`` fixture)."""
     async with serve(live, http_socket, file_backend) as env:
         yield env
+
+
+@pytest.fixture
+async def events(live: Container) -> AsyncIterator[Events]:
+    """Every event gateways publish, as the server's listener sees them."""
+    watcher = Events()
+    task = asyncio.create_task(watcher.watch(live))
+    await asyncio.wait_for(watcher.subscribed.wait(), 10)
+    yield watcher
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.fixture
+async def live_api(live: Container) -> AsyncIterator[httpx.AsyncClient]:
+    """An API client of the app around the ``live`` container."""
+    transport = httpx.ASGITransport(app=create_app(live))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        yield client
+
+
+@pytest.fixture
+async def live_writer(live: Container) -> Caller:
+    """An operator's read/write token on the ``live`` container."""
+    return await Callers(live).token(Role.OPERATOR, Scope.READ_WRITE)

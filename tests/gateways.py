@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiomqtt
 
 from edgefleet.bootstrap import Container
 from edgefleet.db.repos.devices import DeviceFilter
+from edgefleet.mqtt import topics
+from edgefleet.mqtt.messages import EventMessage, decode_client
 from edgefleet.services.fleet import Registration
 from edgefleet.simulator.gateway import VirtualGateway
 
@@ -50,3 +55,44 @@ def start(
         for u, k in creds
     ]
     return gws, [asyncio.create_task(g.run()) for g in gws]
+
+
+class Events:
+    """Events (no task_id) from gateways, seen on the server listener as the server sees them
+    (the ``events`` fixture)."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, EventMessage]] = []
+        self.subscribed = asyncio.Event()
+
+    async def watch(self, live: Container) -> None:
+        mqtt = live.settings.mqtt
+        async with aiomqtt.Client(
+            mqtt.server_host,
+            mqtt.server_port,
+            username=mqtt.server_username,
+            password=live.settings.mqtt_server_password(),
+        ) as client:
+            await client.subscribe(topics.all_devices(topics.Channel.CLIENT), qos=1)
+            self.subscribed.set()
+            async for message in client.messages:
+                assert isinstance(message.payload, bytes)
+                decoded = decode_client(message.payload)
+                if isinstance(decoded, EventMessage):
+                    self.items.append((topics.parse(message.topic.value)[0], decoded))
+
+    def of(self, uuid: str, resource: str) -> list[tuple[int | None, Any]]:
+        return [(e.code, e.data) for u, e in self.items if u == uuid and e.resource == resource]
+
+    def firmware_results(self, uuid: str) -> list[tuple[int | None, dict[str, Any]]]:
+        return [(c, d) for c, d in self.of(uuid, "/system/firmware") if "code" in d]
+
+    def progress(self, uuid: str) -> list[int]:
+        """The percentages reported (all known here: the requests give the size)."""
+        return [d["progress"] for _, d in self.of(uuid, "/system/firmware") if "progress" in d]
+
+    def firmware(self, uuid: str) -> list[Any]:
+        return [d for _, d in self.of(uuid, "/system/firmware")]
+
+    def final(self, uuid: str) -> list[dict[str, Any]]:
+        return [d for d in self.firmware(uuid) if isinstance(d, dict) and "code" in d]

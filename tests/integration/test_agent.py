@@ -12,7 +12,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,8 @@ from edgefleet.agent import config as cfg
 from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.core import Agent
 from edgefleet.bootstrap import Container
-from edgefleet.mqtt import topics
-from edgefleet.mqtt.messages import EventMessage, decode_client
 from edgefleet.mqtt.psk import psk_client_context
-from tests.gateways import eventually, register
+from tests.gateways import Events, eventually, register
 from tests.unit.test_agent_support import TOKEN, FileServer, serve_files
 
 
@@ -50,46 +48,6 @@ def config_for(live: Container, uuid: str, psk: str, tmp_path: Path, **extra: An
     }
     doc.update(extra)
     return AgentConfig.model_validate(doc)
-
-
-class Events:
-    """Events (no task_id) from gateways, seen on the server listener as the server sees them."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[str, EventMessage]] = []
-        self.subscribed = asyncio.Event()
-
-    async def watch(self, live: Container) -> None:
-        mqtt = live.settings.mqtt
-        async with aiomqtt.Client(
-            mqtt.server_host,
-            mqtt.server_port,
-            username=mqtt.server_username,
-            password=live.settings.mqtt_server_password(),
-        ) as client:
-            await client.subscribe(topics.all_devices(topics.Channel.CLIENT), qos=1)
-            self.subscribed.set()
-            async for message in client.messages:
-                assert isinstance(message.payload, bytes)
-                decoded = decode_client(message.payload)
-                if isinstance(decoded, EventMessage):
-                    self.items.append((topics.parse(message.topic.value)[0], decoded))
-
-    def firmware(self, uuid: str) -> list[Any]:
-        return [e.data for u, e in self.items if u == uuid and e.resource == "/system/firmware"]
-
-    def final(self, uuid: str) -> list[dict[str, Any]]:
-        return [d for d in self.firmware(uuid) if isinstance(d, dict) and "code" in d]
-
-
-@pytest.fixture
-async def events(live: Container) -> AsyncIterator[Events]:
-    watcher = Events()
-    task = asyncio.create_task(watcher.watch(live))
-    await asyncio.wait_for(watcher.subscribed.wait(), 10)
-    yield watcher
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
 
 
 async def start(agent: Agent) -> asyncio.Task[None]:

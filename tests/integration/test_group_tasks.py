@@ -4,34 +4,18 @@ virtual gateways → results in the database, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-import pytest
 
-from edgefleet.api.app import create_app
 from edgefleet.bootstrap import Container
-from edgefleet.domain.auth import Role, Scope
 from edgefleet.simulator.gateway import Behaviour, VirtualGateway
 from tests import spec
-from tests.conftest import Caller, Callers
+from tests.conftest import Caller
 from tests.gateways import count, eventually, register, start
 
 STATUS = {"method": "get", "resource": "/system/status"}
-
-
-@pytest.fixture
-async def api(live: Container) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(live))
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-        yield client
-
-
-@pytest.fixture
-async def op(live: Container) -> Caller:
-    return await Callers(live).token(Role.OPERATOR, Scope.READ_WRITE)
 
 
 async def _online(live: Container, n: int) -> None:
@@ -41,10 +25,12 @@ async def _online(live: Container, n: int) -> None:
     await eventually(ready)
 
 
-async def _group(api: httpx.AsyncClient, h: dict[str, str], uuids: list[str]) -> int:
-    r = await api.post("/api/v1/groups", headers=h, json={"name": f"g{len(uuids)}-{uuids[0][:6]}"})
+async def _group(live_api: httpx.AsyncClient, h: dict[str, str], uuids: list[str]) -> int:
+    r = await live_api.post(
+        "/api/v1/groups", headers=h, json={"name": f"g{len(uuids)}-{uuids[0][:6]}"}
+    )
     gid = int(r.json()["id"])
-    r = await api.post(f"/api/v1/groups/{gid}/devices", headers=h, json=uuids)
+    r = await live_api.post(f"/api/v1/groups/{gid}/devices", headers=h, json=uuids)
     assert r.status_code == 200, r.text
     return gid
 
@@ -55,19 +41,19 @@ async def _stop(tasks: list[asyncio.Task[None]]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _task(api: httpx.AsyncClient, h: dict[str, str], uuid: str) -> dict[str, Any]:
-    r = await api.get(f"/api/v1/groupTasks/{uuid}", headers=h)
+async def _task(live_api: httpx.AsyncClient, h: dict[str, str], uuid: str) -> dict[str, Any]:
+    r = await live_api.get(f"/api/v1/groupTasks/{uuid}", headers=h)
     assert r.status_code == 200, r.text
     return dict(r.json())
 
 
 async def _finished(
-    api: httpx.AsyncClient, h: dict[str, str], uuid: str, seconds: float = 30
+    live_api: httpx.AsyncClient, h: dict[str, str], uuid: str, seconds: float = 30
 ) -> dict[str, Any]:
     got: dict[str, Any] = {}
 
     async def done() -> bool:
-        got.update(await _task(api, h, uuid))
+        got.update(await _task(live_api, h, uuid))
         return got["state"] not in ("PENDING", "RUNNING")
 
     await eventually(done, seconds)
@@ -79,15 +65,15 @@ def _executed(gws: list[VirtualGateway], method: str, resource: str) -> list[int
 
 
 async def test_a_group_task_reaches_every_gateway_once(
-    live: Container, api: httpx.AsyncClient, op: Caller
+    live: Container, live_api: httpx.AsyncClient, live_writer: Caller
 ) -> None:
     creds = await register(live, 5)
     gws, tasks = start(live, creds)
     await _online(live, 5)
-    gid = await _group(api, op.headers, [u for u, _ in creds])
-    r = await api.post(
+    gid = await _group(live_api, live_writer.headers, [u for u, _ in creds])
+    r = await live_api.post(
         "/api/v1/groupTasks",
-        headers=op.headers,
+        headers=live_writer.headers,
         json={
             "groupId": gid,
             "payload": STATUS,
@@ -105,10 +91,10 @@ async def test_a_group_task_reaches_every_gateway_once(
     assert {t["groupTaskUUID"] for t in group["tasks"]} == {task_uuid}
     assert group["tasks"][0]["meta"]["icon"] == "info"
 
-    done = await _finished(api, op.headers, task_uuid)
+    done = await _finished(live_api, live_writer.headers, task_uuid)
     assert done["state"] == "SUCCESS" and done["counts"]["SUCCESS"] == 5
     assert _executed(gws, "get", "/system/status") == [1] * 5
-    g = (await api.get(f"/api/v1/groups/{gid}", headers=op.headers)).json()
+    g = (await live_api.get(f"/api/v1/groups/{gid}", headers=live_writer.headers)).json()
     assert g["taskStatus"] == {
         "activeCount": 0,
         "completedCount": 5,
@@ -117,80 +103,86 @@ async def test_a_group_task_reaches_every_gateway_once(
     }
     assert {t["state"] for t in g["tasks"]} == {"SUCCESS"} and all(t["success"] for t in g["tasks"])
     # each execution keeps the gateway's answer and its history
-    r = await api.get(f"/api/v1/groupTasks/{task_uuid}/executions", headers=op.headers)
+    r = await live_api.get(
+        f"/api/v1/groupTasks/{task_uuid}/executions", headers=live_writer.headers
+    )
     rows = r.json()["data"]
     assert len(rows) == 5 and all(e["code"] == 200 for e in rows)
     assert rows[0]["result"]["resource"] == "/system/status"
-    r = await api.get(f"/api/v1/executions/{rows[0]['uuid']}", headers=op.headers)
+    r = await live_api.get(f"/api/v1/executions/{rows[0]['uuid']}", headers=live_writer.headers)
     states = [h["state"] for h in r.json()["history"]]
     assert states == ["RUNNING", "SUCCESS"]
     await _stop(tasks)
 
 
 async def test_one_open_task_per_group_and_revoke(
-    live: Container, api: httpx.AsyncClient, op: Caller
+    live: Container, live_api: httpx.AsyncClient, live_writer: Caller
 ) -> None:
     creds = await register(live, 3)
-    gid = await _group(api, op.headers, [u for u, _ in creds])  # all offline: tasks wait
+    gid = await _group(
+        live_api, live_writer.headers, [u for u, _ in creds]
+    )  # all offline: tasks wait
     body = {"groupId": gid, "payload": STATUS}
-    r = await api.post("/api/v1/groupTasks", headers=op.headers, json=body)
+    r = await live_api.post("/api/v1/groupTasks", headers=live_writer.headers, json=body)
     assert r.status_code == 200, r.text
     task_uuid = r.json()["taskUUID"]
-    r = await api.post("/api/v1/groupTasks", headers=op.headers, json=body)
+    r = await live_api.post("/api/v1/groupTasks", headers=live_writer.headers, json=body)
     assert r.status_code == 409 and "unfinished task" in r.json()["message"]
     # a busy group cannot be deleted either
-    assert (await api.delete(f"/api/v1/groups/{gid}", headers=op.headers)).status_code == 409
+    assert (
+        await live_api.delete(f"/api/v1/groups/{gid}", headers=live_writer.headers)
+    ).status_code == 409
 
-    r = await api.post(f"/api/v1/groupTasks/{task_uuid}/revoke", headers=op.headers)
+    r = await live_api.post(f"/api/v1/groupTasks/{task_uuid}/revoke", headers=live_writer.headers)
     assert r.status_code == 200 and r.json()["state"] == "REVOKED"
     assert r.json()["counts"]["REVOKED"] == 3
-    g = (await api.get(f"/api/v1/groups/{gid}", headers=op.headers)).json()
+    g = (await live_api.get(f"/api/v1/groups/{gid}", headers=live_writer.headers)).json()
     assert g["taskStatus"]["revokedCount"] == 3 and g["taskStatus"]["activeCount"] == 0
     assert all(t["revoked"] and t["state"] == "REVOKED" for t in g["tasks"])
-    r = await api.post(f"/api/v1/groupTasks/{task_uuid}/revoke", headers=op.headers)
+    r = await live_api.post(f"/api/v1/groupTasks/{task_uuid}/revoke", headers=live_writer.headers)
     assert r.status_code == 409
     # the group is free again
-    r = await api.post("/api/v1/groupTasks", headers=op.headers, json=body)
+    r = await live_api.post("/api/v1/groupTasks", headers=live_writer.headers, json=body)
     assert r.status_code == 200
     assert r.json()["taskUUID"] != task_uuid
 
 
 async def test_an_offline_gateway_gets_the_task_when_it_comes_back(
-    live: Container, api: httpx.AsyncClient, op: Caller
+    live: Container, live_api: httpx.AsyncClient, live_writer: Caller
 ) -> None:
     creds = await register(live, 2)
     gws, tasks = start(live, creds[:1])
     await _online(live, 1)
-    gid = await _group(api, op.headers, [u for u, _ in creds])
-    r = await api.post(
-        "/api/v1/groupTasks", headers=op.headers, json={"groupId": gid, "payload": STATUS}
+    gid = await _group(live_api, live_writer.headers, [u for u, _ in creds])
+    r = await live_api.post(
+        "/api/v1/groupTasks", headers=live_writer.headers, json={"groupId": gid, "payload": STATUS}
     )
     task_uuid = r.json()["taskUUID"]
 
     async def first_done() -> bool:
-        return (await _task(api, op.headers, task_uuid))["counts"]["SUCCESS"] == 1
+        return (await _task(live_api, live_writer.headers, task_uuid))["counts"]["SUCCESS"] == 1
 
     await eventually(first_done)
-    t = await _task(api, op.headers, task_uuid)
+    t = await _task(live_api, live_writer.headers, task_uuid)
     assert t["state"] == "RUNNING" and t["counts"]["PENDING"] == 1
     late, more = start(live, creds[1:])
-    done = await _finished(api, op.headers, task_uuid)
+    done = await _finished(live_api, live_writer.headers, task_uuid)
     assert done["state"] == "SUCCESS"
     assert _executed(gws + late, "get", "/system/status") == [1, 1]
     await _stop(tasks + more)
 
 
 async def test_retry_policy_tries_again_then_fails(
-    live: Container, api: httpx.AsyncClient, op: Caller
+    live: Container, live_api: httpx.AsyncClient, live_writer: Caller
 ) -> None:
     creds = await register(live, 2)
     gws, tasks = start(live, creds[:1], behaviour=Behaviour(failure_rate=1.0))
     ok, more = start(live, creds[1:])
     await _online(live, 2)
-    gid = await _group(api, op.headers, [u for u, _ in creds])
-    r = await api.post(
+    gid = await _group(live_api, live_writer.headers, [u for u, _ in creds])
+    r = await live_api.post(
         "/api/v1/groupTasks",
-        headers=op.headers,
+        headers=live_writer.headers,
         json={
             "groupId": gid,
             "payload": STATUS,
@@ -199,22 +191,23 @@ async def test_retry_policy_tries_again_then_fails(
             "retryIntervalSeconds": 0.5,
         },
     )
-    done = await _finished(api, op.headers, r.json()["taskUUID"])
+    done = await _finished(live_api, live_writer.headers, r.json()["taskUUID"])
     assert done["state"] == "FAILURE"
     assert done["counts"]["FAILURE"] == 1 and done["counts"]["SUCCESS"] == 1
     assert gws[0].executed[("get", "/system/status")] == 3  # once, then two retries
     assert ok[0].executed[("get", "/system/status")] == 1
     rows = (
-        await api.get(
-            f"/api/v1/groupTasks/{done['uuid']}/executions?state=FAILURE", headers=op.headers
+        await live_api.get(
+            f"/api/v1/groupTasks/{done['uuid']}/executions?state=FAILURE",
+            headers=live_writer.headers,
         )
     ).json()["data"]
     assert rows[0]["attempts"] == 3 and rows[0]["code"] == 500
     # re-run the failed one only, against a gateway that now works
     gws[0].behaviour = Behaviour()
-    r = await api.post(f"/api/v1/groupTasks/{done['uuid']}/rerun", headers=op.headers)
+    r = await live_api.post(f"/api/v1/groupTasks/{done['uuid']}/rerun", headers=live_writer.headers)
     assert r.status_code == 200, r.text
-    again = await _finished(api, op.headers, done["uuid"])
+    again = await _finished(live_api, live_writer.headers, done["uuid"])
     assert again["state"] == "SUCCESS"
     assert gws[0].executed[("get", "/system/status")] == 4
     assert ok[0].executed[("get", "/system/status")] == 1
@@ -222,25 +215,25 @@ async def test_retry_policy_tries_again_then_fails(
 
 
 async def test_policy_none_does_not_retry_and_a_scheduled_task_waits(
-    live: Container, api: httpx.AsyncClient, op: Caller
+    live: Container, live_api: httpx.AsyncClient, live_writer: Caller
 ) -> None:
     creds = await register(live, 1)
     gws, tasks = start(live, creds, behaviour=Behaviour(failure_rate=1.0))
     await _online(live, 1)
-    gid = await _group(api, op.headers, [creds[0][0]])
-    r = await api.post(
+    gid = await _group(live_api, live_writer.headers, [creds[0][0]])
+    r = await live_api.post(
         "/api/v1/groupTasks",
-        headers=op.headers,
+        headers=live_writer.headers,
         json={"groupId": gid, "payload": STATUS, "applyPolicy": "none", "retryTimes": 5},
     )
-    done = await _finished(api, op.headers, r.json()["taskUUID"])
+    done = await _finished(live_api, live_writer.headers, r.json()["taskUUID"])
     assert done["state"] == "FAILURE" and gws[0].executed[("get", "/system/status")] == 1
 
     gws[0].behaviour = Behaviour()
     at = datetime.now(UTC) + timedelta(seconds=3)
-    r = await api.post(
+    r = await live_api.post(
         "/api/v1/groupTasks",
-        headers=op.headers,
+        headers=live_writer.headers,
         json={
             "groupId": gid,
             "payload": STATUS,
@@ -251,15 +244,15 @@ async def test_policy_none_does_not_retry_and_a_scheduled_task_waits(
     assert r.status_code == 200, r.text
     assert r.json()["tasks"][0]["scheduledDateTime"].startswith(at.strftime("%Y-%m-%dT%H:%M:%S"))
     uuid = r.json()["taskUUID"]
-    assert (await _task(api, op.headers, uuid))["state"] == "PENDING"
+    assert (await _task(live_api, live_writer.headers, uuid))["state"] == "PENDING"
     await asyncio.sleep(1.5)
     assert gws[0].executed[("get", "/system/status")] == 1  # not yet
-    done = await _finished(api, op.headers, uuid)
+    done = await _finished(live_api, live_writer.headers, uuid)
     assert done["state"] == "SUCCESS" and datetime.now(UTC) >= at
     assert gws[0].executed[("get", "/system/status")] == 2
-    r = await api.post(
+    r = await live_api.post(
         "/api/v1/groupTasks",
-        headers=op.headers,
+        headers=live_writer.headers,
         json={"groupId": gid, "payload": STATUS, "applyPolicy": "schedule"},
     )
     assert r.status_code == 400 and "scheduledDateTime" in r.json()["message"]
@@ -267,14 +260,14 @@ async def test_policy_none_does_not_retry_and_a_scheduled_task_waits(
 
 
 async def test_job_relay_answers_at_once_and_keeps_the_result(
-    live: Container, api: httpx.AsyncClient, op: Caller
+    live: Container, live_api: httpx.AsyncClient, live_writer: Caller
 ) -> None:
     creds = await register(live, 2)
     _, tasks = start(live, creds[:1])
     await _online(live, 1)
-    r = await api.post(
+    r = await live_api.post(
         "/api/v1/deviceJobRelay",
-        headers=op.headers,
+        headers=live_writer.headers,
         json={
             "deviceUUID": creds[0][0],
             "payload": {"method": "get", "resource": "/system/properties"},
@@ -287,7 +280,11 @@ async def test_job_relay_answers_at_once_and_keeps_the_result(
     got: dict[str, Any] = {}
 
     async def answered() -> bool:
-        got.update((await api.get(f"/api/v1/deviceJobRelay/{job}", headers=op.headers)).json())
+        got.update(
+            (
+                await live_api.get(f"/api/v1/deviceJobRelay/{job}", headers=live_writer.headers)
+            ).json()
+        )
         return got["status"] != "Sent to CG" and got["status"] != "Pending"
 
     await eventually(answered)
@@ -297,29 +294,33 @@ async def test_job_relay_answers_at_once_and_keeps_the_result(
     assert got["result"]["resource"] == "/system/properties"
     spec.validate(got, {"$ref": "#/definitions/DeviceJobRelay"})
     # an offline gateway: the job waits for it
-    r = await api.post(
+    r = await live_api.post(
         "/api/v1/deviceJobRelay",
-        headers=op.headers,
+        headers=live_writer.headers,
         json={"deviceUUID": creds[1][0], "payload": STATUS},
     )
     job2 = r.json()["taskId"]
-    assert (await api.get(f"/api/v1/deviceJobRelay/{job2}", headers=op.headers)).json()[
-        "status"
-    ] == "Pending"
+    assert (
+        await live_api.get(f"/api/v1/deviceJobRelay/{job2}", headers=live_writer.headers)
+    ).json()["status"] == "Pending"
     _, more = start(live, creds[1:])
 
     async def answered2() -> bool:
-        body = (await api.get(f"/api/v1/deviceJobRelay/{job2}", headers=op.headers)).json()
+        body = (
+            await live_api.get(f"/api/v1/deviceJobRelay/{job2}", headers=live_writer.headers)
+        ).json()
         return bool(body["status"] == "Success from CG")
 
     await eventually(answered2)
-    r = await api.post(
+    r = await live_api.post(
         "/api/v1/deviceJobRelay",
-        headers=op.headers,
+        headers=live_writer.headers,
         json={"deviceUUID": "nope", "payload": STATUS},
     )
     assert r.status_code == 404 and "nope" in r.json()["message"]
-    assert (await api.get("/api/v1/deviceJobRelay/999999", headers=op.headers)).status_code == 404
+    assert (
+        await live_api.get("/api/v1/deviceJobRelay/999999", headers=live_writer.headers)
+    ).status_code == 404
     await _stop(tasks + more)
 
 
@@ -336,59 +337,67 @@ def _serve(
 
 
 async def test_a_reboot_finishes_when_the_gateway_is_back(
-    live: Container, api: httpx.AsyncClient, op: Caller
+    live: Container, live_api: httpx.AsyncClient, live_writer: Caller
 ) -> None:
     creds = await register(live, 3)
     gws, tasks = _serve(live, creds, Behaviour(reboot_delay=1.0, boot_seconds=1.0))
     await _online(live, 3)
-    gid = await _group(api, op.headers, [u for u, _ in creds])
-    r = await api.post(
+    gid = await _group(live_api, live_writer.headers, [u for u, _ in creds])
+    r = await live_api.post(
         "/api/v1/groupTasks",
-        headers=op.headers,
-        json={"groupId": gid, "payload": {"method": "post", "resource": "/system/reboot"}},
-    )
-    uuid = r.json()["taskUUID"]
-
-    async def acknowledged() -> bool:
-        rows = (await api.get(f"/api/v1/groupTasks/{uuid}/executions", headers=op.headers)).json()[
-            "data"
-        ]
-        return all(e["code"] == 200 for e in rows)
-
-    await eventually(acknowledged)
-    t = await _task(api, op.headers, uuid)
-    assert t["state"] == "RUNNING" and t["counts"]["RUNNING"] == 3  # an answer is not the end
-    done = await _finished(api, op.headers, uuid)
-    assert done["state"] == "SUCCESS"
-    assert [g.reboots for g in gws] == [1, 1, 1] and all(g.sessions == 2 for g in gws)
-    rows = (await api.get(f"/api/v1/groupTasks/{uuid}/executions", headers=op.headers)).json()
-    e = (await api.get(f"/api/v1/executions/{rows['data'][0]['uuid']}", headers=op.headers)).json()
-    assert [h["detail"] for h in e["history"]] == ["attempt 1 sent", "accepted", "back online"]
-    await _stop(tasks)
-
-
-async def test_revoking_mid_way_tells_the_gateways(
-    live: Container, api: httpx.AsyncClient, op: Caller
-) -> None:
-    creds = await register(live, 3)
-    gws, tasks = _serve(live, creds[:2], Behaviour(reboot_delay=60.0))  # slow to reboot
-    await _online(live, 2)
-    gid = await _group(api, op.headers, [u for u, _ in creds])  # the third is offline
-    r = await api.post(
-        "/api/v1/groupTasks",
-        headers=op.headers,
+        headers=live_writer.headers,
         json={"groupId": gid, "payload": {"method": "post", "resource": "/system/reboot"}},
     )
     uuid = r.json()["taskUUID"]
 
     async def acknowledged() -> bool:
         rows = (
-            await api.get(f"/api/v1/groupTasks/{uuid}/executions?state=RUNNING", headers=op.headers)
+            await live_api.get(f"/api/v1/groupTasks/{uuid}/executions", headers=live_writer.headers)
+        ).json()["data"]
+        return all(e["code"] == 200 for e in rows)
+
+    await eventually(acknowledged)
+    t = await _task(live_api, live_writer.headers, uuid)
+    assert t["state"] == "RUNNING" and t["counts"]["RUNNING"] == 3  # an answer is not the end
+    done = await _finished(live_api, live_writer.headers, uuid)
+    assert done["state"] == "SUCCESS"
+    assert [g.reboots for g in gws] == [1, 1, 1] and all(g.sessions == 2 for g in gws)
+    rows = (
+        await live_api.get(f"/api/v1/groupTasks/{uuid}/executions", headers=live_writer.headers)
+    ).json()
+    e = (
+        await live_api.get(
+            f"/api/v1/executions/{rows['data'][0]['uuid']}", headers=live_writer.headers
+        )
+    ).json()
+    assert [h["detail"] for h in e["history"]] == ["attempt 1 sent", "accepted", "back online"]
+    await _stop(tasks)
+
+
+async def test_revoking_mid_way_tells_the_gateways(
+    live: Container, live_api: httpx.AsyncClient, live_writer: Caller
+) -> None:
+    creds = await register(live, 3)
+    gws, tasks = _serve(live, creds[:2], Behaviour(reboot_delay=60.0))  # slow to reboot
+    await _online(live, 2)
+    gid = await _group(live_api, live_writer.headers, [u for u, _ in creds])  # the third is offline
+    r = await live_api.post(
+        "/api/v1/groupTasks",
+        headers=live_writer.headers,
+        json={"groupId": gid, "payload": {"method": "post", "resource": "/system/reboot"}},
+    )
+    uuid = r.json()["taskUUID"]
+
+    async def acknowledged() -> bool:
+        rows = (
+            await live_api.get(
+                f"/api/v1/groupTasks/{uuid}/executions?state=RUNNING", headers=live_writer.headers
+            )
         ).json()["data"]
         return len(rows) == 2 and all(e["code"] == 200 for e in rows)
 
     await eventually(acknowledged)
-    r = await api.delete(f"/api/v1/groupTasks/{uuid}", headers=op.headers)
+    r = await live_api.delete(f"/api/v1/groupTasks/{uuid}", headers=live_writer.headers)
     assert r.status_code == 200 and r.json()["state"] == "REVOKED"
     assert r.json()["counts"]["REVOKED"] == 3
 

@@ -3,34 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 
-from edgefleet.api.app import create_app
 from edgefleet.bootstrap import Container
-from edgefleet.domain.auth import Role, Scope
 from edgefleet.domain.tasks import DAYS
 from edgefleet.simulator.gateway import Behaviour, VirtualGateway
-from tests.conftest import Caller, Callers
+from tests.conftest import Caller
 from tests.gateways import count, eventually, register, start
 
 STATUS = {"method": "get", "resource": "/system/status"}
-
-
-@pytest.fixture
-async def api(live: Container) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(live))
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-        yield client
-
-
-@pytest.fixture
-async def op(live: Container) -> Caller:
-    return await Callers(live).token(Role.OPERATOR, Scope.READ_WRITE)
 
 
 async def _online(live: Container, n: int) -> None:
@@ -51,32 +36,34 @@ async def _stop(tasks: list[asyncio.Task[None]]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _get(api: httpx.AsyncClient, h: dict[str, str], uuid: str) -> dict[str, Any]:
-    r = await api.get(f"/api/v1/rollouts/{uuid}", headers=h)
+async def _get(live_api: httpx.AsyncClient, h: dict[str, str], uuid: str) -> dict[str, Any]:
+    r = await live_api.get(f"/api/v1/rollouts/{uuid}", headers=h)
     assert r.status_code == 200, r.text
     return dict(r.json())
 
 
 async def _until(
-    api: httpx.AsyncClient, h: dict[str, str], uuid: str, states: set[str], seconds: float = 40
+    live_api: httpx.AsyncClient, h: dict[str, str], uuid: str, states: set[str], seconds: float = 40
 ) -> dict[str, Any]:
     got: dict[str, Any] = {}
 
     async def there() -> bool:
-        got.update(await _get(api, h, uuid))
+        got.update(await _get(live_api, h, uuid))
         return got["state"] in states
 
     await eventually(there, seconds)
     return got
 
 
-async def _executions(api: httpx.AsyncClient, h: dict[str, str], uuid: str) -> list[dict[str, Any]]:
-    r = await api.get(f"/api/v1/rollouts/{uuid}/executions?limit=1000", headers=h)
+async def _executions(
+    live_api: httpx.AsyncClient, h: dict[str, str], uuid: str
+) -> list[dict[str, Any]]:
+    r = await live_api.get(f"/api/v1/rollouts/{uuid}/executions?limit=1000", headers=h)
     return list(r.json()["data"])
 
 
 async def test_waves_open_one_after_another(
-    live: Container, api: httpx.AsyncClient, op: Caller
+    live: Container, live_api: httpx.AsyncClient, live_writer: Caller
 ) -> None:
     creds = await register(live, 10, prefix="w")
     gws, tasks = start(live, creds)
@@ -88,19 +75,21 @@ async def test_waves_open_one_after_another(
         "waves": [2, "30%"],
         "successThreshold": 100,
     }
-    r = await api.post("/api/v1/rollouts", headers=op.headers, json={**body, "dryRun": True})
+    r = await live_api.post(
+        "/api/v1/rollouts", headers=live_writer.headers, json={**body, "dryRun": True}
+    )
     assert r.status_code == 200, r.text
     plan = r.json()
     assert [w["size"] for w in plan["waves"]] == [2, 3, 5]  # the rest forms a last wave
     assert plan["waves"][0]["devices"] == [u for u, _ in creds[:2]]
     assert _sent(gws) == 0  # a dry run sends nothing
-    r = await api.post("/api/v1/rollouts", headers=op.headers, json=body)
+    r = await live_api.post("/api/v1/rollouts", headers=live_writer.headers, json=body)
     assert r.status_code == 201, r.text
     uuid = r.json()["uuid"]
-    done = await _until(api, op.headers, uuid, {"SUCCESS", "FAILURE", "ABORTED"})
+    done = await _until(live_api, live_writer.headers, uuid, {"SUCCESS", "FAILURE", "ABORTED"})
     assert done["state"] == "SUCCESS" and done["counts"]["SUCCESS"] == 10
     assert [w["success"] for w in done["waves"]] == [2, 3, 5]
-    rows = await _executions(api, op.headers, uuid)
+    rows = await _executions(live_api, live_writer.headers, uuid)
     by_wave: dict[int, list[dict[str, Any]]] = {}
     for e in rows:
         by_wave.setdefault(e["wave"], []).append(e)
@@ -113,7 +102,7 @@ async def test_waves_open_one_after_another(
 
 
 async def test_a_rollout_aborts_past_its_error_threshold(
-    live: Container, api: httpx.AsyncClient, op: Caller
+    live: Container, live_api: httpx.AsyncClient, live_writer: Caller
 ) -> None:
     creds = await register(live, 20, prefix="e")
     failing = {i for i in range(20) if i % 10 < 3}  # 30 %: three in every ten
@@ -123,9 +112,9 @@ async def test_a_rollout_aborts_past_its_error_threshold(
         gws += g
         tasks += t
     await _online(live, 20)
-    r = await api.post(
+    r = await live_api.post(
         "/api/v1/rollouts",
-        headers=op.headers,
+        headers=live_writer.headers,
         json={
             "target": {"devices": [u for u, _ in creds]},
             "payload": STATUS,
@@ -135,7 +124,7 @@ async def test_a_rollout_aborts_past_its_error_threshold(
         },
     )
     uuid = r.json()["uuid"]
-    done = await _until(api, op.headers, uuid, {"ABORTED", "SUCCESS", "FAILURE"})
+    done = await _until(live_api, live_writer.headers, uuid, {"ABORTED", "SUCCESS", "FAILURE"})
     assert done["state"] == "ABORTED"
     assert "error threshold of 20 %" in done["detail"]
     first, second = done["waves"]
@@ -145,48 +134,48 @@ async def test_a_rollout_aborts_past_its_error_threshold(
 
 
 async def test_pause_resume_and_rate_limit(
-    live: Container, api: httpx.AsyncClient, op: Caller
+    live: Container, live_api: httpx.AsyncClient, live_writer: Caller
 ) -> None:
     creds = await register(live, 6, prefix="p")
     gws, tasks = start(live, creds)
     await _online(live, 6)
-    r = await api.post(
+    r = await live_api.post(
         "/api/v1/rollouts",
-        headers=op.headers,
+        headers=live_writer.headers,
         json={"target": {"devices": [u for u, _ in creds]}, "payload": STATUS, "maxPerMinute": 2},
     )
     uuid = r.json()["uuid"]
 
     async def two() -> bool:
-        return (await _get(api, op.headers, uuid))["counts"]["SUCCESS"] == 2
+        return (await _get(live_api, live_writer.headers, uuid))["counts"]["SUCCESS"] == 2
 
     await eventually(two)
     await asyncio.sleep(2.5)  # a few ticks: no more this minute
-    got = await _get(api, op.headers, uuid)
+    got = await _get(live_api, live_writer.headers, uuid)
     assert got["counts"]["SUCCESS"] == 2 and got["counts"]["PENDING"] == 4
     assert _sent(gws) == 2
-    r = await api.post(f"/api/v1/rollouts/{uuid}/pause", headers=op.headers)
+    r = await live_api.post(f"/api/v1/rollouts/{uuid}/pause", headers=live_writer.headers)
     assert r.status_code == 200 and r.json()["state"] == "PAUSED"
-    r = await api.post(f"/api/v1/rollouts/{uuid}/pause", headers=op.headers)
+    r = await live_api.post(f"/api/v1/rollouts/{uuid}/pause", headers=live_writer.headers)
     assert r.status_code == 409
-    r = await api.post(f"/api/v1/rollouts/{uuid}/resume", headers=op.headers)
+    r = await live_api.post(f"/api/v1/rollouts/{uuid}/resume", headers=live_writer.headers)
     assert r.json()["state"] == "RUNNING"
-    r = await api.post(f"/api/v1/rollouts/{uuid}/abort", headers=op.headers)
+    r = await live_api.post(f"/api/v1/rollouts/{uuid}/abort", headers=live_writer.headers)
     assert r.json()["state"] == "ABORTED" and r.json()["counts"]["REVOKED"] == 4
     await _stop(tasks)
 
 
 async def test_nothing_starts_outside_the_maintenance_window(
-    live: Container, api: httpx.AsyncClient, op: Caller
+    live: Container, live_api: httpx.AsyncClient, live_writer: Caller
 ) -> None:
     creds = await register(live, 1, prefix="m")
     gws, tasks = start(live, creds)
     await _online(live, 1)
     today = DAYS[datetime.now(UTC).weekday()]
     other = [d for d in DAYS if d != today][:3]
-    r = await api.post(
+    r = await live_api.post(
         "/api/v1/rollouts",
-        headers=op.headers,
+        headers=live_writer.headers,
         json={
             "target": {"devices": [creds[0][0]]},
             "payload": STATUS,
@@ -197,10 +186,10 @@ async def test_nothing_starts_outside_the_maintenance_window(
     assert r.json()["window"]["days"] == other
     await asyncio.sleep(2.5)
     assert _sent(gws) == 0
-    assert (await _get(api, op.headers, r.json()["uuid"]))["counts"]["PENDING"] == 1
-    r = await api.post(
+    assert (await _get(live_api, live_writer.headers, r.json()["uuid"]))["counts"]["PENDING"] == 1
+    r = await live_api.post(
         "/api/v1/rollouts",
-        headers=op.headers,
+        headers=live_writer.headers,
         json={
             "target": {"devices": [creds[0][0]]},
             "payload": STATUS,
@@ -224,8 +213,12 @@ async def test_nothing_starts_outside_the_maintenance_window(
     ],
 )
 async def test_a_bad_rollout_is_refused(
-    live: Container, api: httpx.AsyncClient, op: Caller, body: dict[str, Any], message: str
+    live: Container,
+    live_api: httpx.AsyncClient,
+    live_writer: Caller,
+    body: dict[str, Any],
+    message: str,
 ) -> None:
-    r = await api.post("/api/v1/rollouts", headers=op.headers, json=body)
+    r = await live_api.post("/api/v1/rollouts", headers=live_writer.headers, json=body)
     assert 400 <= r.status_code < 500, r.text
     assert message in r.text

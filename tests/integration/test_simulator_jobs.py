@@ -13,63 +13,16 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import aiomqtt
 import pytest
 
 from edgefleet.bootstrap import Container
-from edgefleet.mqtt import topics
-from edgefleet.mqtt.messages import EventMessage, decode_client
 from edgefleet.simulator.gateway import Behaviour, VirtualGateway
-from tests.gateways import PROPS, eventually, register
+from tests.gateways import PROPS, Events, eventually, register
 from tests.unit.test_agent_support import TOKEN, FileServer, serve_files
 
 IMAGE = os.urandom(300_000)
 DIGEST = hashlib.sha256(IMAGE).hexdigest()
 FAST = Behaviour(boot_seconds=1.5, reboot_delay=0.2, firmware_seconds=0.1)
-
-
-class Events:
-    """Events (no task_id) from gateways, seen on the server listener."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[str, EventMessage]] = []
-        self.subscribed = asyncio.Event()
-
-    async def watch(self, live: Container) -> None:
-        mqtt = live.settings.mqtt
-        async with aiomqtt.Client(
-            mqtt.server_host,
-            mqtt.server_port,
-            username=mqtt.server_username,
-            password=live.settings.mqtt_server_password(),
-        ) as client:
-            await client.subscribe(topics.all_devices(topics.Channel.CLIENT), qos=1)
-            self.subscribed.set()
-            async for message in client.messages:
-                assert isinstance(message.payload, bytes)
-                decoded = decode_client(message.payload)
-                if isinstance(decoded, EventMessage):
-                    self.items.append((topics.parse(message.topic.value)[0], decoded))
-
-    def of(self, uuid: str, resource: str) -> list[tuple[int | None, Any]]:
-        return [(e.code, e.data) for u, e in self.items if u == uuid and e.resource == resource]
-
-    def firmware_results(self, uuid: str) -> list[tuple[int | None, dict[str, Any]]]:
-        return [(c, d) for c, d in self.of(uuid, "/system/firmware") if "code" in d]
-
-    def progress(self, uuid: str) -> list[int]:
-        """The percentages reported (all known here: the requests give the size)."""
-        return [d["progress"] for _, d in self.of(uuid, "/system/firmware") if "progress" in d]
-
-
-@pytest.fixture
-async def events(live: Container) -> AsyncIterator[Events]:
-    watcher = Events()
-    task = asyncio.create_task(watcher.watch(live))
-    await asyncio.wait_for(watcher.subscribed.wait(), 10)
-    yield watcher
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
 
 
 @pytest.fixture

@@ -29,6 +29,11 @@ def iso_time(dt: datetime | None) -> str | None:
     return None if dt is None else dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+def page(total: int, offset: int, limit: int, data: list[Any]) -> dict[str, Any]:
+    """ThingsPro's list wrapper, used by every list of ours too."""
+    return {"count": total, "limit": limit, "offset": offset, "data": data}
+
+
 # --- requests --------------------------------------------------------------------------
 
 

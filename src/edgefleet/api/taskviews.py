@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from edgefleet.api.schemas import iso_time
+from edgefleet.api.schemas import iso_time, page
 from edgefleet.db.tables import Execution, ExecutionEvent, Task
-from edgefleet.domain.tasks import TaskState, relay_status
-from edgefleet.services.tasks import TaskView
+from edgefleet.domain.tasks import TaskKind, TaskState, relay_status
+from edgefleet.services.tasks import TaskService, TaskView
 
 
 def task_public(view: TaskView) -> dict[str, Any]:
@@ -125,3 +126,18 @@ def relay_job_public(task: Task, e: Execution) -> dict[str, Any]:
     if result is not None:
         out["result"] = result
     return out
+
+
+async def executions_page(
+    tasks: TaskService,
+    uuid: str,
+    kinds: Sequence[TaskKind],
+    states: Sequence[TaskState],
+    offset: int,
+    limit: int,
+) -> dict[str, Any]:
+    """A task's executions (of a task of one of ``kinds``), as a list page."""
+    total, rows = await tasks.executions(
+        uuid, states=[s.value for s in states], offset=offset, limit=limit, kinds=kinds
+    )
+    return page(total, offset, limit, [execution_public(e) for e in rows])

@@ -270,9 +270,15 @@ class TaskService:
         return total, [TaskView(t, counts[t.id]) for t in tasks]
 
     async def executions(
-        self, task_uuid: str, *, states: Sequence[str] = (), offset: int = 0, limit: int = 100
+        self,
+        task_uuid: str,
+        *,
+        states: Sequence[str] = (),
+        offset: int = 0,
+        limit: int = 100,
+        kinds: Sequence[TaskKind] | None = None,
     ) -> tuple[int, list[Execution]]:
-        view = await self.get(task_uuid)
+        view = await self.get(task_uuid, kinds=kinds)
         async with self.db.session() as s:
             return await TaskRepo(s).executions(
                 view.task.id, states=states, offset=offset, limit=limit
@@ -301,33 +307,39 @@ class TaskService:
 
     # --- steering ---------------------------------------------------------------------------
 
-    async def revoke(self, task_uuid: str) -> TaskView:
+    async def revoke(self, task_uuid: str, kinds: Sequence[TaskKind] | None = None) -> TaskView:
         """Stop the task; executions not finished become REVOKED and gateways with one in
         flight are told to cancel it."""
-        view = await self.get(task_uuid)
+        view = await self.get(task_uuid, kinds=kinds)
         if view.task.state not in TASK_OPEN:
             raise ConflictError(f"task {task_uuid} is {view.task.state}: nothing to revoke")
         await self.engine.abort(view.task.id, "revoked", revoke=True)
         return await self.get(task_uuid)
 
-    async def abort(self, task_uuid: str) -> TaskView:
+    async def abort(self, task_uuid: str, kinds: Sequence[TaskKind] | None = None) -> TaskView:
         """Stop starting executions; those in flight finish and are recorded."""
-        view = await self.get(task_uuid)
+        view = await self.get(task_uuid, kinds=kinds)
         if view.task.state not in TASK_OPEN:
             raise ConflictError(f"task {task_uuid} is {view.task.state}: nothing to abort")
         await self.engine.abort(view.task.id, "aborted by hand")
         return await self.get(task_uuid)
 
-    async def pause(self, task_uuid: str) -> TaskView:
-        return await self._set_state(task_uuid, TaskState.RUNNING, TaskState.PAUSED)
+    async def pause(self, task_uuid: str, kinds: Sequence[TaskKind] | None = None) -> TaskView:
+        return await self._set_state(task_uuid, TaskState.RUNNING, TaskState.PAUSED, kinds)
 
-    async def resume(self, task_uuid: str) -> TaskView:
-        view = await self._set_state(task_uuid, TaskState.PAUSED, TaskState.RUNNING)
+    async def resume(self, task_uuid: str, kinds: Sequence[TaskKind] | None = None) -> TaskView:
+        view = await self._set_state(task_uuid, TaskState.PAUSED, TaskState.RUNNING, kinds)
         self.engine.wake()
         return view
 
-    async def _set_state(self, task_uuid: str, was: TaskState, now_: TaskState) -> TaskView:
-        view = await self.get(task_uuid)
+    async def _set_state(
+        self,
+        task_uuid: str,
+        was: TaskState,
+        now_: TaskState,
+        kinds: Sequence[TaskKind] | None,
+    ) -> TaskView:
+        view = await self.get(task_uuid, kinds=kinds)
         async with self.db.session() as s:
             repo = TaskRepo(s)
             await repo.begin_write()
@@ -339,9 +351,11 @@ class TaskService:
             task.updated_at = self.clock()
         return await self.get(task_uuid)
 
-    async def rerun_failed(self, task_uuid: str) -> TaskView:
+    async def rerun_failed(
+        self, task_uuid: str, kinds: Sequence[TaskKind] | None = None
+    ) -> TaskView:
         """Run the failed executions again (fresh attempts); the task reopens."""
-        view = await self.get(task_uuid)
+        view = await self.get(task_uuid, kinds=kinds)
         now = self.clock()
         async with self.db.session() as s:
             repo = TaskRepo(s)

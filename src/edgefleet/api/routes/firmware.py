@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query, Request
 
 from edgefleet.api.deps import ContainerDep, FleetReader, FleetWriter, audit_target
 from edgefleet.api.multipart import receive_form
-from edgefleet.api.schemas import firmware_public
+from edgefleet.api.schemas import firmware_public, page
 from edgefleet.errors import ValidationError
 from edgefleet.services.files import FileKind
 
@@ -69,12 +69,7 @@ async def list_firmware(
 ) -> dict[str, Any]:
     """Newest first."""
     total, rows = await c.firmware.list_firmware(offset=offset, limit=limit)
-    return {
-        "count": total,
-        "limit": limit,
-        "offset": offset,
-        "data": [firmware_public(r) for r in rows],
-    }
+    return page(total, offset, limit, [firmware_public(r) for r in rows])
 
 
 @router.get("/firmware/{firmware_id}", name="firmware.get")

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Query, Request
 
 from edgefleet.api.deps import ContainerDep, FleetReader, FleetWriter, audit_target
 from edgefleet.api.errors import CompatRoute
-from edgefleet.api.schemas import GroupUpdate, GroupWrite, group_public
+from edgefleet.api.schemas import GroupUpdate, GroupWrite, group_public, page
 
 router = APIRouter(prefix="/api/v1", tags=["groups"], route_class=CompatRoute)
 
@@ -24,12 +24,7 @@ async def list_groups(
 ) -> dict[str, Any]:
     limit = min(limit, 1000)
     total, views = await c.fleet.list_groups(offset=offset, limit=limit)
-    return {
-        "count": total,
-        "limit": limit,
-        "offset": offset,
-        "data": [group_public(v) for v in views],
-    }
+    return page(total, offset, limit, [group_public(v) for v in views])
 
 
 @router.post("/groups", name="groups.create")

@@ -18,14 +18,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from edgefleet.api.deps import ContainerDep, FleetReader, FleetWriter, audit_target
 from edgefleet.api.errors import CompatRoute
 from edgefleet.api.routes.tasks import Payload
-from edgefleet.api.schemas import group_public
-from edgefleet.api.taskviews import execution_public, relay_job_public, task_public
+from edgefleet.api.schemas import group_public, page
+from edgefleet.api.taskviews import executions_page, relay_job_public, task_public
 from edgefleet.domain.tasks import RETRY_INTERVAL, TaskKind, TaskState
 from edgefleet.services.tasks import TaskSpec
 
 router = APIRouter(prefix="/api/v1", tags=["remote tasks"], route_class=CompatRoute)
 
 MAX_TIMEOUT = 3600.0
+GROUP = (TaskKind.GROUP,)
 
 
 def _time(v: Any) -> Any:
@@ -118,19 +119,14 @@ async def list_group_tasks(
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
 ) -> dict[str, Any]:
     total, views = await c.tasks.list_tasks(
-        kinds=[TaskKind.GROUP], group_id=groupId, states=state, offset=offset, limit=limit
+        kinds=GROUP, group_id=groupId, states=state, offset=offset, limit=limit
     )
-    return {
-        "count": total,
-        "limit": limit,
-        "offset": offset,
-        "data": [task_public(v) for v in views],
-    }
+    return page(total, offset, limit, [task_public(v) for v in views])
 
 
 @router.get("/groupTasks/{uuid}", name="groupTasks.get")
 async def get_group_task(c: ContainerDep, _: FleetReader, uuid: str) -> dict[str, Any]:
-    return task_public(await c.tasks.get(uuid, kinds=[TaskKind.GROUP]))
+    return task_public(await c.tasks.get(uuid, kinds=GROUP))
 
 
 @router.get("/groupTasks/{uuid}/executions", name="groupTasks.executions")
@@ -142,35 +138,18 @@ async def group_task_executions(
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
-    await c.tasks.get(uuid, kinds=[TaskKind.GROUP])
-    total, rows = await c.tasks.executions(
-        uuid, states=[s.value for s in state], offset=offset, limit=limit
-    )
-    return {
-        "count": total,
-        "limit": limit,
-        "offset": offset,
-        "data": [execution_public(e) for e in rows],
-    }
+    return await executions_page(c.tasks, uuid, GROUP, state, offset, limit)
 
 
 @router.post("/groupTasks/{uuid}/revoke", name="groupTasks.revoke")
+@router.delete("/groupTasks/{uuid}", name="groupTasks.delete")
 async def revoke_group_task(
     request: Request, c: ContainerDep, _: FleetWriter, uuid: str
 ) -> dict[str, Any]:
+    """``DELETE`` revokes too: the records stay, as the original counted them in
+    ``revokedCount``."""
     audit_target(request, "task", uuid)
-    await c.tasks.get(uuid, kinds=[TaskKind.GROUP])
-    return task_public(await c.tasks.revoke(uuid))
-
-
-@router.delete("/groupTasks/{uuid}", name="groupTasks.delete")
-async def delete_group_task(
-    request: Request, c: ContainerDep, _: FleetWriter, uuid: str
-) -> dict[str, Any]:
-    """Revokes the task (its records stay, as the original counted them in revokedCount)."""
-    audit_target(request, "task", uuid)
-    await c.tasks.get(uuid, kinds=[TaskKind.GROUP])
-    return task_public(await c.tasks.revoke(uuid))
+    return task_public(await c.tasks.revoke(uuid, kinds=GROUP))
 
 
 @router.post("/groupTasks/{uuid}/rerun", name="groupTasks.rerun")
@@ -178,8 +157,7 @@ async def rerun_group_task(
     request: Request, c: ContainerDep, _: FleetWriter, uuid: str
 ) -> dict[str, Any]:
     audit_target(request, "task", uuid)
-    await c.tasks.get(uuid, kinds=[TaskKind.GROUP])
-    return task_public(await c.tasks.rerun_failed(uuid))
+    return task_public(await c.tasks.rerun_failed(uuid, kinds=GROUP))
 
 
 @router.post("/deviceJobRelay", name="deviceJobRelay.create", status_code=201)

@@ -10,7 +10,7 @@ devices each wave would hold and creates nothing. Errors are problem+json.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
@@ -18,12 +18,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from edgefleet.api.deps import ContainerDep, FleetReader, FleetWriter, audit_target
 from edgefleet.api.routes.tasks import Payload
-from edgefleet.api.taskviews import execution_public, task_public
+from edgefleet.api.schemas import page
+from edgefleet.api.taskviews import execution_public, executions_page, task_public
 from edgefleet.domain.tasks import TaskKind, TaskState
-from edgefleet.services.tasks import TaskSpec
+from edgefleet.services.tasks import TaskService, TaskSpec
 
 router = APIRouter(prefix="/api/v1", tags=["rollouts"])
 
+ROLLOUT = (TaskKind.ROLLOUT,)
 FIRMWARE = Payload(method="post", resource="/system/firmware")
 
 
@@ -142,20 +144,13 @@ async def list_rollouts(
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
 ) -> dict[str, Any]:
-    total, views = await c.tasks.list_tasks(
-        kinds=[TaskKind.ROLLOUT], states=state, offset=offset, limit=limit
-    )
-    return {
-        "count": total,
-        "limit": limit,
-        "offset": offset,
-        "data": [task_public(v) for v in views],
-    }
+    total, views = await c.tasks.list_tasks(kinds=ROLLOUT, states=state, offset=offset, limit=limit)
+    return page(total, offset, limit, [task_public(v) for v in views])
 
 
 @router.get("/rollouts/{uuid}", name="rollouts.get")
 async def get_rollout(c: ContainerDep, _: FleetReader, uuid: str) -> dict[str, Any]:
-    return task_public(await c.tasks.get(uuid, kinds=[TaskKind.ROLLOUT]))
+    return task_public(await c.tasks.get(uuid, kinds=ROLLOUT))
 
 
 @router.get("/rollouts/{uuid}/executions", name="rollouts.executions")
@@ -167,58 +162,31 @@ async def rollout_executions(
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
-    await c.tasks.get(uuid, kinds=[TaskKind.ROLLOUT])
-    total, rows = await c.tasks.executions(
-        uuid, states=[s.value for s in state], offset=offset, limit=limit
-    )
-    return {
-        "count": total,
-        "limit": limit,
-        "offset": offset,
-        "data": [execution_public(e) for e in rows],
-    }
+    return await executions_page(c.tasks, uuid, ROLLOUT, state, offset, limit)
 
 
-async def _steer(request: Request, c: Any, uuid: str, action: str) -> dict[str, Any]:
+ACTIONS = {
+    "pause": TaskService.pause,
+    "resume": TaskService.resume,
+    "abort": TaskService.abort,
+    "revoke": TaskService.revoke,
+    "rerun": TaskService.rerun_failed,
+}
+
+
+@router.post("/rollouts/{uuid}/{action}", name="rollouts.steer")
+async def steer_rollout(
+    request: Request,
+    c: ContainerDep,
+    _: FleetWriter,
+    uuid: str,
+    action: Literal["pause", "resume", "abort", "revoke", "rerun"],
+) -> dict[str, Any]:
+    """``pause`` stops new starts, ``resume`` undoes it, ``abort`` revokes what has not
+    started, ``revoke`` also what is in flight (its gateways are told to cancel), ``rerun``
+    runs the failed executions again."""
     audit_target(request, "task", uuid)
-    await c.tasks.get(uuid, kinds=[TaskKind.ROLLOUT])
-    view = await getattr(c.tasks, action)(uuid)
-    return task_public(view)
-
-
-@router.post("/rollouts/{uuid}/pause", name="rollouts.pause")
-async def pause_rollout(
-    request: Request, c: ContainerDep, _: FleetWriter, uuid: str
-) -> dict[str, Any]:
-    return await _steer(request, c, uuid, "pause")
-
-
-@router.post("/rollouts/{uuid}/resume", name="rollouts.resume")
-async def resume_rollout(
-    request: Request, c: ContainerDep, _: FleetWriter, uuid: str
-) -> dict[str, Any]:
-    return await _steer(request, c, uuid, "resume")
-
-
-@router.post("/rollouts/{uuid}/abort", name="rollouts.abort")
-async def abort_rollout(
-    request: Request, c: ContainerDep, _: FleetWriter, uuid: str
-) -> dict[str, Any]:
-    return await _steer(request, c, uuid, "abort")
-
-
-@router.post("/rollouts/{uuid}/revoke", name="rollouts.revoke")
-async def revoke_rollout(
-    request: Request, c: ContainerDep, _: FleetWriter, uuid: str
-) -> dict[str, Any]:
-    return await _steer(request, c, uuid, "revoke")
-
-
-@router.post("/rollouts/{uuid}/rerun", name="rollouts.rerun")
-async def rerun_rollout(
-    request: Request, c: ContainerDep, _: FleetWriter, uuid: str
-) -> dict[str, Any]:
-    return await _steer(request, c, uuid, "rerun_failed")
+    return task_public(await ACTIONS[action](c.tasks, uuid, ROLLOUT))
 
 
 @router.get("/executions/{uuid}", name="executions.get")
