@@ -219,7 +219,7 @@ class Task(Base):
     success_threshold: Mapped[int] = mapped_column(Integer, default=0)
     error_threshold: Mapped[int | None] = mapped_column(Integer)
     max_per_minute: Mapped[int | None] = mapped_column(Integer)
-    window: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    window: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     detail: Mapped[str] = mapped_column(String(500), default="")
     created_by: Mapped[str] = mapped_column(String(254), default="")

@@ -20,7 +20,7 @@ import logging
 import socket
 import uuid as uuidlib
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -194,8 +194,22 @@ class TaskEngine:
 
     # --- loops ------------------------------------------------------------------------------
 
+    async def recover(self) -> None:
+        """At start: requests sent but not answered may have been answered while no instance
+        listened (this one was down, or the broker restarted). They are sent again with the
+        same ``task_id``; a gateway that ran one answers from its cache instead of running it
+        again, and one that never got it runs it now."""
+        async with self.db.session() as s:
+            n = await TaskRepo(s).resend_unanswered(self.clock())
+        if n:
+            log.info("task engine: %d unanswered requests will be sent again", n)
+
     async def run(self) -> None:
         """Dispatch and record results until cancelled."""
+        try:
+            await self.recover()
+        except StorageError as exc:
+            log.warning("task engine: not recovered: %s", exc.message)
         results = asyncio.create_task(self._run_results(), name="task-results")
         try:
             while True:
@@ -256,7 +270,7 @@ class TaskEngine:
             changes = []
             for row, task in rows:
                 c = _Change(row, task)
-                if row.sent_at is None:
+                if row.sent_at is None and row.acked_at is None:
                     # claimed but maybe never published: again, same message_id
                     c.set(
                         state=TaskState.PENDING.value,
@@ -416,7 +430,7 @@ class TaskEngine:
                 budget = min(budget, task.max_per_minute - started)
             if budget > 0:
                 await self._claim_and_send(now, budget, task_id=task.id)
-        claimed = await self._claim_and_send(now, self.batch, exclude=[t.id for t in limited])
+        claimed = await self._claim_and_send(now, self.batch)
         return claimed >= self.batch
 
     async def _claim_and_send(
@@ -425,11 +439,10 @@ class TaskEngine:
         limit: int,
         *,
         task_id: int | None = None,
-        exclude: Sequence[int] = (),
     ) -> int:
         async with self.db.session() as s:
             repo = TaskRepo(s)
-            claimed = await repo.claim(now, limit, self.lease, task_id=task_id, exclude=exclude)
+            claimed = await repo.claim(now, limit, self.lease, task_id=task_id)
             if not claimed:
                 return 0
             task_ids = sorted({c.task_id for c in claimed})
@@ -512,7 +525,7 @@ class TaskEngine:
             repo = TaskRepo(s)
             await repo.begin_write()
             found = await repo.running_by_message(message_ids)
-            waiting = await repo.awaiting_completion(devices)
+            waiting = await repo.running_on(devices)
             s.expunge_all()  # changed below, written in bulk: not by the unit of work
             by_message = {e.message_id: _Change(e, t) for e, t in found}
             by_device: dict[str, list[_Change]] = defaultdict(list)
@@ -533,8 +546,12 @@ class TaskEngine:
                         by_device[item.device].append(got)
                 else:
                     for c in by_device.get(item.device, []):
-                        if c.row.state == TaskState.RUNNING.value and c.row.acked_at is not None:
+                        if c.row.state != TaskState.RUNNING.value:
+                            continue
+                        if c.row.acked_at is not None:
                             self._on_sign(c, item, history)
+                        elif item.kind == "online":
+                            self._on_reconnect(c, item, history)
             woke = any(c.row.state == TaskState.PENDING.value for c in seen.values())
             changes = [{"id": c.row.id, **c.values} for c in seen.values() if c.values]
             for c in seen.values():
@@ -554,6 +571,8 @@ class TaskEngine:
         m = item.message
         body = m.model_dump(mode="json")
         now = item.at
+        if c.row.sent_at is None:  # answered before the dispatcher marked it sent
+            c.set(sent_at=now)
         if not response_outcome(m.code):
             finish_attempt(
                 c, Outcome(False, f"gateway answered {m.code}", m.code, body), now, history
@@ -579,6 +598,24 @@ class TaskEngine:
         if task.completion == Completion.FIRMWARE.value:
             return "report its upgrade"
         return "come back online"
+
+    @staticmethod
+    def _on_reconnect(c: _Change, item: _Item, history: list[HistoryRow]) -> None:
+        """A gateway that (re)connected after its request went out may never have got it
+        (gateways keep no session): send it again, same ``task_id``, so it runs at most once."""
+        row = c.row
+        if row.sent_at is None or row.sent_at >= item.at:
+            return
+        c.set(
+            state=TaskState.PENDING.value,
+            attempts=row.attempts - 1,
+            due_at=item.at,
+            sent_at=None,
+            updated_at=item.at,
+        )
+        history.append(
+            HistoryRow(row.id, item.at, TaskState.PENDING.value, "gateway reconnected: resend")
+        )
 
     def _on_sign(self, c: _Change, item: _Item, history: list[HistoryRow]) -> None:
         """A later sign of the gateway: an event, its return online, its properties."""

@@ -16,6 +16,7 @@ from edgefleet.db.repos.devices import DeviceFilter, DeviceRepo
 from edgefleet.db.repos.groups import GroupRepo
 from edgefleet.db.repos.tasks import TaskRepo
 from edgefleet.db.tables import Execution, ExecutionEvent, Task
+from edgefleet.domain.firmware import fits
 from edgefleet.domain.query import parse
 from edgefleet.domain.tasks import (
     DEFAULT_COMPLETION_SECONDS,
@@ -84,6 +85,8 @@ class Plan:
 
     devices: list[str]
     waves: list[int]
+    skipped: int = 0
+    """Devices of the target an image does not fit."""
 
 
 @dataclass(frozen=True)
@@ -127,18 +130,25 @@ class TaskService:
     # --- creating ---------------------------------------------------------------------------
 
     async def plan(self, spec: TaskSpec) -> Plan:
+        models = (await self._firmware(spec))["models"]
         async with self.db.session() as s:
-            devices = await self._targets(s, spec)
-        return Plan(devices, wave_sizes(spec.waves, len(devices)))
+            devices, skipped = await self._targets(s, spec, models)
+        return Plan(devices, wave_sizes(spec.waves, len(devices)), skipped)
+
+    async def _firmware(self, spec: TaskSpec) -> dict[str, Any]:
+        """The catalogue's ``{version, models}`` for a firmware task, else no constraint."""
+        if spec.firmware_id is None:
+            return {"version": None, "models": []}
+        if self.firmware is None:
+            raise ValidationError("this server has no firmware catalogue")
+        return await self.firmware(spec.firmware_id)
 
     async def create(self, spec: TaskSpec) -> TaskView:
         now = self.clock()
         meta = dict(spec.meta)
-        if spec.firmware_id is not None:
-            if self.firmware is None:
-                raise ValidationError("this server has no firmware catalogue")
-            fw = await self.firmware(spec.firmware_id)
-            meta.setdefault("version", fw.get("version"))
+        fw = await self._firmware(spec)
+        if fw["version"]:
+            meta.setdefault("version", fw["version"])
         if spec.window is not None:
             spec.window = Window.parse(spec.window).to_doc()
         completion = completion_for(spec.method, spec.resource)
@@ -149,7 +159,9 @@ class TaskService:
         if expires <= now:
             raise ValidationError("expiresAt must be in the future")
         async with self.db.session() as s:
-            devices = await self._targets(s, spec)
+            devices, skipped = await self._targets(s, spec, fw["models"])
+            if skipped:
+                meta["skipped"] = skipped
             sizes = wave_sizes(spec.waves, len(devices)) if spec.kind is TaskKind.ROLLOUT else []
             task = Task(
                 uuid=new_message_id(),
@@ -208,7 +220,11 @@ class TaskService:
         self.engine.wake()
         return TaskView(task, {(0, TaskState.PENDING.value): len(rows)} if rows else {})
 
-    async def _targets(self, s: Any, spec: TaskSpec) -> list[str]:
+    async def _targets(
+        self, s: Any, spec: TaskSpec, models: Sequence[str]
+    ) -> tuple[list[str], int]:
+        """The devices a task reaches, in order, and how many of the target it leaves out
+        because an image for ``models`` does not fit them (an unknown model does not fit)."""
         devices = DeviceRepo(s)
         if spec.group_id is not None:
             if await GroupRepo(s).get(spec.group_id) is None:
@@ -227,7 +243,11 @@ class TaskService:
             raise ValidationError("a task needs a target: a group, a fleet query or devices")
         if len(uuids) > MAX_TARGETS:
             raise ValidationError(f"a task reaches at most {MAX_TARGETS} gateways")
-        return uuids
+        if not models:
+            return uuids, 0
+        model_of = await devices.models_of(uuids)
+        fitting = [u for u in uuids if fits(models, model_of.get(u, ""))]
+        return fitting, len(uuids) - len(fitting)
 
     @staticmethod
     def _target_doc(spec: TaskSpec) -> dict[str, Any]:

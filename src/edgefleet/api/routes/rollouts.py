@@ -130,7 +130,9 @@ async def create_rollout(
         for i, n in enumerate(plan.waves):
             waves.append({"index": i + 1, "size": n, "devices": plan.devices[start : start + n]})
             start += n
-        return JSONResponse({"dryRun": True, "total": len(plan.devices), "waves": waves})
+        return JSONResponse(
+            {"dryRun": True, "total": len(plan.devices), "skipped": plan.skipped, "waves": waves}
+        )
     view = await c.tasks.create(spec)
     audit_target(request, "task", view.task.uuid)
     return JSONResponse(task_public(view), status_code=201)

@@ -149,6 +149,18 @@ class DeviceRepo:
         )
         return list(rows)
 
+    async def models_of(self, uuids: Sequence[str]) -> dict[str, str]:
+        """``{uuid: modelName}`` as last reported."""
+        out: dict[str, str] = {}
+        for start in range(0, len(uuids), 5000):
+            rows = await self.s.execute(
+                select(Device.uuid, Device.model_name).where(
+                    Device.uuid.in_(list(uuids[start : start + 5000]))
+                )
+            )
+            out.update({u: m for u, m in rows})
+        return out
+
     async def delete(self, uuids: Sequence[str], at: datetime) -> list[str]:
         """Delete the devices that exist among ``uuids`` and revoke their certificates;
         returns those deleted."""

@@ -10,16 +10,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, func, insert, or_, select, text, update
+from sqlalchemy import Table, and_, bindparam, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
 from edgefleet.db.tables import Device, Execution, ExecutionEvent, Task
 from edgefleet.domain.devices import ConnectionStatus
-from edgefleet.domain.tasks import ACTIVE, TASK_OPEN, Completion, TaskKind, TaskState
+from edgefleet.domain.tasks import ACTIVE, TASK_OPEN, TaskKind, TaskState
 from edgefleet.errors import ConflictError
 
 OPEN_STATES = [s.value for s in TASK_OPEN]
@@ -184,11 +184,11 @@ class TaskRepo:
         lease: float,
         *,
         task_id: int | None = None,
-        exclude: Sequence[int] = (),
     ) -> list[Claimed]:
         """Mark up to ``limit`` due executions of running tasks whose gateway is online as
         RUNNING (a new attempt, unless the previous claim never got its request out), and
-        return them. ``task_id``: of that task only; else of any task not in ``exclude``."""
+        return them. ``task_id``: of that task only; else of any task without a rate limit or
+        a window (those are claimed one by one, when they may start more)."""
         pick = (
             select(Execution.id)
             .join(Task, Task.id == Execution.task_id)
@@ -204,8 +204,8 @@ class TaskRepo:
         )
         if task_id is not None:
             pick = pick.where(Execution.task_id == task_id)
-        elif exclude:
-            pick = pick.where(Execution.task_id.not_in(list(exclude)))
+        else:
+            pick = pick.where(Task.max_per_minute.is_(None), Task.window.is_(None))
         if self._dialect == "postgresql":
             pick = pick.with_for_update(of=Execution, skip_locked=True)
         rows = await self.s.execute(
@@ -233,16 +233,34 @@ class TaskRepo:
         return sorted((Claimed(*r) for r in rows), key=lambda c: c.id)
 
     async def mark_sent(self, ids: Sequence[int], now: datetime, wait: dict[int, float]) -> None:
-        """The requests of these claims went out: their answer is due ``wait[id]`` from now."""
+        """The requests of these claims went out: their answer is due ``wait[id]`` from now.
+        An answer may have been recorded already (it can beat this write): that row is left
+        as the answer made it."""
         if not ids:
             return
+        t = cast(Table, Execution.__table__)
         await self.s.execute(
-            update(Execution),
-            [
-                {"id": i, "sent_at": now, "due_at": now + timedelta(seconds=wait[i])}
-                for i in sorted(ids)
-            ],
+            update(t)
+            .where(
+                t.c.id == bindparam("eid"),
+                t.c.state == TaskState.RUNNING.value,
+                t.c.sent_at.is_(None),
+                t.c.acked_at.is_(None),
+            )
+            .values(sent_at=bindparam("sent"), due_at=bindparam("due")),
+            [{"eid": i, "sent": now, "due": now + timedelta(seconds=wait[i])} for i in sorted(ids)],
         )
+
+    async def resend_unanswered(self, now: datetime) -> int:
+        """Every RUNNING execution still without an answer is due again now, as not sent:
+        it goes out again with the same ``message_id`` (see TaskEngine.recover)."""
+        result = await self.s.execute(
+            update(Execution)
+            .where(Execution.state == TaskState.RUNNING.value, Execution.acked_at.is_(None))
+            .values(due_at=now, sent_at=None)
+            .execution_options(synchronize_session=False)
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
 
     async def overdue(self, now: datetime, limit: int) -> list[tuple[Execution, Task]]:
         """RUNNING executions past ``due_at``, locked (others' locked rows are skipped)."""
@@ -380,8 +398,9 @@ class TaskRepo:
             q = q.with_for_update(of=Execution)
         return [(e, t) for e, t in await self.s.execute(q)]
 
-    async def awaiting_completion(self, devices: Iterable[str]) -> list[tuple[Execution, Task]]:
-        """Acknowledged executions of these gateways that finish on a later sign of them."""
+    async def running_on(self, devices: Iterable[str]) -> list[tuple[Execution, Task]]:
+        """RUNNING executions of these gateways, locked: acknowledged ones wait for a later
+        sign of the gateway, unanswered ones may have to go out again."""
         uuids = sorted(set(devices))
         if not uuids:
             return []
@@ -391,8 +410,6 @@ class TaskRepo:
             .where(
                 Execution.device_uuid.in_(uuids),
                 Execution.state == TaskState.RUNNING.value,
-                Execution.acked_at.is_not(None),
-                Task.completion != Completion.RESPONSE.value,
             )
             .order_by(Execution.id)
         )
