@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import os
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -176,4 +177,38 @@ async def test_a_catalogue_firmware_rollout_upgrades_the_fitting_gateways(
         return all(g.properties["softwareVersion"] == "3.1" for g in fitting)
 
     await eventually(back_upgraded, 30)
+    await _stop(fleet)
+
+
+async def test_a_rollout_whose_image_left_the_catalogue_is_aborted(
+    live_store_env: StoreEnv,
+) -> None:
+    e = live_store_env
+    who = await Callers(e.c).token(Role.OPERATOR, Scope.READ_WRITE)
+    fleet = await _fleet(e, "gone", 2, Behaviour(**FAST))
+    r = await e.api.post(
+        "/api/v1/firmware",
+        data={"version": "4.0"},
+        files={"file": ("fw-4.0.img", os.urandom(1000))},
+        headers=who.headers,
+    )
+    fw = r.json()
+    at = datetime.now(UTC) + timedelta(seconds=2)
+    r = await e.api.post(
+        "/api/v1/rollouts",
+        headers=who.headers,
+        json={
+            "target": {"devices": [g.uuid for g in fleet.gateways]},
+            "firmwareId": fw["id"],
+            "scheduledAt": at.isoformat(),
+        },
+    )
+    uuid = r.json()["uuid"]
+    assert r.json()["state"] == "PENDING"
+    r = await e.api.delete(f"/api/v1/firmware/{fw['id']}", headers=who.headers)
+    assert r.status_code in (200, 204), r.text
+    done = await _done(e, who, f"/api/v1/rollouts/{uuid}", 30)
+    assert done["state"] == "ABORTED" and f"firmware {fw['id']}" in done["detail"]
+    assert done["counts"]["SUCCESS"] == 0
+    assert all(g.executed[("post", "/system/firmware")] == 0 for g in fleet.gateways)
     await _stop(fleet)

@@ -454,9 +454,16 @@ class TaskEngine:
                 ]
             )
         data: dict[int, Any] = {}
+        broken: dict[int, str] = {}
         for t_id, task in tasks.items():
             assert task is not None
-            data[t_id] = await self._data(task)
+            try:
+                data[t_id] = await self._data(task)
+            except EdgefleetError as exc:  # e.g. its firmware left the catalogue
+                broken[t_id] = exc.message
+        if broken:
+            await self._fail_tasks(broken, [c for c in claimed if c.task_id in broken])
+            claimed = [c for c in claimed if c.task_id not in broken]
         sent = await asyncio.gather(*(self._publish(c, tasks[c.task_id], data) for c in claimed))
         ok = [c for c, good in zip(claimed, sent, strict=True) if good]
         async with self.db.session() as s:
@@ -465,6 +472,33 @@ class TaskEngine:
         self.dispatched += len(ok)
         DISPATCHED.inc(len(ok))
         return len(claimed)
+
+    async def _fail_tasks(self, reasons: dict[int, str], claimed: list[Claimed]) -> None:
+        """Tasks whose request cannot be made any more: the claimed executions fail, the
+        task is aborted (what has not started is revoked)."""
+        now = self.clock()
+        async with self.db.session() as s:
+            repo = TaskRepo(s)
+            failed = TaskState.FAILURE.value
+            await repo.save(
+                [
+                    {
+                        "id": c.id,
+                        "state": failed,
+                        "due_at": None,
+                        "detail": reasons[c.task_id][:500],
+                        "finished_at": now,
+                        "updated_at": now,
+                    }
+                    for c in claimed
+                ]
+            )
+            await repo.add_history(
+                [HistoryRow(c.id, now, failed, reasons[c.task_id]) for c in claimed]
+            )
+        for task_id, reason in reasons.items():
+            log.warning("task %d cannot be sent: %s", task_id, reason)
+            await self.abort(task_id, f"aborted: {reason}")
 
     @staticmethod
     def _timeout(task: Task | None) -> float:
