@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Table, and_, bindparam, func, insert, or_, select, text, update
@@ -71,12 +71,35 @@ class TaskRepo:
                     "revoke it first"
                 ) from exc
             raise
-        for start in range(0, len(executions), 5000):
-            chunk = executions[start : start + 5000]
-            for row in chunk:
-                row["task_id"] = task.id
-            await self.s.execute(insert(Execution), chunk)
+        for row in executions:
+            row["task_id"] = task.id
+        if self._dialect == "postgresql" and len(executions) > 100:
+            await self._copy_executions(executions)
+        else:
+            table = cast(Table, Execution.__table__)
+            for start in range(0, len(executions), 5000):
+                await self.s.execute(insert(table), executions[start : start + 5000])
         return task
+
+    async def _copy_executions(self, rows: list[dict[str, Any]]) -> None:
+        """PostgreSQL's COPY: a group task's ten thousand rows in tens of milliseconds
+        (executemany INSERTs took over a second). Same rows as the INSERT path: times as
+        naive UTC, as UTCDateTime stores them."""
+        columns = list(rows[0])
+        times = {"due_at", "created_at", "updated_at"}
+
+        def value(row: dict[str, Any], col: str) -> Any:
+            v = row[col]
+            if col in times and v is not None:
+                return v.astimezone(UTC).replace(tzinfo=None)
+            return v
+
+        records = [tuple(value(r, col) for col in columns) for r in rows]
+        conn = await self.s.connection()
+        raw = await conn.get_raw_connection()
+        await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
+            "executions", records=records, columns=columns
+        )
 
     # --- reading ----------------------------------------------------------------------------
 
