@@ -48,6 +48,20 @@ def configure(level: str = "INFO", fmt: LogFormat = LogFormat.CONSOLE) -> None:
         lg = logging.getLogger(name)
         lg.handlers[:] = []
         lg.propagate = True
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, DropQuery) for f in access.filters):
+        access.addFilter(DropQuery())
+
+
+class DropQuery(logging.Filter):
+    """Access log lines without query strings: a download link's signature (filebin, S3
+    presigned) is a credential while it lives, and must not reach the logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            record.args = (*args[:2], args[2].split("?", 1)[0], *args[3:])
+        return True
 
 
 def _identity(

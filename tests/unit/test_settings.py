@@ -65,3 +65,22 @@ def test_secret_key_file_is_made_once_and_private(tmp_path: Path) -> None:
     key = s.resolved_secret_key()
     assert key == Settings(data_dir=tmp_path).resolved_secret_key()
     assert (tmp_path / "secret.key").stat().st_mode & 0o077 == 0
+
+
+def test_access_logs_drop_query_strings() -> None:
+    """A signed download link is a credential while it lives: never logged."""
+    import logging
+
+    from edgefleet.logs import DropQuery
+
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5", "GET", "/filebin/download/k/f.img?expires=1&sig=abc", "1.1", 200),
+        None,
+    )
+    assert DropQuery().filter(record)
+    assert record.getMessage() == '127.0.0.1:5 - "GET /filebin/download/k/f.img HTTP/1.1" 200'
