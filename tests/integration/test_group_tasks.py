@@ -407,3 +407,44 @@ async def test_revoking_mid_way_tells_the_gateways(
     await eventually(cancelled)
     assert all(g.reboots == 0 for g in gws)
     await _stop(tasks)
+
+
+async def test_silence_times_out_and_waiting_expires(
+    live: Container, live_api: httpx.AsyncClient, live_writer: Caller
+) -> None:
+    creds = await register(live, 2)
+    _, tasks = start(live, creds[:1], behaviour=Behaviour(latency=4.0))  # too slow to answer
+    await _online(live, 1)
+    r = await live_api.post(
+        "/api/v1/deviceJobRelay",
+        headers=live_writer.headers,
+        json={"deviceUUID": creds[0][0], "payload": STATUS, "timeoutSeconds": 1},
+    )
+    job = r.json()["taskId"]
+    # the second gateway never comes online: its job expires
+    expires = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
+    r = await live_api.post(
+        "/api/v1/deviceJobRelay",
+        headers=live_writer.headers,
+        json={"deviceUUID": creds[1][0], "payload": STATUS, "expiresAt": expires},
+    )
+    never = r.json()["taskId"]
+
+    async def status(job_id: int) -> str:
+        r = await live_api.get(f"/api/v1/deviceJobRelay/{job_id}", headers=live_writer.headers)
+        return str(r.json()["status"])
+
+    async def ended() -> bool:
+        return await status(job) == "Timeout" and await status(never) == "Expired"
+
+    await eventually(ended)
+    body = (await live_api.get(f"/api/v1/deviceJobRelay/{job}", headers=live_writer.headers)).json()
+    assert body["state"] == "FAILURE" and body["detail"] == "timeout: no answer in time"
+    assert "code" not in body  # the gateway never answered
+    r = await live_api.post(
+        "/api/v1/deviceJobRelay",
+        headers=live_writer.headers,
+        json={"deviceUUID": creds[1][0], "payload": STATUS, "expiresAt": "2001-01-01T00:00:00Z"},
+    )
+    assert r.status_code == 400 and "expiresAt" in r.json()["message"]
+    await _stop(tasks)
