@@ -36,6 +36,8 @@ class PostgresServer:
     data_dir: Path | None = None
     pg_ctl: str | None = None
     run_as: list[str] = field(default_factory=list)
+    start_command: list[str] = field(default_factory=list)
+    """How this server was started (a private one): ``start`` runs it again."""
 
     def url(self, database: str) -> str:
         parts = urlsplit(self.admin_dsn)
@@ -58,7 +60,14 @@ class PostgresServer:
         finally:
             await conn.close()
 
+    def start(self) -> None:
+        """Start again a private server stopped by ``stop``."""
+        if not self.start_command:
+            raise RuntimeError("only a private server started by the tests can be restarted")
+        subprocess.run(self.start_command, check=True, capture_output=True)
+
     def stop(self) -> None:
+        """Stop a private server at once, as a crash would (``-m immediate``)."""
         if self.data_dir is not None and self.pg_ctl is not None:
             subprocess.run(
                 [*self.run_as, self.pg_ctl, "-D", str(self.data_dir), "-m", "immediate", "stop"],
@@ -119,25 +128,30 @@ def _start_private(base: Path) -> PostgresServer:
         check=True,
         capture_output=True,
     )
-    subprocess.run(
-        [
-            *run_as,
-            pg_ctl,
-            "-D",
-            str(data),
-            "-l",
-            str(base / "log"),
-            "-w",
-            "-t",
-            "60",
-            "-o",
-            f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
+    start = [
+        *run_as,
+        pg_ctl,
+        "-D",
+        str(data),
+        "-l",
+        str(base / "log"),
+        "-w",
+        "-t",
+        "60",
+        "-o",
+        f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off",
+        "start",
+    ]
+    subprocess.run(start, check=True, capture_output=True)
+    return PostgresServer(
+        f"postgresql://postgres@127.0.0.1:{port}/postgres", data, pg_ctl, run_as, start
     )
-    return PostgresServer(f"postgresql://postgres@127.0.0.1:{port}/postgres", data, pg_ctl, run_as)
+
+
+def start_private_postgres(base: Path) -> PostgresServer:
+    """A PostgreSQL of the test's own (own port, own data directory), which it may stop and
+    start; stop it with ``stop`` when done."""
+    return _start_private(base)
 
 
 def find_postgres(base: Path) -> PostgresServer:

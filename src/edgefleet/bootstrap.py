@@ -27,8 +27,12 @@ from edgefleet.services.accounts import AccountService
 from edgefleet.services.audit import AuditService
 from edgefleet.services.broker_auth import BrokerAuthService
 from edgefleet.services.engine import TaskEngine
+from edgefleet.services.eventfeed import EventFeed
+from edgefleet.services.eventlog import EventLog
+from edgefleet.services.events import EventService, TaskEvents
 from edgefleet.services.files import FileService, FirmwareService
 from edgefleet.services.fleet import FleetService
+from edgefleet.services.notifications import NotificationService
 from edgefleet.services.pki import PkiService, broker_tls
 from edgefleet.services.presence import PresenceService
 from edgefleet.services.remote import RemoteService
@@ -64,6 +68,10 @@ class Container:
     remote: RemoteService
     files: FileService
     firmware: FirmwareService
+    events: EventService
+    event_log: EventLog
+    notifications: NotificationService
+    task_events: TaskEvents
 
     async def start_messaging(self) -> None:
         """Start the embedded broker (if configured), the broker link and the presence writer."""
@@ -78,15 +86,20 @@ class Container:
             asyncio.create_task(m.link.run(), name="broker-link"),
             asyncio.create_task(m.presence.run(), name="presence-writer"),
             asyncio.create_task(self.tasks.engine.run(), name="task-engine"),
+            asyncio.create_task(self.events.run(), name="event-writer"),
+            asyncio.create_task(self.events.run_retention(), name="event-retention"),
+            asyncio.create_task(self.notifications.run(), name="webhook-dispatcher"),
         ]
 
     async def stop_messaging(self) -> None:
         m = self.messaging
+        await self.event_log.feed.close()  # ends the live streams
         for task in m.tasks:
             task.cancel()
         await asyncio.gather(*m.tasks, return_exceptions=True)
         m.tasks = []
         await m.router.close()
+        await self.task_events.close()
         if m.broker is not None:
             await m.broker.stop()
 
@@ -112,7 +125,7 @@ def _messaging(settings: Settings, db: Database, fleet: FleetService, pki: PkiSe
         username=mqtt.server_username,
         password=password,
         client_id=mqtt.client_id or f"edgefleet-{socket.gethostname()}",
-        subscriptions=topics.SERVER_SUBSCRIPTIONS,
+        subscriptions=topics.server_subscriptions(mqtt.shared_group),
         handler=router,
         on_connect=router.connected,
     )
@@ -179,6 +192,17 @@ def build(settings: Settings, db: Database | None = None) -> Container:
     signer = UrlSigner(settings.resolved_secret_key())
     files = FileService(db, _file_store(settings, signer), signer, settings.storage)
     firmware = FirmwareService(db, files)
+    events = EventService(db, settings.events)
+    if settings.events.ingest:
+        messaging.router.events = events
+    notifications = NotificationService(db, box, settings.events)
+    events.add_hook(notifications.queue_deliveries)
+    events.add_listener(notifications.events_stored)
+    tasks = _tasks(db, messaging, firmware)
+    task_events = TaskEvents(db, events)
+    tasks.engine.history_observers.append(task_events.history)
+    tasks.engine.task_observers.append(task_events.task)
+    fleet.credential_listeners.append(task_events.devices)
     return Container(
         settings=settings,
         db=db,
@@ -190,10 +214,14 @@ def build(settings: Settings, db: Database | None = None) -> Container:
         messaging=messaging,
         broker_auth=broker_auth,
         pki=pki,
-        tasks=_tasks(db, messaging, firmware),
+        tasks=tasks,
         remote=RemoteService(fleet, messaging.relay),
         files=files,
         firmware=firmware,
+        events=events,
+        event_log=EventLog(db, EventFeed(db, events)),
+        notifications=notifications,
+        task_events=task_events,
     )
 
 

@@ -78,6 +78,11 @@ class MQTTSettings(BaseModel):
     cert_hostnames: list[str] = Field(default_factory=list)
     """Names gateways use to reach the broker, for its server certificate (default: this
     host's name, localhost, 127.0.0.1 and gateway_host)."""
+    shared_group: str = Field(default="", pattern=r"^[A-Za-z0-9_-]*$")
+    """Non-empty: subscribe to gateways' topics as MQTT shared subscriptions
+    (``$share/<group>/…``), so the server instances of one group split the inbound stream.
+    Needs a broker that carries ``$`` topics to shared subscriptions (EMQX); Mosquitto 2.0
+    does not."""
     broker_dir: Path | None = None
     """Where the Mosquitto configuration is written; empty means ``data_dir/mosquitto``."""
 
@@ -106,6 +111,28 @@ class StorageSettings(BaseModel):
         return v
 
 
+class EventSettings(BaseModel):
+    """The event service: ingest, retention, webhooks."""
+
+    ingest: bool = True
+    """Store gateways' events and statuses received by this instance. With several instances
+    on a broker without shared subscriptions, leave it on in one of them only."""
+    queue_size: int = Field(default=20_000, ge=100)
+    """Events held in memory before the MQTT consumer waits (and the broker queues)."""
+    batch_size: int = Field(default=5_000, ge=1)
+    batch_delay: float = Field(default=0.02, ge=0, le=5)
+    """Seconds a batch may gather before it is written."""
+    retention_days: float = Field(default=30, ge=0)
+    """Events older than this are deleted (open alarms are kept); 0 keeps everything."""
+    retention_interval_seconds: float = Field(default=3600, gt=0)
+    webhook_timeout_seconds: float = Field(default=10, gt=0, le=120)
+    webhook_max_attempts: int = Field(default=10, ge=1, le=100)
+    webhook_backoff_seconds: float = Field(default=5, gt=0)
+    """First retry delay; doubled at each attempt, up to an hour."""
+    webhook_concurrency: int = Field(default=32, ge=1, le=1000)
+    """Deliveries in flight at once; one endpoint gets at most a quarter of them."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="EDGEFLEET_",
@@ -126,6 +153,7 @@ class Settings(BaseSettings):
     login: LoginSettings = Field(default_factory=LoginSettings)
     mqtt: MQTTSettings = Field(default_factory=MQTTSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
+    events: EventSettings = Field(default_factory=EventSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -8,11 +8,13 @@ import os
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from edgefleet.bootstrap import build
 from edgefleet.cli.main import app
 from edgefleet.db.repos.audit import AuditFilter
+from edgefleet.db.tables import Event
 from edgefleet.settings import Settings
 from tests.pgserver import PostgresServer
 
@@ -108,6 +110,22 @@ def test_devices_register_list_query_and_delete(cli_env: Path) -> None:
     cli("devices", "delete", str(reg["uuid"]), "--yes")
     listed = cli_json("devices", "list")
     assert isinstance(listed, dict) and listed["count"] == 1
+    assert asyncio.run(_device_events(cli_env)) == [
+        ("device_registered", reg["uuid"]),
+        ("device_registered", listed["data"][0]["uuid"]),
+        ("device_deleted", reg["uuid"]),
+    ]
+
+
+async def _device_events(data: Path) -> list[tuple[str, str | None]]:
+    """The events the CLI's commands left (each command stores its own)."""
+    c = _service(data)
+    try:
+        async with c.db.session() as s:
+            rows = await s.execute(select(Event.type, Event.device_uuid).order_by(Event.id))
+            return [(t, u) for t, u in rows]
+    finally:
+        await c.close()
 
 
 def test_groups_membership(cli_env: Path) -> None:

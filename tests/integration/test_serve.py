@@ -134,3 +134,46 @@ def test_a_broker_left_by_a_killed_server_is_stopped_at_the_next_start(tmp_path:
 
 def _zombie(pid: int) -> bool:
     return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
+
+
+def _cli(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "edgefleet.cli.main", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return done.stdout
+
+
+def test_sigterm_ends_open_event_streams_and_stops(tmp_path: Path) -> None:
+    """uvicorn waits for open responses before shutting down: a live event stream must not
+    keep the server from stopping."""
+    port = _free_port()
+    env = _env(tmp_path, port)
+    _cli(env, "users", "create", "ops@example.com", "--role", "viewer")
+    token = _cli(env, "tokens", "create", "--user", "ops@example.com", "--scope", "read")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgefleet.cli.main", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_ready(base + "/readyz", time.monotonic() + 60)
+        headers = {"mx-api-token": token.strip()}
+        with httpx.stream(
+            "GET", base + "/api/v1/events/stream", headers=headers, timeout=30
+        ) as stream:
+            assert stream.status_code == 200
+            proc.terminate()
+            proc.wait(timeout=30)  # exits with the stream still open on this side
+            for _ in stream.iter_bytes():  # which the server ended
+                pass
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

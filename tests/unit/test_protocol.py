@@ -47,6 +47,21 @@ def test_topics_round_trip() -> None:
         topics.shared("ef", "$ThingsPro/devices/+/client")
         == "$share/ef/$ThingsPro/devices/+/client"
     )
+    assert topics.server_subscriptions("") == list(topics.SERVER_SUBSCRIPTIONS)
+    assert topics.server_subscriptions("ef") == [
+        "$share/ef/$ThingsPro/devices/+/client",
+        "$share/ef/$ThingsPro/devices/+/status",
+    ]
+
+
+def test_an_event_carries_its_event_id_only_when_it_has_one() -> None:
+    with_id = EventMessage(method="put", resource="/a", data=1, code=200, event_id="e1")
+    assert json.loads(encode(with_id))["event_id"] == "e1"
+    assert "event_id" not in json.loads(encode(EventMessage(method="put", resource="/a")))
+    decoded = decode_client(encode(with_id))
+    assert isinstance(decoded, EventMessage) and decoded.event_id == "e1"
+    with pytest.raises(MessageError):
+        decode_client(b'{"method":"put","resource":"/a","event_id":""}')
 
 
 @pytest.mark.parametrize(

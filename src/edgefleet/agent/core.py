@@ -35,6 +35,7 @@ from edgefleet.mqtt.messages import (
     ResponseMessage,
     decode_request,
     encode,
+    new_event_id,
 )
 from edgefleet.mqtt.psk import psk_client_context
 
@@ -320,7 +321,9 @@ class Agent:
 
     async def emit(self, method: str, resource: str, data: Any, code: int = 200) -> None:
         """Publish an event; kept in the outbox while offline (the newest 1000)."""
-        event = EventMessage(method=method, resource=resource, data=data, code=code)
+        event = EventMessage(
+            method=method, resource=resource, data=data, code=code, event_id=new_event_id()
+        )
         await self._send(self._topic(topics.Channel.CLIENT), encode(event))
 
     async def _send(self, topic: str, payload: bytes) -> None:

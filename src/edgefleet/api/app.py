@@ -18,11 +18,13 @@ from edgefleet.api.routes import (
     auth,
     broker,
     devices,
+    events,
     filebin,
     firmware,
     groups,
     grouptasks,
     health,
+    notifications,
     pki,
     rollouts,
     tasks,
@@ -79,6 +81,8 @@ def create_app(container: Container, *, run_messaging: bool = False) -> FastAPI:
         firmware,
         grouptasks,
         rollouts,
+        events,
+        notifications,
     ):
         for name in ("compat", "router", "extra"):
             r = getattr(module, name, None)

@@ -51,7 +51,9 @@ def run(work: Callable[[Container], Awaitable[T]], *, migrate: bool | None = Non
         container = build(settings)
         try:
             await prepare_schema(container, migrate=migrate)
-            return await work(container)
+            result = await work(container)
+            await container.events.flush()  # what the command did (registrations, …)
+            return result
         finally:
             await container.close()
 

@@ -7,11 +7,12 @@ import errno
 import json
 import socket
 import sys
+from types import FrameType
 
 import typer
 
 from edgefleet import __version__
-from edgefleet.cli import broker, devices, groups, simulate, tokens, users
+from edgefleet.cli import broker, devices, events, groups, simulate, tokens, users
 from edgefleet.cli.common import err_console, load_settings, run
 from edgefleet.db.migrate import upgrade
 from edgefleet.errors import EdgefleetError
@@ -27,6 +28,7 @@ app.add_typer(users.app, name="users")
 app.add_typer(tokens.app, name="tokens")
 app.add_typer(devices.app, name="devices")
 app.add_typer(groups.app, name="groups")
+app.add_typer(events.app, name="events")
 app.add_typer(broker.app, name="broker-config")
 app.command("simulate")(simulate.simulate)
 
@@ -114,7 +116,17 @@ def serve(
                 proxy_headers=True,
                 server_header=False,
             )
-            await uvicorn.Server(config).serve()
+            loop = asyncio.get_running_loop()
+
+            class _Server(uvicorn.Server):
+                """uvicorn waits for open responses before the app's shutdown runs: end the
+                live event streams (clients resume with Last-Event-ID) when asked to exit."""
+
+                def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+                    loop.call_soon_threadsafe(container.event_log.feed.end_streams)
+                    super().handle_exit(sig, frame)
+
+            await _Server(config).serve()
         finally:
             await container.close()
 

@@ -340,3 +340,100 @@ class Firmware(Base):
     notes: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime]
     created_by: Mapped[str] = mapped_column(String(254), default="")
+
+
+class Event(Base):
+    """One event: a gateway's report, its status, or something the server did (see
+    domain/events.py). An event with a ``severity`` is an alarm, acknowledged and cleared
+    here. ``key`` de-duplicates: a redelivered or rewritten event is stored once."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        Index("ix_events_device_id", "device_uuid", "id"),
+        Index("ix_events_type_id", "type", "id"),
+        Index("uq_events_key", "key", unique=True),
+        Index(
+            "ix_events_open_alarms",
+            "device_uuid",
+            postgresql_where=text("severity IS NOT NULL AND cleared_at IS NULL"),
+            sqlite_where=text("severity IS NOT NULL AND cleared_at IS NULL"),
+        ),
+        # ids only grow, even after retention emptied the table: stream cursors rely on it
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[datetime] = mapped_column(index=True)
+    type: Mapped[str] = mapped_column(String(32))
+    device_uuid: Mapped[str | None] = mapped_column(String(36))
+    """No foreign key: a deleted gateway's history stays."""
+    resource: Mapped[str] = mapped_column(String(255), default="")
+    text: Mapped[str] = mapped_column(String(500), default="")
+    data: Mapped[Any] = mapped_column(JSON, nullable=True)
+    severity: Mapped[str | None] = mapped_column(String(16))
+    key: Mapped[str] = mapped_column(String(72))
+    acked_at: Mapped[datetime | None]
+    acked_by: Mapped[str | None] = mapped_column(String(254))
+    cleared_at: Mapped[datetime | None]
+    cleared_by: Mapped[str | None] = mapped_column(String(254))
+
+
+class Notification(Base):
+    """A webhook subscription (the original's ``/notifications``): one event type, one
+    endpoint. ``secret_sealed`` signs deliveries; sealed by the server key."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        Index("uq_notifications_type_endpoint", "event_type", "endpoint", unique=True),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    event_type: Mapped[str] = mapped_column(String(32))
+    protocol: Mapped[str] = mapped_column(String(8))
+    endpoint: Mapped[str] = mapped_column(String(2048))
+    status: Mapped[str] = mapped_column(String(32))
+    secret_sealed: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(254), default="")
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    confirmed_at: Mapped[datetime | None]
+
+
+class WebhookDelivery(Base):
+    """One event to send to one subscription; its body is fixed when it is queued."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_state_next", "state", "next_at"),
+        Index("ix_webhook_deliveries_notification_id", "notification_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    notification_id: Mapped[int] = mapped_column(ForeignKey("notifications.id", ondelete="CASCADE"))
+    event_id: Mapped[int] = mapped_column(BigInteger)
+    event_type: Mapped[str] = mapped_column(String(32))
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_at: Mapped[datetime | None]
+    last_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str] = mapped_column(String(500), default="")
+    created_at: Mapped[datetime] = mapped_column(index=True)
+    delivered_at: Mapped[datetime | None]
+
+
+class DeliveryAttempt(Base):
+    """Every attempt to deliver a webhook: when, what came back, how long it took."""
+
+    __tablename__ = "delivery_attempts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime]
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str] = mapped_column(String(500), default="")
+    duration_ms: Mapped[float] = mapped_column(Float, default=0.0)

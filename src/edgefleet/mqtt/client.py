@@ -4,6 +4,13 @@ aiomqtt 2.x does not reconnect by itself; ``BrokerLink.run`` does, with jittered
 backoff, and re-subscribes each time. Messages are handed to one callback, one at a time per
 connection (MQTT keeps per-topic order). Publishing while disconnected raises
 ``TransportError`` at once rather than queueing without bound.
+
+Inbound QoS 1 messages are acknowledged by hand: each comes with a ``Receipt``; the PUBACK
+goes out when the handler returns, or, if the handler ``defer``-red it (an event waiting to be
+stored), when whoever took it settles it. PUBACKs leave in the order the messages came (MQTT
+asks it of QoS 1). The session is persistent, so what was not acknowledged when the
+connection dropped, or the server died, is delivered again (with ``dup`` set); a receipt of a
+dead connection acknowledges nothing (its packet ids mean nothing to the next one).
 """
 
 from __future__ import annotations
@@ -11,9 +18,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as paho
 
 from edgefleet.errors import TransportError
 
@@ -24,8 +34,80 @@ MAX_INFLIGHT = 1000
 MAX_QUEUED = 20_000
 """Publishes paho holds beyond the in-flight window before refusing more."""
 
-Handler = Callable[[str, bytes, bool], Awaitable[None]]
-"""``(topic, payload, retained)``."""
+
+class Receipt:
+    """One inbound message's delivery: acknowledged once settled (QoS 0: nothing to do)."""
+
+    __slots__ = ("_window", "deferred", "dup", "mid", "settled")
+
+    def __init__(self, window: AckWindow | None, mid: int, dup: bool) -> None:
+        self._window = window
+        self.mid = mid
+        self.dup = dup
+        self.deferred = False
+        self.settled = window is None
+
+    def defer(self) -> None:
+        """Someone else settles this receipt later (when what it carried is stored)."""
+        self.deferred = True
+
+    def settle(self) -> None:
+        if not self.settled:
+            self.settled = True
+            if self._window is not None:
+                self._window.flush()
+
+
+class AckWindow:
+    """The unacknowledged QoS 1 messages of one connection, in arrival order."""
+
+    def __init__(self, ack: Callable[[int], Any]) -> None:
+        self._ack = ack
+        self._pending: deque[Receipt] = deque()
+        self.alive = True
+
+    def receipt(self, mid: int, dup: bool) -> Receipt:
+        r = Receipt(self, mid, dup)
+        self._pending.append(r)
+        return r
+
+    def flush(self) -> None:
+        pending = self._pending
+        while pending and pending[0].settled:
+            r = pending.popleft()
+            if self.alive:
+                self._ack(r.mid)
+
+    def close(self) -> None:
+        """The connection is gone: acknowledge nothing more."""
+        self.alive = False
+        self._pending.clear()
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+
+class _AckingClient(aiomqtt.Client):
+    """aiomqtt's client with paho's manual acknowledgement on, and each message's ``dup``
+    flag kept (aiomqtt's Message has none) until the consumer takes the message."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._client.manual_ack_set(True)
+        self.dups: dict[int, bool] = {}
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        if message.qos:
+            self.dups[message.mid] = bool(message.dup)
+        super()._on_message(client, userdata, message)
+
+    def ack(self, mid: int) -> None:
+        self._client.ack(mid, 1)
+
+
+Handler = Callable[[str, bytes, bool, Receipt], Awaitable[None]]
+"""``(topic, payload, retained, receipt)``: the message is acknowledged when the handler
+returns, unless it called ``receipt.defer()``."""
 
 
 class BrokerLink:
@@ -56,6 +138,8 @@ class BrokerLink:
         self.connected = asyncio.Event()
         self._client: aiomqtt.Client | None = None
         self.connects = 0
+        self.window: AckWindow | None = None
+        """The current connection's unacknowledged messages."""
 
     async def run(self) -> None:
         """Stay connected until cancelled."""
@@ -75,7 +159,7 @@ class BrokerLink:
             delay = min(delay * 2, self.max_backoff)
 
     async def _session(self) -> None:
-        async with aiomqtt.Client(
+        async with _AckingClient(
             self.host,
             self.port,
             username=self.username,
@@ -97,12 +181,24 @@ class BrokerLink:
             log.info("connected to broker %s:%d as %s", self.host, self.port, self.client_id)
             if self.on_connect is not None:
                 self.on_connect()
-            async for message in client.messages:
-                payload = message.payload if isinstance(message.payload, bytes) else b""
-                try:
-                    await self.handler(message.topic.value, payload, message.retain)
-                except Exception:  # a handler bug must not drop the connection
-                    log.exception("handler failed on %s", message.topic.value)
+            window = AckWindow(client.ack)
+            self.window = window
+            try:
+                async for message in client.messages:
+                    payload = message.payload if isinstance(message.payload, bytes) else b""
+                    if message.qos:
+                        receipt = window.receipt(message.mid, client.dups.pop(message.mid, False))
+                    else:
+                        receipt = Receipt(None, 0, False)
+                    try:
+                        await self.handler(message.topic.value, payload, message.retain, receipt)
+                    except Exception:  # a handler bug must not drop the connection
+                        log.exception("handler failed on %s", message.topic.value)
+                        receipt.deferred = False
+                    if not receipt.deferred:
+                        receipt.settle()
+            finally:
+                window.close()
 
     async def publish(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False

@@ -12,6 +12,7 @@ response can be handed back to API callers as the gateway sent it.
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -65,9 +66,17 @@ class EventMessage(_Wire):
 
     code: int | None = None
     data: Any = None
+    event_id: str | None = Field(default=None, min_length=1, max_length=64)
+    """edgefleet's extension: a gateway-made id (unique per gateway) by which the server
+    stores a redelivered event once. ThingsPro gateways send none."""
 
 
 ClientMessage = ResponseMessage | EventMessage
+
+
+def new_event_id() -> str:
+    """An ``event_id`` for a gateway's event."""
+    return uuid.uuid4().hex
 
 
 def encode(message: BaseModel) -> bytes:
@@ -75,6 +84,8 @@ def encode(message: BaseModel) -> bytes:
     body = message.model_dump(mode="json")
     if isinstance(message, RequestMessage) and body.get("data") is None:
         body.pop("data", None)
+    if isinstance(message, EventMessage) and body.get("event_id") is None:
+        body.pop("event_id", None)
     return json.dumps(body, separators=(",", ":")).encode()
 
 

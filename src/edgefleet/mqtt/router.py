@@ -10,10 +10,13 @@ from typing import Any, Protocol
 
 from prometheus_client import Counter
 
+from edgefleet.domain.events import status_event
 from edgefleet.errors import EdgefleetError, MessageError
 from edgefleet.mqtt import topics
+from edgefleet.mqtt.client import Receipt
 from edgefleet.mqtt.messages import EventMessage, ResponseMessage, decode_client, decode_status
 from edgefleet.mqtt.relay import GatewayRelay
+from edgefleet.services.events import EventService
 from edgefleet.services.presence import PresenceService
 
 log = logging.getLogger(__name__)
@@ -79,6 +82,9 @@ class InboundRouter:
         self.reconciled = asyncio.Event()
         self.tasks: TaskSink | None = None
         """Set by the composition root once the task engine exists."""
+        self.events: EventService | None = None
+        """Set by the composition root: gateway events and status changes are stored there
+        (and their MQTT deliveries acknowledged once stored)."""
 
     def connected(self) -> None:
         """The broker link (re)connected and subscribed: reconcile presence shortly."""
@@ -131,9 +137,13 @@ class InboundRouter:
         if device_uuid in self._said_online:
             return True
         self.presence.apply_status(device_uuid, answered)
+        if not answered and self.events is not None:
+            self.events.emit(status_event(device_uuid, False, self.events.clock()))
         return answered
 
-    async def __call__(self, topic: str, payload: bytes, retained: bool) -> None:
+    async def __call__(
+        self, topic: str, payload: bytes, retained: bool, receipt: Receipt | None = None
+    ) -> None:
         try:
             device_uuid, channel = topics.parse(topic)
             if channel is topics.Channel.STATUS:
@@ -146,12 +156,15 @@ class InboundRouter:
                     self._said_online.discard(device_uuid)
                     self.presence.apply_status(device_uuid, False)
                 # a retained "0" may be stale: the reconciliation probes that gateway
-                if online and not retained:
-                    self._refresh(device_uuid)
-                    if self.tasks is not None:
-                        self.tasks.online(device_uuid)
+                if not retained:
+                    if online:
+                        self._refresh(device_uuid)
+                        if self.tasks is not None:
+                            self.tasks.online(device_uuid)
+                    if self.events is not None:
+                        await self.events.status(device_uuid, online, receipt)
             elif channel is topics.Channel.CLIENT:
-                await self._client_message(device_uuid, payload)
+                await self._client_message(device_uuid, payload, receipt)
             else:
                 INBOUND.labels(channel.value, "ignored").inc()
                 return
@@ -161,7 +174,9 @@ class InboundRouter:
             return
         INBOUND.labels(channel.value, "accepted").inc()
 
-    async def _client_message(self, device_uuid: str, payload: bytes) -> None:
+    async def _client_message(
+        self, device_uuid: str, payload: bytes, receipt: Receipt | None
+    ) -> None:
         message = decode_client(payload)
         if isinstance(message, ResponseMessage):
             if self._refresh_ids.pop(message.task_id, None) == device_uuid:
@@ -181,6 +196,17 @@ class InboundRouter:
         )
         if change is None and self.tasks is not None:
             self.tasks.event(device_uuid, message)
+        if self.events is not None:
+            await self.events.gateway_event(
+                device_uuid,
+                message.method,
+                message.resource,
+                message.code,
+                message.data,
+                event_id=message.event_id,
+                payload=payload,
+                receipt=receipt,
+            )
 
     def _refresh(self, device_uuid: str) -> None:
         task = asyncio.create_task(

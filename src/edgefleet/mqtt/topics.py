@@ -54,3 +54,12 @@ def shared(group: str, topic_filter: str) -> str:
 
 SERVER_SUBSCRIPTIONS = (all_devices(Channel.CLIENT), all_devices(Channel.STATUS))
 """What the server listens to."""
+
+
+def server_subscriptions(shared_group: str = "") -> list[str]:
+    """The server's subscriptions; as shared ones when its instances split the stream.
+
+    Mosquitto 2.0.11 accepts ``$share/…/$ThingsPro/…`` but delivers nothing to it (it
+    keeps ``$`` topics out of shared subscriptions; checked with mosquitto_sub): with
+    Mosquitto, leave ``shared_group`` empty."""
+    return [shared(shared_group, s) if shared_group else s for s in SERVER_SUBSCRIPTIONS]

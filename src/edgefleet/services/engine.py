@@ -20,7 +20,7 @@ import logging
 import socket
 import uuid as uuidlib
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -164,6 +164,27 @@ class TaskEngine:
         self._idle.set()
         self.dispatched = 0
         self._housekept = float("-inf")
+        self.history_observers: list[Callable[[Sequence[HistoryRow]], None]] = []
+        """Told every committed batch of execution state changes (the event service)."""
+        self.task_observers: list[Callable[[Task], None]] = []
+        """Told every committed change of a task's own state."""
+
+    def task_changed(self, task: Task) -> None:
+        """A task's own state changed (created, paused, resumed, rerun: the task service)."""
+        self._announce((), [task])
+
+    def _announce(self, history: Sequence[HistoryRow], tasks: Sequence[Task] = ()) -> None:
+        for observe in self.history_observers if history else ():
+            try:
+                observe(history)
+            except Exception:  # an observer's bug must not stop the engine
+                log.exception("history observer failed")
+        for task in tasks:
+            for observe_task in self.task_observers:
+                try:
+                    observe_task(task)
+                except Exception:
+                    log.exception("task observer failed")
 
     # --- inbound (called by the MQTT router) ------------------------------------------------
 
@@ -250,10 +271,10 @@ class TaskEngine:
             repo = TaskRepo(s)
             await repo.start_due_tasks(now)
             expired = await repo.expire(now)
-            await repo.add_history(
-                [HistoryRow(i, now, TaskState.FAILURE.value, "expired") for i, _ in expired]
-            )
+            history = [HistoryRow(i, now, TaskState.FAILURE.value, "expired") for i, _ in expired]
+            await repo.add_history(history)
             await repo.finish_relays(sorted({t for _, t in expired}), now)
+        self._announce(history)
         while await self._time_out(now):
             pass
         await self._progress_tasks(now)
@@ -290,6 +311,7 @@ class TaskEngine:
             await repo.save(changes)
             await repo.add_history(history)
             await repo.finish_relays(sorted(relays), now)
+        self._announce(history)
         return len(rows) >= self.batch
 
     async def _progress_tasks(self, now: datetime) -> None:
@@ -369,6 +391,7 @@ class TaskEngine:
                 locked.finished_at = now
                 locked.updated_at = now
             log.info("task %s finished: %s", task.uuid, locked.state)
+            self._announce((), [locked])
 
     # --- control (called by the task service) -----------------------------------------------
 
@@ -391,13 +414,15 @@ class TaskEngine:
                     if sent is not None:
                         cancels.append((device, sent))
             await repo.add_history(history)
-            if task.state in (TaskState.PENDING, TaskState.RUNNING, TaskState.PAUSED):
+            changed = task.state in (TaskState.PENDING, TaskState.RUNNING, TaskState.PAUSED)
+            if changed:
                 task.state = (TaskState.REVOKED if revoke else TaskState.ABORTED).value
                 task.revoked = task.revoked or revoke
                 task.detail = detail[:500]
                 task.finished_at = now
                 task.updated_at = now
         log.info("task %s: %s", task.uuid, detail)
+        self._announce(history, [task] if changed else [])
         if cancels:
             await asyncio.gather(
                 *(self._send_cancel(device, message_id) for device, message_id in cancels)
@@ -493,9 +518,9 @@ class TaskEngine:
                     for c in claimed
                 ]
             )
-            await repo.add_history(
-                [HistoryRow(c.id, now, failed, reasons[c.task_id]) for c in claimed]
-            )
+            history = [HistoryRow(c.id, now, failed, reasons[c.task_id]) for c in claimed]
+            await repo.add_history(history)
+        self._announce(history)
         for task_id, reason in reasons.items():
             log.warning("task %d cannot be sent: %s", task_id, reason)
             await self.abort(task_id, f"aborted: {reason}")
@@ -597,6 +622,7 @@ class TaskEngine:
             await repo.save(changes)
             await repo.add_history(history)
             await repo.finish_relays(sorted(relays), self.clock())
+        self._announce(history)
         if woke:
             self._wake.set()
 

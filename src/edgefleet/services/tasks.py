@@ -217,6 +217,7 @@ class TaskService:
                 for d, w in zip(devices, waves, strict=True)
             ]
             await TaskRepo(s).add(task, rows)
+        self.engine.task_changed(task)
         self.engine.wake()
         return TaskView(task, {(0, TaskState.PENDING.value): len(rows)} if rows else {})
 
@@ -369,6 +370,7 @@ class TaskService:
                 raise ConflictError(f"task {task_uuid} is {task.state}, not {was.value}")
             task.state = now_.value
             task.updated_at = self.clock()
+        self.engine.task_changed(task)
         return await self.get(task_uuid)
 
     async def rerun_failed(
@@ -402,5 +404,6 @@ class TaskService:
                         f"group {task.group_id} already has an unfinished task"
                     ) from exc
                 raise
+        self.engine.task_changed(task)
         self.engine.wake()
         return await self.get(task_uuid)

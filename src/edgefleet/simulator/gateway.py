@@ -44,6 +44,7 @@ from edgefleet.mqtt.messages import (
     ResponseMessage,
     decode_request,
     encode,
+    new_event_id,
 )
 from edgefleet.mqtt.psk import psk_client_context
 
@@ -538,7 +539,9 @@ class VirtualGateway:
 
     async def _report(self, method: str, resource: str, data: Any, code: int = 200) -> None:
         """An event of a job: published now, or kept for the next connection."""
-        event = EventMessage(method=method, resource=resource, data=data, code=code)
+        event = EventMessage(
+            method=method, resource=resource, data=data, code=code, event_id=new_event_id()
+        )
         payload = encode(event)
         client = self._client
         if client is not None:
@@ -558,7 +561,9 @@ class VirtualGateway:
         if method == "put" and resource.startswith(prefix):  # its own state changes first
             value = data["data"] if isinstance(data, dict) and set(data) == {"data"} else data
             self.properties[resource[len(prefix) :]] = value
-        event = EventMessage(method=method, resource=resource, data=data, code=code)
+        event = EventMessage(
+            method=method, resource=resource, data=data, code=code, event_id=new_event_id()
+        )
         await self._client.publish(self._topic(topics.Channel.CLIENT), encode(event), qos=1)
 
     async def go_offline(self) -> None:

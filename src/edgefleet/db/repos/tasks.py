@@ -163,6 +163,19 @@ class TaskRepo:
     async def execution(self, uuid: str) -> Execution | None:
         return (await self.s.scalars(select(Execution).where(Execution.uuid == uuid))).first()
 
+    async def execution_subjects(self, ids: Sequence[int]) -> dict[int, tuple[str, str, Task]]:
+        """``{execution id: (execution uuid, device uuid, task)}`` of these executions."""
+        found: dict[int, tuple[str, str, Task]] = {}
+        for start in range(0, len(ids), 1000):
+            q = (
+                select(Execution.id, Execution.uuid, Execution.device_uuid, Task)
+                .join(Task, Task.id == Execution.task_id)
+                .where(Execution.id.in_(list(ids[start : start + 1000])))
+            )
+            for eid, euuid, device, task in await self.s.execute(q):
+                found[eid] = (euuid, device, task)
+        return found
+
     async def history(self, execution_id: int) -> list[ExecutionEvent]:
         rows = await self.s.scalars(
             select(ExecutionEvent)

@@ -1,0 +1,624 @@
+"""Webhook notifications end to end, on SQLite and PostgreSQL: the REST API (shapes checked
+against the ThingsPro v2.5 spec), confirmation, signed deliveries to real HTTP receivers on
+127.0.0.1, retries, failure, a hanging receiver, deletion, permissions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request, Response
+from sqlalchemy import func, select, update
+
+from edgefleet.api.app import create_app
+from edgefleet.bootstrap import Container, build
+from edgefleet.db.engine import Database
+from edgefleet.db.tables import DeliveryAttempt, WebhookDelivery
+from edgefleet.domain.auth import Role, Scope
+from edgefleet.domain.events import EventType, NewEvent
+from edgefleet.domain.webhooks import verify
+from edgefleet.settings import EventSettings, Settings
+from tests import spec
+from tests.conftest import Caller, Callers
+from tests.gateways import eventually
+from tests.httpserver import bound_socket, serving
+
+# --- a real HTTP receiver -----------------------------------------------------------------
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    raw: bytes
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return dict(json.loads(self.raw))
+
+    @property
+    def delivery(self) -> str:
+        return self.headers["x-edgefleet-delivery"]
+
+
+@dataclass
+class Receiver:
+    """An HTTP endpoint that records every request; answers ``status``, or holds requests
+    open while ``hang`` is set (until the receiver stops)."""
+
+    url: str = ""
+    status: int = 200
+    hang: bool = False
+    delay: float = 0.0
+    requests: list[Received] = field(default_factory=list)
+    open: int = 0
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def events(self) -> list[Received]:
+        """The event deliveries received (not the confirmations)."""
+        return [r for r in self.requests if r.body.get("type") == "event"]
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.post("/{path:path}")
+        async def receive(path: str, request: Request) -> Response:
+            self.requests.append(Received(path, dict(request.headers), await request.body()))
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            if self.hang:
+                self.open += 1
+                try:
+                    await self.release.wait()
+                finally:
+                    self.open -= 1
+            return Response(status_code=self.status)
+
+        return app
+
+
+@asynccontextmanager
+async def receiving() -> AsyncIterator[Receiver]:
+    receiver = Receiver()
+    sock = bound_socket()
+    try:
+        async with serving(receiver.app(), sock) as base:
+            receiver.url = base
+            try:
+                yield receiver
+            finally:
+                receiver.release.set()
+    finally:
+        sock.close()
+
+
+# --- the server -----------------------------------------------------------------------------
+
+
+@dataclass
+class Env:
+    c: Container
+    api: httpx.AsyncClient
+    writer: Caller
+
+    @property
+    def h(self) -> dict[str, str]:
+        return self.writer.headers
+
+    async def subscribe(
+        self, receiver: Receiver, kind: str = "device_online", path: str = "/hook"
+    ) -> dict[str, Any]:
+        body = {"eventType": kind, "protocol": "http", "endpoint": receiver.url + path}
+        r = await self.api.post("/api/v1/notifications", headers=self.h, json=body)
+        assert r.status_code == 200, r.text
+        [got] = r.json()
+        return dict(got)
+
+    async def emit(self, kind: EventType, n: int = 1, device: str = "dev-1") -> None:
+        for i in range(n):
+            self.c.events.emit(
+                NewEvent(
+                    type=kind,
+                    at=datetime.now(UTC),
+                    device_uuid=device,
+                    resource="/status",
+                    text=f"{kind.value} {i}",
+                    data={"i": i},
+                )
+            )
+        await asyncio.wait_for(self.c.events.drained(), 20)
+
+    async def deliveries(self, uuid: str) -> list[dict[str, Any]]:
+        r = await self.api.get(f"/api/v1/notifications/{uuid}/deliveries", headers=self.h)
+        assert r.status_code == 200, r.text
+        return list(r.json())
+
+    async def count(self, table: type[WebhookDelivery] | type[DeliveryAttempt]) -> int:
+        async with self.c.db.session() as s:
+            return int(await s.scalar(select(func.count()).select_from(table)) or 0)
+
+
+FAST = EventSettings(
+    batch_delay=0,
+    webhook_timeout_seconds=5,
+    webhook_max_attempts=3,
+    webhook_backoff_seconds=0.05,
+    webhook_concurrency=8,
+)
+
+
+@asynccontextmanager
+async def running(
+    settings: Settings, database: Database, events: EventSettings = FAST
+) -> AsyncIterator[Env]:
+    """A server with its event writer and webhook dispatcher running."""
+    settings.events = events
+    c = build(settings, db=database)
+    tasks = [
+        asyncio.create_task(c.events.run(), name="test-event-writer"),
+        asyncio.create_task(c.notifications.run(), name="test-webhook-dispatcher"),
+    ]
+    try:
+        transport = httpx.ASGITransport(app=create_app(c))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as api:
+            writer = await Callers(c).token(Role.OPERATOR, Scope.READ_WRITE)
+            yield Env(c, api, writer)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@pytest.fixture
+async def env(settings: Settings, database: Database) -> AsyncIterator[Env]:
+    async with running(settings, database) as e:
+        yield e
+
+
+def _problem(r: httpx.Response, status: int) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    body = dict(r.json())
+    assert body["status"] == status and body["detail"]
+    return body
+
+
+# --- the API --------------------------------------------------------------------------------
+
+
+async def test_shapes_follow_the_spec_when_listed_created_and_deleted(env: Env) -> None:
+    async with receiving() as receiver:
+        body = {"eventType": "device_online", "protocol": "http", "endpoint": receiver.url + "/a"}
+        schema = spec.body_schema("post", "/notifications")
+        assert schema is not None
+        spec.validate(body, schema)
+        r = await env.api.post("/api/v1/notifications", headers=env.h, json=body)
+        assert r.status_code == 200, r.text
+        spec.validate(r.json(), spec.response_schema("post", "/notifications"))
+        [created] = r.json()
+        assert created["status"] == "Ready" and created["eventType"] == "device_online"
+        assert created["endpoint"] == body["endpoint"] and created["protocol"] == "http"
+        assert created["confirmation"] == {"statusCode": 200, "error": ""}
+        assert created["secret"]
+        other = await env.subscribe(receiver, "job_update", "/b")
+
+        r = await env.api.get("/api/v1/notifications", headers=env.h)
+        assert r.status_code == 200
+        spec.validate(r.json(), spec.response_schema("get", "/notifications"))
+        assert [n["uuid"] for n in r.json()] == [created["uuid"], other["uuid"]]
+        assert all("secret" not in n for n in r.json())
+
+        r = await env.api.get("/api/v1/notifications/support", headers=env.h)
+        assert r.status_code == 200
+        spec.validate(r.json(), spec.response_schema("get", "/notifications/support"))
+        spec.validate(r.json(), {"$ref": "#/definitions/SupportList"})
+        assert r.json() == {
+            "event": [
+                {"displayName": "Device online", "eventType": "device_online"},
+                {"displayName": "Device offline", "eventType": "device_offline"},
+                {"displayName": "Job update", "eventType": "job_update"},
+                {"displayName": "Property update", "eventType": "property_update"},
+            ],
+            "protocol": [
+                {"displayName": "HTTP", "id": "http"},
+                {"displayName": "HTTPS", "id": "https"},
+            ],
+        }
+
+        r = await env.api.get(f"/api/v1/notifications/{created['uuid']}", headers=env.h)
+        assert r.status_code == 200
+        spec.validate(r.json(), {"$ref": "#/definitions/Notification"})
+        assert r.json()["deliveries"] == {"pending": 0, "delivered": 0, "failed": 0}
+        assert r.json()["confirmedAt"] and r.json()["createdBy"] == env.writer.email
+
+        r = await env.api.delete(f"/api/v1/notifications/{created['uuid']}", headers=env.h)
+        assert r.status_code == 204
+        r = await env.api.delete(f"/api/v1/notifications/{created['uuid']}", headers=env.h)
+        _problem(r, 404)
+        uuids = [other["uuid"]]
+        schema = spec.body_schema("delete", "/notifications")
+        assert schema is not None
+        spec.validate(uuids, schema)
+        r = await env.api.request("DELETE", "/api/v1/notifications", headers=env.h, json=uuids)
+        assert r.status_code == 200 and r.json() == uuids
+        assert (await env.api.get("/api/v1/notifications", headers=env.h)).json() == []
+
+
+async def test_subscription_waits_for_confirmation_when_endpoint_fails_and_posting_again_confirms(
+    env: Env,
+) -> None:
+    async with receiving() as receiver:
+        receiver.status = 500
+        first = await env.subscribe(receiver)
+        assert first["status"] == "Pending Confirmation"
+        assert first["confirmation"] == {"statusCode": 500, "error": ""}
+        secret = first["secret"]
+        [confirm] = receiver.requests
+        assert confirm.headers["x-edgefleet-event"] == "subscription_confirmation"
+        assert confirm.body["type"] == "subscription_confirmation"
+        assert confirm.body["id"] == confirm.delivery
+        assert {k: confirm.body["notification"][k] for k in ("uuid", "eventType", "endpoint")} == {
+            "uuid": first["uuid"],
+            "eventType": "device_online",
+            "endpoint": receiver.url + "/hook",
+        }
+        signature = confirm.headers["x-edgefleet-signature"]
+        assert verify(secret, confirm.raw, signature, now=int(time.time()))
+
+        await env.emit(EventType.DEVICE_ONLINE)  # not Ready: nothing queued
+        assert await env.count(WebhookDelivery) == 0
+
+        receiver.status = 204
+        again = await env.subscribe(receiver)
+        assert again["uuid"] == first["uuid"] and again["status"] == "Ready"
+        assert "secret" not in again  # shown once, when created
+        assert len(receiver.requests) == 2
+        retry = receiver.requests[1]
+        assert verify(
+            secret, retry.raw, retry.headers["x-edgefleet-signature"], now=int(time.time())
+        )
+        listed = (await env.api.get("/api/v1/notifications", headers=env.h)).json()
+        assert [(n["uuid"], n["status"]) for n in listed] == [(first["uuid"], "Ready")]
+
+    # nothing listens there any more: a connection error, not a status
+    gone = await env.subscribe(receiver, "device_offline")
+    assert gone["status"] == "Pending Confirmation"
+    assert gone["confirmation"]["statusCode"] is None and gone["confirmation"]["error"]
+
+
+async def test_deliveries_are_signed_with_the_secret_given_at_creation(env: Env) -> None:
+    async with receiving() as receiver:
+        sub = await env.subscribe(receiver)
+        secret = sub["secret"]
+        await env.emit(EventType.DEVICE_ONLINE, 3)
+        await env.emit(EventType.DEVICE_OFFLINE)  # another type: not for this subscription
+        await eventually(lambda: _at_least(receiver, 3))
+        got = receiver.events()
+        assert len(got) == 3
+        now = int(time.time())
+        for req in got:
+            assert verify(secret, req.raw, req.headers["x-edgefleet-signature"], now=now)
+            assert not verify("whsec_wrong", req.raw, req.headers["x-edgefleet-signature"], now=now)
+            assert req.headers["content-type"] == "application/json"
+            assert req.headers["x-edgefleet-event"] == "device_online"
+            assert req.path == "hook"
+            body = req.body
+            assert body["id"] == req.delivery and body["notification"] == sub["uuid"]
+            assert body["eventType"] == "device_online" and body["deviceUUID"] == "dev-1"
+            assert body["resource"] == "/status" and body["time"].endswith("Z")
+        assert sorted(r.body["data"]["i"] for r in got) == [0, 1, 2]
+        assert len({r.body["eventId"] for r in got}) == 3
+
+        async def recorded() -> bool:
+            views = await env.deliveries(sub["uuid"])
+            return len(views) == 3 and all(v["state"] == "delivered" for v in views)
+
+        await eventually(recorded)
+        views = await env.deliveries(sub["uuid"])
+        assert {v["uuid"] for v in views} == {r.delivery for r in got}
+        for v in views:
+            assert v["attempts"] == 1 and v["lastCode"] == 200 and v["lastError"] == ""
+            assert v["deliveredAt"] and v["nextAt"] is None
+            [attempt] = v["history"]
+            assert attempt["statusCode"] == 200 and attempt["durationMs"] >= 0
+        seqs = [v["seq"] for v in views]
+        assert seqs == sorted(seqs, reverse=True)
+        r = await env.api.get(
+            f"/api/v1/notifications/{sub['uuid']}/deliveries",
+            headers=env.h,
+            params={"limit": 1, "before": seqs[0]},
+        )
+        assert [v["seq"] for v in r.json()] == [seqs[1]]
+
+        r = await env.api.post(f"/api/v1/notifications/{sub['uuid']}/secret", headers=env.h)
+        assert r.status_code == 200
+        rotated = r.json()["secret"]
+        assert rotated != secret and r.json()["uuid"] == sub["uuid"]
+        await env.emit(EventType.DEVICE_ONLINE)
+        await eventually(lambda: _at_least(receiver, 4))
+        last = receiver.events()[-1]
+        signature = last.headers["x-edgefleet-signature"]
+        assert verify(rotated, last.raw, signature, now=int(time.time()))
+        assert not verify(secret, last.raw, signature, now=int(time.time()))
+
+
+async def _at_least(receiver: Receiver, n: int) -> bool:
+    return len(receiver.events()) >= n
+
+
+async def test_failing_receiver_is_retried_until_it_recovers(
+    settings: Settings, database: Database
+) -> None:
+    events = FAST.model_copy(update={"webhook_max_attempts": 50})
+    async with running(settings, database, events) as env, receiving() as receiver:
+        sub = await env.subscribe(receiver)
+        receiver.status = 503
+        await env.emit(EventType.DEVICE_ONLINE)
+        await eventually(lambda: _at_least(receiver, 2))
+        receiver.status = 200
+
+        async def delivered() -> bool:
+            views = await env.deliveries(sub["uuid"])
+            return bool(views) and views[0]["state"] == "delivered"
+
+        await eventually(delivered)
+        [view] = await env.deliveries(sub["uuid"])
+        sent = receiver.events()
+        assert len({r.delivery for r in sent}) == 1  # one delivery, sent again and again
+        assert len({r.raw for r in sent}) == 1  # the same body each time
+        assert view["attempts"] == len(view["history"]) == len(sent) >= 3
+        assert [a["statusCode"] for a in view["history"]] == [503] * (len(sent) - 1) + [200]
+        assert view["lastCode"] == 200
+
+
+async def test_delivery_fails_after_the_last_attempt(env: Env) -> None:
+    async with receiving() as receiver:
+        sub = await env.subscribe(receiver)
+        receiver.status = 500
+        async with receiving() as vanishing:
+            gone = await env.subscribe(vanishing, "device_offline")
+        await env.emit(EventType.DEVICE_ONLINE)
+        await env.emit(EventType.DEVICE_OFFLINE)
+
+        async def failed(uuid: str) -> bool:
+            views = await env.deliveries(uuid)
+            return bool(views) and views[0]["state"] == "failed"
+
+        await eventually(lambda: failed(sub["uuid"]))
+        await eventually(lambda: failed(gone["uuid"]))
+        [view] = await env.deliveries(sub["uuid"])
+        assert view["attempts"] == 3 and len(receiver.events()) == 3
+        assert [a["statusCode"] for a in view["history"]] == [500, 500, 500]
+        assert view["nextAt"] is None and view["deliveredAt"] is None
+        [view] = await env.deliveries(gone["uuid"])
+        assert view["attempts"] == 3 and view["lastCode"] is None and view["lastError"]
+        assert all(a["statusCode"] is None and a["error"] for a in view["history"])
+        r = await env.api.get(f"/api/v1/notifications/{gone['uuid']}", headers=env.h)
+        assert r.json()["deliveries"] == {"pending": 0, "delivered": 0, "failed": 1}
+
+
+async def test_hanging_receiver_does_not_delay_a_healthy_one(
+    settings: Settings, database: Database
+) -> None:
+    # four in flight, one per receiver; a hanging request is given up only after 60 s
+    events = FAST.model_copy(update={"webhook_concurrency": 4, "webhook_timeout_seconds": 60})
+    async with (
+        running(settings, database, events) as env,
+        receiving() as slow,
+        receiving() as healthy,
+    ):
+        await env.subscribe(slow, "device_offline")
+        sub = await env.subscribe(healthy, "device_online")
+        slow.hang = True
+        await env.emit(EventType.DEVICE_OFFLINE, 10, device="dev-slow")  # first in line
+        await env.emit(EventType.DEVICE_ONLINE, 10, device="dev-ok")
+
+        async def healthy_done() -> bool:
+            views = await env.deliveries(sub["uuid"])
+            return len(views) == 10 and all(v["state"] == "delivered" for v in views)
+
+        await eventually(healthy_done)
+        assert len(healthy.events()) == 10
+        assert slow.open == 1 and len(slow.events()) == 1  # its share, still hanging
+        assert env.c.notifications.in_flight == 1
+
+
+async def test_nothing_is_queued_when_no_one_subscribed_to_the_type(env: Env) -> None:
+    await env.emit(EventType.DEVICE_ONLINE, 5)  # no subscriptions at all
+    assert await env.count(WebhookDelivery) == 0
+    async with receiving() as receiver:
+        await env.subscribe(receiver, "device_online")
+        await env.emit(EventType.PROPERTY_UPDATE, 5)
+        await env.emit(EventType.JOB_UPDATE, 5)
+        await env.emit(EventType.GATEWAY_EVENT, 5)
+        assert await env.count(WebhookDelivery) == 0
+        await env.emit(EventType.DEVICE_ONLINE, 2)
+        assert await env.count(WebhookDelivery) == 2
+
+
+async def test_deleting_a_subscription_stops_its_deliveries(env: Env) -> None:
+    async with receiving() as receiver:
+        sub = await env.subscribe(receiver)
+        receiver.status = 500
+        await env.emit(EventType.DEVICE_ONLINE)
+        await eventually(lambda: _at_least(receiver, 1))
+        r = await env.api.delete(f"/api/v1/notifications/{sub['uuid']}", headers=env.h)
+        assert r.status_code == 204
+        # its queue and its attempts are gone with it: nothing is left to send
+        assert await env.count(WebhookDelivery) == 0
+        assert await env.count(DeliveryAttempt) == 0
+        receiver.status = 200
+        await env.emit(EventType.DEVICE_ONLINE, 3)
+        assert await env.count(WebhookDelivery) == 0
+        r = await env.api.get(f"/api/v1/notifications/{sub['uuid']}/deliveries", headers=env.h)
+        _problem(r, 404)
+
+
+async def test_old_finished_deliveries_are_purged_when_past_retention(env: Env) -> None:
+    async with receiving() as receiver:
+        sub = await env.subscribe(receiver)
+        await env.emit(EventType.DEVICE_ONLINE, 3)
+
+        async def delivered() -> bool:
+            views = await env.deliveries(sub["uuid"])
+            return len(views) == 3 and all(v["state"] == "delivered" for v in views)
+
+        await eventually(delivered)
+    async with env.c.db.session() as s:  # one still to be sent, as far as the purge knows
+        first = await s.scalar(select(func.min(WebhookDelivery.id)))
+        await s.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id == first)
+            .values(state="pending", next_at=datetime.now(UTC) + timedelta(days=365))
+        )
+    assert await env.c.notifications.purge() == 0  # nothing is old yet
+    env.c.notifications.clock = lambda: datetime.now(UTC) + timedelta(days=31)
+    assert await env.c.notifications.purge(batch=1) == 2
+    assert await env.count(WebhookDelivery) == 1
+    assert await env.count(DeliveryAttempt) == 1  # the kept one's; the others' went with them
+
+
+async def test_two_dispatchers_never_send_one_delivery_twice(
+    settings: Settings, database: Database
+) -> None:
+    async with running(settings, database) as env, receiving() as receiver:
+        # a second server instance on the same database, with its own writer and dispatcher
+        other = build(settings, db=database)
+        tasks = [
+            asyncio.create_task(other.events.run(), name="test-second-writer"),
+            asyncio.create_task(other.notifications.run(), name="test-second-dispatcher"),
+        ]
+        try:
+            await env.subscribe(receiver)
+            receiver.delay = 0.02  # sends overlap, so both claim while the other is sending
+            for _ in range(6):
+                for c in (env.c, other):
+                    for i in range(5):
+                        c.events.emit(NewEvent(EventType.DEVICE_ONLINE, datetime.now(UTC), f"d{i}"))
+            await asyncio.gather(env.c.events.drained(), other.events.drained())
+
+            async def all_delivered() -> bool:
+                async with env.c.db.session() as s:
+                    n = await s.scalar(
+                        select(func.count())
+                        .select_from(WebhookDelivery)
+                        .where(WebhookDelivery.state == "delivered")
+                    )
+                return n == 60
+
+            await eventually(all_delivered)
+            assert other.notifications.sent > 0 and env.c.notifications.sent > 0
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        sent = [r.delivery for r in receiver.events()]
+        assert len(sent) == len(set(sent)) == 60
+        assert await env.count(DeliveryAttempt) == 60
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b"{not json", "JSON"),
+        (b'["device_online"]', "object"),
+        (b"{}", "eventType is required"),
+        (b'{"eventType": "device_online", "protocol": "http"}', "endpoint is required"),
+        (
+            b'{"eventType": "device_online", "protocol": "smtp", "endpoint": "smtp://x/"}',
+            "protocol",
+        ),
+        (
+            b'{"eventType": "device_online", "protocol": "http", "endpoint": "https://x/"}',
+            "does not match",
+        ),
+        (
+            b'{"eventType": "gateway_event", "protocol": "http", "endpoint": "http://x/"}',
+            "eventType must be one of",
+        ),
+        (b'{"eventType": "device_online", "protocol": "http", "endpoint": "/hook"}', "absolute"),
+    ],
+    ids=["not-json", "array", "empty", "no-endpoint", "smtp", "scheme", "type", "relative"],
+)
+async def test_bad_subscriptions_are_refused_with_a_problem(
+    env: Env, body: bytes, says: str
+) -> None:
+    r = await env.api.post(
+        "/api/v1/notifications",
+        headers={**env.h, "content-type": "application/json"},
+        content=body,
+    )
+    assert says in _problem(r, 400)["detail"]
+    assert await env.count(WebhookDelivery) == 0
+    assert (await env.api.get("/api/v1/notifications", headers=env.h)).json() == []
+
+
+async def test_bad_deletes_are_refused_and_delete_nothing(env: Env) -> None:
+    async with receiving() as receiver:
+        sub = await env.subscribe(receiver)
+    for body in ({"uuid": sub["uuid"]}, [], [1]):
+        r = await env.api.request("DELETE", "/api/v1/notifications", headers=env.h, json=body)
+        _problem(r, 400)
+    r = await env.api.request(
+        "DELETE", "/api/v1/notifications", headers=env.h, json=[sub["uuid"], "no-such"]
+    )
+    assert "no-such" in _problem(r, 404)["detail"]
+    assert len((await env.api.get("/api/v1/notifications", headers=env.h)).json()) == 1
+    for path in ("/no-such", "/no-such/deliveries"):
+        _problem(await env.api.get(f"/api/v1/notifications{path}", headers=env.h), 404)
+    _problem(await env.api.post("/api/v1/notifications/no-such/secret", headers=env.h), 404)
+
+
+async def test_read_only_token_can_read_but_not_change(env: Env) -> None:
+    reader = await Callers(env.c).token(Role.OPERATOR, Scope.READ)
+    async with receiving() as receiver:
+        sub = await env.subscribe(receiver)
+        body = {"eventType": "device_offline", "protocol": "http", "endpoint": receiver.url}
+        r = await env.api.post("/api/v1/notifications", headers=reader.headers, json=body)
+        _problem(r, 403)
+        assert len(receiver.requests) == 1  # the writer's confirmation only
+    uuid = sub["uuid"]
+    for method, path in [
+        ("DELETE", f"/api/v1/notifications/{uuid}"),
+        ("POST", f"/api/v1/notifications/{uuid}/secret"),
+    ]:
+        _problem(await env.api.request(method, path, headers=reader.headers), 403)
+    r = await env.api.request(
+        "DELETE", "/api/v1/notifications", headers=reader.headers, json=[uuid]
+    )
+    _problem(r, 403)
+    for path in ("", "/support", f"/{uuid}", f"/{uuid}/deliveries"):
+        r = await env.api.get(f"/api/v1/notifications{path}", headers=reader.headers)
+        assert r.status_code == 200, (path, r.text)
+    _problem(await env.api.get("/api/v1/notifications"), 401)
+
+
+async def test_messaging_runs_the_dispatcher_when_live(
+    live: Container, live_api: httpx.AsyncClient, live_writer: Caller
+) -> None:
+    """The composition root wires it: hook and listener on the event writer, the dispatcher
+    started with messaging."""
+    async with receiving() as receiver:
+        body = {"eventType": "property_update", "protocol": "http", "endpoint": receiver.url}
+        r = await live_api.post("/api/v1/notifications", headers=live_writer.headers, json=body)
+        assert r.status_code == 200 and r.json()[0]["status"] == "Ready"
+        live.events.emit(
+            NewEvent(EventType.PROPERTY_UPDATE, datetime.now(UTC), "dev-1", "/system/properties")
+        )
+        await eventually(lambda: _at_least(receiver, 1))
+        [got] = receiver.events()
+        assert got.body["eventType"] == "property_update"
+        assert verify(
+            r.json()[0]["secret"],
+            got.raw,
+            got.headers["x-edgefleet-signature"],
+            now=int(time.time()),
+        )
