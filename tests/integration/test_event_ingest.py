@@ -7,6 +7,7 @@ import asyncio
 import json
 import shutil
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,14 @@ from edgefleet.db.migrate import upgrade_async
 from edgefleet.db.tables import Event
 from edgefleet.domain.events import EventType, NewEvent
 from edgefleet.domain.tasks import TaskKind
+from edgefleet.domain.webhooks import verify
 from edgefleet.mqtt import topics
 from edgefleet.services.tasks import TaskSpec
 from edgefleet.settings import EventSettings, MQTTSettings, Settings
 from tests.brokers import free_port
 from tests.gateways import count, eventually, register, start
 from tests.pgserver import start_private_postgres
+from tests.receivers import Receiver, receiving
 
 
 async def _events(db: Database, **where: Any) -> list[Event]:
@@ -349,3 +352,55 @@ async def test_an_instance_with_ingest_off_leaves_gateway_events_to_the_others(
     assert build(settings, db=database).messaging.router.events is None
     settings.events = EventSettings()
     assert build(settings, db=database).messaging.router.events is not None
+
+
+async def test_gateways_events_reach_webhook_receivers_signed_and_a_failing_one_is_retried(
+    settings: Settings, database: Database
+) -> None:
+    """The whole path: simulated gateways → broker → event writer → webhook dispatcher →
+    real HTTP receivers; deliveries verify with the secret given at subscription, and a
+    receiver that fails at first gets them once it recovers."""
+    settings.mqtt = MQTTSettings(
+        gateway_host="127.0.0.1", gateway_port=free_port(), server_port=free_port()
+    )
+    settings.events = EventSettings(webhook_backoff_seconds=0.2, webhook_max_attempts=20)
+    c = build(settings, db=database)
+    await c.start_messaging()
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        await c.messaging.link.wait_connected(10)
+        async with receiving() as online, receiving() as props:
+            secrets = {}
+            for receiver, kind in ((online, "device_online"), (props, "property_update")):
+                sub = await c.notifications.create(kind, "http", receiver.url + "/hook", "t")
+                assert sub.secret is not None
+                secrets[kind] = sub.secret
+            props.status = 503  # down at first
+            creds = await register(c, 3)
+            gws, tasks = start(c, creds)
+            await eventually(lambda: _online(c, 3))
+            for i, gw in enumerate(gws):
+                await gw.emit("put", "/system/properties/defaultRoute", {"data": f"wwan{i}"})
+            await eventually(lambda: _true(len(online.events()) >= 3))
+            await eventually(lambda: _true(len(props.events()) >= 3))  # failed attempts
+            props.status = 200
+            await eventually(lambda: _true(_distinct_ok(props) == 3))
+            for receiver, kind in ((online, "device_online"), (props, "property_update")):
+                for r in receiver.events():
+                    header = r.headers["x-edgefleet-signature"]
+                    assert verify(secrets[kind], r.raw, header, now=int(time.time()))
+                    assert r.body["eventType"] == kind
+            assert sorted(r.body["deviceUUID"] for r in online.events()) == sorted(
+                u for u, _ in creds
+            )
+            got = {r.body["deviceUUID"]: r.body["data"]["data"] for r in props.events()}
+            assert got == {gw.uuid: {"data": f"wwan{i}"} for i, gw in enumerate(gws)}
+            assert len(props.events()) > 3  # retried
+    finally:
+        await _stop(tasks)
+        await c.stop_messaging()
+
+
+def _distinct_ok(receiver: Receiver) -> int:
+    """Deliveries the receiver answered 2xx (it answers with its status at the time)."""
+    return len({r.delivery for r in receiver.events() if r.status < 300})
