@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 
-from benchmarks import bench_broker, bench_devices, bench_tasks
+from benchmarks import bench_broker, bench_devices, bench_events, bench_tasks
 
 
 def main() -> None:
@@ -14,6 +14,7 @@ def main() -> None:
     asyncio.run(bench_devices.main())
     asyncio.run(bench_broker.main())
     asyncio.run(bench_tasks.main())
+    asyncio.run(bench_events.main())
 
 
 if __name__ == "__main__":

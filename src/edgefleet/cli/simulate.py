@@ -50,7 +50,8 @@ def simulate(
     seed: int = typer.Option(None, help="Random seed, for repeatable runs."),
 ) -> None:
     """Register (or reuse) N gateways and run them in this process, each a real MQTT client
-    with its own TLS-PSK identity. Prints one JSON line of stats every --stats-interval."""
+    with its own TLS-PSK identity. Prints one JSON line of stats every --stats-interval, and a
+    last one (``"final": true``) once every gateway has stopped."""
     limit = raise_fd_limit()
     if devices > limit - 100:
         err_console.print(
@@ -107,5 +108,9 @@ def simulate(
             if duration and elapsed >= duration:
                 fleet.stop.set()
         await runner
+        # once every gateway has stopped: exact counts (a publish in flight above is done)
+        final = {"t": round(loop.time() - begin, 1), "final": True, **fleet.stats()}
+        sys.stdout.write(json.dumps(final) + "\n")
+        sys.stdout.flush()
 
     run(work)
