@@ -20,7 +20,8 @@ Figures:
   and polls the database every 20 ms for their rows: p50/p99/max from send to the committed
   row being visible (end to end), and from send to the server's arrival stamp (``at``), and
   the worst of each second; the server's own ``edgefleet_events_lag_seconds`` histogram
-  (arrival → commit) over the window, from ``/metrics`` (bucket upper bounds);
+  (arrival of each batch's oldest event → commit) over the window, from ``/metrics``
+  (bucket upper bounds);
 - *cost*: CPU µs per stored event over the window of the server process, the broker and the
   server's PostgreSQL backends, and of the simulators per emitted event; the server's CPU %,
   the whole machine's, and the server's peak RSS;

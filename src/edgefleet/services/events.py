@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections import Counter as Tally
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ from edgefleet.domain.events import (
     StoredEvent,
     classify_gateway_event,
     gateway_key,
+    new_key,
     status_event,
 )
 from edgefleet.domain.tasks import TaskState
@@ -68,7 +70,7 @@ BATCH_SECONDS = Histogram(
 )
 LAG_SECONDS = Histogram(
     "edgefleet_events_lag_seconds",
-    "From an event's arrival to its commit",
+    "From the arrival of each batch's oldest event to the batch's commit",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
 )
 
@@ -139,7 +141,6 @@ class EventService:
             receipt.defer()
         self._idle.clear()
         await self._queue.put(_Item(event, receipt, asyncio.get_running_loop().time()))
-        QUEUED.set(self._queue.qsize() + len(self._side))
 
     def emit(self, event: NewEvent) -> None:
         """Queue an event the server made; never waits."""
@@ -171,19 +172,18 @@ class EventService:
                 DUPLICATES.inc()
                 return
             self._remember(fingerprint)
-            key = None
+            key = new_key()
         kind, severity, summary = classify_gateway_event(method, resource, code, data)
         event = NewEvent(
-            type=kind,
-            at=self.clock(),
-            device_uuid=device_uuid,
-            resource=resource,
-            text=summary,
-            data={"method": method, "code": code, "data": data},
-            severity=severity,
+            kind,
+            self.clock(),
+            device_uuid,
+            resource,
+            summary,
+            {"method": method, "code": code, "data": data},
+            severity,
+            key,
         )
-        if key is not None:
-            event.key = key
         await self.submit(event, receipt)
 
     async def status(self, device_uuid: str, online: bool, receipt: Receipt | None = None) -> None:
@@ -208,17 +208,18 @@ class EventService:
                 stored = await self._store([i.event for i in items])
             finally:
                 self._in_hand = 0
-            now = asyncio.get_running_loop().time()
+            if items:
+                oldest = min(i.arrived for i in items)
+                LAG_SECONDS.observe(asyncio.get_running_loop().time() - oldest)
             for item in items:
                 if item.receipt is not None:
                     item.receipt.settle()
-                LAG_SECONDS.observe(now - item.arrived)
             self.stored += len(stored)
             self.duplicates += len(items) - len(stored)
             if len(items) > len(stored):
                 DUPLICATES.inc(len(items) - len(stored))
-            for e in stored:
-                STORED.labels(e.type).inc()
+            for kind, n in Tally(e.type for e in stored).items():
+                STORED.labels(kind).inc(n)
             for listener in self._listeners:
                 try:
                     listener(stored)

@@ -9,6 +9,7 @@ folded in arrival order, which keeps MQTT's per-topic order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
@@ -83,11 +84,15 @@ class PresenceService:
         *,
         batch_size: int = 5000,
         batch_delay: float = 0.05,
+        properties_interval: float = 1.0,
     ) -> None:
         self.db = db
         self.clock = clock
         self.batch_size = batch_size
         self.batch_delay = batch_delay
+        self.properties_interval = properties_interval
+        """Property updates are written at most this often (statuses at every batch): a
+        gateway's changes within it fold into one row write."""
         self._statuses: dict[str, bool] = {}
         self._properties: dict[str, _PendingProperties] = {}
         self._wakeup = asyncio.Event()
@@ -136,19 +141,31 @@ class PresenceService:
 
     async def run(self) -> None:
         """Write what is queued in batches until cancelled; a database outage is retried."""
+        loop = asyncio.get_running_loop()
+        properties_due = 0.0
         while True:
-            await self._wakeup.wait()
+            if self._properties and not self._statuses:
+                # only properties wait: until a status comes or they are due
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._wakeup.wait(), max(0.0, properties_due - loop.time())
+                    )
+            else:
+                await self._wakeup.wait()
             await asyncio.sleep(self.batch_delay)  # let a batch gather
             self._wakeup.clear()
             statuses = _take(self._statuses, self.batch_size)
-            properties = _take(self._properties, self.batch_size)
             if statuses:
                 await self._retry(self._write_statuses, statuses)
-            if properties:
+            if self._properties and (
+                loop.time() >= properties_due or len(self._properties) >= self.batch_size
+            ):
+                properties = _take(self._properties, self.batch_size)
                 await self._retry(self._write_properties, properties)
-            if self._statuses or self._properties:
+                properties_due = loop.time() + self.properties_interval
+            if self._statuses:
                 self._wakeup.set()
-            else:
+            elif not self._properties:
                 self._idle.set()
 
     async def _retry(self, write: Callable[[Any], Awaitable[None]], batch: Any) -> None:

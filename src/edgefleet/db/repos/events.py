@@ -22,7 +22,6 @@ from sqlalchemy import (
     func,
     or_,
     select,
-    text,
     true,
     update,
 )
@@ -38,20 +37,25 @@ from edgefleet.domain.events import AlarmState, NewEvent, StoredEvent
 _COLUMNS = ("id", "at", "type", "device_uuid", "resource", "text", "data", "severity", "key")
 
 
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def _naive(at: datetime) -> datetime:
+    if at.tzinfo is UTC:
+        return at.replace(tzinfo=None)
     return at.astimezone(UTC).replace(tzinfo=None)
 
 
 def _stored(event_id: int, e: NewEvent) -> StoredEvent:
     return StoredEvent(
-        id=event_id,
-        type=e.type.value,
-        at=e.at,
-        device_uuid=e.device_uuid,
-        resource=e.resource,
-        text=e.text,
-        data=e.data,
-        severity=e.severity.value if e.severity else None,
+        event_id,
+        e.type.value,
+        e.at,
+        e.device_uuid,
+        e.resource,
+        e.text,
+        e.data,
+        e.severity.value if e.severity else None,
     )
 
 
@@ -76,14 +80,14 @@ class EventRepo:
         return await self._insert_skipping(events)
 
     async def _copy(self, events: Sequence[NewEvent]) -> list[StoredEvent]:
-        ids = list(
-            (
-                await self.s.scalars(
-                    text("SELECT nextval('events_id_seq') FROM generate_series(1, :n)"),
-                    {"n": len(events)},
-                )
-            ).all()
+        conn = await self.s.connection()
+        raw = (await conn.get_raw_connection()).driver_connection
+        assert raw is not None
+        # the driver's own calls: SQLAlchemy's result machinery costs more than the rows here
+        fetched = await raw.fetch(
+            "SELECT nextval('events_id_seq') FROM generate_series(1, $1)", len(events)
         )
+        ids = [r[0] for r in fetched]
         records = [
             (
                 i,
@@ -92,17 +96,13 @@ class EventRepo:
                 e.device_uuid,
                 e.resource,
                 e.text,
-                None if e.data is None else json.dumps(e.data, separators=(",", ":")),
+                None if e.data is None else _dumps(e.data),
                 e.severity.value if e.severity else None,
                 e.key,
             )
             for i, e in zip(ids, events, strict=True)
         ]
-        conn = await self.s.connection()
-        raw = await conn.get_raw_connection()
-        await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
-            "events", records=records, columns=_COLUMNS
-        )
+        await raw.copy_records_to_table("events", records=records, columns=_COLUMNS)
         return [_stored(i, e) for i, e in zip(ids, events, strict=True)]
 
     async def _insert_skipping(self, events: Sequence[NewEvent]) -> list[StoredEvent]:
