@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import uuid as uuidlib
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from edgefleet.domain.broker_access import Action, device_topic_allowed
 
-U = str(uuidlib.uuid4())
-OTHER = str(uuidlib.uuid4())
+U = "58c15905-d3b0-48b4-aa63-b94be0c15b5f"  # fixed: test ids must be equal in every worker
+OTHER = "e7a67db5-5f93-4a59-84b7-4085b491ecb6"
 OWN = f"$ThingsPro/devices/{U}"
 
 level = st.text(
