@@ -23,11 +23,12 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 run: $(VENV)/.installed
 	$(BIN)/edgefleet serve
 
-## lint, then the whole suite on SQLite and PostgreSQL
+## lint, then the whole suite on SQLite and PostgreSQL, one worker per core (pytest-xdist;
+## a test file stays on one worker; every worker starts its own brokers, databases, ports)
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto --dist loadfile
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests benchmarks
