@@ -33,6 +33,7 @@ from edgefleet.api.routes import (
 )
 from edgefleet.bootstrap import Container
 from edgefleet.errors import EdgefleetError
+from edgefleet.web import views
 
 
 def create_app(container: Container, *, run_messaging: bool = False) -> FastAPI:
@@ -93,6 +94,9 @@ def create_app(container: Container, *, run_messaging: bool = False) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, errors.handle_error)
     app.add_exception_handler(Exception, errors.handle_unexpected)
     app.mount("/metrics", make_asgi_app())
+    app.mount("/static", views.static, name="static")
+    app.include_router(views.root)
+    app.include_router(views.router)
     app.add_middleware(AuditMiddleware, audit=container.audit)
     app.add_middleware(MetricsMiddleware)
     return app
