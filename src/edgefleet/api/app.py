@@ -33,7 +33,7 @@ from edgefleet.api.routes import (
 )
 from edgefleet.bootstrap import Container
 from edgefleet.errors import EdgefleetError
-from edgefleet.web import views
+from edgefleet.web import fleetpages, views
 
 
 def create_app(container: Container, *, run_messaging: bool = False) -> FastAPI:
@@ -97,6 +97,7 @@ def create_app(container: Container, *, run_messaging: bool = False) -> FastAPI:
     app.mount("/static", views.static, name="static")
     app.include_router(views.root)
     app.include_router(views.router)
+    app.include_router(fleetpages.router)
     app.add_middleware(AuditMiddleware, audit=container.audit)
     app.add_middleware(MetricsMiddleware)
     return app

@@ -161,6 +161,12 @@ class FleetService:
             tags = await repo.tags_of([d.uuid for d in rows])
         return DevicePage(total, [DeviceView(d, tags.get(d.uuid, [])) for d in rows])
 
+    async def breakdown(self) -> dict[str, list[tuple[str, int]]]:
+        """Gateways by connection status, by model and by firmware version."""
+        async with self.db.session() as s:
+            repo = DeviceRepo(s)
+            return {k: await repo.breakdown(k) for k in ("status", "model", "firmware")}
+
     async def get_device(self, uuid: str) -> DeviceView:
         async with self.db.session() as s:
             repo = DeviceRepo(s)

@@ -29,7 +29,10 @@ from edgefleet.api.deps import SESSION_COOKIE, ContainerDep
 from edgefleet.bootstrap import Container
 from edgefleet.db.repos.devices import DeviceFilter
 from edgefleet.domain.auth import Permission, Principal
+from edgefleet.domain.eventfilter import EventFilter
+from edgefleet.domain.events import AlarmState
 from edgefleet.domain.query import parse
+from edgefleet.domain.tasks import TASK_OPEN, TaskKind
 from edgefleet.errors import EdgefleetError
 
 HERE = Path(__file__).parent
@@ -75,12 +78,13 @@ def to_login(request: Request) -> RedirectResponse:
 
 
 def render(
-    request: Request, name: str, viewer: Viewer | None, **context: Any
+    request: Request, name: str, viewer: Viewer | None, *, status: int = 200, **context: Any
 ) -> HTMLResponse:
     return templates.TemplateResponse(
         request,
         name,
         {"viewer": viewer, "version": __version__, "path": request.url.path, **context},
+        status_code=status,
     )
 
 
@@ -133,13 +137,29 @@ async def fleet_summary(request: Request, c: ContainerDep) -> Response:
     viewer = await viewer_of(request, c)
     if viewer is None or not viewer.principal.can(Permission.FLEET_READ):
         return Response(status_code=401)
-    counts = {}
-    for status in ("online", "offline", "created"):
-        counts[status] = (
-            await c.fleet.list_devices(DeviceFilter(status=status), offset=0, limit=1)
-        ).total
+    breakdown = await c.fleet.breakdown()
+    counts = dict(breakdown["status"])
     summary = await c.event_log.summary()
-    return render(request, "fragments/fleet_summary.html", viewer, counts=counts, summary=summary)
+    _, running = await c.tasks.list_tasks(
+        kinds=list(TaskKind), states=[s.value for s in TASK_OPEN], limit=10
+    )
+    alarms = await c.event_log.query(EventFilter(alarm=AlarmState.OPEN), before_id=None, limit=8)
+    charts = {
+        "status": breakdown["status"],
+        "model": [(k or "unknown", n) for k, n in breakdown["model"]],
+        "firmware": [(k or "unknown", n) for k, n in breakdown["firmware"]],
+        "events": sorted(summary.by_type.items()),
+    }
+    return render(
+        request,
+        "fragments/fleet_summary.html",
+        viewer,
+        counts=counts,
+        summary=summary,
+        running=running,
+        alarms=alarms,
+        charts=charts,
+    )
 
 
 @router.get("/fragments/bell")
@@ -179,10 +199,15 @@ async def devices_fragment(
         rows, total = list(result.items), result.total
     except EdgefleetError as exc:
         error = exc.message
+    groups: list[Any] = []
+    if viewer.can_write:
+        _, views_ = await c.fleet.list_groups(offset=0, limit=1000)
+        groups = [g.group for g in views_]
     return render(
         request,
         "fragments/devices.html",
         viewer,
+        groups=groups,
         rows=rows,
         total=total,
         q=q,

@@ -261,6 +261,18 @@ class DeviceRepo:
                 .values(group_id=group_id, updated_at=at)
             )
 
+    async def breakdown(self, column: str, limit: int = 12) -> list[tuple[str, int]]:
+        """Gateways counted by ``connection_status``, ``model_name`` or ``software_version``,
+        most frequent first (the dashboard's charts)."""
+        col = {
+            "status": Device.connection_status,
+            "model": Device.model_name,
+            "firmware": Device.software_version,
+        }[column]
+        n = func.count().label("n")
+        rows = await self.s.execute(select(col, n).group_by(col).order_by(n.desc()).limit(limit))
+        return [(str(value or ""), int(count)) for value, count in rows]
+
     async def status_counts(self, group_ids: Sequence[int]) -> dict[int, dict[str, int]]:
         """``{group_id: {status: count}}`` for the given groups."""
         out: dict[int, dict[str, int]] = defaultdict(dict)

@@ -85,6 +85,89 @@
     }
   });
 
+  // requests to one gateway (deviceTasks): the gateway's answer is shown as it came
+  async function deviceRequest(uuid, method, resource, data) {
+    const out = document.getElementById("device-result");
+    out.textContent = "Waiting for the gateway…";
+    try {
+      const payload = { method, resource };
+      if (data !== undefined) payload.data = data;
+      const answer = await api("POST", "/api/v1/deviceTasks", { deviceUUID: uuid, payload });
+      out.textContent = JSON.stringify(answer, null, 2);
+    } catch (e) {
+      out.textContent = "";
+      flash(e.message, "error");
+    }
+  }
+  document.addEventListener("click", (ev) => {
+    const b = ev.target.closest("[data-device-request]");
+    if (!b) return;
+    if (b.dataset.confirm && !window.confirm(b.dataset.confirm)) return;
+    deviceRequest(b.dataset.uuid, b.dataset.method, b.dataset.resource);
+  });
+  document.addEventListener("submit", (ev) => {
+    const form = ev.target;
+    if (form.matches("[data-device-form]")) {
+      ev.preventDefault();
+      let data;
+      if (form.data.value.trim()) {
+        try { data = JSON.parse(form.data.value); }
+        catch (e) { flash("data is not JSON: " + e.message, "error"); return; }
+      }
+      deviceRequest(form.dataset.uuid, form.method.value, form.resource.value, data);
+    } else if (form.matches("[data-upload]")) {
+      // multipart with a progress bar (fetch has no upload progress)
+      ev.preventDefault();
+      const bar = form.querySelector("progress");
+      const out = form.parentElement.querySelector("[data-upload-result]");
+      const xhr = new XMLHttpRequest();
+      xhr.open("POST", form.dataset.upload);
+      xhr.setRequestHeader("X-CSRF-Token", csrf());
+      xhr.setRequestHeader("Accept", "application/json");
+      bar.hidden = false; bar.value = 0;
+      xhr.upload.onprogress = (e) => { if (e.lengthComputable) bar.value = (100 * e.loaded) / e.total; };
+      xhr.onload = () => {
+        if (xhr.status >= 400) { flash(problemText(xhr.responseText, xhr.status), "error"); return; }
+        bar.value = 100;
+        out.textContent = JSON.stringify(JSON.parse(xhr.responseText), null, 2);
+        flash("Uploaded", "ok");
+        form.reset();
+        htmx.trigger(document.body, "refresh");
+      };
+      xhr.onerror = () => flash("upload failed: the connection dropped", "error");
+      xhr.send(new FormData(form));
+    }
+  });
+
+  // bulk actions on the selected gateways
+  document.addEventListener("change", (ev) => {
+    if (ev.target.matches("[data-select-all]")) {
+      document.querySelectorAll("[data-select]").forEach((c) => { c.checked = ev.target.checked; });
+    }
+  });
+  document.addEventListener("click", async (ev) => {
+    const b = ev.target.closest("[data-bulk-action]");
+    if (!b) return;
+    const uuids = [...document.querySelectorAll("[data-select]:checked")].map((c) => c.value);
+    if (!uuids.length) { flash("Select gateways first", "error"); return; }
+    try {
+      if (b.dataset.bulkAction === "group") {
+        const group = b.form.group.value;
+        await api("POST", "/api/v1/groups/" + group + "/devices", uuids);
+        flash(uuids.length + " added to the group", "ok");
+      } else if (b.dataset.bulkAction === "reboot") {
+        if (!window.confirm("Reboot " + uuids.length + " gateways?")) return;
+        const r = await api("POST", "/api/v1/rollouts", {
+          name: "reboot " + uuids.length + " gateways", target: { devices: uuids },
+          payload: { method: "post", resource: "/system/reboot" },
+        });
+        location.href = "/console/tasks/" + r.uuid;
+        return;
+      }
+      htmx.trigger(document.body, "refresh");
+    } catch (e) { flash(e.message, "error"); }
+  });
+
   document.addEventListener("htmx:configRequest", (ev) => {
     ev.detail.headers["X-CSRF-Token"] = csrf();
     ev.detail.headers["Accept"] = ev.detail.verb === "get" ? "text/html" : "application/json";
@@ -128,4 +211,23 @@
      "task_update", "device_registered", "device_deleted"].forEach((t) => source.addEventListener(t, kick));
   }
   document.addEventListener("DOMContentLoaded", live);
+
+  // dashboard charts: drawn from the fragment's JSON each time it is swapped in
+  const charts = {};
+  function drawCharts() {
+    const data = document.getElementById("dashboard-data");
+    if (!data || !window.Chart) return;
+    const sets = JSON.parse(data.textContent);
+    document.querySelectorAll("canvas[data-chart]").forEach((canvas) => {
+      const key = canvas.dataset.chart;
+      if (charts[key]) charts[key].destroy();
+      const rows = sets[key] || [];
+      charts[key] = new Chart(canvas, {
+        type: "bar",
+        data: { labels: rows.map((r) => r[0]), datasets: [{ data: rows.map((r) => r[1]), backgroundColor: "#0b5cad" }] },
+        options: { animation: false, plugins: { legend: { display: false } }, scales: { y: { beginAtZero: true, ticks: { precision: 0 } } } },
+      });
+    });
+  }
+  document.addEventListener("htmx:afterSettle", drawCharts);
 })();

@@ -1,0 +1,170 @@
+"""The console's core pages over HTTP (the browser tests are in tests/e2e/): sessions,
+what each role is offered, gateway pages, the map, files, and the vendored assets."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from edgefleet.api.app import create_app
+from edgefleet.bootstrap import Container
+from edgefleet.domain.auth import Role
+from edgefleet.services.fleet import Registration
+from tests.conftest import Callers
+
+VENDOR = Path(__file__).parents[2] / "src" / "edgefleet" / "web" / "static" / "vendor"
+
+
+@pytest.fixture
+async def browser(container: Container) -> AsyncIterator[httpx.AsyncClient]:
+    """A client that keeps cookies, as a browser does."""
+    transport = httpx.ASGITransport(app=create_app(container))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        yield c
+
+
+async def _log_in(c: Container, browser: httpx.AsyncClient, role: Role) -> str:
+    caller = await Callers(c).user(role)
+    r = await browser.post(
+        "/api/v1/auth/login", json={"email": caller.email, "password": caller.password}
+    )
+    assert r.status_code == 200, r.text
+    return str(r.json()["csrfToken"])
+
+
+async def test_pages_send_a_visitor_without_session_to_the_login_page(
+    browser: httpx.AsyncClient,
+) -> None:
+    for path in ("/console/", "/console/devices", "/console/map", "/console/files"):
+        r = await browser.get(path)
+        assert r.status_code == 303
+        assert r.headers["location"].startswith("/console/login?next=")
+    assert (await browser.get("/console/fragments/devices")).status_code == 401
+    r = await browser.get("/")
+    assert r.status_code == 303 and r.headers["location"] == "/console/"
+    login = await browser.get("/console/login?next=https://evil.example/")
+    assert login.status_code == 200 and 'data-next="/console/"' in login.text
+
+
+async def test_a_one_time_password_leads_to_the_password_page(
+    container: Container, browser: httpx.AsyncClient
+) -> None:
+    user, password = await container.accounts.create_user("new@example.com", None, Role.ADMIN)
+    assert password is not None
+    await browser.post("/api/v1/auth/login", json={"email": user.email, "password": password})
+    r = await browser.get("/console/devices")
+    assert r.status_code == 303 and r.headers["location"] == "/console/password"
+    assert "Choose your password" in (await browser.get("/console/password")).text
+
+
+async def test_a_viewer_is_offered_no_write_control_and_an_operator_is(
+    container: Container, browser: httpx.AsyncClient
+) -> None:
+    view, _ = await container.fleet.register_device(
+        Registration(display_name="pump-7", mac="0090e8000007")
+    )
+    uuid = view.device.uuid
+    await _log_in(container, browser, Role.VIEWER)
+    listing = await browser.get("/console/fragments/devices")
+    assert "pump-7" in listing.text and "offline" not in listing.text  # never connected
+    assert "data-bulk" not in listing.text and "data-select" not in listing.text
+    detail = await browser.get(f"/console/devices/{uuid}")
+    assert detail.status_code == 200 and "pump-7" in detail.text
+    assert "data-device-request" not in detail.text and "Remote actions" not in detail.text
+    files = await browser.get("/console/files")
+    assert "data-upload" not in files.text
+    await browser.post("/api/v1/auth/logout", headers={"X-CSRF-Token": "x"})
+
+    browser.cookies.clear()
+    csrf = await _log_in(container, browser, Role.OPERATOR)
+    listing = await browser.get("/console/fragments/devices")
+    assert "data-bulk" in listing.text and f'data-select value="{uuid}"' in listing.text
+    detail = await browser.get(f"/console/devices/{uuid}")
+    assert 'data-testid="device-reboot"' in detail.text
+    assert f'<meta name="csrf-token" content="{csrf}">' in detail.text
+    assert "data-upload" in (await browser.get("/console/files")).text
+
+
+async def test_the_fleet_query_filters_the_list_and_a_bad_one_is_explained(
+    container: Container, browser: httpx.AsyncClient
+) -> None:
+    for i in range(3):
+        await container.fleet.register_device(
+            Registration(display_name=f"gw-{i}", mac=f"0090e80000a{i}")
+        )
+    await _log_in(container, browser, Role.VIEWER)
+    r = await browser.get("/console/fragments/devices", params={"q": 'name = "gw-1"'})
+    assert "gw-1" in r.text and "gw-0" not in r.text and "gw-2" not in r.text
+    bad = await browser.get("/console/fragments/devices", params={"q": "model >"})
+    assert bad.status_code == 200 and 'role="alert"' in bad.text
+    assert "invalid fleet query" in bad.text
+
+
+async def test_an_unknown_gateway_has_a_clear_not_found_page(
+    container: Container, browser: httpx.AsyncClient
+) -> None:
+    await _log_in(container, browser, Role.VIEWER)
+    r = await browser.get("/console/devices/no-such-gateway")
+    assert r.status_code == 404 and "Gateway not found" in r.text
+
+
+async def test_the_map_places_gateways_by_their_reported_position(
+    container: Container, browser: httpx.AsyncClient
+) -> None:
+    placed, _ = await container.fleet.register_device(
+        Registration(display_name="placed", mac="0090e80000b1")
+    )
+    await container.fleet.register_device(Registration(display_name="nowhere", mac="0090e80000b2"))
+    presence = container.messaging.presence
+    writer = asyncio.create_task(presence.run())
+    try:
+        presence.replace_properties(placed.device.uuid, {"gps": {"lat": 25.033, "lng": 121.565}})
+        await asyncio.wait_for(presence.drained(), 10)
+    finally:
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+    await _log_in(container, browser, Role.VIEWER)
+    r = await browser.get("/console/fragments/map")
+    assert f'data-device="{placed.device.uuid}"' in r.text
+    assert "1 on the map, 1 without a position" in r.text
+    x, y = (121.565 + 180) / 360 * 1000, (90 - 25.033) / 180 * 500
+    assert f'cx="{round(x, 1)}" cy="{round(y, 1)}"' in r.text
+
+
+async def test_vendored_browser_files_are_the_pinned_ones_and_served_locally(
+    browser: httpx.AsyncClient,
+) -> None:
+    sums = (VENDOR / "SHA256SUMS").read_text().split("\n")
+    pinned = dict(reversed(line.split()) for line in sums if line.strip())
+    assert set(pinned) == {"htmx.min.js", "json-enc.min.js", "chart.umd.min.js"}
+    for name, digest in pinned.items():
+        r = await browser.get(f"/static/vendor/{name}")
+        assert r.status_code == 200
+        assert hashlib.sha256(r.content).hexdigest() == digest
+    page = (await browser.get("/console/login")).text
+    assert "http://" not in page.replace("http://testserver", "")
+    assert "https://" not in page  # no CDN
+
+
+async def test_the_dashboard_counts_gateways_by_state_model_and_firmware(
+    container: Container, browser: httpx.AsyncClient
+) -> None:
+    for i in range(3):
+        await container.fleet.register_device(
+            Registration(display_name=f"d{i}", mac=f"0090e80000c{i}")
+        )
+    await _log_in(container, browser, Role.VIEWER)
+    r = await browser.get("/console/fragments/fleet-summary")
+    assert r.status_code == 200
+    assert '<span class="n" data-count="created">3</span>' in r.text
+    assert '<span class="n" data-count="online">0</span>' in r.text
+    start = r.text.index('id="dashboard-data">') + len('id="dashboard-data">')
+    data = json.loads(r.text[start : r.text.index("</script>", start)])
+    assert data["status"] == [["created", 3]] and data["model"] == [["unknown", 3]]
+    assert "No task is running." in r.text and "No open alarm." in r.text
