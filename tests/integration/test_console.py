@@ -168,3 +168,18 @@ async def test_the_dashboard_counts_gateways_by_state_model_and_firmware(
     data = json.loads(r.text[start : r.text.index("</script>", start)])
     assert data["status"] == [["created", 3]] and data["model"] == [["unknown", 3]]
     assert "No task is running." in r.text and "No open alarm." in r.text
+
+
+async def test_a_file_uploaded_from_the_console_session_is_listed_with_its_metadata(
+    container: Container, browser: httpx.AsyncClient
+) -> None:
+    csrf = await _log_in(container, browser, Role.OPERATOR)
+    files = {"file": ("settings.ini", b"[net]\nmtu=1400\n", "text/plain")}
+    refused = await browser.post("/api/v1/filebin/upload", files=files)
+    assert refused.status_code == 403  # a cookie session's write needs its CSRF token
+    r = await browser.post("/api/v1/filebin/upload", files=files, headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 200, r.text
+    listing = await browser.get("/console/fragments/files")
+    digest = hashlib.sha256(b"[net]\nmtu=1400\n").hexdigest()
+    assert "settings.ini" in listing.text and digest[:12] in listing.text
+    assert "No file stored yet." not in listing.text

@@ -111,6 +111,11 @@ class FileService:
             except StorageError:
                 log.warning("could not remove stored file %s", key, exc_info=True)
 
+    async def recent(self, limit: int = 100) -> list[File]:
+        """Stored files, newest first."""
+        async with self.db.session() as s:
+            return await FileRepo(s).recent(limit)
+
     async def get(self, key: str) -> File:
         async with self.db.session() as s:
             row = await FileRepo(s).get(key)

@@ -145,3 +145,11 @@ async def firmware_fragment(request: Request, c: ContainerDep) -> Response:
         return Response(status_code=401)
     total, rows = await c.firmware.list_firmware(offset=0, limit=200)
     return render(request, "files/firmware.html", viewer, rows=rows, total=total)
+
+
+@router.get("/fragments/files")
+async def files_fragment(request: Request, c: ContainerDep) -> Response:
+    viewer = await viewer_of(request, c)
+    if viewer is None or not viewer.principal.can(Permission.FLEET_READ):
+        return Response(status_code=401)
+    return render(request, "files/list.html", viewer, rows=await c.files.recent(100))

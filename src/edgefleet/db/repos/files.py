@@ -21,6 +21,11 @@ class FileRepo:
     async def get(self, key: str) -> File | None:
         return await self.s.get(File, key)
 
+    async def recent(self, limit: int) -> list[File]:
+        """The newest files first (the console's file list)."""
+        q = select(File).order_by(File.created_at.desc(), File.key).limit(limit)
+        return list((await self.s.scalars(q)).all())
+
     async def delete(self, keys: list[str]) -> None:
         if keys:
             await self.s.execute(delete(File).where(File.key.in_(keys)))
