@@ -33,7 +33,8 @@ from edgefleet.api.routes import (
 )
 from edgefleet.bootstrap import Container
 from edgefleet.errors import EdgefleetError
-from edgefleet.web import fleetpages, views
+from edgefleet.web import admin, fleetpages, views
+from edgefleet.web import tasks as taskpages
 
 
 def create_app(container: Container, *, run_messaging: bool = False) -> FastAPI:
@@ -97,6 +98,8 @@ def create_app(container: Container, *, run_messaging: bool = False) -> FastAPI:
     app.mount("/static", views.static, name="static")
     app.include_router(views.root)
     app.include_router(views.router)
+    app.include_router(taskpages.router)
+    app.include_router(admin.router)
     app.include_router(fleetpages.router)
     app.add_middleware(AuditMiddleware, audit=container.audit)
     app.add_middleware(MetricsMiddleware)

@@ -98,7 +98,7 @@ async def page(
     if viewer.principal.must_change_password:
         return RedirectResponse("/console/password", status_code=303)
     if not viewer.principal.can(permission):
-        return render(request, "forbidden.html", viewer, needed=permission.value)
+        return render(request, "forbidden.html", viewer, status=403, needed=permission.value)
     return render(request, name, viewer, **context)
 
 
