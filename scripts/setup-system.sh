@@ -3,7 +3,11 @@
 #   scripts/setup-system.sh run    what `make run` needs (python3-venv, Mosquitto for the
 #                                  embedded broker `edgefleet serve` starts)
 #   scripts/setup-system.sh test   what `make test` needs as well (PostgreSQL binaries,
-#                                  Mosquitto's command-line clients)
+#                                  Mosquitto's command-line clients, and for the browser tests
+#                                  in tests/e2e and scripts/screenshots.py Chromium with fonts
+#                                  (text, and colour emoji for the console's icons), driven
+#                                  by Playwright through /usr/bin/chromium: Playwright's own
+#                                  browser download is never used)
 # Needs root or sudo when something is missing; prints what it does.
 set -euo pipefail
 what=${1:-run}
@@ -14,6 +18,9 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mos
 if [ "$what" = test ]; then
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
   command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
+  [ -x /usr/bin/chromium ] || need+=(chromium)
+  [ -d /usr/share/fonts/truetype/dejavu ] || need+=(fonts-dejavu-core)
+  [ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || need+=(fonts-noto-color-emoji)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 

@@ -84,6 +84,11 @@
       t.closest("dialog").close();
     }
   });
+  // a secret shown once leaves the page with its dialog
+  document.addEventListener("close", (ev) => {
+    const secret = ev.target.querySelector && ev.target.querySelector("[data-secret]");
+    if (secret) secret.textContent = "";
+  }, true);
 
   // requests to one gateway (deviceTasks): the gateway's answer is shown as it came
   async function deviceRequest(uuid, method, resource, data) {
