@@ -26,12 +26,12 @@ run: $(VENV)/.installed
 ## lint, then the whole suite on SQLite and PostgreSQL, one worker per core (pytest-xdist;
 ## a test file stays on one worker; every worker starts its own brokers, databases, ports)
 test: $(VENV)/.installed-test
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/mypy
 	$(BIN)/pytest -n auto --dist loadfile
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/mypy
 
 ## benchmarks (print a table and JSON; they assert nothing)
