@@ -19,6 +19,8 @@ if [ "$what" = test ]; then
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
   command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
   [ -x /usr/bin/chromium ] || need+=(chromium)
+  # the reverse proxy of the two-instance test and the compose file's nginx config check
+  command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
   [ -d /usr/share/fonts/truetype/dejavu ] || need+=(fonts-dejavu-core)
   [ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || need+=(fonts-noto-color-emoji)
 fi
