@@ -21,6 +21,8 @@ if [ "$what" = test ]; then
   [ -x /usr/bin/chromium ] || need+=(chromium)
   # the reverse proxy of the two-instance test and the compose file's nginx config check
   command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
+  # the compose broker's PSK-sync script, run by tests/integration/test_deploy_artifacts.py
+  command -v wget >/dev/null 2>&1 || need+=(wget)
   [ -d /usr/share/fonts/truetype/dejavu ] || need+=(fonts-dejavu-core)
   [ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || need+=(fonts-noto-color-emoji)
 fi

@@ -12,7 +12,7 @@ from types import FrameType
 import typer
 
 from edgefleet import __version__
-from edgefleet.cli import broker, devices, events, groups, simulate, tokens, users
+from edgefleet.cli import backup, broker, devices, events, groups, simulate, tokens, users
 from edgefleet.cli.common import err_console, load_settings, run
 from edgefleet.db.migrate import upgrade
 from edgefleet.errors import EdgefleetError
@@ -31,6 +31,8 @@ app.add_typer(groups.app, name="groups")
 app.add_typer(events.app, name="events")
 app.add_typer(broker.app, name="broker-config")
 app.command("simulate")(simulate.simulate)
+app.command("backup")(backup.backup)
+app.command("restore")(backup.restore)
 
 
 @app.command()

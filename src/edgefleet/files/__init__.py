@@ -56,6 +56,12 @@ class FileStore(ABC):
         """
 
     @abstractmethod
+    async def put_at(self, key: str, chunks: AsyncIterable[bytes], content_type: str) -> StoredFile:
+        """Store the stream under ``key`` exactly, replacing what is there (``edgefleet
+        restore`` puts files back under the keys the database knows). No size limit; on
+        error nothing of the new file is left, and a file already there stays as it was."""
+
+    @abstractmethod
     async def open(self, key: str) -> AsyncIterator[bytes]:
         """The file's bytes in chunks; ``StoredFileNotFoundError`` (at once) if it is not there."""
 

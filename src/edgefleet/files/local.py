@@ -44,7 +44,20 @@ class LocalFileStore(FileStore):
         content_type: str,
         max_bytes: int,
     ) -> StoredFile:
-        key = new_key(filename)
+        return await self._write(new_key(filename), chunks, filename, content_type, max_bytes)
+
+    async def put_at(self, key: str, chunks: AsyncIterable[bytes], content_type: str) -> StoredFile:
+        self._path(key)  # a malformed key is refused before anything is written
+        return await self._write(key, chunks, key.rsplit("/", 1)[-1], content_type, None)
+
+    async def _write(
+        self,
+        key: str,
+        chunks: AsyncIterable[bytes],
+        filename: str,
+        content_type: str,
+        max_bytes: int | None,
+    ) -> StoredFile:
         partial = self.root / ".partial" / secrets.token_hex(16)
         try:
             f = await asyncio.to_thread(_create, partial)
@@ -54,7 +67,7 @@ class LocalFileStore(FileStore):
         try:
             async for chunk in chunks:
                 size += len(chunk)
-                if size > max_bytes:
+                if max_bytes is not None and size > max_bytes:
                     raise FileTooLargeError(max_bytes)
                 digest.update(chunk)
                 batch += chunk
