@@ -55,6 +55,7 @@ from edgefleet.domain.events import (
 )
 from edgefleet.domain.tasks import TaskState
 from edgefleet.errors import StorageError
+from edgefleet.services.retention import delete_in_batches, every
 from edgefleet.settings import EventSettings
 
 log = logging.getLogger(__name__)
@@ -367,26 +368,18 @@ class EventService:
         if not days:
             return 0
         cutoff = self.clock() - timedelta(days=days)
-        total = 0
-        while True:
-            async with self.db.session() as s:
-                n = await EventRepo(s).delete_older_than(cutoff, batch)
-            total += n
-            if n < batch:
-                break
-            await asyncio.sleep(0)  # let ingest in between batches
+
+        async def delete(s: AsyncSession, limit: int) -> int:
+            return await EventRepo(s).delete_older_than(cutoff, limit)
+
+        total = await delete_in_batches(self.db, delete, batch)
         if total:
             log.info("events: %d older than %s days deleted", total, days)
         return total
 
     async def run_retention(self) -> None:
         """Purge now and every ``retention_interval_seconds`` until cancelled."""
-        while True:
-            try:
-                await self.purge()
-            except StorageError as exc:
-                log.warning("events: retention skipped: %s", exc.message)
-            await asyncio.sleep(self.settings.retention_interval_seconds)
+        await every(self.settings.retention_interval_seconds, self.purge, "events")
 
 
 class TaskEvents:

@@ -68,6 +68,7 @@ from edgefleet.domain.webhooks import (
 )
 from edgefleet.errors import ConflictError, DuplicateError, NotFoundError, StorageError
 from edgefleet.secretbox import SecretBox
+from edgefleet.services.retention import delete_in_batches, every
 from edgefleet.settings import EventSettings
 
 log = logging.getLogger(__name__)
@@ -385,25 +386,17 @@ class NotificationService:
         if not days:
             return 0
         cutoff = self.clock() - timedelta(days=days)
-        total = 0
-        while True:
-            async with self.db.session() as s:
-                n = await NotificationRepo(s).delete_finished_before(cutoff, batch)
-            total += n
-            if n < batch:
-                break
-            await asyncio.sleep(0)
+
+        async def delete(s: AsyncSession, limit: int) -> int:
+            return await NotificationRepo(s).delete_finished_before(cutoff, limit)
+
+        total = await delete_in_batches(self.db, delete, batch)
         if total:
             log.info("webhooks: %d deliveries older than %s days deleted", total, days)
         return total
 
     async def _run_retention(self) -> None:
-        while True:
-            try:
-                await self.purge()
-            except StorageError as exc:
-                log.warning("webhooks: retention skipped: %s", exc.message)
-            await asyncio.sleep(self.settings.retention_interval_seconds)
+        await every(self.settings.retention_interval_seconds, self.purge, "webhooks")
 
     async def _sleep(self, seconds: float) -> None:
         if seconds > 0:
