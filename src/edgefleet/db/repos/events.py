@@ -153,25 +153,40 @@ class EventRepo:
     ) -> int:
         """Clear the open alarms of ``event_type`` of these gateways (a gateway that came
         back clears its ``device_offline``); only those older than ``before_id`` if given."""
-        cleared = 0
-        for start in range(0, len(device_uuids), 1000):
-            chunk = list(device_uuids[start : start + 1000])
+        return await self._update_alarms(
+            Event.device_uuid,
+            device_uuids,
+            [
+                Event.cleared_at.is_(None),
+                Event.type == event_type,
+                Event.id < before_id if before_id is not None else true(),
+            ],
+            {"cleared_at": at, "cleared_by": by},
+        )
+
+    async def _update_alarms(
+        self,
+        key: Any,
+        keys: Sequence[Any],
+        conditions: list[Any],
+        values: dict[str, Any],
+    ) -> int:
+        """Set ``values`` on the alarms whose ``key`` is among ``keys`` (1,000 per statement)
+        and that meet ``conditions``; returns how many changed."""
+        changed = 0
+        for start in range(0, len(keys), 1000):
             result = await self.s.execute(
                 update(Event)
                 .where(
-                    and_(
-                        Event.device_uuid.in_(chunk),
-                        Event.severity.is_not(None),
-                        Event.cleared_at.is_(None),
-                        Event.type == event_type,
-                        Event.id < before_id if before_id is not None else true(),
-                    )
+                    key.in_(list(keys[start : start + 1000])),
+                    Event.severity.is_not(None),
+                    *conditions,
                 )
-                .values(cleared_at=at, cleared_by=by)
+                .values(**values)
                 .execution_options(synchronize_session=False)
             )
-            cleared += cast(int, getattr(result, "rowcount", 0) or 0)
-        return cleared
+            changed += cast(int, getattr(result, "rowcount", 0) or 0)
+        return changed
 
     async def delete_older_than(self, cutoff: datetime, limit: int) -> int:
         """Delete up to ``limit`` events older than ``cutoff``, oldest first, keeping open
@@ -291,39 +306,20 @@ class EventRepo:
 
     async def acknowledge(self, ids: Sequence[int], *, by: str, at: datetime) -> int:
         """Acknowledge the alarms among ``ids`` not acknowledged yet (the first ack stays)."""
-        changed = 0
-        for start in range(0, len(ids), 1000):
-            result = await self.s.execute(
-                update(Event)
-                .where(
-                    Event.id.in_(list(ids[start : start + 1000])),
-                    Event.severity.is_not(None),
-                    Event.acked_at.is_(None),
-                )
-                .values(acked_at=at, acked_by=by)
-                .execution_options(synchronize_session=False)
-            )
-            changed += cast(int, getattr(result, "rowcount", 0) or 0)
-        return changed
+        return await self._update_alarms(
+            Event.id, ids, [Event.acked_at.is_(None)], {"acked_at": at, "acked_by": by}
+        )
 
     async def clear(self, ids: Sequence[int], *, by: str, at: datetime) -> int:
         """Clear the open alarms among ``ids``; one not acknowledged is acknowledged too."""
-        changed = 0
-        for start in range(0, len(ids), 1000):
-            result = await self.s.execute(
-                update(Event)
-                .where(
-                    Event.id.in_(list(ids[start : start + 1000])),
-                    Event.severity.is_not(None),
-                    Event.cleared_at.is_(None),
-                )
-                .values(
-                    cleared_at=at,
-                    cleared_by=by,
-                    acked_at=func.coalesce(Event.acked_at, at),
-                    acked_by=func.coalesce(Event.acked_by, by),
-                )
-                .execution_options(synchronize_session=False)
-            )
-            changed += cast(int, getattr(result, "rowcount", 0) or 0)
-        return changed
+        return await self._update_alarms(
+            Event.id,
+            ids,
+            [Event.cleared_at.is_(None)],
+            {
+                "cleared_at": at,
+                "cleared_by": by,
+                "acked_at": func.coalesce(Event.acked_at, at),
+                "acked_by": func.coalesce(Event.acked_by, by),
+            },
+        )
