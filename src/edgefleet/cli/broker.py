@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import socket
+from dataclasses import replace
 from pathlib import Path
 
 import typer
 
 from edgefleet.bootstrap import Container
-from edgefleet.cli.common import run
-from edgefleet.mqtt.brokerconfig import mosquitto
+from edgefleet.cli.common import cli_actor, load_settings, run
+from edgefleet.cli.users import _by_email
+from edgefleet.domain.auth import Principal, PrincipalKind, Role, Scope, permissions_for
+from edgefleet.mqtt.brokerconfig import aedes, emqx, mosquitto
 from edgefleet.services.pki import broker_tls
 
 app = typer.Typer(help="Generate broker configuration.", no_args_is_help=True)
@@ -37,3 +42,267 @@ def mosquitto_config(
         typer.echo("running broker reloaded")
     else:
         typer.echo(f"start it with: mosquitto -c {files.conf}")
+
+
+# --- clustered brokers ---------------------------------------------------------------------
+
+TokenFileOption = typer.Option(
+    None,
+    "--token-file",
+    exists=True,
+    dir_okay=False,
+    readable=True,
+    help="A file holding a broker-scope API token for the broker's calls to the server.",
+)
+TokenUserOption = typer.Option(
+    None,
+    "--user",
+    help="Instead of --token-file: create a broker-scope token owned by this user (email), "
+    "once: later runs keep the token already written there (delete it to make another).",
+)
+ServerUrlOption = typer.Option(
+    None, "--server-url", help="The server's base URL the broker calls (default: its public URL)."
+)
+
+
+def _token_source(token_file: Path | None, user: str | None) -> None:
+    if token_file and user:
+        raise typer.BadParameter("give --token-file or --user, not both", param_hint="--user")
+    if not token_file and not user:
+        raise typer.BadParameter(
+            "the broker needs a broker-scope token: --token-file FILE, or --user EMAIL to "
+            "create one",
+            param_hint="--token-file",
+        )
+
+
+def _read_token(token_file: Path | None) -> str:
+    if token_file is None:
+        return ""
+    token = token_file.read_text().strip()
+    if not token:
+        raise typer.BadParameter(f"{token_file} is empty", param_hint="--token-file")
+    return token
+
+
+async def _broker_token(c: Container, token: str, user: str | None, what: str) -> str:
+    """The token read from its file, or a new broker-scope token owned by ``user`` (audited)."""
+    if token:
+        return token
+    assert user is not None
+    owner = await _by_email(c, user)
+    role = Role(owner.role)
+    principal = Principal(PrincipalKind.SESSION, owner.id, owner.email, role, permissions_for(role))
+    made, secret = await c.accounts.create_token(
+        principal, f"edgefleet broker-config {what}", Scope.BROKER, None
+    )
+    await c.audit.record(
+        cli_actor(),
+        "tokens.create",
+        outcome="success",
+        target_type="token",
+        target_id=str(made.id),
+    )
+    return secret
+
+
+def _split(value: str | None) -> tuple[str, ...]:
+    return tuple(v.strip() for v in (value or "").split(",") if v.strip())
+
+
+@app.command("emqx")
+def emqx_config(
+    discovery: emqx.Discovery = typer.Option(
+        ...,
+        help="How nodes find each other: static (--seeds), dns (--dns-name), etcd "
+        "(--etcd-server) or k8s (--k8s-service-name).",
+    ),
+    node_name: str = typer.Option(
+        ...,
+        envvar="EMQX_NODE__NAME",
+        help="This node's name, name@host (the part before @ alike on all nodes).",
+    ),
+    cookie_file: Path = typer.Option(
+        None,
+        "--cookie-file",
+        exists=True,
+        dir_okay=False,
+        readable=True,
+        help="The Erlang cookie shared by every node (default: $EMQX_NODE__COOKIE).",
+    ),
+    seeds: str = typer.Option(None, help="static: the nodes to join, name@host,name@host."),
+    dns_name: str = typer.Option(None, help="dns: a name whose records list the nodes."),
+    dns_record_type: emqx.DnsRecordType = typer.Option(
+        emqx.DnsRecordType.A, help="dns: a (node name = name@IPv4) or srv."
+    ),
+    etcd_server: str = typer.Option(None, help="etcd: its URLs, comma-separated."),
+    etcd_prefix: str = typer.Option("edgefleet", help="etcd: the key prefix."),
+    k8s_apiserver: str = typer.Option(
+        "https://kubernetes.default.svc:443", help="k8s: the API server (from inside the pod)."
+    ),
+    k8s_service_name: str = typer.Option(
+        None, help="k8s: the EMQX service whose endpoints are the nodes."
+    ),
+    k8s_namespace: str = typer.Option("default", help="k8s: the service's namespace."),
+    k8s_address_type: emqx.K8sAddressType = typer.Option(
+        emqx.K8sAddressType.IP, help="k8s: how node names are made: ip, dns or hostname."
+    ),
+    k8s_suffix: str = typer.Option(
+        "",
+        help="k8s: domain suffix for dns/hostname (default pod.cluster.local/svc.cluster.local).",
+    ),
+    cluster_name: str = typer.Option("edgefleet", help="The cluster's name."),
+    directory: Path = typer.Option(
+        None, "--dir", help="Where to write (default: <data dir>/emqx)."
+    ),
+    server_url: str = ServerUrlOption,
+    token_file: Path = TokenFileOption,
+    user: str = TokenUserOption,
+    gateway_host: str = typer.Option(None, help="TLS-PSK listener address (default: settings)."),
+    gateway_port: int = typer.Option(
+        None, min=1, max=65535, help="TLS-PSK listener port (default: settings, 8883)."
+    ),
+    server_host: str = typer.Option(
+        None, help="The server's listener address (default: settings)."
+    ),
+    server_port: int = typer.Option(
+        None, min=1, max=65535, help="The server's listener port (default: settings)."
+    ),
+    emqx_data_dir: str = typer.Option(
+        "/var/lib/emqx", help="EMQX's node.data_dir (the package's)."
+    ),
+    dashboard_bind: str = typer.Option("127.0.0.1:18083", help="EMQX's REST API and dashboard."),
+) -> None:
+    """Write emqx.conf for EMQX 5.8.x (the last Apache-2.0 line; 5.9+ is under the Business
+    Source License), the gateway keys and the script that loads them into EMQX (psk-sync.sh;
+    run it on a timer so new gateways connect without a restart). Nothing secret is printed."""
+    _token_source(token_file, user)
+    cookie = (
+        cookie_file.read_text().strip()
+        if cookie_file
+        else os.environ.get("EMQX_NODE__COOKIE", "").strip()
+    )
+    if not cookie:
+        raise typer.BadParameter(
+            "every node needs the same cookie: --cookie-file FILE or EMQX_NODE__COOKIE",
+            param_hint="--cookie-file",
+        )
+    settings = load_settings()
+    base = (server_url or settings.public_url).rstrip("/")
+    mqtt = settings.mqtt.model_copy(
+        update={
+            k: v
+            for k, v in (
+                ("gateway_host", gateway_host),
+                ("gateway_port", gateway_port),
+                ("server_host", server_host),
+                ("server_port", server_port),
+            )
+            if v is not None
+        }
+    )
+    cluster = emqx.Cluster(
+        discovery=discovery,
+        name=cluster_name,
+        seeds=_split(seeds),
+        dns_name=dns_name or "",
+        dns_record_type=dns_record_type,
+        etcd_servers=_split(etcd_server),
+        etcd_prefix=etcd_prefix,
+        k8s_apiserver=k8s_apiserver,
+        k8s_service_name=k8s_service_name or "",
+        k8s_namespace=k8s_namespace,
+        k8s_address_type=k8s_address_type,
+        k8s_suffix=k8s_suffix,
+    )
+    files = emqx.EmqxFiles(directory or settings.data_dir / "emqx")
+    probe = emqx.EmqxNode(node_name, cookie, base + "/api/v1/broker", data_dir=emqx_data_dir)
+    file_token = _read_token(token_file) or emqx.existing_token(files)
+    try:
+        emqx.check(replace(probe, token=file_token), cluster)  # before anything is written
+    except emqx.EmqxOptionError as exc:
+        raise typer.BadParameter(exc.message, param_hint=exc.option) from exc
+
+    async def work(c: Container) -> None:
+        token = await _broker_token(c, file_token, user, "emqx")
+        node = replace(
+            probe,
+            token=token,
+            dashboard_bind=dashboard_bind,
+            dashboard_password=emqx.dashboard_password(files),
+        )
+        emqx.write_all(files, node, cluster, mqtt, await c.fleet.all_psks())
+
+    run(work)
+    if user and file_token:
+        typer.echo(f"kept the broker token already in {files.token}")
+    typer.echo(f"wrote {files.conf} (install it as EMQX's emqx.conf, e.g. /etc/emqx/emqx.conf)")
+    typer.echo(f"wrote {files.psk}, {files.psk_sync_erl} and {files.psk_sync_sh}")
+    typer.echo(
+        f"once EMQX runs, load the gateway keys with {files.psk_sync_sh} and run it every few "
+        "seconds (docs/brokers.md)"
+    )
+
+
+@app.command("aedes")
+def aedes_config(
+    directory: Path = typer.Option(
+        None, "--dir", help="Where to write aedes.env (default: <data dir>/aedes)."
+    ),
+    server_url: str = ServerUrlOption,
+    token_file: Path = TokenFileOption,
+    user: str = TokenUserOption,
+    broker_id: str = typer.Option(None, help="This node's id (default: the host name)."),
+    redis_url: str = typer.Option(
+        "redis://127.0.0.1:6379/0", help="redis://host:port/db, shared by the nodes."
+    ),
+    gateway_host: str = typer.Option(None, help="TLS-PSK listener address (default: settings)."),
+    gateway_port: int = typer.Option(None, help="TLS-PSK listener port (default: settings, 8883)."),
+    server_host: str = typer.Option(
+        None, help="The server's plain listener address (default: settings)."
+    ),
+    server_port: int = typer.Option(
+        None, help="The server's plain listener port (default: settings)."
+    ),
+    psk_hint: str = typer.Option(None, help="The PSK identity hint (default: settings)."),
+    health_port: int = typer.Option(0, help="HTTP health port on the server address; 0 = off."),
+    psk_refresh_seconds: float = typer.Option(5, help="How often the node re-reads the key list."),
+    heartbeat_seconds: float = typer.Option(
+        2, help="Node heartbeat: survivors publish a dead node's wills after about 3 of these."
+    ),
+) -> None:
+    """Write aedes.env (mode 600) for the clustered aedes broker in deploy/aedes: the
+    environment one node runs with (systemd EnvironmentFile= or docker --env-file)."""
+    _token_source(token_file, user)
+    settings = load_settings()
+    mqtt = settings.mqtt
+    path = (directory or settings.data_dir / "aedes") / "aedes.env"
+    node = aedes.AedesNode(
+        server_url=(server_url or settings.public_url).rstrip("/"),
+        token="",
+        broker_id=broker_id or socket.gethostname(),
+        redis_url=redis_url,
+        gateway_host=gateway_host or mqtt.gateway_host,
+        gateway_port=mqtt.gateway_port if gateway_port is None else gateway_port,
+        server_host=server_host or mqtt.server_host,
+        server_port=mqtt.server_port if server_port is None else server_port,
+        psk_hint=mqtt.psk_hint if psk_hint is None else psk_hint,
+        health_port=health_port,
+        psk_refresh_seconds=psk_refresh_seconds,
+        heartbeat_seconds=heartbeat_seconds,
+    )
+    file_token = _read_token(token_file) or aedes.existing_token(path)
+    try:
+        aedes.check(replace(node, token=file_token))  # before anything is written
+    except aedes.AedesOptionError as exc:
+        raise typer.BadParameter(exc.message, param_hint=exc.option) from exc
+
+    async def work(c: Container) -> None:
+        token = await _broker_token(c, file_token, user, "aedes")
+        aedes.write_env(path, replace(node, token=token))
+
+    run(work)
+    if user and file_token:
+        typer.echo(f"kept the broker token already in {path}")
+    typer.echo(f"wrote {path} (mode 600; it holds the broker token)")
+    typer.echo("run a node with it: systemd EnvironmentFile= or docker run --env-file")

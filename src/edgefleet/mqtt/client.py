@@ -145,10 +145,13 @@ class BrokerLink:
         """Stay connected until cancelled."""
         delay = 0.5
         while True:
+            connects = self.connects
             try:
                 await self._session()
                 delay = 0.5
             except aiomqtt.MqttError as exc:
+                if self.connects > connects:
+                    delay = 0.5  # it was connected: a lost connection starts the backoff afresh
                 log.warning(
                     "broker %s:%d: %s; retrying in %.1f s", self.host, self.port, exc, delay
                 )

@@ -4,6 +4,7 @@ nothing here ever stops the consumer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid as uuidlib
 from typing import Any, Protocol
@@ -24,11 +25,14 @@ log = logging.getLogger(__name__)
 INBOUND = Counter("edgefleet_mqtt_messages_total", "MQTT messages received", ["channel", "outcome"])
 PROBES = Counter(
     "edgefleet_presence_probes_total",
-    "Gateways probed after a broker (re)connection",
-    ["outcome"],  # answered | silent
+    "Gateways probed for presence",
+    ["reason", "outcome"],  # reconcile | sweep; answered | silent | unjudged
 )
 
 PROPERTIES_TIMEOUT = 30.0
+SWEEP_IN_FLIGHT = 500
+"""Probes of one sweep waiting for their answers at once."""
+ANSWERED, SILENT, UNJUDGED = "answered", "silent", "unjudged"
 
 
 class TaskSink(Protocol):
@@ -54,6 +58,12 @@ class InboundRouter:
     an answer keeps it online, silence (``probe_timeout``) marks it offline. Waiting for the
     storm first sends the probes to the few gateways that did not come back, not to
     thousands still reconnecting.
+
+    Some brokers publish no wills at all for the clients of a cluster node that died, while
+    the server's own connection, on another node, never drops. So every ``sweep_interval``
+    seconds (0: never) the router also probes the gateways the database holds online that it
+    has not heard from (any live message) for that long, at most ``SWEEP_IN_FLIGHT`` at once,
+    with the same verdicts. A silence is judged only if the broker link stayed up throughout.
     """
 
     def __init__(
@@ -65,6 +75,7 @@ class InboundRouter:
         quiet: float = 2.0,
         settle_max: float = 30.0,
         probe_timeout: float = 10.0,
+        sweep_interval: float = 0.0,
     ) -> None:
         self.presence = presence
         self.relay = relay
@@ -72,12 +83,16 @@ class InboundRouter:
         self.quiet = quiet
         self.settle_max = settle_max
         self.probe_timeout = probe_timeout
+        self.sweep_interval = sweep_interval
         self._refreshing: set[asyncio.Task[bool]] = set()
         self._refresh_ids: dict[str, str] = {}
         self._last_online: float | None = None
         """Loop time of the latest ``1`` since the last connection to the broker."""
         self._said_online: set[str] = set()
         """Gateways that said ``1`` since the last connection to the broker."""
+        self._heard: dict[str, float] = {}
+        """Loop time of the latest live (not retained) message from each gateway."""
+        self._connections = 0
         self._reconciler: asyncio.Task[None] | None = None
         self.reconciled = asyncio.Event()
         self.tasks: TaskSink | None = None
@@ -85,11 +100,15 @@ class InboundRouter:
         self.events: EventService | None = None
         """Set by the composition root: gateway events and status changes are stored there
         (and their MQTT deliveries acknowledged once stored)."""
+        self.link_up: asyncio.Event | None = None
+        """Set by the composition root: the broker link's ``connected`` flag. A probe that
+        times out while it is clear judges nothing (the request may never have left)."""
 
     def connected(self) -> None:
         """The broker link (re)connected and subscribed: reconcile presence shortly."""
         self._said_online.clear()
         self._last_online = None
+        self._connections += 1
         self.reconciled.clear()
         if self._reconciler is not None:
             self._reconciler.cancel()
@@ -121,31 +140,91 @@ class InboundRouter:
         doubtful = [u for u in believed if u not in self._said_online]
         if doubtful:
             log.info("presence: probing %d gateways after the broker connection", len(doubtful))
-        silent = sum(not ok for ok in await asyncio.gather(*(self._probe(u) for u in doubtful)))
-        PROBES.labels("silent").inc(silent)
-        PROBES.labels("answered").inc(len(doubtful) - silent)
-        if silent:
-            log.info("presence: %d probed gateways did not answer: offline", silent)
+        await self._probe_all(doubtful, "reconcile", in_flight=len(doubtful))
         await self.presence.drained()
         self.reconciled.set()
 
-    async def _probe(self, device_uuid: str) -> bool:
-        """False when the gateway stayed silent and was marked offline."""
-        if device_uuid in self._said_online:
-            return True  # it came back while others were probed
+    async def sweep(self) -> None:
+        """Every ``sweep_interval`` seconds (0: return at once), probe the gateways the
+        database holds online that have said nothing live for that long (one never heard
+        counts from the start of the sweep). Skipped while a reconciliation runs, or while
+        the broker link is down. Runs until cancelled."""
+        if not self.sweep_interval:
+            return
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while True:
+            await asyncio.sleep(self.sweep_interval)
+            if self._reconciler is not None and not self._reconciler.done():
+                continue  # it probes the doubtful ones itself
+            if self.link_up is not None and not self.link_up.is_set():
+                continue
+            # statuses queued now are written first; bounded, since a writer kept busy by
+            # property events is rarely idle (and a gateway queued now was heard anyway)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.presence.drained(), self.probe_timeout)
+            try:
+                believed = await self.presence.online_uuids()
+            except EdgefleetError as exc:
+                log.warning("presence not swept: %s", exc.message)
+                continue
+            cutoff = loop.time() - self.sweep_interval
+            quiet = [u for u in believed if self._heard.get(u, started) <= cutoff]
+            if quiet:
+                log.info(
+                    "presence: probing %d gateways not heard from for %g s",
+                    len(quiet),
+                    self.sweep_interval,
+                )
+                await self._probe_all(quiet, "sweep", in_flight=SWEEP_IN_FLIGHT)
+
+    async def _probe_all(self, device_uuids: list[str], reason: str, *, in_flight: int) -> None:
+        """Probe gateways, at most ``in_flight`` at once; count and log the outcomes."""
+        since, connections = asyncio.get_running_loop().time(), self._connections
+        outcomes = dict.fromkeys((ANSWERED, SILENT, UNJUDGED), 0)
+        pending = iter(device_uuids)
+
+        async def prober() -> None:
+            for device_uuid in pending:  # shared: each gateway is taken by one prober
+                outcomes[await self._probe(device_uuid, since, connections)] += 1
+
+        await asyncio.gather(*(prober() for _ in range(min(in_flight, len(device_uuids)))))
+        for outcome, n in outcomes.items():
+            PROBES.labels(reason, outcome).inc(n)
+        if outcomes[SILENT]:
+            log.info("presence: %d probed gateways did not answer: offline", outcomes[SILENT])
+
+    async def _probe(self, device_uuid: str, since: float, connections: int) -> str:
+        """Ask a gateway for its properties. ``answered`` (or heard from after ``since``);
+        ``silent``: marked offline; ``unjudged``: the broker link was lost or renewed since
+        ``connections``, so the silence proves nothing."""
+        if self._heard_since(device_uuid, since):
+            return ANSWERED  # it spoke while others were probed
+        if connections != self._connections:
+            return UNJUDGED
         answered = await self._refresh_properties(device_uuid, wait=self.probe_timeout, quiet=True)
-        if device_uuid in self._said_online:
-            return True
-        self.presence.apply_status(device_uuid, answered)
-        if not answered and self.events is not None:
+        if answered or self._heard_since(device_uuid, since):
+            return ANSWERED
+        if connections != self._connections or (
+            self.link_up is not None and not self.link_up.is_set()
+        ):
+            return UNJUDGED
+        self.presence.apply_status(device_uuid, False)
+        if self.events is not None:
             self.events.emit(status_event(device_uuid, False, self.events.clock()))
-        return answered
+        return SILENT
+
+    def _heard_since(self, device_uuid: str, since: float) -> bool:
+        heard = self._heard.get(device_uuid)
+        return heard is not None and heard >= since
 
     async def __call__(
         self, topic: str, payload: bytes, retained: bool, receipt: Receipt | None = None
     ) -> None:
         try:
             device_uuid, channel = topics.parse(topic)
+            if not retained and channel in (topics.Channel.STATUS, topics.Channel.CLIENT):
+                self._heard[device_uuid] = asyncio.get_running_loop().time()
             if channel is topics.Channel.STATUS:
                 online = decode_status(payload)
                 if online:

@@ -130,6 +130,10 @@ class Behaviour:
     """Share of firmware upgrades that end with ``FW_UPGRADE_FAIL`` after the download."""
     firmware_seconds: float = 1.0
     """Simulated install time, after the download."""
+    will: bool = True
+    """Connect with the retained will ``0``. False: a dropped connection leaves the server
+    believing the gateway online, as a broker cluster node that dies without publishing its
+    clients' wills does (what the server's presence sweep catches)."""
 
 
 @dataclass
@@ -193,7 +197,11 @@ class VirtualGateway:
         also stops its jobs.
         """
         self._going_down = False
-        will = aiomqtt.Will(self._topic(topics.Channel.STATUS), b"0", qos=1, retain=True)
+        will = (
+            aiomqtt.Will(self._topic(topics.Channel.STATUS), b"0", qos=1, retain=True)
+            if self.behaviour.will
+            else None
+        )
         try:
             async with aiomqtt.Client(
                 self.host,

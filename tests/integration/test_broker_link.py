@@ -1,0 +1,67 @@
+"""The server's broker link against a real Mosquitto: its reconnection backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from edgefleet.mqtt import client as mqtt_client
+from edgefleet.mqtt.brokerconfig import mosquitto
+from edgefleet.mqtt.client import BrokerLink
+from edgefleet.settings import MQTTSettings
+from tests.brokers import free_port, start_mosquitto
+
+
+async def _ignore(*_: object) -> None:
+    return None
+
+
+async def test_a_lost_connection_starts_the_backoff_afresh(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Failed attempts double the delay; once connected, a lost connection retries after
+    0.5 s again instead of carrying the doubled delay on (before: 8 s here, 30 s later on)."""
+    mqtt = MQTTSettings(gateway_host="127.0.0.1", gateway_port=free_port(), server_port=free_port())
+    directory = Path(tempfile.mkdtemp(prefix="edgefleet-link-"))
+    files = mosquitto.MosquittoFiles(directory)
+    password = "server-password-for-tests"
+    mosquitto.write_all(files, mqtt, password, [])
+    link = BrokerLink(
+        host="127.0.0.1",
+        port=mqtt.server_port,
+        username=mqtt.server_username,
+        password=password,
+        client_id="edgefleet-link-test",
+        subscriptions=["$ThingsPro/devices/+/status"],
+        handler=_ignore,
+        max_backoff=30,
+    )
+    caplog.set_level(logging.WARNING, logger=mqtt_client.__name__)
+    run = asyncio.create_task(link.run())
+    broker = None
+    try:
+        await asyncio.sleep(3)  # no broker yet: 0.5, 1, 2 s
+        delays = [r.getMessage().rsplit("retrying in ", 1)[1] for r in caplog.records]
+        assert delays[:3] == ["0.5 s", "1.0 s", "2.0 s"], delays
+        broker = start_mosquitto(files, mqtt, password)
+        await asyncio.wait_for(link.connected.wait(), 15)
+        caplog.clear()
+        broker.stop()
+        broker = None
+        for _ in range(100):
+            if caplog.records:
+                break
+            await asyncio.sleep(0.05)
+        assert caplog.records, "the lost connection was not logged"
+        assert caplog.records[0].getMessage().endswith("retrying in 0.5 s")
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        if broker is not None:
+            broker.stop()
+        shutil.rmtree(directory, ignore_errors=True)
