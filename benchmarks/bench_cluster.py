@@ -62,9 +62,11 @@ from benchmarks.common import (
 )
 from edgefleet.db.engine import Database, make_engine
 from edgefleet.db.migrate import upgrade
+from edgefleet.mqtt.brokerconfig import aedes
 from edgefleet.processes import die_with_parent
 from edgefleet.secretbox import SecretBox
 from edgefleet.services.fleet import FleetService
+from edgefleet.settings import MQTTSettings
 from edgefleet.simulator.fleet import ensure_devices
 
 DB = "edgefleet_bench_cluster"
@@ -332,18 +334,21 @@ async def _run(
         )  # fmt: skip
         for node in nodes:
             node_env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
-            node_env |= {
-                "EDGEFLEET_URL": base,
-                "EDGEFLEET_BROKER_TOKEN": broker_token,
-                "BROKER_ID": node.name,
-                "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-                "GATEWAY_HOST": "127.0.0.1",
-                "GATEWAY_PORT": str(node.gateway_port),
-                "SERVER_HOST": "127.0.0.1",
-                "SERVER_PORT": str(node.server_port),
-                "HEALTH_PORT": str(node.health_port),
-                "HEARTBEAT_SECONDS": str(HEARTBEAT_SECONDS),
-            }
+            node_env |= aedes.environment(  # what `edgefleet broker-config aedes` writes
+                aedes.AedesNode(
+                    server_url=base,
+                    token=broker_token,
+                    broker_id=node.name,
+                    redis_url=f"redis://127.0.0.1:{redis_port}/0",
+                    gateway_host="127.0.0.1",
+                    gateway_port=node.gateway_port,
+                    server_host="127.0.0.1",
+                    server_port=node.server_port,
+                    psk_hint=MQTTSettings().psk_hint,
+                    health_port=node.health_port,
+                    heartbeat_seconds=HEARTBEAT_SECONDS,
+                )
+            )
             node.proc = _spawn(
                 [node_bin, str(AEDES / "broker.mjs")], node_env, tmp / f"{node.name}.log"
             )

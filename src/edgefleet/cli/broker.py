@@ -10,9 +10,9 @@ from pathlib import Path
 import typer
 
 from edgefleet.bootstrap import Container
-from edgefleet.cli.common import cli_actor, load_settings, run
-from edgefleet.cli.users import _by_email
-from edgefleet.domain.auth import Principal, PrincipalKind, Role, Scope, permissions_for
+from edgefleet.cli.common import load_settings, run
+from edgefleet.cli.tokens import create_token
+from edgefleet.domain.auth import Scope
 from edgefleet.mqtt.brokerconfig import aedes, emqx, mosquitto
 from edgefleet.services.pki import broker_tls
 
@@ -90,19 +90,7 @@ async def _broker_token(c: Container, token: str, user: str | None, what: str) -
     if token:
         return token
     assert user is not None
-    owner = await _by_email(c, user)
-    role = Role(owner.role)
-    principal = Principal(PrincipalKind.SESSION, owner.id, owner.email, role, permissions_for(role))
-    made, secret = await c.accounts.create_token(
-        principal, f"edgefleet broker-config {what}", Scope.BROKER, None
-    )
-    await c.audit.record(
-        cli_actor(),
-        "tokens.create",
-        outcome="success",
-        target_type="token",
-        target_id=str(made.id),
-    )
+    _, secret = await create_token(c, user, f"edgefleet broker-config {what}", Scope.BROKER, None)
     return secret
 
 

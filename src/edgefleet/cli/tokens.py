@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import typer
 
@@ -10,10 +10,29 @@ from edgefleet.api.schemas import token_public
 from edgefleet.bootstrap import Container
 from edgefleet.cli.common import JsonOption, cli_actor, emit, err_console, run
 from edgefleet.cli.users import _by_email
+from edgefleet.db.tables import ApiToken
 from edgefleet.domain.auth import Principal, PrincipalKind, Role, Scope, permissions_for
 
 app = typer.Typer(help="Manage API tokens.", no_args_is_help=True)
 COLUMNS = ("id", "prefix", "description", "scope", "userId", "expiresAt", "revokedAt", "lastUsedAt")
+
+
+async def create_token(
+    c: Container, email: str, description: str, scope: Scope, expires: datetime | None
+) -> tuple[ApiToken, str]:
+    """A new token owned by the user ``email`` (audited as done from the CLI), and its secret."""
+    owner = await _by_email(c, email)
+    role = Role(owner.role)
+    principal = Principal(PrincipalKind.SESSION, owner.id, owner.email, role, permissions_for(role))
+    token, secret = await c.accounts.create_token(principal, description, scope, expires)
+    await c.audit.record(
+        cli_actor(),
+        "tokens.create",
+        outcome="success",
+        target_type="token",
+        target_id=str(token.id),
+    )
+    return token, secret
 
 
 @app.command("create")
@@ -27,20 +46,8 @@ def create(
     """Create a token; its secret is printed once."""
 
     async def work(c: Container) -> dict[str, object]:
-        owner = await _by_email(c, user)
-        role = Role(owner.role)
-        principal = Principal(
-            PrincipalKind.SESSION, owner.id, owner.email, role, permissions_for(role)
-        )
         expires = c.accounts.clock() + timedelta(days=expires_in_days) if expires_in_days else None
-        token, secret = await c.accounts.create_token(principal, description, scope, expires)
-        await c.audit.record(
-            cli_actor(),
-            "tokens.create",
-            outcome="success",
-            target_type="token",
-            target_id=str(token.id),
-        )
+        token, secret = await create_token(c, user, description, scope, expires)
         return {**token_public(token), "token": secret}
 
     out = run(work)

@@ -24,6 +24,7 @@ from edgefleet.api.deps import ContainerDep, require
 from edgefleet.domain.auth import Permission, Principal
 from edgefleet.domain.broker_access import Action
 from edgefleet.errors import DeviceNotFoundError
+from edgefleet.mqtt.brokerconfig.files import render_psk
 
 log = logging.getLogger(__name__)
 
@@ -87,5 +88,5 @@ async def psk(c: ContainerDep, _: BrokerCaller, identity: str) -> dict[str, str]
 
 @router.get("/psk-file", name="broker.psk_file", response_class=PlainTextResponse)
 async def psk_file(c: ContainerDep, _: BrokerCaller) -> PlainTextResponse:
-    lines = "".join(f"{u}:{k}\n" for u, k in await c.fleet.all_psks())
+    lines = render_psk(await c.fleet.all_psks())
     return PlainTextResponse(lines, headers={"Cache-Control": "no-store"})

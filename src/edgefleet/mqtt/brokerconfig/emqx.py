@@ -35,7 +35,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import pwd
 import re
 import secrets
 import shlex
@@ -46,6 +45,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from edgefleet.errors import EdgefleetError
+from edgefleet.mqtt.brokerconfig.files import owner, render_psk, write_private
 from edgefleet.settings import MQTTSettings
 
 BROKER_USER = "emqx"
@@ -396,31 +396,8 @@ exec "${{EMQX_BIN:-emqx}}" eval {shlex.quote(erl)}
 """
 
 
-def render_psk(entries: Iterable[tuple[str, str]]) -> str:
-    return "".join(f"{uuid}:{key}\n" for uuid, key in entries)
-
-
-def _owner() -> tuple[int, int] | None:
-    """Files written as root are given to the ``emqx`` user, who must read them."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        pw = pwd.getpwnam(BROKER_USER)
-    except KeyError:
-        return None
-    return pw.pw_uid, pw.pw_gid
-
-
 def _write(path: Path, text: str, mode: int = 0o600) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp, mode)  # O_CREAT's mode is filtered by the umask, and an old file keeps its own
-    owner = _owner()
-    if owner:
-        os.chown(tmp, *owner)
-    tmp.replace(path)
+    write_private(path, text, mode=mode, user=BROKER_USER)
 
 
 def existing_token(files: EmqxFiles) -> str:
@@ -454,9 +431,9 @@ def write_all(
     check(node, cluster)
     if not files.directory.exists():  # an existing directory keeps its mode and owner
         files.directory.mkdir(mode=0o700, parents=True)
-        owner = _owner()
-        if owner:
-            os.chown(files.directory, *owner)
+        ids = owner(BROKER_USER)
+        if ids:
+            os.chown(files.directory, *ids)
     _write(files.conf, render_conf(node, cluster, mqtt))
     _write(files.token, node.token + "\n")
     if node.dashboard_password:

@@ -15,7 +15,6 @@ temporary name and renamed, so the broker never reads half a file.
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import signal
 import subprocess
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet.errors import EdgefleetError
+from edgefleet.mqtt.brokerconfig.files import owner, render_psk, write_private
 from edgefleet.mqtt.psk import PSK_CIPHERS
 from edgefleet.mqtt.topics import PREFIX
 from edgefleet.settings import MQTTSettings
@@ -152,30 +152,8 @@ def render_acl(server_user: str) -> str:
     )
 
 
-def render_psk(entries: Iterable[tuple[str, str]]) -> str:
-    return "".join(f"{uuid}:{key}\n" for uuid, key in entries)
-
-
-def _owner() -> tuple[int, int] | None:
-    """Mosquitto started as root drops to the ``mosquitto`` user, who must read the files."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        pw = pwd.getpwnam(BROKER_USER)
-    except KeyError:
-        return None
-    return pw.pw_uid, pw.pw_gid
-
-
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    owner = _owner()
-    if owner:
-        os.chown(tmp, *owner)
-    tmp.replace(path)
+    write_private(path, text, user=BROKER_USER)
 
 
 def write_psk(files: MosquittoFiles, entries: Iterable[tuple[str, str]]) -> None:
@@ -197,9 +175,9 @@ def write_all(
     if mqtt.cert_port and tls is None:
         raise BrokerConfigError("the certificate listener needs the CA's material")
     files.directory.mkdir(parents=True, exist_ok=True)
-    owner = _owner()
-    if owner:
-        os.chown(files.directory, *owner)
+    ids = owner(BROKER_USER)
+    if ids:
+        os.chown(files.directory, *ids)
     _write(files.conf, render_conf(files, mqtt))
     _write(files.acl, render_acl(mqtt.server_username))
     write_psk(files, psk_entries)
