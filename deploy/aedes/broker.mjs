@@ -28,6 +28,7 @@ import { Aedes } from 'aedes'
 
 const require = createRequire(import.meta.url)
 const MQEmitterRedis = require('mqemitter-redis')
+const Redis = require('ioredis')
 const redisPersistence = require('aedes-persistence-redis')
 
 function log (level, msg, fields = {}) {
@@ -157,7 +158,14 @@ function redisOptions () {
   }
 }
 
-const mq = MQEmitterRedis(redisOptions())
+// ioredis 5.8+ may send its ready check (INFO) after the subscriber connection has entered
+// subscriber mode, which Redis refuses and which crashed a node at start (redis/ioredis#2037):
+// the subscriber connection skips the check
+// (mqemitter-redis makes its own connections with auto-pipelining: so do these)
+const mq = MQEmitterRedis({
+  subConn: new Redis({ ...redisOptions(), enableAutoPipelining: true, enableReadyCheck: false }),
+  pubConn: new Redis({ ...redisOptions(), enableAutoPipelining: true })
+})
 const persistence = redisPersistence(redisOptions())
 const aedes = await Aedes.createBroker({
   id: cfg.id,
