@@ -13,7 +13,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,6 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+
+from tests.brokers import free_port
 
 INSTALL_HINT = (
     "PostgreSQL is needed for these tests and none was found: set EDGEFLEET_TEST_PG to an admin "
@@ -90,12 +91,6 @@ def _reachable(dsn: str) -> bool:
         return pool.submit(asyncio.run, probe()).result()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _binaries() -> tuple[str, str] | None:
     for bindir in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
         initdb, pg_ctl = os.path.join(bindir, "initdb"), os.path.join(bindir, "pg_ctl")
@@ -122,7 +117,7 @@ def _start_private(base: Path) -> PostgresServer:
         run_as = ["runuser", "-u", "postgres", "--"]
         base.chmod(0o777)
         os.chown(base, pw.pw_uid, pw.pw_gid)
-    port = _free_port()
+    port = free_port()
     subprocess.run(
         [*run_as, initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
         check=True,

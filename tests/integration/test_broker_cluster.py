@@ -111,9 +111,19 @@ class Cluster:
     gateway_port: int
     """The load balancer's gateway port (TLS-PSK passed through to the nodes)."""
     nodes: list[Node] = field(default_factory=list)
+    server_log: Path | None = None
 
     def log_of(self, node: Node) -> list[dict[str, object]]:
         return [json.loads(line) for line in node.log.read_text().splitlines() if line]
+
+    def diagnosis(self) -> str:
+        """The tails of the server's and the nodes' logs, for a failure message."""
+        logs = [("server", self.server_log)] + [(n.name, n.log) for n in self.nodes]
+        return "\n".join(
+            f"--- {name}\n{path.read_text()[-2000:]}"
+            for name, path in logs
+            if path and path.exists()
+        )
 
 
 @pytest.fixture
@@ -252,7 +262,7 @@ stream {{
             )
         )
         _wait(lambda: httpx.get(url + "/readyz", timeout=2).status_code == 200, "server ready")
-        yield Cluster(url, env, lb_gateways, nodes)
+        yield Cluster(url, env, lb_gateways, nodes, tmp_path / "server.log")
     finally:
         _stop(procs)
 
@@ -391,7 +401,14 @@ async def test_a_node_dies_and_its_gateways_finish_their_tasks_on_the_others(
                 async def stranded_offline() -> bool:
                     return stranded <= await offline_events()
 
-                await eventually(stranded_offline, "offline events of the stranded gateways", 30)
+                # the wills come 3-4 heartbeats after the kill; when the server's own link was on
+                # the dead node, a will may reach it as a retained message, which the server
+                # checks by probing after its reconnection (grace, settling, probe timeout)
+                try:
+                    await eventually(stranded_offline, "offline events of the stranded gateways")
+                except AssertionError as exc:
+                    missing = stranded - await offline_events()
+                    raise AssertionError(f"{exc}: {missing}\n{cluster.diagnosis()}") from None
                 await eventually(
                     lambda: _equal(online_uuids(), set(uuids) - stranded),
                     "presence: the stranded offline, every other gateway online",

@@ -12,11 +12,7 @@ from pathlib import Path
 
 import httpx
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.brokers import free_port
 
 
 def _wait_ready(url: str, deadline: float) -> None:
@@ -36,15 +32,15 @@ def _env(tmp_path: Path, port: int) -> dict[str, str]:
             "EDGEFLEET_DATA_DIR": str(tmp_path / "data"),
             "EDGEFLEET_HTTP__PORT": str(port),
             "EDGEFLEET_MQTT__GATEWAY_HOST": "127.0.0.1",
-            "EDGEFLEET_MQTT__GATEWAY_PORT": str(_free_port()),
-            "EDGEFLEET_MQTT__SERVER_PORT": str(_free_port()),
+            "EDGEFLEET_MQTT__GATEWAY_PORT": str(free_port()),
+            "EDGEFLEET_MQTT__SERVER_PORT": str(free_port()),
         }
     )
     return env
 
 
 def test_first_start_prints_a_one_time_admin_password_and_serves(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "edgefleet.cli.main", "serve"],
         env=_env(tmp_path, port),
@@ -74,7 +70,7 @@ def test_first_start_prints_a_one_time_admin_password_and_serves(tmp_path: Path)
         _, err = proc.communicate(timeout=20)
     assert password not in err  # printed once on stdout, never logged
     # a second start finds users and prints no password
-    port2 = _free_port()
+    port2 = free_port()
     again = subprocess.Popen(
         [sys.executable, "-m", "edgefleet.cli.main", "serve"],
         env=_env(tmp_path, port2),
@@ -109,7 +105,7 @@ def test_busy_port_is_reported_clearly(tmp_path: Path) -> None:
 def test_a_broker_left_by_a_killed_server_is_stopped_at_the_next_start(tmp_path: Path) -> None:
     """Run as root, Mosquitto drops to its own user, which clears the parent-death signal: a
     server killed with SIGKILL leaves its broker holding the ports. The next start stops it."""
-    env = _env(tmp_path, _free_port())
+    env = _env(tmp_path, free_port())
     cmd = [sys.executable, "-m", "edgefleet.cli.main", "serve"]
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     record = tmp_path / "data" / "embedded-mosquitto.json"
@@ -120,7 +116,7 @@ def test_a_broker_left_by_a_killed_server_is_stopped_at_the_next_start(tmp_path:
         first.kill()
         first.wait()
     time.sleep(0.5)
-    env["EDGEFLEET_HTTP__PORT"] = str(_free_port())  # the same broker ports as before
+    env["EDGEFLEET_HTTP__PORT"] = str(free_port())  # the same broker ports as before
     again = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         _wait_ready(f"http://127.0.0.1:{env['EDGEFLEET_HTTP__PORT']}/readyz", time.monotonic() + 60)
@@ -151,7 +147,7 @@ def _cli(env: dict[str, str], *args: str) -> str:
 def test_sigterm_ends_open_event_streams_and_stops(tmp_path: Path) -> None:
     """uvicorn waits for open responses before shutting down: a live event stream must not
     keep the server from stopping."""
-    port = _free_port()
+    port = free_port()
     env = _env(tmp_path, port)
     _cli(env, "users", "create", "ops@example.com", "--role", "viewer")
     token = _cli(env, "tokens", "create", "--user", "ops@example.com", "--scope", "read")
