@@ -20,8 +20,9 @@ from edgefleet.services.tasks import TaskSpec, TaskView
 from edgefleet.settings import Settings
 from edgefleet.simulator.fleet import SimulatedFleet, ensure_devices
 from edgefleet.simulator.gateway import Behaviour
+from tests.brokers import free_port
 from tests.gateways import count, eventually
-from tests.integration.test_serve import _env, _free_port
+from tests.integration.test_serve import _env
 from tests.pgserver import PostgresServer
 
 N = 30
@@ -57,7 +58,7 @@ async def test_a_server_killed_mid_rollout_finishes_it_after_a_restart(
     url = pg_server.url(name)
     await upgrade_async(url)
     secret = secrets.token_urlsafe(32)
-    env = _env(tmp_path, _free_port())
+    env = _env(tmp_path, free_port())
     env.update({"EDGEFLEET_DATABASE_URL": url, "EDGEFLEET_SECRET_KEY": secret})
     # this test's own handle on the same database: registers, creates, watches
     c = build(Settings(data_dir=tmp_path / "data", database_url=url, secret_key=secret))
@@ -102,7 +103,7 @@ async def test_a_server_killed_mid_rollout_finishes_it_after_a_restart(
         at_kill = latest[0].by_state()
         assert at_kill.get("SUCCESS", 0) < N
 
-        env["EDGEFLEET_HTTP__PORT"] = str(_free_port())  # the same broker ports as before
+        env["EDGEFLEET_HTTP__PORT"] = str(free_port())  # the same broker ports as before
         server = await _serve(env)
 
         async def finished() -> bool:
