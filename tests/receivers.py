@@ -1,14 +1,18 @@
-"""A real HTTP receiver of webhooks on 127.0.0.1, recording what it gets."""
+"""A real HTTP receiver of webhooks on 127.0.0.1, recording what it gets; and what the
+server's outbound guard is given in tests instead of the system resolver (a table of names)
+and around its real connector (a record of every connection it opens)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpcore
 from fastapi import FastAPI, Request, Response
 
 from tests.httpserver import bound_socket, serving
@@ -82,3 +86,47 @@ async def receiving() -> AsyncIterator[Receiver]:
                 receiver.release.set()
     finally:
         sock.close()
+
+
+@dataclass
+class Names:
+    """A resolver answering from a table (a name not in it does not resolve: no test ever
+    asks the system's DNS); ``later`` answers every lookup after the first (DNS rebinding)."""
+
+    table: dict[str, list[str]] = field(default_factory=dict)
+    later: dict[str, list[str]] = field(default_factory=dict)
+    asked: list[str] = field(default_factory=list)
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        seen = host in self.asked
+        self.asked.append(host)
+        if seen and host in self.later:
+            return list(self.later[host])
+        if host in self.table:
+            return list(self.table[host])
+        raise socket.gaierror(socket.EAI_NONAME, f"{host}: no such name (test resolver)")
+
+
+class RecordingNetwork(httpcore.AsyncNetworkBackend):
+    """The real connector, recording every ``(address, port)`` it is asked to connect to."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
+        self.inner = inner
+        self.connects: list[tuple[str, int]] = []
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        self.connects.append((host, port))
+        assert host.startswith("127."), f"a test tried to reach {host}"
+        return await self.inner.connect_tcp(
+            host, port, timeout=timeout, local_address=local_address, socket_options=socket_options
+        )
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)

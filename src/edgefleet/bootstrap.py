@@ -26,6 +26,7 @@ from edgefleet.secretbox import SecretBox
 from edgefleet.services.accounts import AccountService
 from edgefleet.services.audit import AuditService
 from edgefleet.services.broker_auth import BrokerAuthService
+from edgefleet.services.egress import Egress
 from edgefleet.services.engine import TaskEngine
 from edgefleet.services.eventfeed import EventFeed
 from edgefleet.services.eventlog import EventLog
@@ -207,7 +208,8 @@ def build(settings: Settings, db: Database | None = None) -> Container:
     events = EventService(db, settings.events)
     if settings.events.ingest:
         messaging.router.events = events
-    notifications = NotificationService(db, box, settings.events)
+    egress = Egress.for_networks(settings.events.webhook_allow_networks)
+    notifications = NotificationService(db, box, settings.events, egress)
     events.add_hook(notifications.queue_deliveries)
     events.add_listener(notifications.events_stored)
     tasks = _tasks(db, messaging, firmware)

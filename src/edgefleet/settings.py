@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    IPvAnyNetwork,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -135,6 +142,10 @@ class EventSettings(BaseModel):
     """First retry delay; doubled at each attempt, up to an hour."""
     webhook_concurrency: int = Field(default=32, ge=1, le=1000)
     """Deliveries in flight at once; one endpoint gets at most a quarter of them."""
+    webhook_allow_networks: list[IPvAnyNetwork] = Field(default_factory=list)
+    """Networks webhooks may reach although they are internal (loopback, private,
+    link-local, this server's own addresses…: domain/egress.py), e.g. ``["10.1.2.0/24"]``
+    for a receiver on the LAN. Empty: only global addresses."""
 
 
 class Settings(BaseSettings):

@@ -1,10 +1,15 @@
 """Webhook notifications end to end, on SQLite and PostgreSQL: the REST API (shapes checked
 against the ThingsPro v2.5 spec), confirmation, signed deliveries to real HTTP receivers on
-127.0.0.1, retries, failure, a hanging receiver, deletion, permissions."""
+127.0.0.1 (allowed here by ``webhook_allow_networks``), retries, failure, a hanging
+receiver, deletion, permissions; and the outbound guard: internal addresses in every form,
+names resolving to them (a table of names stands in for DNS, so no test asks it), DNS
+rebinding, and generic reasons in answers."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,12 +27,22 @@ from edgefleet.db.engine import Database
 from edgefleet.db.tables import DeliveryAttempt, WebhookDelivery
 from edgefleet.domain.auth import Role, Scope
 from edgefleet.domain.events import EventType, NewEvent
-from edgefleet.domain.webhooks import verify
+from edgefleet.domain.webhooks import REFUSED, UNREACHABLE, verify
 from edgefleet.settings import EventSettings, Settings
 from tests import spec
 from tests.conftest import Caller, Callers
 from tests.gateways import eventually
-from tests.receivers import Receiver, receiving
+from tests.receivers import Names, Receiver, RecordingNetwork, receiving
+
+LOOPBACK = [ipaddress.ip_network("127.0.0.0/8")]
+"""The receivers' network, which webhooks may reach only when it is allowed."""
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    settings.events = EventSettings(webhook_allow_networks=LOOPBACK)
+    return settings
+
 
 # --- the server -----------------------------------------------------------------------------
 
@@ -81,7 +96,19 @@ FAST = EventSettings(
     webhook_max_attempts=3,
     webhook_backoff_seconds=0.05,
     webhook_concurrency=8,
+    webhook_allow_networks=LOOPBACK,
 )
+STRICT = FAST.model_copy(update={"webhook_allow_networks": []})
+"""The defaults' policy: only global addresses."""
+
+
+def guard(c: Container, names: Names) -> RecordingNetwork:
+    """Resolve with ``names`` (never the system's DNS) and record every connection opened."""
+    egress = c.notifications.egress
+    egress.resolver = names
+    network = RecordingNetwork(egress.network)
+    egress.network = network
+    return network
 
 
 @asynccontextmanager
@@ -220,7 +247,7 @@ async def test_subscription_waits_for_confirmation_when_endpoint_fails_and_posti
     # nothing listens there any more: a connection error, not a status
     gone = await env.subscribe(receiver, "device_offline")
     assert gone["status"] == "Pending Confirmation"
-    assert gone["confirmation"]["statusCode"] is None and gone["confirmation"]["error"]
+    assert gone["confirmation"] == {"statusCode": None, "error": UNREACHABLE}
 
 
 async def test_deliveries_are_signed_with_the_secret_given_at_creation(env: Env) -> None:
@@ -328,8 +355,9 @@ async def test_delivery_fails_after_the_last_attempt(env: Env) -> None:
         assert [a["statusCode"] for a in view["history"]] == [500, 500, 500]
         assert view["nextAt"] is None and view["deliveredAt"] is None
         [view] = await env.deliveries(gone["uuid"])
-        assert view["attempts"] == 3 and view["lastCode"] is None and view["lastError"]
-        assert all(a["statusCode"] is None and a["error"] for a in view["history"])
+        assert view["attempts"] == 3 and view["lastCode"] is None
+        assert view["lastError"] == UNREACHABLE
+        assert all(a["statusCode"] is None and a["error"] == UNREACHABLE for a in view["history"])
         r = await env.api.get(f"/api/v1/notifications/{gone['uuid']}", headers=env.h)
         assert r.json()["deliveries"] == {"pending": 0, "delivered": 0, "failed": 1}
 
@@ -551,3 +579,138 @@ async def test_messaging_runs_the_dispatcher_when_live(
             got.headers["x-edgefleet-signature"],
             now=int(time.time()),
         )
+
+
+# --- the outbound guard ---------------------------------------------------------------------
+
+NAMES = {
+    "loopback.test": ["127.0.0.1"],
+    "metadata.test": ["169.254.169.254"],
+    "private.test": ["10.1.2.3"],
+    "mixed.test": ["93.184.215.14", "127.0.0.1"],  # one refused address refuses the name
+}
+INTERNAL = [
+    "http://127.0.0.1:{port}/hook",
+    "http://loopback.test:{port}/hook",
+    "http://[::1]:{port}/hook",
+    "http://2130706433:{port}/hook",
+    "http://0x7f.1:{port}/hook",
+    "http://127.1:{port}/hook",
+    "http://[::ffff:127.0.0.1]:{port}/hook",
+    "http://0.0.0.0:{port}/hook",
+    "http://169.254.169.254/latest/meta-data/",
+    "http://metadata.test/latest/meta-data/",
+    "https://[fe80::1]/hook",
+    "http://10.0.0.1/hook",
+    "http://private.test/hook",
+    "http://100.64.0.1/hook",
+    "http://[fd00::1]/hook",
+    "http://224.0.0.1/hook",
+    "http://[::ffff:169.254.169.254]/hook",
+    "http://[64:ff9b::a9fe:a9fe]/hook",
+    "http://mixed.test:{port}/hook",
+]
+
+
+async def test_internal_endpoints_are_refused_before_any_connection_when_not_allowed(
+    settings: Settings, database: Database
+) -> None:
+    async with running(settings, database, STRICT) as env, receiving() as receiver:
+        names = Names(dict(NAMES))
+        network = guard(env.c, names)
+        port = httpx.URL(receiver.url).port
+        for template in INTERNAL:
+            endpoint = template.format(port=port)
+            proto = httpx.URL(endpoint).scheme
+            body = {"eventType": "device_online", "protocol": proto, "endpoint": endpoint}
+            r = await env.api.post("/api/v1/notifications", headers=env.h, json=body)
+            assert _problem(r, 400)["detail"] == REFUSED, endpoint
+        # the names were looked up (in the table), the numeric forms were not; nothing was
+        # connected to, although the receiver on 127.0.0.1 would have answered
+        assert sorted(set(names.asked)) == sorted(NAMES)
+        assert network.connects == []
+        assert receiver.requests == []
+        assert (await env.api.get("/api/v1/notifications", headers=env.h)).json() == []
+
+
+async def test_loopback_receiver_is_reached_only_once_its_network_is_allowed(
+    settings: Settings, database: Database
+) -> None:
+    async with receiving() as receiver:
+        async with running(settings, database, STRICT) as env:
+            network = guard(env.c, Names())
+            body = {"eventType": "device_online", "protocol": "http", "endpoint": receiver.url}
+            r = await env.api.post("/api/v1/notifications", headers=env.h, json=body)
+            assert _problem(r, 400)["detail"] == REFUSED
+            assert network.connects == [] and receiver.requests == []
+        async with running(settings, database, FAST) as env:
+            network = guard(env.c, Names())
+            [sub] = (await env.api.post("/api/v1/notifications", headers=env.h, json=body)).json()
+            assert sub["status"] == "Ready"
+            assert network.connects == [("127.0.0.1", httpx.URL(receiver.url).port)]
+            assert len(receiver.requests) == 1
+
+
+async def test_a_name_rebound_to_a_refused_address_is_refused_when_connecting(
+    settings: Settings, database: Database
+) -> None:
+    """The address is checked when the connection is made, not only when subscribing: a
+    name that answers an allowed address first and a refused one next is never reached."""
+    only_receiver = FAST.model_copy(
+        update={"webhook_allow_networks": [ipaddress.ip_network("127.0.0.1/32")]}
+    )
+    async with running(settings, database, only_receiver) as env, receiving() as receiver:
+        port = httpx.URL(receiver.url).port
+        names = Names({"rebind.test": ["127.0.0.1"]}, later={"rebind.test": ["127.0.0.2"]})
+        network = guard(env.c, names)
+        body = {
+            "eventType": "device_online",
+            "protocol": "http",
+            "endpoint": f"http://rebind.test:{port}/hook",
+        }
+        r = await env.api.post("/api/v1/notifications", headers=env.h, json=body)
+        assert r.status_code == 200, r.text
+        [sub] = r.json()
+        assert names.asked == ["rebind.test", "rebind.test"]  # when subscribing, when sending
+        assert sub["status"] == "Pending Confirmation"
+        assert sub["confirmation"] == {"statusCode": None, "error": REFUSED}
+        assert network.connects == [] and receiver.requests == []
+
+        # Ready while the name points at the receiver; a delivery after it moved is refused
+        names.later = {}
+        names.table["rebind.test"] = ["127.0.0.1"]
+        r = await env.api.post("/api/v1/notifications", headers=env.h, json=body)
+        assert r.json()[0]["status"] == "Ready"
+        names.table["rebind.test"] = ["127.0.0.2"]
+        await env.emit(EventType.DEVICE_ONLINE)
+
+        async def refused() -> bool:
+            views = await env.deliveries(sub["uuid"])
+            return bool(views) and views[0]["lastError"] == REFUSED
+
+        await eventually(refused)
+        assert receiver.events() == []
+        assert network.connects == [("127.0.0.1", port)]  # the second confirmation only
+
+
+async def test_unanswered_requests_get_one_generic_reason_and_the_log_the_detail(
+    settings: Settings, database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A closed port and a receiver that never answers look the same through the API, so
+    confirmation answers cannot map which ports are open; the server log tells them apart."""
+    events = FAST.model_copy(update={"webhook_timeout_seconds": 0.5})
+    caplog.set_level(logging.WARNING, logger="edgefleet.services.notifications")
+    async with running(settings, database, events) as env, receiving() as hanging:
+        async with receiving() as gone:
+            closed = gone.url
+        hanging.hang = True
+        answers = []
+        for endpoint in (closed, hanging.url):
+            body = {"eventType": "device_online", "protocol": "http", "endpoint": endpoint}
+            r = await env.api.post("/api/v1/notifications", headers=env.h, json=body)
+            assert r.status_code == 200, r.text
+            answers.append(r.json()[0]["confirmation"])
+        assert answers == [{"statusCode": None, "error": UNREACHABLE}] * 2
+    logged = [r.getMessage() for r in caplog.records if "confirmation to" in r.getMessage()]
+    assert len(logged) == 2
+    assert "ConnectError" in logged[0] and "no answer within 0.5 s" in logged[1]

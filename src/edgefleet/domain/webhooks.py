@@ -64,6 +64,16 @@ CONFIRMATION = "subscription_confirmation"
 EVENT = "event"
 """The ``type`` of an event delivery."""
 
+REFUSED = (
+    "the endpoint's address is one webhooks may not reach (loopback, private, link-local, "
+    "this server's, …); allow its network with EDGEFLEET_EVENTS__WEBHOOK_ALLOW_NETWORKS"
+)
+"""What the API says of an endpoint resolving to a refused address (loopback, private,
+link-local, the server's own…): which one, and why, is for the server log."""
+UNREACHABLE = "no answer from the endpoint"
+"""What the API says of any attempt that got no HTTP status (refused or reset connection,
+timeout, TLS or DNS failure): the detail, which would map a network, is for the server log."""
+
 
 def parse_subscription(event_type: Any, protocol: Any, endpoint: Any) -> tuple[EventType, str, str]:
     """The ``(event type, protocol, endpoint)`` of a subscription request, checked: a

@@ -21,6 +21,13 @@ Every attempt is recorded; a 2xx answer delivers, anything else is retried after
 ``backoff_delay`` until ``webhook_max_attempts``, then the delivery has failed. Finished
 deliveries are deleted after the events' ``retention_days``.
 
+*Reaching receivers*: every request (confirmations included) goes through an
+``services.egress`` client, which connects only to addresses the policy allows, checked at
+connect time. An endpoint that resolves to a refused address is refused when subscribing
+(400). What an attempt without a status records, and the API shows, is one of two generic
+reasons (``domain.webhooks.REFUSED``, ``UNREACHABLE``): whether a port was closed, filtered
+or slow is for the server log only, so the answers cannot map a network.
+
 Secrets and signatures are never logged.
 """
 
@@ -52,6 +59,8 @@ from edgefleet.db.tables import DeliveryAttempt, Notification, WebhookDelivery
 from edgefleet.domain.events import StoredEvent
 from edgefleet.domain.webhooks import (
     CONFIRMATION,
+    REFUSED,
+    UNREACHABLE,
     DeliveryState,
     SubscriptionStatus,
     after_attempt,
@@ -66,8 +75,15 @@ from edgefleet.domain.webhooks import (
     parse_subscription,
     parse_uuids,
 )
-from edgefleet.errors import ConflictError, DuplicateError, NotFoundError, StorageError
+from edgefleet.errors import (
+    ConflictError,
+    DuplicateError,
+    NotFoundError,
+    StorageError,
+    ValidationError,
+)
 from edgefleet.secretbox import SecretBox
+from edgefleet.services.egress import Egress, EgressRefusedError, guarded_client
 from edgefleet.services.retention import delete_in_batches, every
 from edgefleet.settings import EventSettings
 
@@ -125,7 +141,10 @@ class DeliveryView:
 class _Outcome:
     status_code: int | None
     error: str
+    """What is recorded and shown: empty, or a generic reason."""
     duration_ms: float
+    detail: str = ""
+    """Why there was no status, for the server log only."""
 
 
 def _not_found(uuid: str) -> NotFoundError:
@@ -134,11 +153,18 @@ def _not_found(uuid: str) -> NotFoundError:
 
 class NotificationService:
     def __init__(
-        self, db: Database, box: SecretBox, settings: EventSettings, clock: Clock = utcnow
+        self,
+        db: Database,
+        box: SecretBox,
+        settings: EventSettings,
+        egress: Egress,
+        clock: Clock = utcnow,
     ) -> None:
         self.db = db
         self.box = box
         self.settings = settings
+        self.egress = egress
+        """Resolves and checks receivers' addresses (tests may swap its resolver)."""
         self.clock = clock
         self.limit = settings.webhook_concurrency
         self.per_receiver = max(1, self.limit // 4)
@@ -163,6 +189,7 @@ class NotificationService:
         """Subscribe ``endpoint`` to ``event_type`` (or find that subscription) and confirm it
         by calling the endpoint; the answer decides its status."""
         kind, proto, url = parse_subscription(event_type, protocol, endpoint)
+        await self._check_address(url)
         row, secret = await self._find_or_add(kind.value, proto, url, actor)
         plain = secret if secret is not None else self.box.open(row.secret_sealed)
         confirmation = await self._confirm(row, plain)
@@ -220,21 +247,37 @@ class NotificationService:
                 continue  # created concurrently by another request: found next time
         raise ConflictError("the subscription is being changed concurrently; try again")
 
+    async def _check_address(self, url: str) -> None:
+        """Refuse (400) an endpoint whose host resolves to an address webhooks may not reach;
+        one that does not resolve now is left to the confirmation to report."""
+        parsed = httpx.URL(url)
+        host = parsed.raw_host.decode("ascii")
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            await self.egress.addresses(host, port)
+        except EgressRefusedError as exc:
+            log.warning("webhook endpoint %s refused: %s", origin(url), exc.message)
+            raise ValidationError(REFUSED) from None
+        except OSError:
+            pass
+
     async def _confirm(self, row: Notification, secret: str) -> Confirmation:
         request_uuid = str(uuidlib.uuid4())
         now = self.clock()
         body = confirmation_body(request_uuid, public_fields(row), now)
         raw = encode(body)
         timeout = self.settings.webhook_timeout_seconds
-        async with httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout), follow_redirects=False
-        ) as client:
+        async with guarded_client(self.egress, timeout) as client:
             outcome = await _post(
                 client,
                 row.endpoint,
                 raw,
                 headers(CONFIRMATION, request_uuid, secret, raw, int(now.timestamp())),
                 timeout,
+            )
+        if outcome.detail:
+            log.warning(
+                "webhook %s: confirmation to %s: %s", row.uuid, origin(row.endpoint), outcome.detail
             )
         return Confirmation(outcome.status_code, outcome.error)
 
@@ -358,10 +401,8 @@ class NotificationService:
         limits = httpx.Limits(
             max_connections=self.limit, max_keepalive_connections=min(self.limit, 32)
         )
-        async with httpx.AsyncClient(
-            timeout=httpx.Timeout(self.settings.webhook_timeout_seconds),
-            limits=limits,
-            follow_redirects=False,
+        async with guarded_client(
+            self.egress, self.settings.webhook_timeout_seconds, limits
         ) as client:
             retention = asyncio.create_task(self._run_retention(), name="webhook-retention")
             try:
@@ -496,13 +537,22 @@ class NotificationService:
                 )
             )
             ATTEMPTS.labels(state.value if state is not DeliveryState.PENDING else "retry").inc()
+            last = outcome.status_code or outcome.detail or outcome.error
             if state is DeliveryState.FAILED:
                 log.warning(
                     "webhook delivery %s to %s failed after %d attempts (last: %s)",
                     delivery.uuid,
                     receiver,
                     attempts,
-                    outcome.status_code or outcome.error,
+                    last,
+                )
+            elif outcome.status_code is None:
+                log.info(
+                    "webhook delivery %s to %s: attempt %d: %s",
+                    delivery.uuid,
+                    receiver,
+                    attempts,
+                    last,
                 )
         finally:
             self._running.pop(delivery.id, None)
@@ -594,7 +644,7 @@ async def _post(
     loop = asyncio.get_running_loop()
     start = loop.time()
     code: int | None = None
-    error = ""
+    error = detail = ""
     try:
         async with asyncio.timeout(seconds):
             async with client.stream("POST", url, content=raw, headers=sent) as response:
@@ -604,11 +654,14 @@ async def _post(
                     read += len(chunk)
                     if read > MAX_RESPONSE_BYTES:
                         break
+    except EgressRefusedError as exc:
+        error, detail = REFUSED, exc.message
     except (TimeoutError, httpx.TimeoutException):
-        error = f"no answer within {seconds:g} s"
+        error, detail = UNREACHABLE, f"no answer within {seconds:g} s"
     except httpx.HTTPError as exc:
-        error = _describe(exc)
-    return _Outcome(code, error[:500], round((loop.time() - start) * 1000, 3))
+        error, detail = UNREACHABLE, _describe(exc)
+    elapsed = round((loop.time() - start) * 1000, 3)
+    return _Outcome(code, error, elapsed, detail[:500])
 
 
 def _describe(exc: Exception) -> str:
