@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from edgefleet.db.engine import Database, make_engine
+from edgefleet import datadir
+from edgefleet.db.engine import Database, make_engine, sqlite_file
 from edgefleet.db.migrate import current_revision, head_revision, upgrade_async
 from edgefleet.db.tables import Task
 from edgefleet.errors import StorageError
@@ -90,6 +91,7 @@ class Container:
             asyncio.create_task(self.tasks.engine.run(), name="task-engine"),
             asyncio.create_task(self.events.run(), name="event-writer"),
             asyncio.create_task(self.events.run_retention(), name="event-retention"),
+            asyncio.create_task(self.files.run_expiry(), name="file-expiry"),
             asyncio.create_task(self.notifications.run(), name="webhook-dispatcher"),
         ]
 
@@ -191,8 +193,7 @@ def _tasks(db: Database, messaging: Messaging, firmware: FirmwareService) -> Tas
 
 def build(settings: Settings, db: Database | None = None) -> Container:
     """Wire every service from ``settings``; tests may hand in a database already open."""
-    if settings.is_sqlite:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    datadir.prepare(settings, sqlite_file(settings.resolved_database_url))
     db = db or Database(make_engine(settings.resolved_database_url))
     box = SecretBox(settings.resolved_secret_key())
     fleet = FleetService(db, box)

@@ -13,7 +13,7 @@ import secrets
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel,
@@ -111,6 +111,11 @@ class StorageSettings(BaseModel):
     """The largest file one upload may carry (the original's filebin allowed 500 MB)."""
     url_ttl_seconds: int = Field(default=900, ge=1, le=7 * 24 * 3600)
     """How long the download URL in a filebin answer stays valid."""
+    file_ttl_seconds: int = Field(default=3600, ge=0)
+    """Uploaded files (filebin, task attachments) are deleted this long after their upload,
+    unless the firmware catalogue or a task refers to them (a task still open, or finished
+    less than this long ago); 0 keeps them for ever. The original's filebin kept files about
+    an hour."""
 
     @field_validator("url")
     @classmethod
@@ -238,21 +243,88 @@ class Settings(BaseSettings):
         return Path(url[len("file://") :]) if url.startswith("file://") else self.data_dir / "files"
 
     def masked(self) -> dict[str, Any]:
-        """Settings as plain data with every secret replaced, for ``config show``."""
+        """Settings as plain data with every secret replaced, for ``config show``: each
+        setting whose name looks secret (:func:`is_secret_name`), and in every URL the
+        password and each query parameter whose name looks secret (``sslpassword=``, …)."""
         data = self.model_dump(mode="json")
-        data["secret_key"] = "********" if self.secret_key.get_secret_value() else "(key file)"
-        data["database_url"] = _mask_url(self.resolved_database_url)
-        data["mqtt"]["server_password"] = (
-            "********" if self.mqtt.server_password.get_secret_value() else "(key file)"
-        )
-        data["storage"]["s3_endpoint_url"] = _mask_url(self.storage.s3_endpoint_url)
-        return data
+        data["database_url"] = self.resolved_database_url
+        shown = _masked(data)
+        assert isinstance(shown, dict)
+        if not self.secret_key.get_secret_value():
+            shown["secret_key"] = KEY_FILE
+        if not self.mqtt.server_password.get_secret_value():
+            shown["mqtt"]["server_password"] = KEY_FILE
+        return shown
+
+
+MASK = "********"
+KEY_FILE = "(key file)"
+"""What ``config show`` says of a secret generated into the data directory."""
+
+_SECRET_PARTS = (
+    "password",
+    "passwd",
+    "passphrase",
+    "secret",
+    "token",
+    "credential",
+    "apikey",
+    "api_key",
+    "api-key",
+    "access_key",
+    "private_key",
+    "signature",
+)
+_SECRET_NAMES = frozenset({"pass", "pwd", "key", "sig", "auth", "psk"})
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a setting or URL query parameter of this name holds a secret (``password``,
+    ``sslpassword``, ``secret_key``, ``X-Amz-Signature``, ``key``, …). ``sslkey``,
+    ``sslcert`` and ``sslrootcert`` name files, and a file name is no secret."""
+    lowered = name.lower()
+    return lowered in _SECRET_NAMES or any(part in lowered for part in _SECRET_PARTS)
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password and the values of its secret-looking query parameters
+    replaced by ``********``; anything that is not a ``scheme://`` URL as it is."""
+    if "://" not in url:
+        return url
+    try:
+        parts = urlsplit(url)
+        has_password = parts.password is not None
+    except ValueError:
+        return "(a URL that does not parse)"
+    netloc = parts.netloc
+    if has_password:
+        userinfo, _, host = netloc.rpartition("@")
+        netloc = f"{userinfo.split(':', 1)[0]}:{MASK}@{host}"
+    query = "&".join(_mask_parameter(p) for p in parts.query.split("&")) if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _mask_parameter(parameter: str) -> str:
+    name, eq, _ = parameter.partition("=")
+    return f"{name}={MASK}" if eq and is_secret_name(unquote_plus(name)) else parameter
+
+
+def _masked(value: Any, name: str = "") -> Any:
+    if isinstance(value, dict):
+        return {k: _masked(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v, name) for v in value]
+    if isinstance(value, str):
+        if value and is_secret_name(name):
+            return MASK
+        return mask_url(value)
+    return value
 
 
 def _secret_file(path: Path) -> str:
     """A random secret kept in ``path`` (mode 600), made on first use."""
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
@@ -261,15 +333,3 @@ def _secret_file(path: Path) -> str:
             with os.fdopen(fd, "w") as fh:
                 fh.write(secrets.token_urlsafe(48))
     return path.read_text().strip()
-
-
-def _mask_url(url: str) -> str:
-    """Hide the password part of ``scheme://user:password@host``."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    creds, _, host = rest.rpartition("@")
-    if ":" in creds:
-        user = creds.split(":", 1)[0]
-        creds = f"{user}:********"
-    return f"{scheme}://{creds}@{host}"

@@ -166,6 +166,23 @@ def test_config_show_masks_secrets(cli_env: Path, monkeypatch: pytest.MonkeyPatc
     assert shown["database_url"] == "postgresql+asyncpg://u:********@db/edgefleet"
 
 
+def test_config_show_masks_secrets_in_query_strings(
+    cli_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "EDGEFLEET_DATABASE_URL",
+        "postgresql+asyncpg://u@db/edgefleet?sslmode=require&sslpassword=keyphrase9&sslkey=/k.pem",
+    )
+    monkeypatch.setenv("EDGEFLEET_MQTT__SERVER_PASSWORD", "brokerpw7")
+    out = cli("config", "show")
+    assert "keyphrase9" not in out and "brokerpw7" not in out
+    shown = json.loads(out)
+    assert shown["database_url"] == (
+        "postgresql+asyncpg://u@db/edgefleet?sslmode=require&sslpassword=********&sslkey=/k.pem"
+    )
+    assert shown["mqtt"]["server_password"] == "********"
+
+
 def test_bad_configuration_is_a_clear_error(cli_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGEFLEET_HTTP__PORT", "not-a-port")
     out = cli("config", "show", code=2)

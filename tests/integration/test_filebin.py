@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,11 @@ import pytest
 
 from edgefleet.agent.core import Agent
 from edgefleet.bootstrap import Container, build
+from edgefleet.clock import utcnow
 from edgefleet.db.engine import Database
 from edgefleet.db.repos.audit import AuditFilter
 from edgefleet.domain.auth import Role, Scope
+from edgefleet.errors import StoredFileNotFoundError
 from edgefleet.mqtt import topics
 from edgefleet.mqtt.messages import RequestMessage, decode_request
 from edgefleet.settings import Settings, StorageSettings
@@ -382,3 +385,95 @@ async def test_the_openapi_document_describes_the_multipart_forms(store_env: Sto
     assert "multipart/form-data" in paths["/api/v1/deviceTasks"]["put"]["requestBody"]["content"]
     assert "application/json" in paths["/api/v1/deviceTasks"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in paths["/api/v1/firmware"]["post"]["requestBody"]["content"]
+
+
+async def test_expired_uploads_leave_store_and_database_unless_a_task_or_the_catalogue_holds_them(
+    store_env: StoreEnv,
+) -> None:
+    e = store_env
+    writer = await _writer(e)
+    ttl = e.c.settings.storage.file_ttl_seconds
+    assert ttl == 3600  # the default: about as long as the original's filebin kept files
+
+    async def upload(name: str) -> dict[str, Any]:
+        r = await e.api.post(UPLOAD, files={"f": (name, os.urandom(100))}, headers=writer.headers)
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    def in_store(key: str) -> bool:
+        return any(stored.endswith(key) for stored in e.stored())
+
+    async def known(key: str) -> bool:
+        try:
+            await e.c.files.get(key)
+        except StoredFileNotFoundError:
+            return False
+        return True
+
+    # uploaded more than the lifetime ago: one left alone, one a task will send, an image
+    past = datetime.now(UTC) - timedelta(seconds=ttl + 60)
+    e.c.files.clock = lambda: past
+    old = await upload("old.bin")
+    for_task = await upload("config.tar")
+    r = await e.api.post(
+        "/api/v1/firmware",
+        data={"version": "9.9"},
+        files={"file": ("fw.img", os.urandom(100))},
+        headers=writer.headers,
+    )
+    assert r.status_code == 201, r.text
+    image = (await e.c.firmware.get(r.json()["id"])).file_key
+    e.c.files.clock = utcnow
+    fresh = await upload("fresh.bin")
+    # a task scheduled for tomorrow that will hand the upload to its gateways
+    [(device, _)] = await register(e.c, 1)
+    r = await e.api.post("/api/v1/groups", headers=writer.headers, json={"name": "expiry"})
+    gid = r.json()["id"]
+    await e.api.post(f"/api/v1/groups/{gid}/devices", headers=writer.headers, json=[device])
+    ref = {"url": for_task["url"], "physicalPath": for_task["physicalPath"], "headers": {}}
+    r = await e.api.post(
+        "/api/v1/groupTasks",
+        headers=writer.headers,
+        json={
+            "groupId": gid,
+            "payload": {"method": "put", "resource": "/system/import", "data": {"file": ref}},
+            "applyPolicy": "schedule",
+            "scheduledDateTime": (datetime.now(UTC) + timedelta(days=1)).isoformat(),
+        },
+    )
+    assert r.status_code == 200, r.text
+    task = r.json()["taskUUID"]
+
+    assert await e.c.files.expire() == 1
+    assert not in_store(old["physicalPath"]) and not await known(old["physicalPath"])
+    assert (await fetch(old["url"])).status_code in (403, 404)
+    for kept in (for_task["physicalPath"], image, fresh["physicalPath"]):
+        assert in_store(kept) and await known(kept), kept
+    assert (await fetch(for_task["url"])).status_code == 200
+
+    # a task just over still holds its files (a re-run of its failures may send them) ...
+    r = await e.api.post(f"/api/v1/groupTasks/{task}/revoke", headers=writer.headers)
+    assert r.status_code == 200, r.text
+    assert await e.c.files.expire() == 0
+    # ... for one lifetime
+    e.c.files.clock = lambda: datetime.now(UTC) + timedelta(seconds=ttl + 60)
+    assert await e.c.files.expire() == 2  # the task's and the fresh one
+    assert not in_store(for_task["physicalPath"]) and not await known(for_task["physicalPath"])
+    assert not in_store(fresh["physicalPath"])
+    assert in_store(image) and await known(image)  # the catalogue's, for as long as it is
+    assert await e.rows() == 1
+
+
+async def test_uploads_are_kept_for_ever_when_their_lifetime_is_zero(
+    settings: Settings, database: Database
+) -> None:
+    settings.storage = StorageSettings(file_ttl_seconds=0)
+    c = build(settings, db=database)
+
+    async def one() -> AsyncIterator[bytes]:
+        yield b"x"
+
+    stored = await c.files.save(one(), "x.bin")
+    c.files.clock = lambda: datetime.now(UTC) + timedelta(days=3650)
+    assert await c.files.expire() == 0
+    assert (await c.files.get(stored.key)).size == 1

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.settings import Settings
+from edgefleet.settings import Settings, is_secret_name
 
 
 def test_embedded_defaults_use_sqlite_in_the_data_dir(
@@ -60,6 +60,57 @@ def test_masked_hides_secrets() -> None:
     assert "hunter2" not in text and "topsecret" not in text and "user:********@db" in text
 
 
+def test_masked_hides_secret_query_parameters_and_keeps_the_rest() -> None:
+    url = (
+        "postgresql+asyncpg://user:hunter2@db/x?sslmode=verify-full&sslpassword=s3cr%26t"
+        "&sslkey=/etc/edgefleet/client.key&sslrootcert=/etc/ca.pem&password=other&Token=t0k"
+    )
+    s = Settings(
+        database_url=url,
+        storage={"s3_endpoint_url": "https://minio:9000/?X-Amz-Signature=abc&api_key=zz"},
+    )
+    shown = s.masked()
+    assert shown["database_url"] == (
+        "postgresql+asyncpg://user:********@db/x?sslmode=verify-full&sslpassword=********"
+        "&sslkey=/etc/edgefleet/client.key&sslrootcert=/etc/ca.pem&password=********"
+        "&Token=********"
+    )
+    assert shown["storage"]["s3_endpoint_url"] == (
+        "https://minio:9000/?X-Amz-Signature=********&api_key=********"
+    )
+    for secret in ("hunter2", "s3cr", "other", "t0k", "abc", "zz"):
+        assert secret not in str(shown), secret
+
+
+def test_masked_hides_every_setting_whose_name_looks_secret() -> None:
+    s = Settings(secret_key="topsecret", mqtt={"server_password": "brokerpw"})
+    shown = s.masked()
+    assert shown["secret_key"] == "********" and shown["mqtt"]["server_password"] == "********"
+    assert Settings().masked()["secret_key"] == "(key file)"
+    assert shown["mqtt"]["psk_hint"] == "edgefleet"  # a hint, not a key
+
+
+@pytest.mark.parametrize(
+    ("name", "secret"),
+    [
+        ("password", True),
+        ("sslpassword", True),
+        ("secret_key", True),
+        ("X-Amz-Credential", True),
+        ("X-Amz-Security-Token", True),
+        ("key", True),
+        ("sig", True),
+        ("sslkey", False),
+        ("sslcert", False),
+        ("sslmode", False),
+        ("psk_hint", False),
+        ("passfile", False),
+    ],
+)
+def test_secret_names_are_recognised(name: str, secret: bool) -> None:
+    assert is_secret_name(name) is secret
+
+
 def test_secret_key_file_is_made_once_and_private(tmp_path: Path) -> None:
     s = Settings(data_dir=tmp_path)
     key = s.resolved_secret_key()
@@ -84,3 +135,22 @@ def test_access_logs_drop_query_strings() -> None:
     )
     assert DropQuery().filter(record)
     assert record.getMessage() == '127.0.0.1:5 - "GET /filebin/download/k/f.img HTTP/1.1" 200'
+
+
+def test_webhook_allow_networks_come_as_a_json_list_of_cidrs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings().events.webhook_allow_networks == []  # only global addresses by default
+    monkeypatch.setenv("EDGEFLEET_EVENTS__WEBHOOK_ALLOW_NETWORKS", '["10.1.2.0/24", "fd00::/8"]')
+    assert [str(n) for n in Settings().events.webhook_allow_networks] == [
+        "10.1.2.0/24",
+        "fd00::/8",
+    ]
+    monkeypatch.setenv("EDGEFLEET_EVENTS__WEBHOOK_ALLOW_NETWORKS", '["10.1.2.3/24"]')
+    with pytest.raises(ValueError, match="webhook_allow_networks"):
+        Settings()
+
+
+def test_uploads_live_an_hour_by_default() -> None:
+    assert Settings().storage.file_ttl_seconds == 3600
+    assert Settings(storage={"file_ttl_seconds": 0}).storage.file_ttl_seconds == 0

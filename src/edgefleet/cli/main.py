@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import os
 import socket
 import sys
 from types import FrameType
 
 import typer
 
-from edgefleet import __version__
+from edgefleet import __version__, datadir
 from edgefleet.cli import backup, broker, devices, events, groups, simulate, tokens, users
 from edgefleet.cli.common import err_console, load_settings, run
+from edgefleet.db.engine import sqlite_file
 from edgefleet.db.migrate import upgrade
 from edgefleet.errors import EdgefleetError
 
@@ -51,8 +53,7 @@ def config_show() -> None:
 def migrate() -> None:
     """Bring the database schema up to date (Alembic)."""
     settings = load_settings()
-    if settings.is_sqlite:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    datadir.prepare(settings, sqlite_file(settings.resolved_database_url))
     upgrade(settings.resolved_database_url)
     typer.echo("database schema is up to date")
 
@@ -87,6 +88,9 @@ def serve(
     from edgefleet.api.app import create_app
     from edgefleet.bootstrap import build, prepare_schema
 
+    # nothing the server writes is for other users (database, keys, uploads, the embedded
+    # broker's files): a second line of defence behind the explicit modes (datadir.py)
+    os.umask(0o077)
     settings = load_settings()
     if host:
         settings.http.host = host

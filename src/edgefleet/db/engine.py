@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -33,6 +35,17 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     # No pool_pre_ping: it doubles the cost of every transaction. A connection the server
     # dropped fails once, is invalidated by SQLAlchemy, and the caller gets StorageError (503).
     return create_async_engine(url, echo=echo, pool_size=10, max_overflow=20, pool_recycle=1800)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names; None for another database or an in-memory one."""
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite":
+        return None
+    database = u.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -109,14 +109,16 @@ async def _io(key: str, fn: Callable[..., object], /, *args: Any) -> None:
 
 
 def _create(path: Path) -> BinaryIO:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # the store's directories are the server's alone (0700), its files 0600
+    path.parent.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, exist_ok=True)
     return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
 
 
 def _finish(f: BinaryIO, rest: bytearray, partial: Path, final: Path) -> None:
     f.write(rest)
     f.close()
-    final.parent.mkdir(parents=True, exist_ok=True)
+    final.parent.mkdir(mode=0o700, exist_ok=True)
     os.replace(partial, final)
 
 

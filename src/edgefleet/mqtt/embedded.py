@@ -27,6 +27,7 @@ import aiomqtt
 
 from edgefleet.errors import EdgefleetError
 from edgefleet.mqtt.brokerconfig import mosquitto
+from edgefleet.mqtt.brokerconfig.files import write_private
 from edgefleet.processes import die_with_parent, raise_fd_limit
 from edgefleet.settings import MQTTSettings
 
@@ -183,11 +184,12 @@ class EmbeddedMosquitto:
             preexec_fn=_prepare_child,
         )
         if self.record is not None:
-            self.record.parent.mkdir(parents=True, exist_ok=True)
-            self.record.write_text(
+            self.record.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_private(
+                self.record,
                 json.dumps(
                     {"pid": self._proc.pid, "conf": str(self.files.conf), "server": os.getpid()}
-                )
+                ),
             )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 10

@@ -60,13 +60,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from edgefleet import __version__
 from edgefleet.clock import utcnow
+from edgefleet.datadir import private_dir, private_sqlite
 from edgefleet.db.migrate import alembic_config, head_revision, upgrade_async
 from edgefleet.errors import EdgefleetError, StorageError
 from edgefleet.files import CHUNK_SIZE, FileStore, is_key
 from edgefleet.files.local import LocalFileStore
 from edgefleet.files.s3 import S3FileStore, make_client, parse_s3_url
 from edgefleet.files.signing import UrlSigner
-from edgefleet.settings import Settings
+from edgefleet.settings import Settings, mask_url
 
 log = logging.getLogger(__name__)
 
@@ -170,11 +171,9 @@ def key_fingerprint(key: bytes) -> str:
 
 
 def masked_url(url: str) -> str:
-    """The database URL with its password replaced, for messages and logs."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # an unparsable URL: say nothing of it
-        return "(database URL)"
+    """The database URL with its password and secret query parameters (``sslpassword``…)
+    replaced, for messages and logs."""
+    return mask_url(url)
 
 
 def sqlite_path(url: str) -> Path:
@@ -989,7 +988,8 @@ class _Target:
 def _sqlite_restore(copy: Path, target: Path) -> None:
     """Replace the database's contents through SQLite itself (the backup API, under its write
     lock; a WAL left beside the file is dealt with properly, which copying over it would not)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(target.parent)
+    private_sqlite(target)  # SQLite gives its WAL the file's mode
     src = sqlite3.connect(copy)
     try:
         dst = sqlite3.connect(target, timeout=30)
@@ -1047,7 +1047,7 @@ async def restore_backup(
 
         staged = None
         if key_plan.install is not None:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(settings.data_dir)
             staged = settings.data_dir / f".{KEY_FILE}.restore"
             staged.unlink(missing_ok=True)
             fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

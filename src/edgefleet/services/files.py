@@ -4,14 +4,22 @@ Every stored file has a row in ``files``; the bytes are in the ``FileStore`` tha
 chose (a directory or S3). A gateway is handed a *file reference*
 ``{url, physicalPath, headers}``: ``url`` downloads the file with no credential until it
 expires, so ``headers`` is empty (the original put the caller's ``mx-api-token`` there).
+
+Uploads expire (``storage.file_ttl_seconds``, an hour by default, as the original's filebin
+kept them): ``expire`` deletes, from the store and then from the database, every file older
+than that which neither the firmware catalogue nor a task that may still send it refers to
+(a task refers to a file when its payload holds the file's key, as ``physicalPath`` or
+inside a download ``url``). ``run_expiry`` does it periodically.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import uuid as uuidlib
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -28,6 +36,7 @@ from edgefleet.errors import (
 )
 from edgefleet.files import DEFAULT_CONTENT_TYPE, FileStore, StoredFile
 from edgefleet.files.signing import UrlSigner
+from edgefleet.services.retention import every
 from edgefleet.settings import StorageSettings
 
 log = logging.getLogger(__name__)
@@ -35,6 +44,10 @@ log = logging.getLogger(__name__)
 DISPATCH_TTL = 3600
 """Seconds a URL handed to a gateway stays valid: long enough for a task to reach it and the
 download to start."""
+EXPIRY_BATCH = 500
+"""Files looked at per transaction when expiring."""
+MAX_EXPIRY_INTERVAL = 300.0
+"""Expiry runs a quarter of the file lifetime apart, and at least this often."""
 
 
 class FileKind(StrEnum):
@@ -140,6 +153,49 @@ class FileService:
     def check_signature(self, key: str, expires: int, sig: str) -> None:
         """``PermissionDeniedError`` unless ``sig`` is a valid, unexpired link signature."""
         self.signer.check(key, expires, sig)
+
+    async def expire(self, batch: int = EXPIRY_BATCH) -> int:
+        """Delete the files past ``file_ttl_seconds`` that nothing refers to (see the module
+        docstring); returns how many. A file the store cannot delete now is kept, and tried
+        again next time."""
+        ttl = self.settings.file_ttl_seconds
+        if not ttl:
+            return 0
+        cutoff = self.clock() - timedelta(seconds=ttl)
+        referenced: str | None = None
+        after, total = "", 0
+        while True:
+            async with self.db.session() as s:
+                keys = await FileRepo(s).expired(cutoff, after, batch)
+            if not keys:
+                return total
+            after = keys[-1]
+            if referenced is None:  # read once per run, and only when something expired
+                async with self.db.session() as s:
+                    payloads = await FileRepo(s).task_payloads(cutoff)
+                referenced = "\n".join(json.dumps(p) for p in payloads)
+            gone = [k for k in keys if k not in referenced and await self._remove(k)]
+            if gone:
+                async with self.db.session() as s:
+                    await FileRepo(s).delete(gone)
+                total += len(gone)
+                log.info("files: %d uploads older than %d s deleted", len(gone), ttl)
+            if len(keys) < batch:
+                return total
+
+    async def _remove(self, key: str) -> bool:
+        try:
+            await self.store.delete(key)
+        except StorageError as exc:
+            log.warning("files: could not delete expired %s: %s", key, exc.message)
+            return False
+        return True
+
+    async def run_expiry(self) -> None:
+        """Expire files now and periodically until cancelled."""
+        ttl = self.settings.file_ttl_seconds
+        interval = min(MAX_EXPIRY_INTERVAL, ttl / 4) if ttl else MAX_EXPIRY_INTERVAL
+        await every(max(interval, 1.0), self.expire, "files")
 
 
 class FirmwareService:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from sqlalchemy import delete, func, select
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from edgefleet.db.tables import File, Firmware
+from edgefleet.db.tables import File, Firmware, Task
+from edgefleet.domain.tasks import TASK_OPEN
 from edgefleet.errors import DuplicateError
 
 
@@ -29,6 +33,26 @@ class FileRepo:
     async def delete(self, keys: list[str]) -> None:
         if keys:
             await self.s.execute(delete(File).where(File.key.in_(keys)))
+
+    async def expired(self, before: datetime, after_key: str, limit: int) -> list[str]:
+        """Keys of files stored before ``before`` that the firmware catalogue does not
+        hold, in key order from just after ``after_key``."""
+        catalogued = select(Firmware.file_key)
+        q = (
+            select(File.key)
+            .where(File.created_at < before, File.key > after_key, File.key.not_in(catalogued))
+            .order_by(File.key)
+            .limit(limit)
+        )
+        return list((await self.s.scalars(q)).all())
+
+    async def task_payloads(self, finished_after: datetime) -> list[Any]:
+        """The payloads of the tasks that may still send their files: open ones, and those
+        finished after ``finished_after`` (a failed share may be run again)."""
+        q = select(Task.payload).where(
+            or_(Task.state.in_([s.value for s in TASK_OPEN]), Task.finished_at >= finished_after)
+        )
+        return list((await self.s.scalars(q)).all())
 
 
 class FirmwareRepo:

@@ -174,7 +174,8 @@ def write_all(
     """Write the whole configuration; ``mosquitto -c files.conf`` then runs it."""
     if mqtt.cert_port and tls is None:
         raise BrokerConfigError("the certificate listener needs the CA's material")
-    files.directory.mkdir(parents=True, exist_ok=True)
+    if not files.directory.exists():  # an existing directory keeps its mode and owner
+        files.directory.mkdir(mode=0o700, parents=True)
     ids = owner(BROKER_USER)
     if ids:
         os.chown(files.directory, *ids)
