@@ -254,12 +254,13 @@ class NotificationService:
         host = parsed.raw_host.decode("ascii")
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
         try:
-            await self.egress.addresses(host, port)
+            async with asyncio.timeout(self.settings.webhook_timeout_seconds):
+                await self.egress.addresses(host, port)
         except EgressRefusedError as exc:
             log.warning("webhook endpoint %s refused: %s", origin(url), exc.message)
             raise ValidationError(REFUSED) from None
-        except OSError:
-            pass
+        except (OSError, TimeoutError):
+            pass  # the confirmation, checked again when it connects, reports it
 
     async def _confirm(self, row: Notification, secret: str) -> Confirmation:
         request_uuid = str(uuidlib.uuid4())
