@@ -103,4 +103,5 @@ def create_app(container: Container, *, run_messaging: bool = False) -> FastAPI:
     app.include_router(fleetpages.router)
     app.add_middleware(AuditMiddleware, audit=container.audit)
     app.add_middleware(MetricsMiddleware)
+    app.add_middleware(errors.UnexpectedErrors)  # outermost: sees what every layer raised
     return app

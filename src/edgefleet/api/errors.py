@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException  # the router's own 404/405 are this base class
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgefleet.errors import (
     AuthenticationError,
@@ -146,3 +147,36 @@ async def handle_error(request: Request, exc: Exception) -> Response:
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem(500, "internal-error", "internal server error", request.url.path)
+
+
+class UnexpectedErrors:
+    """The outermost middleware: an exception no handler took is logged once (message and
+    stack) and answered 500 by ``handle_unexpected``, and the connection stays usable.
+
+    Starlette's ServerErrorMiddleware answers the same but then re-raises "so that the server
+    can log it": uvicorn logged the traceback a second time and closed the connection, so the
+    client's next request on it failed. Only what escapes this class reaches it now.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as exc:
+            response = await handle_unexpected(Request(scope), exc)
+            if not started:
+                await response(scope, receive, send)
+            # else the response was cut short: uvicorn says so in one line and closes it

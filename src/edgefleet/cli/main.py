@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import os
 import socket
 import sys
+from collections.abc import Iterator
 from types import FrameType
 
 import typer
@@ -132,6 +134,16 @@ def serve(
                     loop.call_soon_threadsafe(container.event_log.feed.end_streams)
                     super().handle_exit(sig, frame)
 
+                @contextlib.contextmanager
+                def capture_signals(self) -> Iterator[None]:
+                    with super().capture_signals():
+                        try:
+                            yield
+                        finally:
+                            # uvicorn re-raises a captured SIGTERM next, which ends the
+                            # process at once: write the queued log lines first
+                            logs.flush()
+
             await _Server(config).serve()
         finally:
             await container.close()
@@ -139,6 +151,7 @@ def serve(
     try:
         asyncio.run(main())
     except EdgefleetError as exc:
+        logs.flush()  # what the server logged comes before the reason it stops
         err_console.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(2) from exc
 

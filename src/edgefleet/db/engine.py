@@ -28,13 +28,24 @@ log = logging.getLogger(__name__)
 
 
 def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
+    # hide_parameters: a failing statement's message (logged with its traceback) would carry
+    # its bound values: password hashes, gateways' and users' input
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30})
+        engine = create_async_engine(
+            url, echo=echo, hide_parameters=True, connect_args={"timeout": 30}
+        )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     # No pool_pre_ping: it doubles the cost of every transaction. A connection the server
     # dropped fails once, is invalidated by SQLAlchemy, and the caller gets StorageError (503).
-    return create_async_engine(url, echo=echo, pool_size=10, max_overflow=20, pool_recycle=1800)
+    return create_async_engine(
+        url,
+        echo=echo,
+        hide_parameters=True,
+        pool_size=10,
+        max_overflow=20,
+        pool_recycle=1800,
+    )
 
 
 def sqlite_file(url: str) -> Path | None:
