@@ -11,17 +11,25 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.brokers import free_port
 
 
-def _wait_ready(url: str, deadline: float) -> None:
+def _wait_ready(
+    url: str, deadline: float, proc: subprocess.Popen[bytes] | None = None
+) -> httpx.Response:
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise AssertionError(f"serve exited with {proc.returncode}: {err[-2000:]}")
         try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
+            r = httpx.get(url, timeout=1)
+            if r.status_code == 200:
+                return r
         except httpx.TransportError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
     raise AssertionError(f"{url} did not answer in time")
 
 
@@ -102,30 +110,44 @@ def test_busy_port_is_reported_clearly(tmp_path: Path) -> None:
     assert f"port {port} on 127.0.0.1 is busy" in r.stderr
 
 
-def test_a_broker_left_by_a_killed_server_is_stopped_at_the_next_start(tmp_path: Path) -> None:
+@pytest.mark.parametrize("record", ["kept", "lost"])
+def test_a_broker_left_by_a_killed_server_is_stopped_at_the_next_start(
+    tmp_path: Path, record: str
+) -> None:
     """Run as root, Mosquitto drops to its own user, which clears the parent-death signal: a
-    server killed with SIGKILL leaves its broker holding the ports. The next start stops it."""
+    server killed with SIGKILL leaves its broker holding the ports. A CLI command run beside
+    the server leaves the broker's record alone, and the next start stops that broker, found
+    by its record or, with the record lost, by its command line."""
     env = _env(tmp_path, free_port())
     cmd = [sys.executable, "-m", "edgefleet.cli.main", "serve"]
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    record = tmp_path / "data" / "embedded-mosquitto.json"
+    path = tmp_path / "data" / "embedded-mosquitto.json"
     try:
         _wait_ready(f"http://127.0.0.1:{env['EDGEFLEET_HTTP__PORT']}/readyz", time.monotonic() + 60)
-        broker = json.loads(record.read_text())["pid"]
+        written = path.read_text()
+        broker = json.loads(written)["pid"]
+        _cli(env, "users", "list")
+        assert path.read_text() == written  # a command beside the server leaves it alone
     finally:
         first.kill()
         first.wait()
-    time.sleep(0.5)
+    if record == "lost":
+        path.unlink()
     env["EDGEFLEET_HTTP__PORT"] = str(free_port())  # the same broker ports as before
     again = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        _wait_ready(f"http://127.0.0.1:{env['EDGEFLEET_HTTP__PORT']}/readyz", time.monotonic() + 60)
+        r = _wait_ready(
+            f"http://127.0.0.1:{env['EDGEFLEET_HTTP__PORT']}/readyz", time.monotonic() + 60, again
+        )
+        assert r.json()["checks"] == {"database": True, "broker": True}
         assert not Path(f"/proc/{broker}").exists() or _zombie(broker)
-        assert json.loads(record.read_text())["pid"] != broker
+        assert json.loads(path.read_text())["pid"] != broker
+        for port in (env["EDGEFLEET_MQTT__GATEWAY_PORT"], env["EDGEFLEET_MQTT__SERVER_PORT"]):
+            socket.create_connection(("127.0.0.1", int(port)), timeout=5).close()
     finally:
         again.terminate()
         again.communicate(timeout=20)
-    assert not record.exists()  # a clean stop removes it
+    assert not path.exists()  # a clean stop removes it
 
 
 def _zombie(pid: int) -> bool:

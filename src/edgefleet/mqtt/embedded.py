@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -54,14 +56,58 @@ def _prepare_child() -> None:
     raise_fd_limit()
 
 
-def _stop_stale(record: Path) -> None:
-    """Stop a broker an earlier server left running (killed hard while Mosquitto ran as
-    another user), known by the record that server wrote; anything else is left alone."""
+def _stop_orphans(record: Path) -> None:
+    """Stop the brokers an earlier server of this data directory left running: killed hard
+    while Mosquitto ran as another user (which clears the parent-death signal), its broker
+    holds the ports. Found by ``record`` (which that server wrote) and, should the record be
+    gone, in /proc by the configuration path, which names the data directory (a digest) and
+    the server's pid. Only a Mosquitto whose parent is no longer that server is stopped: a
+    live server's broker, and any other process, are left alone."""
+    live = False
+    recorded = _read_record(record)
+    for pid, conf, server in {*recorded, *_brokers_in_proc(record.parent)}:
+        live |= not _stop_if_orphaned(pid, conf, server)
+    if recorded and not live:
+        record.unlink(missing_ok=True)
+
+
+def _read_record(record: Path) -> list[tuple[int, str, int]]:
     try:
         info = json.loads(record.read_text())
-        pid, conf, server = int(info["pid"]), str(info["conf"]), int(info["server"])
+        return [(int(info["pid"]), str(info["conf"]), int(info["server"]))]
     except (OSError, ValueError, KeyError, TypeError):
-        return
+        return []
+
+
+def _data_dir_tag(data_dir: Path) -> str:
+    """A short digest of the data directory, put in the broker's configuration path."""
+    return hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+
+
+def _brokers_in_proc(data_dir: Path) -> list[tuple[int, str, int]]:
+    """Every running ``mosquitto -c <tmp>/edgefleet-broker-<tag>-<server>-…/mosquitto.conf``
+    of this data directory, as (pid, configuration, server pid)."""
+    name = re.compile(rf"{re.escape(TMP_PREFIX)}{_data_dir_tag(data_dir)}-(\d+)-[^/]*")
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if len(argv) < 3 or Path(os.fsdecode(argv[0])).name != "mosquitto" or argv[1] != b"-c":
+            continue
+        conf = Path(os.fsdecode(argv[2]))
+        match = name.fullmatch(conf.parent.name)
+        if match and conf.name == "mosquitto.conf":
+            found.append((int(entry.name), str(conf), int(match.group(1))))
+    return found
+
+
+def _stop_if_orphaned(pid: int, conf: str, server: int) -> bool:
+    """Stop broker ``pid`` (started with ``conf`` by ``server``) unless that server is still
+    its parent; False when it was left running for its live server."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         status = Path(f"/proc/{pid}/status").read_text()
@@ -69,19 +115,29 @@ def _stop_stale(record: Path) -> None:
     except (OSError, IndexError, ValueError):
         cmdline, parent = [], 0
     if parent == server:
-        return  # its server still runs (the port check says so clearly)
+        return False  # its server still runs (the port check says so clearly)
     if conf.encode() in cmdline:
         log.warning("stopping the embedded Mosquitto (pid %d) an earlier server left", pid)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
             for _ in range(50):
                 time.sleep(0.1)
-                os.kill(pid, 0)
-            os.kill(pid, signal.SIGKILL)
+                if _ended(pid):
+                    break
+            else:
+                os.kill(pid, signal.SIGKILL)
     directory = Path(conf).parent
     if directory.name.startswith(TMP_PREFIX):
         shutil.rmtree(directory, ignore_errors=True)
-    record.unlink(missing_ok=True)
+    return True
+
+
+def _ended(pid: int) -> bool:
+    """Gone, or a zombie its new parent has not reaped (a container's init may never)."""
+    try:
+        return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
 
 
 TMP_PREFIX = "edgefleet-broker-"
@@ -144,18 +200,22 @@ class EmbeddedMosquitto:
         self._syncer: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
         self.restarts = 0
+        self._recorded = False
 
     async def start(self) -> None:
         binary = _find_mosquitto()
         if self.record is not None:
-            await asyncio.to_thread(_stop_stale, self.record)
+            await asyncio.to_thread(_stop_orphans, self.record)
         m = self.mqtt
         _check_free(m.gateway_host, m.gateway_port, "gateway listener (TLS-PSK)", "GATEWAY_PORT")
         _check_free(m.server_host, m.server_port, "server listener (MQTT)", "SERVER_PORT")
         if m.cert_port:
             _check_free(m.gateway_host, m.cert_port, "certificate listener", "CERT_PORT")
         tls = await self.tls() if self.mqtt.cert_port and self.tls is not None else None
-        self.files = mosquitto.MosquittoFiles(Path(tempfile.mkdtemp(prefix=TMP_PREFIX)))
+        prefix = TMP_PREFIX
+        if self.record is not None:  # so that a broker it orphans can be told by its command
+            prefix += f"{_data_dir_tag(self.record.parent)}-{os.getpid()}-"
+        self.files = mosquitto.MosquittoFiles(Path(tempfile.mkdtemp(prefix=prefix)))
         if self.fingerprint is not None:
             self._last_print = await self.fingerprint()
         psks = await self.psks()
@@ -185,6 +245,7 @@ class EmbeddedMosquitto:
         )
         if self.record is not None:
             self.record.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._recorded = True
             write_private(
                 self.record,
                 json.dumps(
@@ -326,5 +387,13 @@ class EmbeddedMosquitto:
                 self._proc.kill()
         if self.files is not None:
             shutil.rmtree(self.files.directory, ignore_errors=True)
-        if self.record is not None:
+        self._forget_record()
+
+    def _forget_record(self) -> None:
+        """Remove the pid record if this process wrote it. Every CLI command builds a broker
+        it never starts, and used to remove the record of the server running beside it."""
+        if self.record is None or not self._recorded:
+            return
+        self._recorded = False
+        if any(server == os.getpid() for _, _, server in _read_record(self.record)):
             self.record.unlink(missing_ok=True)
