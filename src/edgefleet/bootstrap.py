@@ -21,6 +21,7 @@ from edgefleet.files.signing import UrlSigner
 from edgefleet.mqtt import topics
 from edgefleet.mqtt.client import BrokerLink
 from edgefleet.mqtt.embedded import EmbeddedMosquitto
+from edgefleet.mqtt.limits import GatewayRate
 from edgefleet.mqtt.relay import GatewayRelay
 from edgefleet.mqtt.router import InboundRouter
 from edgefleet.secretbox import SecretBox
@@ -132,7 +133,14 @@ def _messaging(settings: Settings, db: Database, fleet: FleetService, pki: PkiSe
         # the instances that store events sweep, so a gateway found gone gets its offline
         # event (and webhooks) too; one sweeper per fleet is enough
         sweep = 0
-    router = InboundRouter(presence, relay, sweep_interval=sweep)
+    events = settings.events
+    router = InboundRouter(
+        presence,
+        relay,
+        sweep_interval=sweep,
+        rate=GatewayRate(events.gateway_rate, events.gateway_burst),
+        alarm_period=events.gateway_alarm_seconds,
+    )
     link = BrokerLink(
         host=mqtt.server_host,
         port=mqtt.server_port,
@@ -145,6 +153,11 @@ def _messaging(settings: Settings, db: Database, fleet: FleetService, pki: PkiSe
     )
     holder["link"] = link
     router.link_up = link.connected
+
+    async def clear_retained(topic: str) -> None:
+        await link.publish(topic, b"", retain=True)
+
+    router.clear_retained = clear_retained
     broker = (
         EmbeddedMosquitto(
             mqtt,

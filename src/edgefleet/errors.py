@@ -124,7 +124,12 @@ class StorageError(EdgefleetError):
 
 
 class MessageError(EdgefleetError):
-    """An MQTT payload or topic that breaks the protocol; ``reason`` says how."""
+    """An MQTT payload or topic that breaks the protocol; ``reason`` says how, as one word
+    of a small fixed set (a metric label: ``too_large``, ``not_json``, ``nul``, …)."""
+
+    def __init__(self, message: str, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class TransportError(EdgefleetError):

@@ -151,6 +151,15 @@ class EventSettings(BaseModel):
     """Networks webhooks may reach although they are internal (loopback, private,
     link-local, this server's own addresses…: domain/egress.py), e.g. ``["10.1.2.0/24"]``
     for a receiver on the LAN. Empty: only global addresses."""
+    gateway_rate: float = Field(default=10, ge=0)
+    """Messages a second the server takes from one gateway on average (events, answers and
+    statuses); the excess is dropped (and acknowledged), counted, and raises an alarm. A real
+    gateway sends a few a second at most. 0: no limit."""
+    gateway_burst: int = Field(default=1000, ge=1)
+    """Messages one gateway may send at once above the rate: an agent's outbox replayed after
+    an outage (up to 1000 events), or what the broker held for the server while it was away."""
+    gateway_alarm_seconds: float = Field(default=300, gt=0)
+    """At most one rate-limit alarm per gateway in this many seconds."""
 
 
 class Settings(BaseSettings):

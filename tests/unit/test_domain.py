@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edgefleet.db.tables import Device
 from edgefleet.domain.auth import (
     Permission,
     Role,
@@ -14,7 +15,14 @@ from edgefleet.domain.auth import (
     permissions_for,
     scope_allowed,
 )
-from edgefleet.domain.devices import check_tag, mac_key, new_psk, version_key
+from edgefleet.domain.devices import (
+    INDEXED_LENGTHS,
+    check_tag,
+    indexed_properties,
+    mac_key,
+    new_psk,
+    version_key,
+)
 from edgefleet.errors import ValidationError
 
 
@@ -84,3 +92,17 @@ def test_emails_are_normalised() -> None:
     assert normalize_email(" Root@Example.COM ") == "root@example.com"
     with pytest.raises(ValidationError):
         normalize_email("no-at-sign")
+
+
+def test_indexed_properties_fit_their_columns_whatever_a_gateway_reports() -> None:
+    reported = {
+        "modelName": "UC-8112-LX-CG" * 100,
+        "softwareVersion": "2." + "9" * 5000,  # more digits than Python's int() takes
+        "defaultRoute": "wwan0.1234567890123",
+        "aliasName": "a" * 1000,
+    }
+    got = indexed_properties(reported)
+    for column, value in got.items():
+        assert len(value) <= INDEXED_LENGTHS[column] == Device.__table__.c[column].type.length
+    assert got["default_route"] == "wwan0.1234567890"
+    assert got["model_name"].startswith("UC-8112-LX-CG")

@@ -74,16 +74,30 @@ def check_tag(tag: str) -> str:
     return tag
 
 
+INDEXED_LENGTHS = {
+    "model_name": 128,
+    "software_version": 128,
+    "software_version_key": 255,
+    "default_route": 16,
+    "alias_name": 255,
+}
+"""The sizes of the indexed columns (db/tables.py). A gateway may report longer values: they
+are kept whole in its JSON properties and cut to these, so the database never refuses them."""
+
+
 def indexed_properties(properties: dict[str, Any]) -> dict[str, str]:
     """The columns kept beside the JSON properties so that filters can use an index."""
-    software_version = _text(properties.get("softwareVersion"))
-    return {
+    software_version = _text(properties.get("softwareVersion"))[
+        : INDEXED_LENGTHS["software_version"]
+    ]
+    values = {
         "model_name": _text(properties.get("modelName")),
         "software_version": software_version,
         "software_version_key": version_key(software_version),
         "default_route": _text(properties.get("defaultRoute")),
         "alias_name": _text(properties.get("aliasName")),
     }
+    return {column: value[: INDEXED_LENGTHS[column]] for column, value in values.items()}
 
 
 def _text(value: Any) -> str:

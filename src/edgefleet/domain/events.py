@@ -193,6 +193,23 @@ def status_event(device_uuid: str, online: bool, at: datetime, key: str | None =
     )
 
 
+RATE_LIMITED_RESOURCE = "/edgefleet/rate-limit"
+"""The resource of a rate-limit alarm (not one of the gateway's own)."""
+
+
+def rate_limited_event(device_uuid: str, at: datetime, rate: float, burst: int) -> NewEvent:
+    """The alarm raised when a gateway sends more than its share and the excess is dropped."""
+    return NewEvent(
+        type=EventType.GATEWAY_EVENT,
+        at=at,
+        device_uuid=device_uuid,
+        resource=RATE_LIMITED_RESOURCE,
+        text=f"rate limited: more than {rate:g} messages/s (burst {burst}); the excess is dropped",
+        data={"code": "RATE_LIMITED", "rate": rate, "burst": burst},
+        severity=Severity.MAJOR,
+    )
+
+
 def parse_severity(value: str) -> Severity:
     try:
         return Severity(value.lower())

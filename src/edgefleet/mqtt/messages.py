@@ -5,13 +5,22 @@
     event     gateway → server  {"method", "resource", "data", "code"?}   (no task_id)
     status    gateway → server  "1" (connected) | "0" (last will, retained)
 
-Decoding never raises anything but ``MessageError``; unknown extra keys are kept, so a
-response can be handed back to API callers as the gateway sent it.
+Decoding never raises anything but ``MessageError``, whatever the bytes; unknown extra keys
+are kept, so a response can be handed back to API callers as the gateway sent it.
+
+This is the one place a gateway's text is checked before anything stores it, the same for
+both databases: a payload is at most ``MAX_MESSAGE_BYTES`` of UTF-8 JSON, nested at most
+``MAX_DEPTH`` levels, with no NUL character and no lone surrogate in any key or string
+(PostgreSQL refuses both in JSON and text), and numbers a 64-bit integer or a finite double
+holds (no ``NaN``/``Infinity``, which Python's json would otherwise accept). A refusal says
+why in ``MessageError.reason``, one of ``REASONS``.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 import uuid
 from typing import Any, Literal
 
@@ -21,6 +30,31 @@ from edgefleet.errors import MessageError
 
 MAX_MESSAGE_BYTES = 256 * 1024
 """Larger payloads are refused before parsing."""
+MAX_DEPTH = 32
+"""Arrays and objects nested deeper are refused (a gateway's data is a few levels deep)."""
+MIN_INT, MAX_INT = -(2**63), 2**63 - 1
+"""Integers outside a signed 64-bit integer are refused."""
+MIN_CODE, MAX_CODE = -(2**31), 2**31 - 1
+"""A ``code`` is stored in an integer column (an HTTP status in practice)."""
+
+# why a message was refused: a metric label, so a small fixed set
+TOO_LARGE = "too_large"
+ENCODING = "encoding"
+NOT_JSON = "not_json"
+NOT_OBJECT = "not_object"
+TOO_DEEP = "too_deep"
+NUL = "nul"
+SURROGATE = "surrogate"
+NUMBER = "number"
+INVALID = "invalid"
+BAD_STATUS = "bad_status"
+REASONS = frozenset(
+    {TOO_LARGE, ENCODING, NOT_JSON, NOT_OBJECT, TOO_DEEP, NUL, SURROGATE, NUMBER, INVALID}
+    | {BAD_STATUS}
+)
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+_INT_DIGITS = len(str(MAX_INT))
 
 Method = Literal["get", "post", "put", "delete"]
 
@@ -55,7 +89,7 @@ class ResponseMessage(_Wire):
     """The gateway's answer to a request; ``task_id`` echoes the request's."""
 
     task_id: str = Field(min_length=1, max_length=128)
-    code: int
+    code: int = Field(ge=MIN_CODE, le=MAX_CODE)
     data: Any = None
     id: int | None = None
     sign: list[str] = Field(default_factory=list)
@@ -64,7 +98,7 @@ class ResponseMessage(_Wire):
 class EventMessage(_Wire):
     """Something the gateway reports on its own (property change, firmware result, …)."""
 
-    code: int | None = None
+    code: int | None = Field(default=None, ge=MIN_CODE, le=MAX_CODE)
     data: Any = None
     event_id: str | None = Field(default=None, min_length=1, max_length=64)
     """edgefleet's extension: a gateway-made id (unique per gateway) by which the server
@@ -89,15 +123,67 @@ def encode(message: BaseModel) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
+def _int(text: str) -> int:
+    if len(text.lstrip("-")) > _INT_DIGITS or not MIN_INT <= (n := int(text)) <= MAX_INT:
+        raise MessageError(f"integer {text[:24]}… is outside 64 bits", NUMBER)
+    return n
+
+
+def _float(text: str) -> float:
+    f = float(text)
+    if not math.isfinite(f):
+        raise MessageError(f"number {text[:24]} is not a finite double", NUMBER)
+    return f
+
+
+def _constant(name: str) -> float:
+    raise MessageError(f"{name} is not a JSON number", NUMBER)
+
+
+def _check_text(text: str) -> None:
+    if "\x00" in text:
+        raise MessageError("a string holds a NUL character (\\u0000)", NUL)
+    if not text.isascii() and _SURROGATES.search(text):
+        raise MessageError("a string holds a lone surrogate (\\ud800-\\udfff)", SURROGATE)
+
+
+def _check_tree(doc: Any) -> None:
+    """Depth, and the text of every key and string, without recursion."""
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise MessageError(f"JSON nested deeper than {MAX_DEPTH} levels", TOO_DEEP)
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if isinstance(key, str):
+                _check_text(key)
+            if isinstance(item, str):
+                _check_text(item)
+            elif isinstance(item, dict | list):
+                stack.append((item, depth + 1))
+
+
 def _load(payload: bytes) -> dict[str, Any]:
     if len(payload) > MAX_MESSAGE_BYTES:
-        raise MessageError(f"message of {len(payload)} bytes exceeds {MAX_MESSAGE_BYTES}")
+        raise MessageError(
+            f"message of {len(payload)} bytes exceeds {MAX_MESSAGE_BYTES}", TOO_LARGE
+        )
     try:
-        doc = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MessageError(f"message is not JSON: {exc}") from exc
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MessageError(
+            f"message is not UTF-8: {exc.reason} at byte {exc.start}", ENCODING
+        ) from None
+    try:
+        doc = json.loads(text, parse_int=_int, parse_float=_float, parse_constant=_constant)
+    except json.JSONDecodeError as exc:
+        raise MessageError(f"message is not JSON: {exc}", NOT_JSON) from None
+    except RecursionError:
+        raise MessageError(f"JSON nested deeper than {MAX_DEPTH} levels", TOO_DEEP) from None
     if not isinstance(doc, dict):
-        raise MessageError(f"message must be a JSON object, not {type(doc).__name__}")
+        raise MessageError(f"message must be a JSON object, not {type(doc).__name__}", NOT_OBJECT)
+    _check_tree(doc)
     return doc
 
 
@@ -108,10 +194,11 @@ def _explain(exc: ValidationError) -> str:
 
 
 def decode_request(payload: bytes) -> RequestMessage:
+    doc = _load(payload)
     try:
-        return RequestMessage.model_validate(_load(payload))
+        return RequestMessage.model_validate(doc)
     except ValidationError as exc:
-        raise MessageError(f"bad request message: {_explain(exc)}") from exc
+        raise MessageError(f"bad request message: {_explain(exc)}", INVALID) from None
 
 
 def decode_client(payload: bytes) -> ClientMessage:
@@ -123,7 +210,7 @@ def decode_client(payload: bytes) -> ClientMessage:
         return EventMessage.model_validate(doc)
     except ValidationError as exc:
         kind = "response" if "task_id" in doc else "event"
-        raise MessageError(f"bad {kind} message: {_explain(exc)}") from exc
+        raise MessageError(f"bad {kind} message: {_explain(exc)}", INVALID) from None
 
 
 def decode_status(payload: bytes) -> bool:
@@ -133,4 +220,4 @@ def decode_status(payload: bytes) -> bool:
         return True
     if text == b"0":
         return False
-    raise MessageError(f"status payload must be '1' or '0', not {payload[:20]!r}")
+    raise MessageError(f"status payload must be '1' or '0', not {payload[:20]!r}", BAD_STATUS)

@@ -1,5 +1,12 @@
-"""Inbound MQTT → services. A bad topic or payload is logged with its reason and dropped;
-nothing here ever stops the consumer."""
+"""Inbound MQTT → services. A bad topic or payload is counted and logged with its reason and
+dropped (acknowledged, so the broker does not deliver it again); nothing a gateway sends ever
+raises out of here or stops the consumer.
+
+What one gateway may cost is bounded: its messages pass a rate limit (``GatewayRate``: the
+excess is dropped, counted, and raises one alarm per period), a retained message on its
+``client`` topic is cleared from the broker instead of being stored again at every
+re-subscription, and warnings about it reach the log a few a minute (``GatewayLog``).
+"""
 
 from __future__ import annotations
 
@@ -7,14 +14,16 @@ import asyncio
 import contextlib
 import logging
 import uuid as uuidlib
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from prometheus_client import Counter
 
-from edgefleet.domain.events import status_event
+from edgefleet.domain.events import rate_limited_event, status_event
 from edgefleet.errors import EdgefleetError, MessageError
 from edgefleet.mqtt import topics
 from edgefleet.mqtt.client import Receipt
+from edgefleet.mqtt.limits import GatewayLog, GatewayRate
 from edgefleet.mqtt.messages import EventMessage, ResponseMessage, decode_client, decode_status
 from edgefleet.mqtt.relay import GatewayRelay
 from edgefleet.services.events import EventService
@@ -22,7 +31,21 @@ from edgefleet.services.presence import PresenceService
 
 log = logging.getLogger(__name__)
 
-INBOUND = Counter("edgefleet_mqtt_messages_total", "MQTT messages received", ["channel", "outcome"])
+INBOUND = Counter(
+    "edgefleet_mqtt_messages_total",
+    "MQTT messages received",
+    ["channel", "outcome"],  # accepted | rejected | ignored | failed (a bug, logged)
+)
+REJECTED = Counter(
+    "edgefleet_mqtt_rejected_total",
+    "MQTT messages refused, by reason",
+    # messages.REASONS, topics.BAD_TOPIC, RATE_LIMITED, RETAINED
+    ["channel", "reason"],
+)
+RATE_LIMITED = "rate_limited"
+"""Over its gateway's rate: dropped (a status still moves presence; see ``__call__``)."""
+RETAINED = "retained"
+"""A retained message on a gateway's ``client`` topic: cleared, not stored (again)."""
 PROBES = Counter(
     "edgefleet_presence_probes_total",
     "Gateways probed for presence",
@@ -76,6 +99,8 @@ class InboundRouter:
         settle_max: float = 30.0,
         probe_timeout: float = 10.0,
         sweep_interval: float = 0.0,
+        rate: GatewayRate | None = None,
+        alarm_period: float = 300.0,
     ) -> None:
         self.presence = presence
         self.relay = relay
@@ -103,6 +128,14 @@ class InboundRouter:
         self.link_up: asyncio.Event | None = None
         """Set by the composition root: the broker link's ``connected`` flag. A probe that
         times out while it is clear judges nothing (the request may never have left)."""
+        self.clear_retained: Callable[[str], Awaitable[None]] | None = None
+        """Set by the composition root: publish an empty retained message to a topic."""
+        self.rate = rate if rate is not None else GatewayRate(0, 1)
+        self.alarm_period = alarm_period
+        self._alarmed: dict[str, float] = {}
+        """Loop time of each gateway's latest rate-limit alarm."""
+        self.gateway_log = GatewayLog(log)
+        self._chores: set[asyncio.Task[None]] = set()
 
     def connected(self) -> None:
         """The broker link (re)connected and subscribed: reconcile presence shortly."""
@@ -116,10 +149,15 @@ class InboundRouter:
 
     async def close(self) -> None:
         """Stop reconciling and refreshing (shutdown)."""
-        tasks = [*self._refreshing, *([self._reconciler] if self._reconciler else [])]
+        tasks = [
+            *self._refreshing,
+            *self._chores,
+            *([self._reconciler] if self._reconciler else []),
+        ]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self.gateway_log.close()
 
     async def _reconcile(self) -> None:
         loop = asyncio.get_running_loop()
@@ -221,37 +259,115 @@ class InboundRouter:
     async def __call__(
         self, topic: str, payload: bytes, retained: bool, receipt: Receipt | None = None
     ) -> None:
+        """Handle one message; never raises (a bug is logged, counted ``failed``)."""
+        label, device_uuid = "unknown", ""
         try:
             device_uuid, channel = topics.parse(topic)
-            if not retained and channel in (topics.Channel.STATUS, topics.Channel.CLIENT):
+            label = channel.value
+            if channel is topics.Channel.SERVER or not payload:
+                # ours; or an empty message, MQTT's way of clearing a retained one (we send
+                # those ourselves, below)
+                INBOUND.labels(label, "ignored").inc()
+                return
+            if retained and channel is topics.Channel.CLIENT:
+                self._clear(topic)
+                raise MessageError(
+                    "retained message on a client topic: cleared from the broker, not stored",
+                    RETAINED,
+                )
+            if not retained:
                 self._heard[device_uuid] = asyncio.get_running_loop().time()
+                if not self.rate.allow(device_uuid):
+                    self._over_rate(device_uuid, channel, payload)
+                    raise MessageError(
+                        f"over the gateway's rate of {self.rate.rate:g} messages/s", RATE_LIMITED
+                    )
             if channel is topics.Channel.STATUS:
+                await self._status(device_uuid, decode_status(payload), retained, receipt)
+            else:
+                await self._client_message(device_uuid, payload, receipt)
+        except MessageError as exc:
+            INBOUND.labels(label, "rejected").inc()
+            REJECTED.labels(label, exc.reason).inc()
+            if exc.reason != RATE_LIMITED:  # those are told once per alarm (_over_rate)
+                self.gateway_log.warning(
+                    device_uuid, "rejected MQTT message on %s: %s", topic, exc.message
+                )
+            return
+        except Exception:  # a bug: logged with its stack, counted, never raised
+            INBOUND.labels(label, "failed").inc()
+            self.gateway_log.error(
+                device_uuid, "MQTT message on %s could not be handled", topic, exc_info=True
+            )
+            return
+        INBOUND.labels(label, "accepted").inc()
+
+    async def _status(
+        self, device_uuid: str, online: bool, retained: bool, receipt: Receipt | None
+    ) -> None:
+        if online:
+            self._said_online.add(device_uuid)
+            self._last_online = asyncio.get_running_loop().time()
+            self.presence.apply_status(device_uuid, True)
+        elif not retained:
+            self._said_online.discard(device_uuid)
+            self.presence.apply_status(device_uuid, False)
+        # a retained "0" may be stale: the reconciliation probes that gateway
+        if not retained:
+            if online:
+                self._refresh(device_uuid)
+                if self.tasks is not None:
+                    self.tasks.online(device_uuid)
+            if self.events is not None:
+                await self.events.status(device_uuid, online, receipt)
+
+    def _over_rate(self, device_uuid: str, channel: topics.Channel, payload: bytes) -> None:
+        """A message over the gateway's rate is dropped; a status still moves presence (the
+        fleet's view must stay right, and that costs one folded row), without its event,
+        properties refresh or task wake-up. One alarm (and one warning) per period."""
+        if channel is topics.Channel.STATUS:
+            with contextlib.suppress(MessageError):
                 online = decode_status(payload)
                 if online:
                     self._said_online.add(device_uuid)
-                    self._last_online = asyncio.get_running_loop().time()
-                    self.presence.apply_status(device_uuid, True)
-                elif not retained:
+                else:
                     self._said_online.discard(device_uuid)
-                    self.presence.apply_status(device_uuid, False)
-                # a retained "0" may be stale: the reconciliation probes that gateway
-                if not retained:
-                    if online:
-                        self._refresh(device_uuid)
-                        if self.tasks is not None:
-                            self.tasks.online(device_uuid)
-                    if self.events is not None:
-                        await self.events.status(device_uuid, online, receipt)
-            elif channel is topics.Channel.CLIENT:
-                await self._client_message(device_uuid, payload, receipt)
-            else:
-                INBOUND.labels(channel.value, "ignored").inc()
-                return
-        except MessageError as exc:
-            INBOUND.labels("unknown", "rejected").inc()
-            log.warning("rejected MQTT message on %s: %s", topic, exc.message)
+                self.presence.apply_status(device_uuid, online)
+        now = asyncio.get_running_loop().time()
+        last = self._alarmed.get(device_uuid)
+        if last is not None and now - last < self.alarm_period:
             return
-        INBOUND.labels(channel.value, "accepted").inc()
+        self._alarmed[device_uuid] = now
+        self.gateway_log.warning(
+            device_uuid,
+            "gateway %s sends more than %g messages/s (burst %d): the excess is dropped",
+            device_uuid,
+            self.rate.rate,
+            self.rate.burst,
+        )
+        if self.events is not None:
+            self.events.emit(
+                rate_limited_event(
+                    device_uuid, self.events.clock(), self.rate.rate, self.rate.burst
+                )
+            )
+
+    def _clear(self, topic: str) -> None:
+        """Publish an empty retained message to ``topic`` (in the background: the consumer
+        must not wait for the broker's answer)."""
+        clear = self.clear_retained
+        if clear is None:
+            return
+
+        async def run() -> None:
+            try:
+                await clear(topic)
+            except EdgefleetError as exc:
+                log.warning("retained message on %s not cleared: %s", topic, exc.message)
+
+        task = asyncio.create_task(run(), name=f"clear-retained:{topic}")
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
 
     async def _client_message(
         self, device_uuid: str, payload: bytes, receipt: Receipt | None

@@ -16,6 +16,8 @@ from edgefleet.errors import MessageError
 
 PREFIX = "$ThingsPro/devices"
 _FORBIDDEN = frozenset("/+#\x00")
+BAD_TOPIC = "bad_topic"
+"""``MessageError.reason`` of a topic that is not a gateway's."""
 
 
 class Channel(StrEnum):
@@ -35,11 +37,11 @@ def parse(name: str) -> tuple[str, Channel]:
     head, sep, rest = name.rpartition("/")
     prefix, sep2, device_uuid = head.rpartition("/")
     if not sep or not sep2 or prefix != PREFIX or not device_uuid:
-        raise MessageError(f"not a ThingsPro device topic: {name!r}")
+        raise MessageError(f"not a ThingsPro device topic: {name!r}", BAD_TOPIC)
     try:
         return device_uuid, Channel(rest)
     except ValueError:
-        raise MessageError(f"unknown channel {rest!r} in {name!r}") from None
+        raise MessageError(f"unknown channel {rest!r} in {name!r}", BAD_TOPIC) from None
 
 
 def all_devices(channel: Channel) -> str:
