@@ -16,7 +16,8 @@
 //
 // Configuration is the environment only (`edgefleet broker-config aedes` writes it):
 //   EDGEFLEET_URL, EDGEFLEET_BROKER_TOKEN, BROKER_ID, REDIS_URL, GATEWAY_HOST, GATEWAY_PORT,
-//   SERVER_HOST, SERVER_PORT, PSK_HINT, HEALTH_PORT, PSK_REFRESH_SECONDS, HEARTBEAT_SECONDS
+//   SERVER_HOST, SERVER_PORT, PSK_HINT, HEALTH_PORT, PSK_REFRESH_SECONDS, HEARTBEAT_SECONDS,
+//   MAX_PACKET_BYTES (the protocol's limit: a client announcing a larger packet is disconnected)
 // The health endpoint (HEALTH_PORT, on SERVER_HOST) answers GET /healthz and GET /clients.
 // Logs are one JSON object per line on stdout; keys, passwords and the token never appear.
 import http from 'node:http'
@@ -68,9 +69,10 @@ const cfg = {
   pskHint: setting('PSK_HINT', 'edgefleet'),
   healthPort: port('HEALTH_PORT', '0'),
   pskRefreshMs: Number(setting('PSK_REFRESH_SECONDS', '5')) * 1000,
-  heartbeatMs: Number(setting('HEARTBEAT_SECONDS', '2')) * 1000
+  heartbeatMs: Number(setting('HEARTBEAT_SECONDS', '2')) * 1000,
+  maxPacketBytes: Number(setting('MAX_PACKET_BYTES', String(256 * 1024 + 1024)))
 }
-for (const [k, v] of [['PSK_REFRESH_SECONDS', cfg.pskRefreshMs], ['HEARTBEAT_SECONDS', cfg.heartbeatMs]]) {
+for (const [k, v] of [['PSK_REFRESH_SECONDS', cfg.pskRefreshMs], ['HEARTBEAT_SECONDS', cfg.heartbeatMs], ['MAX_PACKET_BYTES', cfg.maxPacketBytes]]) {
   if (!(v > 0)) {
     log('error', `${k} must be a positive number`)
     process.exit(2)
@@ -286,6 +288,25 @@ aedes.on('connectionError', (client, err) => log('debug', 'connection error', { 
 
 // --- listeners ---------------------------------------------------------------------------
 
+// aedes has no packet size limit: it would buffer a packet of any announced size (up to MQTT's
+// 256 MB) before looking at it. So each connection's parser is checked as soon as it has read
+// a packet's remaining length, and a packet over the limit closes the connection before its
+// body is read (Mosquitto's max_packet_size does the same).
+function handle (conn, req) {
+  const client = aedes.handle(conn, req)
+  const parser = client._parser
+  const parseLength = parser._parseLength
+  parser._parseLength = function () {
+    const done = parseLength.call(this)
+    if (done && this.packet.length > cfg.maxPacketBytes) {
+      log('info', 'packet too large: connection closed', { client: client.id, bytes: this.packet.length, limit: cfg.maxPacketBytes })
+      this._emitError(new Error('packet too large'))
+    }
+    return done
+  }
+  return client
+}
+
 const gateways = tls.createServer({
   pskIdentityHint: cfg.pskHint,
   ciphers: 'ECDHE-PSK:PSK:!aNULL', // ECDHE-PSK first: DHE-PSK costs far more CPU a handshake
@@ -300,13 +321,13 @@ const gateways = tls.createServer({
     socket.pskIdentity = identity
     return key
   }
-}, aedes.handle)
+}, handle)
 gateways.on('tlsClientError', (err, socket) => {
   // a key changed since it was fetched: fetch it again for the next attempt
   if (socket.pskIdentity) fetchKey(socket.pskIdentity)
   log('debug', 'TLS handshake failed', { error: err.code || err.message })
 })
-const server = net.createServer(aedes.handle)
+const server = net.createServer(handle)
 
 let health = null
 if (cfg.healthPort) {

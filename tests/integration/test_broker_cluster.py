@@ -29,6 +29,7 @@ import httpx
 import pytest
 
 from edgefleet.mqtt.brokerconfig import aedes
+from edgefleet.mqtt.messages import MAX_PACKET_BYTES
 from edgefleet.mqtt.psk import psk_client_context
 from edgefleet.settings import MQTTSettings
 from edgefleet.simulator.gateway import Behaviour, VirtualGateway
@@ -502,6 +503,19 @@ async def test_a_node_lets_a_gateway_use_only_its_own_topics_and_drops_a_deleted
                 await a.__aexit__(None, None, None)
         r = await api.get(f"/api/v1/devices/{ub}")
         assert r.json()["connection"]["status"] == "created"  # the forged "0" reached nobody
+
+        # a packet over the protocol's limit closes the connection before its body is read
+        a = await _connect_until_key_known(node, ua, ka)
+        try:
+            with pytest.raises(aiomqtt.MqttError):  # no PUBACK: the connection is gone
+                await a.publish(
+                    f"$ThingsPro/devices/{ua}/client", b"x" * 2_000_000, qos=1, timeout=5
+                )
+        finally:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await a.__aexit__(None, None, None)
+        too_large = [e for e in cluster.log_of(node) if e.get("msg", "").startswith("packet too")]
+        assert [(e["client"], e["limit"]) for e in too_large] == [(ua, MAX_PACKET_BYTES)]
 
         # the client id must be the PSK identity
         with pytest.raises(aiomqtt.MqttError):

@@ -280,6 +280,7 @@ def test_aedes_writes_the_env_file(cli_env: Path) -> None:
         "HEALTH_PORT": "9100",
         "PSK_REFRESH_SECONDS": "5",
         "HEARTBEAT_SECONDS": "1",
+        "MAX_PACKET_BYTES": "263168",  # the protocol's limit, not an option
     }
     # again: the token is kept, not made anew
     r = invoke("broker-config", "aedes", "--user", "admin@example.com", "--dir", str(out))

@@ -2,9 +2,9 @@
 
 What a gateway publishes is refused with a counted reason when it breaks the protocol
 (hypothesis-generated payloads, published with ``mosquitto_pub --psk`` as the gateway itself);
-a flood is rate-limited; a retained message is cleared; the log gets a few lines, not one per
-message; and afterwards a healthy gateway still goes online, is stored, and goes offline by
-its will.
+a packet over the protocol's limit is refused by the broker; a flood is rate-limited; a
+retained message is cleared; the log gets a few lines, not one per message; and afterwards a
+healthy gateway still goes online, is stored, and goes offline by its will.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import os
 import subprocess
 import threading
 import time
@@ -33,8 +34,9 @@ from edgefleet.bootstrap import Container, build
 from edgefleet.db.engine import Database
 from edgefleet.db.tables import Event, WebhookDelivery
 from edgefleet.domain.events import RATE_LIMITED_RESOURCE
+from edgefleet.errors import ValidationError
 from edgefleet.mqtt import topics
-from edgefleet.mqtt.messages import MAX_MESSAGE_BYTES, REASONS
+from edgefleet.mqtt.messages import MAX_MESSAGE_BYTES, MAX_PACKET_BYTES, REASONS
 from edgefleet.mqtt.router import RATE_LIMITED, RETAINED
 from edgefleet.settings import EventSettings, MQTTSettings, Settings
 from tests.brokers import free_port, require
@@ -334,6 +336,48 @@ def _sampling_rss(pid: int | str, every: float = 0.05) -> Iterator[list[int]]:
         stop.set()
         thread.join()
         samples.append(_rss(pid))
+
+
+async def test_a_publish_over_the_packet_limit_is_refused_by_the_broker(
+    live: Container, tmp_path: Path
+) -> None:
+    """20 MB, eighty times the limit: enough to show that the broker reads none of it (it
+    closes the connection on the packet's header) without pushing 150 MB through TLS on a
+    shared machine; past the header the size changes nothing. The payload comes from a file,
+    so the test's own memory (the server's process) holds none of it either."""
+    [(uuid, psk)] = await register(live, 1)
+    broker = live.messaging.broker
+    assert broker is not None and broker.pid is not None and broker.files is not None
+    big = tmp_path / "big.bin"
+    with big.open("wb") as f:
+        for _ in range(20):
+            f.write(os.urandom(1024 * 1024))
+    before = _inbound()
+    server_rss = _rss()
+    with _sampling_rss(broker.pid) as broker_rss:
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [*_pub_args(live, uuid, psk, "client"), "-f", str(big)],
+            capture_output=True,
+            timeout=60,
+        )
+    assert result.returncode != 0, "the broker took it"  # the connection closed under it
+    assert "oversize packet" in broker.files.log.read_text()
+    assert max(broker_rss) - broker_rss[0] < 4 * 1024 * 1024
+    # a packet just within the limit passes the broker (the server refuses it as too large);
+    # once it is counted, the server has seen all it will see of this gateway
+    ok = await asyncio.to_thread(
+        publish, live, uuid, psk, "client", [_sized(MAX_PACKET_BYTES - 200)]
+    )
+    _check_published(ok)
+    await asyncio.to_thread(_wait_counted, before, 1)
+    assert (_inbound() - before) == Counter({("client", "rejected"): 1})
+    assert _rss() - server_rss < 4 * 1024 * 1024
+    assert await _count(live, Event, device_uuid=uuid, type="gateway_event") == 0
+    # and the server never sends a gateway what the broker would refuse
+    with pytest.raises(ValidationError, match="at most"):
+        await live.messaging.relay.request(uuid, "put", "/x", "y" * MAX_MESSAGE_BYTES, wait=1)
+    assert live.messaging.link.connected.is_set()
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from edgefleet.mqtt.brokerconfig.aedes import (
     check,
     render_env,
 )
+from edgefleet.mqtt.messages import MAX_PACKET_BYTES
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,6 +57,7 @@ def test_every_variable_once_in_order_with_its_value() -> None:
         "HEALTH_PORT": "9100",
         "PSK_REFRESH_SECONDS": "5",
         "HEARTBEAT_SECONDS": "1.5",
+        "MAX_PACKET_BYTES": str(MAX_PACKET_BYTES),
     }
 
 

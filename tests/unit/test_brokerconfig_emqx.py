@@ -293,6 +293,7 @@ def test_the_same_gateway_listener_and_hooks_as_the_aws_template() -> None:
         "listeners.ws.default.enable",
         "listeners.wss.default.enable",
         "psk_authentication.enable",
+        "mqtt.max_packet_size",
         "zones.server.mqtt",
         "authorization.no_match",
         "authorization.deny_action",

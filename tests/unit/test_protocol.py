@@ -34,6 +34,7 @@ from edgefleet.mqtt.messages import (
     decode_request,
     decode_status,
     encode,
+    encode_response,
 )
 
 UUID = "2ad0fbb8-6f53-46ea-a10a-00b7b75145d3"
@@ -293,6 +294,16 @@ def test_an_empty_message_is_not_json() -> None:
     with pytest.raises(MessageError) as err:
         decode_status(b"")
     assert err.value.reason == BAD_STATUS
+
+
+def test_an_answer_too_large_for_the_protocol_becomes_a_413() -> None:
+    small = ResponseMessage(method="get", resource="/a", task_id="t", code=200, data="x")  # type: ignore[arg-type]
+    assert decode_client(encode_response(small)) == small
+    big = small.model_copy(update={"data": "x" * MAX_MESSAGE_BYTES})
+    sent = decode_client(encode_response(big))
+    assert isinstance(sent, ResponseMessage)
+    assert (sent.task_id, sent.code) == ("t", 413)
+    assert "exceeds" in sent.data["message"]
 
 
 _ANY_TEXT = st.text(st.characters(exclude_categories=[]), max_size=12)  # NUL, surrogates too

@@ -30,11 +30,13 @@ from edgefleet.agent.state import TaskStore
 from edgefleet.errors import MessageError
 from edgefleet.mqtt import topics
 from edgefleet.mqtt.messages import (
+    MAX_MESSAGE_BYTES,
     EventMessage,
     RequestMessage,
     ResponseMessage,
     decode_request,
     encode,
+    encode_response,
     new_event_id,
 )
 from edgefleet.mqtt.psk import psk_client_context
@@ -263,7 +265,7 @@ class Agent:
             for i, job in enumerate(outcome.deferred if outcome is not None else [])
         ]
         try:
-            await self._send(self._topic(topics.Channel.CLIENT), encode(response))
+            await self._send(self._topic(topics.Channel.CLIENT), encode_response(response))
         except BaseException:
             for t in jobs:
                 t.cancel()
@@ -320,11 +322,23 @@ class Agent:
     # --- publishing ------------------------------------------------------------------------------
 
     async def emit(self, method: str, resource: str, data: Any, code: int = 200) -> None:
-        """Publish an event; kept in the outbox while offline (the newest 1000)."""
+        """Publish an event; kept in the outbox while offline (the newest 1000). One larger than
+        the protocol allows is logged and dropped."""
         event = EventMessage(
             method=method, resource=resource, data=data, code=code, event_id=new_event_id()
         )
-        await self._send(self._topic(topics.Channel.CLIENT), encode(event))
+        payload = encode(event)
+        if len(payload) > MAX_MESSAGE_BYTES:
+            # the broker would close the connection, and the outbox would send it again
+            log.warning(
+                "event %s %s of %d bytes not sent: over %d",
+                method,
+                resource,
+                len(payload),
+                MAX_MESSAGE_BYTES,
+            )
+            return
+        await self._send(self._topic(topics.Channel.CLIENT), payload)
 
     async def _send(self, topic: str, payload: bytes) -> None:
         client = self._client

@@ -30,6 +30,10 @@ from edgefleet.errors import MessageError
 
 MAX_MESSAGE_BYTES = 256 * 1024
 """Larger payloads are refused before parsing."""
+MAX_PACKET_BYTES = MAX_MESSAGE_BYTES + 1024
+"""The largest MQTT packet every generated broker configuration accepts: a message of
+``MAX_MESSAGE_BYTES`` with its topic and headers. A client that sends a larger one is
+disconnected by the broker before the payload is read (docs/protocol.md)."""
 MAX_DEPTH = 32
 """Arrays and objects nested deeper are refused (a gateway's data is a few levels deep)."""
 MIN_INT, MAX_INT = -(2**63), 2**63 - 1
@@ -121,6 +125,22 @@ def encode(message: BaseModel) -> bytes:
     if isinstance(message, EventMessage) and body.get("event_id") is None:
         body.pop("event_id", None)
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+def encode_response(response: ResponseMessage) -> bytes:
+    """A gateway's answer as it may be sent: one larger than ``MAX_MESSAGE_BYTES`` becomes a
+    ``413`` answer saying so (the broker would close the connection of a gateway sending more,
+    and the request, redelivered, would be answered the same way again)."""
+    payload = encode(response)
+    if len(payload) <= MAX_MESSAGE_BYTES:
+        return payload
+    refusal = response.model_copy(
+        update={
+            "code": 413,
+            "data": {"message": f"answer of {len(payload)} bytes exceeds {MAX_MESSAGE_BYTES}"},
+        }
+    )
+    return encode(refusal)
 
 
 def _int(text: str) -> int:

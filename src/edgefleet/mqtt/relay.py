@@ -13,13 +13,24 @@ import uuid as uuidlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from edgefleet.errors import GatewayTimeoutError
+from edgefleet.errors import GatewayTimeoutError, ValidationError
 from edgefleet.mqtt import topics
-from edgefleet.mqtt.messages import RequestMessage, ResponseMessage, encode
+from edgefleet.mqtt.messages import MAX_MESSAGE_BYTES, RequestMessage, ResponseMessage, encode
 
 log = logging.getLogger(__name__)
 
 Publish = Callable[[str, bytes], Awaitable[None]]
+
+
+def _encode(message: RequestMessage) -> bytes:
+    """The request's payload; refused when a gateway would refuse it for its size (and the
+    broker would close the server's own connection for a packet past its limit)."""
+    payload = encode(message)
+    if len(payload) > MAX_MESSAGE_BYTES:
+        raise ValidationError(
+            f"the request is {len(payload)} bytes; a gateway takes at most {MAX_MESSAGE_BYTES}"
+        )
+    return payload
 
 
 class GatewayRelay:
@@ -47,16 +58,14 @@ class GatewayRelay:
     ) -> ResponseMessage:
         """Send one request to a gateway and return its response (``GatewayTimeoutError``)."""
         task_id = task_id or str(uuidlib.uuid4())
-        message = RequestMessage(
-            method=method.lower(), resource=resource, data=data, task_id=task_id
+        payload = _encode(
+            RequestMessage(method=method.lower(), resource=resource, data=data, task_id=task_id)
         )
         future: asyncio.Future[ResponseMessage] = asyncio.get_running_loop().create_future()
         self._pending[task_id] = (device_uuid, future)
         try:
             async with self._publish_slots:
-                await self._publish(
-                    topics.topic(device_uuid, topics.Channel.SERVER), encode(message)
-                )
+                await self._publish(topics.topic(device_uuid, topics.Channel.SERVER), payload)
             return await asyncio.wait_for(future, wait)
         except TimeoutError as exc:
             raise GatewayTimeoutError(device_uuid, wait) from exc
@@ -68,11 +77,11 @@ class GatewayRelay:
     ) -> None:
         """Publish one request and return once the broker has it; whoever records results
         (the task engine) deals with the answer."""
-        message = RequestMessage(
-            method=method.lower(), resource=resource, data=data, task_id=task_id
+        payload = _encode(
+            RequestMessage(method=method.lower(), resource=resource, data=data, task_id=task_id)
         )
         async with self._publish_slots:
-            await self._publish(topics.topic(device_uuid, topics.Channel.SERVER), encode(message))
+            await self._publish(topics.topic(device_uuid, topics.Channel.SERVER), payload)
 
     def resolve(self, device_uuid: str, response: ResponseMessage) -> bool:
         """Hand a response to its waiting request; False when none waits for it here."""

@@ -44,6 +44,7 @@ from edgefleet.mqtt.messages import (
     ResponseMessage,
     decode_request,
     encode,
+    encode_response,
     new_event_id,
 )
 from edgefleet.mqtt.psk import psk_client_context
@@ -342,7 +343,9 @@ class VirtualGateway:
             if len(self._answers) > REMEMBERED_TASKS:
                 self._answers.popitem(last=False)
         try:
-            await client.publish(self._topic(topics.Channel.CLIENT), encode(response), qos=1)
+            await client.publish(
+                self._topic(topics.Channel.CLIENT), encode_response(response), qos=1
+            )
         finally:  # started once the answer is out (or lost with the connection), never before
             if job is not None:
                 self._start(request, job)

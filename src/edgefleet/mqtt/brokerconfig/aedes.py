@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from edgefleet.errors import EdgefleetError
 from edgefleet.mqtt.brokerconfig.files import write_private
+from edgefleet.mqtt.messages import MAX_PACKET_BYTES
 
 ENV_NAMES = (
     "EDGEFLEET_URL",
@@ -30,6 +31,7 @@ ENV_NAMES = (
     "HEALTH_PORT",
     "PSK_REFRESH_SECONDS",
     "HEARTBEAT_SECONDS",
+    "MAX_PACKET_BYTES",
 )
 """The variables ``deploy/aedes/broker.mjs`` reads, in the order they are written."""
 
@@ -127,6 +129,8 @@ def environment(node: AedesNode) -> dict[str, str]:
         "HEALTH_PORT": str(node.health_port),
         "PSK_REFRESH_SECONDS": _number(node.psk_refresh_seconds),
         "HEARTBEAT_SECONDS": _number(node.heartbeat_seconds),
+        # the protocol's limit, not an option: a larger packet closes the connection
+        "MAX_PACKET_BYTES": str(MAX_PACKET_BYTES),
     }
 
 

@@ -46,6 +46,7 @@ from urllib.parse import urlsplit
 
 from edgefleet.errors import EdgefleetError
 from edgefleet.mqtt.brokerconfig.files import owner, render_psk, write_private
+from edgefleet.mqtt.messages import MAX_PACKET_BYTES
 from edgefleet.settings import MQTTSettings
 
 BROKER_USER = "emqx"
@@ -71,6 +72,10 @@ AUTHZ_BODY = (
     '{username = "${clientid}", clientid = "${clientid}", topic = "${topic}", action = "${action}"}'
 )
 """A PSK gateway sends no username: its client id (its uuid) stands for it."""
+
+MAX_PACKET_SIZE = f"{MAX_PACKET_BYTES // 1024}KB"
+"""``mqtt.max_packet_size`` in EMQX's byte-size notation (its KB are 1024 bytes; the limit is a
+whole number of them)."""
 
 NODE_NAME = re.compile(r"^[A-Za-z0-9_.-]+@[A-Za-z0-9_.:-]+$")
 
@@ -313,6 +318,9 @@ listeners.wss.default.enable = false
 psk_authentication {{
   enable = true
 }}
+
+# the protocol's limit (docs/protocol.md): a larger packet closes the connection
+mqtt.max_packet_size = {_q(MAX_PACKET_SIZE)}
 
 # the server's persistent session holds what it has not acknowledged
 zones.server.mqtt {{

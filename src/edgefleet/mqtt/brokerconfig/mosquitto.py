@@ -1,6 +1,7 @@
 """Mosquitto 2.x: the complete configuration, PSK store and ACL, generated from the database.
 
-Two listeners share one security set-up (``per_listener_settings false``):
+Two listeners share one security set-up (``per_listener_settings false``), and one packet
+size limit (``max_packet_size``, the protocol's ``MAX_PACKET_BYTES``):
 - the gateway listener: TLS-PSK only, identity = device uuid = username = client id
   (``use_username_as_clientid`` stops one gateway from kicking another with its uuid);
 - the server listener on loopback: username/password (the password file is hashed by
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from edgefleet.errors import EdgefleetError
 from edgefleet.mqtt.brokerconfig.files import owner, render_psk, write_private
+from edgefleet.mqtt.messages import MAX_PACKET_BYTES
 from edgefleet.mqtt.psk import PSK_CIPHERS
 from edgefleet.mqtt.topics import PREFIX
 from edgefleet.settings import MQTTSettings
@@ -110,6 +112,9 @@ set_tcp_nodelay true
 # of 1000 queued (and 20 in flight) per client.
 max_inflight_messages 1000
 max_queued_messages 200000
+# The protocol's limit (docs/protocol.md): a client sending a larger packet is disconnected
+# when its header announces the size, before the payload is read or forwarded.
+max_packet_size {MAX_PACKET_BYTES}
 
 password_file {d.passwd}
 psk_file {d.psk}
