@@ -110,6 +110,7 @@ class Container:
 
     async def close(self) -> None:
         await self.stop_messaging()
+        self.accounts.passwords.close()
         await self.db.dispose()
 
 

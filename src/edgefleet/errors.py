@@ -14,6 +14,7 @@ with ``raise … from exc``; the HTTP layer maps each class to a status in one t
     │   ├── AuthenticationError .. 401  bad or missing credentials
     │   ├── PermissionDeniedError  403
     │   └── LoginBannedError ..... 429  too many failed logins
+    ├── BusyError ................ 503  too many password checks waiting already
     ├── StorageError ............. 503  the database or the file store did not answer
     ├── MessageError ............. a malformed MQTT message or topic (logged, never raised
     │                              through a consumer)
@@ -116,6 +117,14 @@ class PermissionDeniedError(AuthError):
 class LoginBannedError(AuthError):
     def __init__(self, retry_after: int) -> None:
         super().__init__(f"too many failed logins; try again in {retry_after} s")
+        self.retry_after = retry_after
+
+
+class BusyError(EdgefleetError):
+    """Work refused because its bounded queue is full (password checks during a flood)."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
         self.retry_after = retry_after
 
 

@@ -56,11 +56,20 @@ class HTTPSettings(BaseModel):
 
 
 class LoginSettings(BaseModel):
-    """Login throttling, fail2ban-style like the original's ``/system/curate``."""
+    """Password guessing: per (account, address) and per address, a few failures are free,
+    then each further attempt waits a delay that doubles up to ``ban_time``
+    (docs/security.md). The names are the original's fail2ban settings."""
 
     max_retry: int = Field(default=5, ge=1, le=10)
+    """Failed attempts on one account from one address before delays start."""
+    address_max_retry: int = Field(default=20, ge=1, le=1000)
+    """Failed attempts from one address, over all accounts, before its delays start."""
     find_time: int = Field(default=600, ge=60, le=3600)
+    """How long failures are remembered after the last delay they caused ran out."""
     ban_time: int = Field(default=600, ge=60, le=3600)
+    """The longest delay between two attempts."""
+    hash_workers: int = Field(default=0, ge=0, le=64)
+    """Threads that hash and check passwords; 0: half the cores (at least 1, at most 4)."""
 
 
 class MQTTSettings(BaseModel):

@@ -1,11 +1,12 @@
-"""Logins: the API login, the console cookie session with CSRF, throttling, first admin."""
+"""Logins: the API login, the console cookie session with CSRF, the first admin, and
+password changes (throttling is in test_login_throttle.py)."""
 
 from __future__ import annotations
 
 import httpx
 
 from edgefleet.bootstrap import Container
-from edgefleet.domain.auth import Role
+from edgefleet.domain.auth import Role, Scope
 from tests.conftest import Callers
 
 PASSWORD = "correct horse battery"
@@ -37,56 +38,6 @@ async def test_wrong_password_is_refused_with_the_original_error_shape(
         "/api/v1/auth/local", json={"email": "nobody@example.com", "password": "x"}
     )
     assert r.status_code == 401 and r.json() == {"message": "wrong email or password"}
-
-
-async def test_logins_are_banned_after_max_retry_per_account(
-    client: httpx.AsyncClient, callers: Callers, container: Container
-) -> None:
-    user = await callers.user(Role.VIEWER)
-    limit = container.settings.login.max_retry
-    for _ in range(limit):
-        r = await client.post("/api/v1/auth/local", json={"email": user.email, "password": "bad"})
-        assert r.status_code == 401
-    r = await client.post("/api/v1/auth/local", json={"email": user.email, "password": PASSWORD})
-    assert r.status_code == 429
-    assert int(r.headers["retry-after"]) > 0
-    assert "too many failed logins" in r.json()["message"]
-
-
-async def test_logins_are_banned_per_address_across_accounts(
-    client: httpx.AsyncClient, callers: Callers, container: Container
-) -> None:
-    victim = await callers.user(Role.VIEWER)
-    for i in range(container.settings.login.max_retry):
-        await client.post(
-            "/api/v1/auth/local", json={"email": f"guess{i}@example.com", "password": "bad"}
-        )
-    # the same address may not try another account either
-    r = await client.post("/api/v1/auth/local", json={"email": victim.email, "password": PASSWORD})
-    assert r.status_code == 429
-    # another address still logs in to that account
-    transport = httpx.ASGITransport(app=client._transport.app, client=("203.0.113.9", 1))  # type: ignore[attr-defined]
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as other:
-        r = await other.post(
-            "/api/v1/auth/local", json={"email": victim.email, "password": PASSWORD}
-        )
-        assert r.status_code == 200
-
-
-async def test_successful_login_resets_the_account_counter(
-    client: httpx.AsyncClient, callers: Callers, container: Container
-) -> None:
-    user = await callers.user(Role.VIEWER)
-    limit = container.settings.login.max_retry
-    for _ in range(limit - 1):
-        await client.post("/api/v1/auth/local", json={"email": user.email, "password": "bad"})
-    assert (
-        await client.post("/api/v1/auth/local", json={"email": user.email, "password": PASSWORD})
-    ).status_code == 200
-    transport = httpx.ASGITransport(app=client._transport.app, client=("203.0.113.10", 1))  # type: ignore[attr-defined]
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as other:
-        r = await other.post("/api/v1/auth/local", json={"email": user.email, "password": "bad"})
-        assert r.status_code == 401  # counting starts again: not banned
 
 
 async def test_console_session_needs_csrf_header_for_writes(
@@ -140,7 +91,7 @@ async def test_one_time_password_must_be_changed_first(
         headers=h,
         json={"currentPassword": password, "newPassword": "a much better passphrase"},
     )
-    assert r.status_code == 204
+    assert r.status_code == 200 and r.json() == {"otherSessionsEnded": 0}
     assert (await client.get("/api/v1/devices", headers=h)).status_code == 200
 
 
@@ -179,3 +130,56 @@ async def test_created_user_gets_a_one_time_password_when_none_given(
         and "password" not in str(u).lower().replace("mustchangepassword", "")
         for u in listed
     )
+
+
+async def test_password_change_ends_the_other_sessions_and_says_so(
+    client: httpx.AsyncClient, callers: Callers
+) -> None:
+    user = await callers.user(Role.OPERATOR)  # one API-login session already
+    token = await callers.c.accounts.principal_for_bearer(
+        user.headers["Authorization"].split(" ", 1)[1]
+    )
+    assert token is not None
+    _, api_token = await callers.c.accounts.create_token(token, "scripts", Scope.READ)
+    body = {"email": user.email, "password": PASSWORD}
+    other = (await client.post("/api/v1/auth/local", json=body)).json()["token"]
+    console = await client.post("/api/v1/auth/login", json=body)  # a cookie session too
+    client.cookies.clear()
+    mine = (await client.post("/api/v1/auth/local", json=body)).json()["token"]
+    me = {"Authorization": f"Bearer {mine}"}
+    r = await client.put(
+        "/api/v1/users/me/password",
+        headers=me,
+        json={"currentPassword": PASSWORD, "newPassword": "another long passphrase"},
+    )
+    assert r.status_code == 200 and r.json() == {"otherSessionsEnded": 3}
+    for ended in (user.headers, {"Authorization": f"Bearer {other}"}):
+        assert (await client.get("/api/v1/users/me", headers=ended)).status_code == 401
+    client.cookies.set("edgefleet_session", console.cookies["edgefleet_session"])
+    assert (await client.get("/api/v1/users/me")).status_code == 401
+    client.cookies.clear()
+    # the session that made the change goes on; API tokens are not sessions and stay
+    assert (await client.get("/api/v1/users/me", headers=me)).status_code == 200
+    assert (
+        await client.get("/api/v1/devices", headers={"mx-api-token": api_token})
+    ).status_code == 200
+    # the new password logs in, the old one no longer does
+    assert (await client.post("/api/v1/auth/local", json=body)).status_code == 401
+    body["password"] = "another long passphrase"
+    assert (await client.post("/api/v1/auth/local", json=body)).status_code == 200
+
+
+async def test_password_change_from_the_console_keeps_its_own_cookie_session(
+    client: httpx.AsyncClient, callers: Callers
+) -> None:
+    user = await callers.user(Role.VIEWER)
+    r = await client.post("/api/v1/auth/login", json={"email": user.email, "password": PASSWORD})
+    csrf = r.json()["csrfToken"]
+    r = await client.put(
+        "/api/v1/users/me/password",
+        headers={"X-CSRF-Token": csrf},
+        json={"currentPassword": PASSWORD, "newPassword": "another long passphrase"},
+    )
+    assert r.status_code == 200 and r.json() == {"otherSessionsEnded": 1}
+    assert (await client.get("/api/v1/users/me")).status_code == 200
+    assert (await client.get("/api/v1/users/me", headers=user.headers)).status_code == 401

@@ -38,6 +38,15 @@ def client_ip(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
+def session_secret(request: Request) -> str | None:
+    """The session secret a request authenticated with, as ``_resolve`` picks it: a bearer
+    header before the cookie."""
+    authorization = request.headers.get("authorization", "")
+    if authorization.lower().startswith("bearer "):
+        return authorization[7:].strip() or None
+    return request.cookies.get(SESSION_COOKIE) or None
+
+
 async def _resolve(request: Request, container: Container) -> Principal:
     accounts = container.accounts
     api_token = request.headers.get("mx-api-token")

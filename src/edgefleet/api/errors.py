@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgefleet.errors import (
     AuthenticationError,
+    BusyError,
     ConflictError,
     EdgefleetError,
     FileTooLargeError,
@@ -42,6 +43,7 @@ STATUS: list[tuple[type[EdgefleetError], int, str]] = [
     (AuthenticationError, 401, "unauthenticated"),
     (PermissionDeniedError, 403, "forbidden"),
     (LoginBannedError, 429, "too-many-logins"),
+    (BusyError, 503, "busy"),
     (StorageError, 503, "storage-unavailable"),
     (GatewayTimeoutError, 504, "gateway-timeout"),
     (TransportError, 503, "broker-unavailable"),
@@ -59,7 +61,7 @@ def status_of(exc: EdgefleetError) -> tuple[int, str]:
 
 def _headers(exc: Exception, status: int) -> dict[str, str]:
     headers: dict[str, str] = {}
-    if isinstance(exc, LoginBannedError):
+    if isinstance(exc, LoginBannedError | BusyError):
         headers["Retry-After"] = str(exc.retry_after)
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="edgefleet"'

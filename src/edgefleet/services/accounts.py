@@ -1,22 +1,27 @@
 """Users, logins, sessions and API tokens.
 
-Passwords are argon2id (pwdlib); bearer secrets (sessions, API tokens) are 256-bit random
-strings stored as SHA-256. Failed logins are counted per account and per address in the
-database, so throttling holds across server instances (fail2ban-style ``maxRetry`` within
-``findTime`` bans for ``banTime``).
+Passwords are argon2id (pwdlib), hashed and checked on a bounded pool of their own
+(services/passwords.py); bearer secrets (sessions, API tokens) are 256-bit random strings
+stored as SHA-256.
+
+Password guessing (logins and ``change_password``) is throttled per (account, address) and
+per address, by the rules of domain/throttle.py, with the failures kept in the database so
+that every server instance sees them. An attempt is counted as a failure *before* its
+password is checked, in one transaction that holds the keys' locks while it decides: however
+many arrive at once, no more are checked than the rules allow. A success takes its count
+back.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import math
 import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from pwdlib import PasswordHash
-from pwdlib.hashers.argon2 import Argon2Hasher
+from prometheus_client import Counter
 
 from edgefleet.clock import Clock, utcnow
 from edgefleet.db.engine import Database
@@ -35,6 +40,7 @@ from edgefleet.domain.auth import (
     scope_allowed,
     secret_hash,
 )
+from edgefleet.domain.throttle import ThrottlePolicy
 from edgefleet.errors import (
     AuthenticationError,
     ConflictError,
@@ -43,9 +49,19 @@ from edgefleet.errors import (
     PermissionDeniedError,
     ValidationError,
 )
+from edgefleet.services.passwords import PasswordHasher
 from edgefleet.settings import LoginSettings
 
 log = logging.getLogger(__name__)
+
+LOGINS = Counter(
+    "edgefleet_logins_total",
+    "Password logins and password changes, by outcome",
+    ["outcome"],  # success, failure, throttled
+)
+
+PURGE_INTERVAL = timedelta(minutes=1)
+"""Forgotten throttle keys are deleted at most this often per instance."""
 
 TOKEN_TOUCH_INTERVAL = timedelta(seconds=60)
 """``last_used_at`` is written at most this often per token, not on every request."""
@@ -67,6 +83,15 @@ class LoginResult:
     user: User
 
 
+@dataclass(frozen=True)
+class _Attempt:
+    """The failure rows an attempt recorded ahead of its check (``pair`` is the
+    account-and-address key, which a success clears)."""
+
+    pair: str
+    ids: list[int]
+
+
 class AccountService:
     def __init__(
         self,
@@ -74,14 +99,20 @@ class AccountService:
         login: LoginSettings,
         session_ttl: timedelta,
         clock: Clock = utcnow,
+        passwords: PasswordHasher | None = None,
     ) -> None:
         self.db = db
         self.login_settings = login
         self.session_ttl = session_ttl
         self.clock = clock
-        self._hasher = PasswordHash((Argon2Hasher(),))
-        self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
+        self.passwords = passwords or PasswordHasher(login.hash_workers)
+        self._pair_policy = ThrottlePolicy(login.max_retry, login.find_time, login.ban_time)
+        self._address_policy = ThrottlePolicy(
+            login.address_max_retry, login.find_time, login.ban_time
+        )
+        self._dummy_hash = self.passwords.hash_now(secrets.token_urlsafe(16))
         self._token_cache: dict[str, tuple[float, Principal]] = {}
+        self._purged_at: datetime | None = None
 
     def forget_credentials(self) -> None:
         """Drop every cached token resolution (after any change to users or tokens)."""
@@ -90,10 +121,7 @@ class AccountService:
     # --- passwords -------------------------------------------------------------------
 
     async def _hash(self, password: str) -> str:
-        return await asyncio.to_thread(self._hasher.hash, password)
-
-    async def _verify(self, password: str, hashed: str) -> bool:
-        return await asyncio.to_thread(self._hasher.verify, password, hashed)
+        return await self.passwords.hash(password)
 
     # --- users -----------------------------------------------------------------------
 
@@ -209,64 +237,130 @@ class AccountService:
             await SessionRepo(s).delete_for_user(user.id)
         return user
 
-    async def change_password(self, user_id: int, old: str, new: str) -> None:
+    async def change_password(
+        self, user_id: int, old: str, new: str, *, ip: str = "", keep_session: str | None = None
+    ) -> int:
+        """Change one's own password, throttled as a login is (the caller may hold a stolen
+        session); ends the user's other sessions (all but ``keep_session``, a session
+        secret) and returns how many."""
         check_password_strength(new)
         user = await self.get_user(user_id)
-        if not await self._verify(old, user.password_hash):
+        attempt = await self._begin_attempt(user.email, ip)
+        if not await self._check(attempt, old, user.password_hash):
+            log.info("password change: wrong current password for %s from %s", user.email, ip)
             raise AuthenticationError("the current password is wrong")
+        await self._succeeded(attempt)
         if old == new:
             raise ValidationError("the new password must differ from the current one")
         new_hash = await self._hash(new)
         async with self.db.session() as s:
             row = await UserRepo(s).get(user_id)
-            assert row is not None
+            if row is None:
+                raise NotFoundError(f"user {user_id} not found")
             row.password_hash = new_hash
             row.must_change_password = False
             row.updated_at = self.clock()
+            ended = await SessionRepo(s).delete_for_user(
+                user_id, keep=secret_hash(keep_session) if keep_session else None
+            )
+        log.info("password changed for %s; %d other session(s) ended", user.email, ended)
+        return ended
 
-    # --- login -----------------------------------------------------------------------
+    # --- login and its throttle -------------------------------------------------------
 
-    def _throttle_keys(self, email: str, ip: str) -> list[str]:
-        keys = [f"account:{email}"]
-        if ip:
-            keys.append(f"address:{ip}")
+    def _keys(self, email: str, ip: str) -> list[tuple[str, ThrottlePolicy]]:
+        address = ip[:64]
+        keys = [(f"pair:{address}|{email}", self._pair_policy)]
+        if address:
+            keys.append((f"address:{address}", self._address_policy))
         return keys
 
-    async def _check_ban(self, keys: list[str]) -> None:
-        cfg = self.login_settings
+    async def _begin_attempt(self, email: str, ip: str) -> _Attempt:
+        """Decide whether a password may be checked now and, if so, record the attempt as
+        a failure first: ``LoginBannedError`` with the wait otherwise."""
+        self.passwords.ensure_room()
+        keys = self._keys(email, ip)
         now = self.clock()
         async with self.db.session() as s:
             repo = LoginFailureRepo(s)
-            for key in keys:
-                count, latest = await repo.recent(key, now - timedelta(seconds=cfg.find_time))
-                if count >= cfg.max_retry and latest is not None:
-                    banned_until = latest + timedelta(seconds=cfg.ban_time)
-                    if banned_until > now:
-                        raise LoginBannedError(int((banned_until - now).total_seconds()) + 1)
+            await repo.lock(sorted(k for k, _ in keys))
+            wait = 0.0
+            for key, policy in keys:
+                failures, latest = await repo.recent(key)
+                if failures and policy.forgotten(failures, latest, now):
+                    await repo.clear(key)
+                    continue
+                wait = max(wait, policy.wait(failures, latest, now))
+            if wait > 0:
+                LOGINS.labels("throttled").inc()
+                raise LoginBannedError(math.ceil(wait))
+            ids = await repo.record([k for k, _ in keys], now)
+        return _Attempt(keys[0][0], ids)
+
+    async def _check(self, attempt: _Attempt, password: str, hashed: str) -> bool:
+        """Check the password; when it could not be checked at all (pool full, error) the
+        attempt is taken back, since no guess was evaluated."""
+        try:
+            ok = await self.passwords.verify(password, hashed)
+        except BaseException:
+            await self._take_back(attempt)
+            raise
+        if not ok:
+            await self._failed(attempt)
+        return ok
+
+    async def _failed(self, attempt: _Attempt) -> None:
+        """A wrong password: its failure rows stay, dated now (the delay runs from the end
+        of the check, not from its start); keys forgotten by everyone are swept now and
+        then."""
+        LOGINS.labels("failure").inc()
+        now = self.clock()
+        sweep = self._purged_at is None or now - self._purged_at >= PURGE_INTERVAL
+        async with self.db.session() as s:
+            repo = LoginFailureRepo(s)
+            await repo.touch(attempt.ids, now)
+            if sweep:
+                self._purged_at = now
+                cfg = self.login_settings
+                await repo.purge(now - timedelta(seconds=cfg.find_time + cfg.ban_time))
+
+    async def _succeeded(self, attempt: _Attempt) -> None:
+        """A right password: the account's count from this address starts again, and the
+        address's count loses this attempt (other accounts' failures from it stay)."""
+        LOGINS.labels("success").inc()
+        async with self.db.session() as s:
+            repo = LoginFailureRepo(s)
+            await repo.clear(attempt.pair)
+            await repo.delete(attempt.ids)
+
+    async def _take_back(self, attempt: _Attempt) -> None:
+        try:
+            async with self.db.session() as s:
+                await LoginFailureRepo(s).delete(attempt.ids)
+        except Exception:  # the original error matters more; the rows expire anyway
+            log.warning("could not take back a login attempt", exc_info=True)
 
     async def login(self, email: str, password: str, ip: str = "") -> LoginResult:
-        """Check a password and open a session; throttled per account and per address."""
+        """Check a password and open a session; throttled per (account, address) and per
+        address (see the module docstring)."""
         try:
             email = normalize_email(email)
         except ValidationError as exc:
             raise AuthenticationError("wrong email or password") from exc
-        keys = self._throttle_keys(email, ip)
-        await self._check_ban(keys)
+        attempt = await self._begin_attempt(email, ip)
         async with self.db.session() as s:
             user = await UserRepo(s).by_email(email)
-        ok = await self._verify(password, user.password_hash if user else self._dummy_hash)
-        now = self.clock()
+        ok = await self._check(attempt, password, user.password_hash if user else self._dummy_hash)
         if user is None or not ok or user.disabled:
-            async with self.db.session() as s:
-                repo = LoginFailureRepo(s)
-                await repo.record(keys, now)
-                await repo.purge(now - timedelta(seconds=self.login_settings.find_time * 2))
+            if ok:  # a disabled account's right password still counts as a failure
+                LOGINS.labels("failure").inc()
             log.info("login failed for %s from %s", email, ip or "-")
             raise AuthenticationError("wrong email or password")
+        await self._succeeded(attempt)
+        now = self.clock()
         secret, csrf = new_secret(), secrets.token_urlsafe(24)
         expires = now + self.session_ttl
         async with self.db.session() as s:
-            await LoginFailureRepo(s).clear(keys[0])
             await SessionRepo(s).add(
                 Session(
                     token_hash=secret_hash(secret),

@@ -11,6 +11,7 @@ from edgefleet.api.deps import (
     AnyPrincipal,
     ContainerDep,
     client_ip,
+    session_secret,
 )
 from edgefleet.api.errors import CompatRoute
 from edgefleet.api.schemas import LoginBody, iso_time, user_public
@@ -58,10 +59,7 @@ async def login_console(
 @router.post("/auth/logout", name="auth.logout", status_code=204)
 async def logout(request: Request, response: Response, c: ContainerDep, p: AnyPrincipal) -> None:
     if p.kind is PrincipalKind.SESSION:
-        secret = request.cookies.get(SESSION_COOKIE)
-        authorization = request.headers.get("authorization", "")
-        if authorization.lower().startswith("bearer "):
-            secret = authorization[7:].strip()
+        secret = session_secret(request)
         if secret:
             await c.accounts.logout(secret)
     response.delete_cookie(SESSION_COOKIE, path="/")

@@ -13,6 +13,8 @@ from edgefleet.api.deps import (
     ContainerDep,
     LoggedIn,
     audit_target,
+    client_ip,
+    session_secret,
 )
 from edgefleet.api.schemas import PasswordChange, UserCreate, UserUpdate, user_public
 
@@ -27,12 +29,21 @@ async def me(c: ContainerDep, p: AnyPrincipal) -> dict[str, Any]:
     return out
 
 
-@router.put("/users/me/password", name="users.change_password", status_code=204)
+@router.put("/users/me/password", name="users.change_password")
 async def change_password(
     request: Request, c: ContainerDep, p: LoggedIn, body: PasswordChange
-) -> None:
+) -> dict[str, Any]:
+    """Throttled as logins are. Ends every other session of the user (API tokens stay:
+    revoke them at ``/api/v1/tokens``) and says how many."""
     audit_target(request, "user", p.user_id)
-    await c.accounts.change_password(p.user_id, body.currentPassword, body.newPassword)
+    ended = await c.accounts.change_password(
+        p.user_id,
+        body.currentPassword,
+        body.newPassword,
+        ip=client_ip(request),
+        keep_session=session_secret(request),
+    )
+    return {"otherSessionsEnded": ended}
 
 
 @router.get("/users", name="users.list")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -66,8 +66,13 @@ class SessionRepo:
     async def delete(self, token_hash: str) -> None:
         await self.s.execute(delete(Session).where(Session.token_hash == token_hash))
 
-    async def delete_for_user(self, user_id: int) -> None:
-        await self.s.execute(delete(Session).where(Session.user_id == user_id))
+    async def delete_for_user(self, user_id: int, *, keep: str | None = None) -> int:
+        """End the user's sessions, but the one whose hash is ``keep``; how many ended."""
+        stmt = delete(Session).where(Session.user_id == user_id)
+        if keep is not None:
+            stmt = stmt.where(Session.token_hash != keep)
+        result = await self.s.execute(stmt)
+        return int(getattr(result, "rowcount", 0) or 0)
 
     async def purge_expired(self, now: datetime) -> None:
         await self.s.execute(delete(Session).where(Session.expires_at <= now))
@@ -107,27 +112,64 @@ class TokenRepo:
 
 
 class LoginFailureRepo:
+    """One row per failed (or in-flight) password check of a throttle key.
+
+    ``lock`` serialises the transactions that decide about the same keys, across server
+    instances: PostgreSQL takes a transaction-scoped advisory lock per key (a key with no
+    row yet has nothing a row lock could hold), SQLite's single writer lock does the rest.
+    """
+
     def __init__(self, session: AsyncSession) -> None:
         self.s = session
+        self._dialect = session.get_bind().dialect.name
 
-    async def record(self, keys: list[str], at: datetime) -> None:
-        self.s.add_all(LoginFailure(key=k, at=at) for k in keys)
-        await self.s.flush()
+    async def lock(self, keys: list[str]) -> None:
+        """Hold ``keys`` until the transaction ends; callers pass them sorted (no deadlock)."""
+        if self._dialect == "postgresql":
+            for key in keys:
+                await self.s.execute(
+                    text("SELECT pg_advisory_xact_lock(hashtextextended(:key, :seed))"),
+                    {"key": key, "seed": ADVISORY_SEED},
+                )
+        else:
+            # SQLite: take the write lock now, so that the read below cannot be stale
+            await self.s.execute(text("DELETE FROM login_failures WHERE 0"))
 
-    async def recent(self, key: str, since: datetime) -> tuple[int, datetime | None]:
-        """How many failures ``key`` had since ``since``, and the latest one."""
+    async def recent(self, key: str) -> tuple[int, datetime | None]:
+        """How many failures ``key`` has on record, and the latest one."""
         row = (
             await self.s.execute(
-                select(func.count(), func.max(LoginFailure.at)).where(
-                    LoginFailure.key == key, LoginFailure.at >= since
-                )
+                select(func.count(), func.max(LoginFailure.at)).where(LoginFailure.key == key)
             )
         ).one()
-        latest = row[1]
-        return int(row[0]), latest
+        return int(row[0]), row[1]
+
+    async def record(self, keys: list[str], at: datetime) -> list[int]:
+        rows = [LoginFailure(key=k, at=at) for k in keys]
+        self.s.add_all(rows)
+        await self.s.flush()
+        return [r.id for r in rows]
+
+    async def touch(self, ids: list[int], at: datetime) -> None:
+        if ids:
+            await self.s.execute(update(LoginFailure).where(LoginFailure.id.in_(ids)).values(at=at))
+
+    async def delete(self, ids: list[int]) -> None:
+        if ids:
+            await self.s.execute(delete(LoginFailure).where(LoginFailure.id.in_(ids)))
 
     async def clear(self, key: str) -> None:
         await self.s.execute(delete(LoginFailure).where(LoginFailure.key == key))
 
-    async def purge(self, before: datetime) -> None:
-        await self.s.execute(delete(LoginFailure).where(LoginFailure.at < before))
+    async def purge(self, quiet_before: datetime) -> None:
+        """Drop the keys whose latest failure is older than ``quiet_before``."""
+        quiet = (
+            select(LoginFailure.key)
+            .group_by(LoginFailure.key)
+            .having(func.max(LoginFailure.at) < quiet_before)
+        )
+        await self.s.execute(delete(LoginFailure).where(LoginFailure.key.in_(quiet)))
+
+
+ADVISORY_SEED = 0x6C6F67696E
+"""Seeds the key hash of the login advisory locks, apart from any other lock's."""
