@@ -23,7 +23,10 @@ def bound_socket() -> socket.socket:
 @asynccontextmanager
 async def serving(app: FastAPI, sock: socket.socket) -> AsyncIterator[str]:
     """Serve ``app`` on ``sock`` until the block ends; yields the base URL."""
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+    # as `edgefleet serve`: proxy headers are the app's decision (http.trusted_proxies)
+    config = uvicorn.Config(
+        app, log_level="warning", lifespan="off", access_log=False, proxy_headers=False
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="test-http-server")
     loop = asyncio.get_running_loop()

@@ -8,11 +8,13 @@ The embedded defaults run a single node with no configuration at all.
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 import secrets
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from pydantic import (
@@ -25,6 +27,7 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -53,6 +56,31 @@ class HTTPSettings(BaseModel):
     """URL gateways and browsers use to reach the server; empty means http://host:port."""
     cookie_secure: bool = False
     session_ttl_seconds: int = Field(default=12 * 3600, ge=60)
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Addresses or networks of the reverse proxies whose ``X-Forwarded-For`` and
+    ``X-Forwarded-Proto`` are believed (comma-separated or a JSON list in the environment);
+    empty: none, the peer's own address is the client's."""
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        if isinstance(v, str):  # comma-separated, or a JSON list as other network settings
+            if v.lstrip().startswith("["):
+                return json.loads(v)
+            return [part.strip() for part in v.split(",") if part.strip()]
+        return v
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or network (e.g. 10.0.0.0/16)"
+                ) from None
+        return v
 
 
 class LoginSettings(BaseModel):

@@ -367,6 +367,8 @@ SAMPLE = {
     "FilesBucket": "fleet-test-filesbucket-1abc",
     "InternalLoadBalancer.DNSName": "internal-fleet-test-1.elb.eu-central-1.amazonaws.com",
     "VpcCidr": "10.20.0.0/16",
+    "PublicSubnetA.CidrBlock": "10.20.0.0/20",
+    "PublicSubnetB.CidrBlock": "10.20.16.0/20",
     "DbHost": "fleet-test-db.abc.eu-central-1.rds.amazonaws.com",
     "DbPort": "5432",
 }
@@ -552,7 +554,11 @@ def test_server_wrapper_gives_edgefleet_production_settings(
     )
     assert settings.secret_key.get_secret_value() == "value-of-EDGEFLEET_SECRET_KEY"
     assert settings.mqtt.client_id == "edgefleet-fleet-test"  # fixed: a new instance resumes
-    assert ipaddress.ip_network(env["FORWARDED_ALLOW_IPS"])  # uvicorn trusts the ALB's headers
+    # X-Forwarded-For is believed from the ALB's subnets only
+    assert settings.http.trusted_proxies == [
+        SAMPLE["PublicSubnetA.CidrBlock"],
+        SAMPLE["PublicSubnetB.CidrBlock"],
+    ]
 
 
 def test_first_boot_creates_admin_and_broker_token_once(

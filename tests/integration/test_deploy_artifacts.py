@@ -26,6 +26,7 @@ import asyncio
 import datetime as dt
 import importlib.resources
 import importlib.util
+import ipaddress
 import json
 import os
 import re
@@ -83,7 +84,6 @@ NON_SETTING_ENV = {
     "AWS_ACCESS_KEY_ID",  # boto3's credential chain (the file store's S3 user)
     "AWS_SECRET_ACCESS_KEY",
     "AWS_CA_BUNDLE",  # boto3: the CA of the proxy's certificate
-    "FORWARDED_ALLOW_IPS",  # uvicorn: trust the proxy's X-Forwarded-* headers
 }
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY$|ACCESS_KEY")
 INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
@@ -486,6 +486,11 @@ def test_edgefleet_environment_is_accepted_as_production_settings(
     assert s.storage.s3_endpoint_url == f"https://{HOSTNAME}"
     # the proxy answers the public name inside the network, so the server reaches S3 there
     assert HOSTNAME in services["proxy"]["networks"]["default"]["aliases"]
+    # X-Forwarded-* are believed from the proxy's fixed address only, inside the fixed range
+    proxy_net = services["proxy"]["networks"]["default"]
+    (subnet,) = [c["subnet"] for c in compose_model["networks"]["default"]["ipam"]["config"]]
+    assert s.http.trusted_proxies == [proxy_net["ipv4_address"]]
+    assert ipaddress.ip_address(proxy_net["ipv4_address"]) in ipaddress.ip_network(subnet)
 
 
 # --- Dockerfile ----------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import copy
 import functools
+import ipaddress
 import json
 import os
 import re
@@ -58,7 +59,6 @@ HOOK_EVENTS = {"pre-install", "pre-upgrade"}
 NON_SETTING_ENV = {
     "AWS_ACCESS_KEY_ID",  # boto3's credential chain (the file store's S3 user)
     "AWS_SECRET_ACCESS_KEY",
-    "FORWARDED_ALLOW_IPS",  # uvicorn: trust the ingress controller's X-Forwarded-* headers
 }
 
 REQUIRED: dict[str, Any] = {
@@ -681,6 +681,10 @@ def test_environment_is_real_settings_accepted_in_production(
         assert s.mqtt.embedded is False and s.mqtt.server_host == REQUIRED["mqtt"]["host"]
         assert s.storage.url.startswith("s3://")
         assert s.http.host == "0.0.0.0" and s.http.public_url == REQUIRED["config"]["publicUrl"]
+        # X-Forwarded-* believed from the cluster's private ranges, not from anyone ("*")
+        assert s.http.trusted_proxies and all(
+            ipaddress.ip_network(n).is_private for n in s.http.trusted_proxies
+        )
         if workload["kind"] == "Deployment":
             assert s.mqtt.server_password.get_secret_value(), "a generated password per pod"
             role = workload["metadata"]["labels"]["app.kubernetes.io/component"]

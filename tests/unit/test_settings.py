@@ -154,3 +154,16 @@ def test_webhook_allow_networks_come_as_a_json_list_of_cidrs(
 def test_uploads_live_an_hour_by_default() -> None:
     assert Settings().storage.file_ttl_seconds == 3600
     assert Settings(storage={"file_ttl_seconds": 0}).storage.file_ttl_seconds == 0
+
+
+def test_trusted_proxies_are_empty_by_default_and_listed_with_commas(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings().http.trusted_proxies == []
+    monkeypatch.setenv("EDGEFLEET_HTTP__TRUSTED_PROXIES", "10.0.0.5, 172.30.250.0/24,fd00::/8")
+    assert Settings().http.trusted_proxies == ["10.0.0.5", "172.30.250.0/24", "fd00::/8"]
+    monkeypatch.setenv("EDGEFLEET_HTTP__TRUSTED_PROXIES", '["10.0.0.5", "fd00::/8"]')
+    assert Settings().http.trusted_proxies == ["10.0.0.5", "fd00::/8"]
+    monkeypatch.setenv("EDGEFLEET_HTTP__TRUSTED_PROXIES", "*")
+    with pytest.raises(ValueError, match="not an IP address or network"):
+        Settings()

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import make_asgi_app
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from edgefleet import __version__
 from edgefleet.api import errors
@@ -101,7 +102,13 @@ def create_app(container: Container, *, run_messaging: bool = False) -> FastAPI:
     app.include_router(taskpages.router)
     app.include_router(admin.router)
     app.include_router(fleetpages.router)
+    # the last added runs first: unexpected errors, proxy headers, metrics, audit, the app
     app.add_middleware(AuditMiddleware, audit=container.audit)
     app.add_middleware(MetricsMiddleware)
+    trusted = container.settings.http.trusted_proxies
+    if trusted:
+        # The one place that decides the client's address (and scheme): the peer's, unless
+        # the peer is a listed proxy. `serve` turns uvicorn's own copy of this off.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(trusted))
     app.add_middleware(errors.UnexpectedErrors)  # outermost: sees what every layer raised
     return app

@@ -35,6 +35,8 @@ ContainerDep = Annotated[Container, Depends(get_container)]
 
 
 def client_ip(request: Request) -> str:
+    """The client's address: the peer's, or the one a trusted proxy forwarded (the app's
+    ProxyHeadersMiddleware, configured by ``http.trusted_proxies``, has already decided)."""
     return request.client.host if request.client else ""
 
 

@@ -121,7 +121,9 @@ def serve(
                 host=settings.http.host,
                 port=settings.http.port,
                 log_config=None,
-                proxy_headers=True,
+                # X-Forwarded-* are honoured by the app itself, from http.trusted_proxies
+                # only (api/app.py); uvicorn's default would trust 127.0.0.1
+                proxy_headers=False,
                 server_header=False,
             )
             loop = asyncio.get_running_loop()

@@ -124,7 +124,7 @@ exists). Role settings (ingest, shared group, client id) are in the Deployments.
   "EDGEFLEET_MQTT__SERVER_USERNAME" .Values.mqtt.username
   "EDGEFLEET_MQTT__GATEWAY_PORT" (toString .Values.mqtt.gatewayPort)
   "EDGEFLEET_STORAGE__URL" (required "storage.url is required: s3://bucket/prefix (pods share no disk)" .Values.storage.url)
-  "FORWARDED_ALLOW_IPS" $c.forwardedAllowIps
+  "EDGEFLEET_HTTP__TRUSTED_PROXIES" $c.trustedProxies
 }}
 {{- with $c.adminEmail }}{{ $_ := set $env "EDGEFLEET_ADMIN_EMAIL" . }}{{ end }}
 {{- with .Values.mqtt.gatewayHost }}{{ $_ := set $env "EDGEFLEET_MQTT__GATEWAY_HOST" . }}{{ end }}
