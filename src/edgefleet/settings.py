@@ -60,6 +60,9 @@ class HTTPSettings(BaseModel):
     """Addresses or networks of the reverse proxies whose ``X-Forwarded-For`` and
     ``X-Forwarded-Proto`` are believed (comma-separated or a JSON list in the environment);
     empty: none, the peer's own address is the client's."""
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    """The largest request body outside uploads (JSON); uploads have
+    ``storage.max_file_bytes`` per file."""
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

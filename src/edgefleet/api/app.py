@@ -9,11 +9,14 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import make_asgi_app
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from edgefleet import __version__
 from edgefleet.api import errors
+from edgefleet.api.bodylimit import BodyLimitMiddleware, upload_paths
 from edgefleet.api.middleware import AuditMiddleware, MetricsMiddleware
+from edgefleet.api.multipart import upload_limit
 from edgefleet.api.routes import (
     audit,
     auth,
@@ -69,6 +72,7 @@ def create_app(container: Container, *, run_messaging: bool = False) -> FastAPI:
         openapi_url="/openapi.json",
     )
     app.state.container = container
+    api_routes: list[BaseRoute] = []  # as declared: the app's own list holds included routers
     for module in (
         health,
         auth,
@@ -91,6 +95,7 @@ def create_app(container: Container, *, run_messaging: bool = False) -> FastAPI:
             r = getattr(module, name, None)
             if r is not None:
                 app.include_router(r)
+                api_routes.extend(r.routes)
     app.add_exception_handler(EdgefleetError, errors.handle_error)
     app.add_exception_handler(RequestValidationError, errors.handle_error)
     app.add_exception_handler(StarletteHTTPException, errors.handle_error)
@@ -102,8 +107,16 @@ def create_app(container: Container, *, run_messaging: bool = False) -> FastAPI:
     app.include_router(taskpages.router)
     app.include_router(admin.router)
     app.include_router(fleetpages.router)
-    # the last added runs first: unexpected errors, proxy headers, metrics, audit, the app
+    # the last added runs first: unexpected errors, proxy headers, metrics, body limit,
+    # audit, then the app
     app.add_middleware(AuditMiddleware, audit=container.audit)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_body_bytes=container.settings.http.max_body_bytes,
+        max_upload_bytes=upload_limit(container.settings.storage.max_file_bytes),
+        upload_paths=upload_paths(api_routes),
+        routes=api_routes,
+    )
     app.add_middleware(MetricsMiddleware)
     trusted = container.settings.http.trusted_proxies
     if trusted:

@@ -105,7 +105,8 @@ def problem_response(request: Request, exc: Exception) -> Response:
         status = 422
     elif isinstance(exc, HTTPException):
         status = exc.status_code
-        resp = problem(status, f"http-{status}", str(exc.detail), request.url.path)
+        slug = "request-too-large" if status == 413 else f"http-{status}"
+        resp = problem(status, slug, str(exc.detail), request.url.path)
     else:
         raise exc
     resp.headers.update(_headers(exc, status))

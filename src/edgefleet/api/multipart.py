@@ -34,6 +34,15 @@ if TYPE_CHECKING:
 MAX_FIELD_BYTES = 1024 * 1024
 """The largest plain (non-file) field, e.g. ``jsonData``."""
 MAX_FIELDS = 100
+MAX_UPLOAD_FILES = 5
+"""The most files any upload route takes (filebin and deviceTasks, as the original)."""
+
+
+def upload_limit(max_file_bytes: int) -> int:
+    """The largest multipart body any upload route may receive (api/bodylimit.py); each
+    route's own count of files and each file's size are checked while it streams."""
+    return MAX_UPLOAD_FILES * max_file_bytes + MAX_FIELD_BYTES
+
 
 _HEADERS, _DATA, _END = range(3)
 

@@ -16,6 +16,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
+from edgefleet.api.bodylimit import streams_upload
 from edgefleet.api.deps import ContainerDep, FleetWriter, audit_target, current_principal
 from edgefleet.api.multipart import receive_form
 from edgefleet.domain.auth import Permission
@@ -43,6 +44,7 @@ _UPLOAD_DOC = {
 }
 
 
+@streams_upload
 async def upload(
     request: Request, c: ContainerDep, p: FleetWriter
 ) -> dict[str, Any] | list[dict[str, Any]]:

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
+from edgefleet.api.bodylimit import streams_upload
 from edgefleet.api.deps import ContainerDep, FleetReader, FleetWriter, audit_target
 from edgefleet.api.multipart import receive_form
 from edgefleet.api.schemas import firmware_public, page
@@ -43,6 +44,7 @@ _CREATE_DOC = {
 
 
 @router.post("/firmware", name="firmware.create", status_code=201, openapi_extra=_CREATE_DOC)
+@streams_upload
 async def create_firmware(request: Request, c: ContainerDep, p: FleetWriter) -> dict[str, Any]:
     form = await receive_form(
         request, c.files, max_files=1, kind=FileKind.FIRMWARE, created_by=p.email

@@ -20,6 +20,7 @@ import pydantic
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from edgefleet.api.bodylimit import streams_upload
 from edgefleet.api.deps import ContainerDep, FleetWriter, audit_target
 from edgefleet.api.errors import CompatRoute
 from edgefleet.api.multipart import MultipartRoute, ReceivedForm, receive_form
@@ -76,6 +77,7 @@ _MULTIPART_DOC = {
 }
 
 
+@streams_upload
 async def create_device_task_with_files(
     request: Request,
     c: ContainerDep,

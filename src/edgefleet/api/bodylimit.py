@@ -1,0 +1,152 @@
+"""Request body limits, enforced before anything reads, parses or authenticates a body.
+
+FastAPI reads and parses a JSON body before a route's dependencies run, so without a limit
+one anonymous request can make the server hold any amount of memory. This plain ASGI
+middleware, outside every other, answers 413 at once when ``Content-Length`` is over the
+limit (before the app reads a byte of the body), and otherwise counts the bytes of a body
+without a length as they are received, stopping at the first byte too many. What the client
+sends after the answer is read and dropped by the server (uvicorn), never held: the
+connection stays open so that ordinary clients, which read an answer only once they have
+sent their whole request, get the 413 rather than a reset connection.
+
+Two limits: ``http.max_body_bytes`` (1 MiB) for everything, and a larger one for multipart
+requests to the routes that stream uploads (marked with ``streams_upload``), whose files go
+to the file store as they arrive with ``storage.max_file_bytes`` per file (api/multipart.py).
+The 413 has the route's error shape: ``{"message"}`` on ThingsPro-compatible routes,
+problem+json elsewhere.
+
+Starlette's own ``RequestBodyLimitMiddleware`` is not used: it looks at ``Content-Length``
+only when the body is first read or the response starts, so an endpoint that never reads
+its body would run (and change things) before its answer is replaced by a plain-text 413.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from edgefleet.api.errors import CompatRoute, problem
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+STREAMS_UPLOAD = "_edgefleet_streams_upload"
+
+
+def streams_upload(endpoint: F) -> F:
+    """Mark a route handler that streams a multipart upload (``receive_form``): its
+    multipart requests get the upload limit instead of ``http.max_body_bytes``."""
+    setattr(endpoint, STREAMS_UPLOAD, True)
+    return endpoint
+
+
+def upload_paths(routes: Iterable[BaseRoute]) -> frozenset[str]:
+    """The paths of the routes marked with ``streams_upload``."""
+    return frozenset(
+        str(getattr(r, "path", ""))
+        for r in routes
+        if getattr(getattr(r, "endpoint", None), STREAMS_UPLOAD, False)
+    )
+
+
+class RequestTooLargeError(HTTPException):
+    """Raised from ``receive`` when a body without a length passes its limit. An
+    ``HTTPException``, so that FastAPI's body parsing lets it through to the error handlers
+    (any other error there becomes a 400)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, too_large_message(limit))
+        self.limit = limit
+
+
+def too_large_message(limit: int) -> str:
+    return f"request body larger than the limit of {limit} bytes"
+
+
+class BodyLimitMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        max_upload_bytes: int,
+        upload_paths: frozenset[str],
+        routes: list[BaseRoute],
+    ) -> None:
+        """``routes``: the API's routes, to answer in the shape of the one a refused request
+        was for."""
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.max_upload_bytes = max_upload_bytes
+        self.upload_paths = upload_paths
+        self.routes = routes
+
+    def limit_for(self, scope: Scope, headers: Headers) -> int:
+        if scope["path"] in self.upload_paths:
+            content_type = headers.get("content-type", "").lower()
+            if content_type.startswith("multipart/form-data"):
+                return self.max_upload_bytes
+        return self.max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        limit = self.limit_for(scope, headers)
+        length = headers.get("content-length")
+        if length is not None:
+            if length.strip().isdigit() and int(length) > limit:
+                await self._refuse(scope, receive, send, limit)
+                return
+            # the server delivers no more than Content-Length bytes: nothing to count
+            await self.app(scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise RequestTooLargeError(limit)
+            return message
+
+        async def watching_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, watching_send)
+        except RequestTooLargeError:
+            if started:
+                raise
+            await self._refuse(scope, receive, send, limit)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        message = too_large_message(limit)
+        if isinstance(self._route(scope), CompatRoute):
+            response = JSONResponse({"message": message}, status_code=413)
+        else:
+            response = problem(413, "request-too-large", message, scope["path"])
+        await response(scope, receive, send)
+
+    def _route(self, scope: Scope) -> BaseRoute | None:
+        """The route that would serve the request (for the error's shape only)."""
+        partial = None
+        for route in self.routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return route
+            if match is Match.PARTIAL and partial is None:
+                partial = route
+        return partial
