@@ -11,11 +11,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.routing import APIRoute
 
 from edgefleet.api.app import create_app
 from edgefleet.bootstrap import Container
 from edgefleet.domain.auth import Role
 from edgefleet.services.fleet import Registration
+from edgefleet.web import admin, fleetpages, views
+from edgefleet.web import tasks as taskpages
 from tests.conftest import Callers
 
 VENDOR = Path(__file__).parents[2] / "src" / "edgefleet" / "web" / "static" / "vendor"
@@ -183,3 +186,50 @@ async def test_a_file_uploaded_from_the_console_session_is_listed_with_its_metad
     digest = hashlib.sha256(b"[net]\nmtu=1400\n").hexdigest()
     assert "settings.ini" in listing.text and digest[:12] in listing.text
     assert "No file stored yet." not in listing.text
+
+
+async def test_an_account_on_its_one_time_password_reads_nothing_through_the_console(
+    container: Container, browser: httpx.AsyncClient
+) -> None:
+    """As the API refuses it everything but the password change, every console fragment
+    refuses it too (they used to list gateways, files and firmware to it), and every page
+    leads to the password page."""
+    view, _ = await container.fleet.register_device(
+        Registration(display_name="pump-9", mac="0090e8000009")
+    )
+    group = await container.fleet.create_group("plant-a")
+    params = {
+        "uuid": view.device.uuid,
+        "group_id": str(group.group.id),
+        "ref": str(group.group.id),
+    }
+    user, password = await container.accounts.create_user("otp@example.com", None, Role.ADMIN)
+    assert password is not None
+    r = await browser.post("/api/v1/auth/login", json={"email": user.email, "password": password})
+    csrf = r.json()["csrfToken"]
+    paths = [
+        route.path.format(**params)
+        for module in (views, taskpages, admin, fleetpages)
+        for route in module.router.routes
+        if isinstance(route, APIRoute) and route.path not in ("/console/login", "/console/password")
+    ]
+    fragments = [p for p in paths if p.startswith("/console/fragments/")]
+    assert len(fragments) >= 15
+    for path in paths:
+        r = await browser.get(path)
+        if path in fragments:
+            assert r.status_code == 401, (path, r.status_code)
+            assert "pump-9" not in r.text and "plant-a" not in r.text
+        else:
+            assert r.status_code == 303 and r.headers["location"] == "/console/password", path
+    r = await browser.put(
+        "/api/v1/users/me/password",
+        headers={"X-CSRF-Token": csrf},
+        json={"currentPassword": password, "newPassword": "a long new passphrase"},
+    )
+    assert r.status_code == 200
+    # the same session, its password changed, reads them
+    for path in ("/console/fragments/devices", "/console/fragments/groups"):
+        r = await browser.get(path)
+        assert r.status_code == 200, path
+    assert "pump-9" in (await browser.get("/console/fragments/devices")).text

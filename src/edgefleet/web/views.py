@@ -60,8 +60,9 @@ class Viewer:
         return self.principal.can(Permission.ADMIN_WRITE)
 
 
-async def viewer_of(request: Request, c: Container) -> Viewer | None:
-    """The console session's user, or None (not logged in, or the session ended)."""
+async def session_viewer(request: Request, c: Container) -> Viewer | None:
+    """The console session's user, even one who must still change a one-time password:
+    only for the password page and for choosing where ``page`` sends a visitor."""
     cookie = request.cookies.get(SESSION_COOKIE)
     if not cookie:
         return None
@@ -70,6 +71,16 @@ async def viewer_of(request: Request, c: Container) -> Viewer | None:
         return None
     principal, csrf = found
     return Viewer(principal, csrf)
+
+
+async def viewer_of(request: Request, c: Container) -> Viewer | None:
+    """The console session's user, or None: not logged in, the session ended, or the
+    account still on its one-time password (the API refuses such an account everything
+    but the password change, and so does every page and fragment built on this)."""
+    viewer = await session_viewer(request, c)
+    if viewer is None or viewer.principal.must_change_password:
+        return None
+    return viewer
 
 
 def to_login(request: Request) -> RedirectResponse:
@@ -92,7 +103,7 @@ async def page(
     request: Request, c: Container, name: str, permission: Permission, **context: Any
 ) -> Response:
     """A page for a logged-in user with ``permission``; the login page otherwise."""
-    viewer = await viewer_of(request, c)
+    viewer = await session_viewer(request, c)
     if viewer is None:
         return to_login(request)
     if viewer.principal.must_change_password:
@@ -118,7 +129,7 @@ async def login_page(request: Request, next: str = "/console/") -> HTMLResponse:
 
 @router.get("/password")
 async def password_page(request: Request, c: ContainerDep) -> Response:
-    viewer = await viewer_of(request, c)
+    viewer = await session_viewer(request, c)
     if viewer is None:
         return to_login(request)
     return render(request, "password.html", viewer)
