@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 
 from edgefleet.bootstrap import Container, build
@@ -196,15 +197,21 @@ async def test_a_batch_the_database_refuses_loses_only_the_bad_event(
     writer = asyncio.create_task(events.run())
     try:
         now = events.clock()
-        good = [NewEvent(EventType.GATEWAY_EVENT, now, "d", "/ok", data={"i": i}) for i in range(3)]
-        bad = NewEvent(EventType.GATEWAY_EVENT, now, "d", "/bad", data={"x": float("nan")})
-        if container.db.dialect == "sqlite":
-            bad = NewEvent(EventType.GATEWAY_EVENT, now, "d" * 5000, "/bad")  # still stored
-        for e in (*good[:2], bad, good[2]):
+        good = [NewEvent(EventType.GATEWAY_EVENT, now, "d", "/ok", data={"i": i}) for i in range(5)]
+        # both databases refuse a lone surrogate in a text column; PostgreSQL's JSON also
+        # refuses NaN (SQLite stores it)
+        bad = [NewEvent(EventType.GATEWAY_EVENT, now, "d", "/bad\ud800")]
+        if container.db.dialect == "postgresql":
+            bad.append(NewEvent(EventType.GATEWAY_EVENT, now, "d", "/nan", data=float("nan")))
+        labels = {"writer": "event-writer"}
+        rejected = REGISTRY.get_sample_value("edgefleet_rows_rejected_total", labels) or 0
+        for e in (*good[:2], bad[0], *good[2:4], *bad[1:], good[4]):
             events.emit(e)
         await events.drained()
         stored = await _events(container.db, resource="/ok")
-        assert sorted(e.data["i"] for e in stored) == [0, 1, 2]
+        assert sorted(e.data["i"] for e in stored) == [0, 1, 2, 3, 4]
+        after = REGISTRY.get_sample_value("edgefleet_rows_rejected_total", labels) or 0
+        assert after == rejected + len(bad)
     finally:
         writer.cancel()
         await asyncio.gather(writer, return_exceptions=True)

@@ -8,8 +8,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
+from prometheus_client import REGISTRY
+from sqlalchemy import select
 
 from edgefleet.bootstrap import Container
+from edgefleet.db.tables import Execution
+from edgefleet.domain.tasks import TaskKind
+from edgefleet.mqtt.messages import ResponseMessage
+from edgefleet.services.tasks import TaskSpec
 from edgefleet.simulator.gateway import Behaviour, VirtualGateway
 from tests import spec
 from tests.conftest import Caller
@@ -448,3 +455,64 @@ async def test_silence_times_out_and_waiting_expires(
     )
     assert r.status_code == 400 and "expiresAt" in r.json()["message"]
     await _stop(tasks)
+
+
+async def test_a_result_the_database_refuses_is_set_aside_and_the_others_recorded(
+    live: Container, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A gateway's answer no database can store (a code past 64 bits: both refuse it; the
+    MQTT boundary bounds it too, this is the writer's own defence) costs only that answer:
+    the rest of its batch is recorded, and so is what comes after."""
+    creds = await register(live, 3)
+    uuids = [u for u, _ in creds]
+    for uuid in uuids:  # held online; no gateway runs, so the answers are ours to give
+        live.messaging.presence.apply_status(uuid, True)
+    await live.messaging.presence.drained()
+    group = await live.fleet.create_group("refused-results")
+    await live.fleet.add_to_group(group.group.id, uuids)
+    view = await live.tasks.create(
+        TaskSpec(
+            kind=TaskKind.GROUP,
+            method="get",
+            resource=STATUS["resource"],
+            group_id=group.group.id,
+        )
+    )
+    rows: list[Execution] = []
+
+    async def all_sent() -> bool:
+        async with live.db.session() as s:
+            found = await s.scalars(select(Execution).where(Execution.task_id == view.task.id))
+            rows[:] = sorted(found, key=lambda e: e.device_uuid)
+        return len(rows) == 3 and all(r.sent_at is not None for r in rows)
+
+    await eventually(all_sent)
+    labels = {"writer": "task-results"}
+    rejected = REGISTRY.get_sample_value("edgefleet_rows_rejected_total", labels)
+    engine = live.tasks.engine
+    bad, *good = rows
+
+    def answer(row: Execution, code: int) -> ResponseMessage:
+        return ResponseMessage.model_construct(
+            task_id=row.message_id, code=code, method="get", resource="/system/status", data={}
+        )
+
+    engine.response(bad.device_uuid, answer(bad, 2**70))
+    for row in good:
+        engine.response(row.device_uuid, answer(row, 200))
+    await asyncio.wait_for(engine.drained(), 30)
+    states = await _states(live, view.task.id)
+    assert states == {bad.device_uuid: "RUNNING", **{r.device_uuid: "SUCCESS" for r in good}}
+    after = REGISTRY.get_sample_value("edgefleet_rows_rejected_total", labels)
+    assert (after or 0) == (rejected or 0) + 1
+    logged = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert any(bad.device_uuid in m and bad.message_id in m for m in logged), logged
+    engine.response(bad.device_uuid, answer(bad, 200))  # the writer still records
+    await asyncio.wait_for(engine.drained(), 30)
+    assert (await _states(live, view.task.id))[bad.device_uuid] == "SUCCESS"
+
+
+async def _states(live: Container, task_id: int) -> dict[str, str]:
+    async with live.db.session() as s:
+        found = await s.scalars(select(Execution).where(Execution.task_id == task_id))
+        return {e.device_uuid: e.state for e in found}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from prometheus_client import REGISTRY
 
 from edgefleet.bootstrap import Container
@@ -71,3 +72,45 @@ async def test_batches_are_bounded_and_all_written(container: Container) -> None
         device = (await container.fleet.get_device(uuid)).device
         assert device.model_name == f"m{i}"
         assert device.connection_status == ("online" if i % 2 == 0 else "offline")
+
+
+def _rejected(writer: str) -> float:
+    labels = {"writer": writer}
+    return REGISTRY.get_sample_value("edgefleet_rows_rejected_total", labels) or 0
+
+
+async def test_a_row_the_database_refuses_is_quarantined_and_the_writer_goes_on(
+    container: Container, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Both databases refuse a lone surrogate in a text column; PostgreSQL also refuses NUL
+    (SQLite stores it). The refused gateway's row is logged and counted, the rest of its
+    batch is written, and so is everything after it."""
+    poison = ["bad\ud800"] + (["bad\x00"] if container.db.dialect == "postgresql" else [])
+    creds = await register(container, 4 + len(poison))
+    good, bad = [u for u, _ in creds[:4]], [u for u, _ in creds[4:]]
+    rejected = _rejected("presence-writer")
+    presence = PresenceService(container.db)
+    writer = asyncio.create_task(presence.run())
+    try:
+        for uuid in good[:2]:
+            presence.replace_properties(uuid, {"modelName": "UC-8112"})
+            presence.apply_status(uuid, True)
+        for uuid, value in zip(bad, poison, strict=True):
+            presence.replace_properties(uuid, {"modelName": "UC-8112", "aliasName": value})
+            presence.apply_status(uuid, True)
+        await asyncio.wait_for(presence.drained(), 30)
+        for uuid in good[2:]:  # after the refusal: the writer still runs
+            presence.replace_properties(uuid, {"modelName": "UC-3111"})
+            presence.apply_status(uuid, True)
+        await asyncio.wait_for(presence.drained(), 30)
+        assert not writer.done()
+    finally:
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+    devices = {u: (await container.fleet.get_device(u)).device for u in good + bad}
+    assert [devices[u].model_name for u in good] == ["UC-8112"] * 2 + ["UC-3111"] * 2
+    assert all(devices[u].connection_status == "online" for u in good + bad)
+    assert all(devices[u].properties == {} for u in bad)  # quarantined, not half-written
+    assert _rejected("presence-writer") == rejected + len(bad)
+    logged = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert all(any(u in m for m in logged) for u in bad), logged

@@ -11,6 +11,8 @@ Every server instance runs one. Instances share nothing but the database:
 - **results**: responses, result events, ``1`` statuses and properties of gateways are
   queued and written in batches, in arrival order, by one task. Every instance receives
   every message; the first to lock an execution records it, the others find it finished.
+  What the database refuses (a NUL in a failure reason on PostgreSQL) is set aside alone,
+  the rest of its batch recorded (services/batches.py).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from edgefleet.domain.tasks import (
 )
 from edgefleet.errors import EdgefleetError, StorageError
 from edgefleet.mqtt.messages import EventMessage, ResponseMessage
+from edgefleet.services.batches import BatchWriter
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +167,7 @@ class TaskEngine:
         self._idle.set()
         self.dispatched = 0
         self._housekept = float("-inf")
+        self._batches = BatchWriter(db, "task-results")
         self.history_observers: list[Callable[[Sequence[HistoryRow]], None]] = []
         """Told every committed batch of execution state changes (the event service)."""
         self.task_observers: list[Callable[[Task], None]] = []
@@ -548,30 +552,25 @@ class TaskEngine:
     # --- results ----------------------------------------------------------------------------
 
     async def _run_results(self) -> None:
+        """Record queued results in batches until cancelled. An outage is waited out with
+        the batch in hand; an item the database refuses (a gateway's text it cannot store)
+        is set aside and the rest of its batch recorded."""
         while True:
             await self._results_wake.wait()
             await asyncio.sleep(self.result_delay)
             self._results_wake.clear()
             items, self._items = self._items[:5000], self._items[5000:]
-            delay = 0.5
-            while True:
-                try:
-                    with RESULT_BATCH.time():
-                        await self._record(items)
-                    break
-                except StorageError as exc:
-                    log.warning("task results: %s; retrying %d", exc.message, len(items))
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 10)
-                except Exception:
-                    log.exception("task results: a batch of %d could not be recorded", len(items))
-                    break
+            await self._batches.write(items, self._record_batch, _describe_item)
             if self._items:
                 self._results_wake.set()
             else:
                 self._idle.set()
 
-    async def _record(self, items: list[_Item]) -> None:
+    async def _record_batch(self, items: Sequence[_Item]) -> None:
+        with RESULT_BATCH.time():
+            await self._record(items)
+
+    async def _record(self, items: Sequence[_Item]) -> None:
         message_ids = [
             i.message.task_id
             for i in items
@@ -702,6 +701,14 @@ class TaskEngine:
             got = (item.properties or {}).get("softwareVersion")
             if expected and got == expected:
                 finish_attempt(c, Outcome(True, f"back online with {got}"), item.at, history)
+
+
+def _describe_item(item: _Item) -> str:
+    if isinstance(item.message, ResponseMessage):
+        return f"response {item.message.task_id} of {item.device}"
+    if isinstance(item.message, EventMessage):
+        return f"event {item.message.resource} of {item.device}"
+    return f"{item.kind} of {item.device}"
 
 
 def expected_version(task: Task) -> str | None:

@@ -11,8 +11,9 @@ One writer task takes batches (up to ``batch_size``, gathered for ``batch_delay`
 them in one transaction with the *hooks* (webhook deliveries are queued there, offline
 alarms cleared), then settles the receipts and tells the *listeners* (live stream, webhook
 dispatcher) what was stored. A database outage is waited out with the batch in hand; a
-batch the database refuses for its content is written event by event and the refused ones
-are logged and dropped, so one bad event cannot stop the stream.
+batch the database refuses for its content is split until the refused events stand alone,
+and those are logged and dropped (services/batches.py), so one bad event cannot stop the
+stream.
 
 De-duplication: every event has a ``key`` under a unique index. Gateways that send an
 ``event_id`` (edgefleet's agent and simulator) are de-duplicated exactly; id-less events of
@@ -55,6 +56,7 @@ from edgefleet.domain.events import (
 )
 from edgefleet.domain.tasks import TaskState
 from edgefleet.errors import StorageError
+from edgefleet.services.batches import BatchWriter
 from edgefleet.services.retention import delete_in_batches, every
 from edgefleet.settings import EventSettings
 
@@ -124,6 +126,7 @@ class EventService:
         self._idle.set()
         self.stored = 0
         self.duplicates = 0
+        self._batches = BatchWriter(db, "event-writer", first_delay=0.25, max_delay=5.0)
 
     # --- wiring -----------------------------------------------------------------------------
 
@@ -259,57 +262,20 @@ class EventService:
         return items
 
     async def _store(self, events: list[NewEvent]) -> list[StoredEvent]:
-        """Store one batch: waits out an outage; drops (and logs) what the database refuses."""
-        delay = 0.25
-        failing_since: float | None = None
-        while True:
-            try:
-                with BATCH_SECONDS.time():
-                    return await self._write(events)
-            except StorageError as exc:
-                reason = exc.message
-            except Exception as exc:  # refused for its content, or an outage in disguise
-                if await self.db.ping():
-                    log.exception(
-                        "a batch of %d events was refused; writing one by one", len(events)
-                    )
-                    return await self._write_each(events)
-                reason = f"{exc.__class__.__name__}"
-            loop = asyncio.get_running_loop()
-            if failing_since is None:
-                failing_since = loop.time()
-                log.warning(
-                    "events: database unavailable (%s); holding %d events, %d queued",
-                    reason,
-                    len(events),
-                    self._queue.qsize() + len(self._side),
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+        """Store one batch: waits out an outage; sets aside (and logs) what the database
+        refuses, splitting the batch to find it."""
+        parts = await self._batches.write(events, self._write_timed, _describe, on_reject=_dropped)
+        return [e for part in parts for e in part]
+
+    async def _write_timed(self, events: Sequence[NewEvent]) -> list[StoredEvent]:
+        with BATCH_SECONDS.time():
+            return await self._write(events)
 
     async def _write(self, events: Sequence[NewEvent]) -> list[StoredEvent]:
         async with self.db.session() as s:
             stored = await EventRepo(s).insert(events)
             for hook in self._hooks:
                 await hook(s, stored)
-        return stored
-
-    async def _write_each(self, events: Sequence[NewEvent]) -> list[StoredEvent]:
-        stored: list[StoredEvent] = []
-        for event in events:
-            try:
-                stored.extend(await self._write([event]))
-            except StorageError:
-                raise
-            except Exception as exc:
-                DROPPED.inc()
-                log.error(
-                    "event dropped, the database refused it: %s %s of %s: %s",
-                    event.type.value,
-                    event.resource,
-                    event.device_uuid,
-                    exc.__class__.__name__,
-                )
         return stored
 
     async def _clear_alarms(self, s: AsyncSession, stored: list[StoredEvent]) -> None:
@@ -380,6 +346,14 @@ class EventService:
     async def run_retention(self) -> None:
         """Purge now and every ``retention_interval_seconds`` until cancelled."""
         await every(self.settings.retention_interval_seconds, self.purge, "events")
+
+
+def _describe(event: NewEvent) -> str:
+    return f"event {event.type.value} {event.resource} of {event.device_uuid or 'the server'}"
+
+
+def _dropped(_event: NewEvent) -> None:
+    DROPPED.inc()
 
 
 class TaskEvents:

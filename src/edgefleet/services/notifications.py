@@ -39,6 +39,7 @@ import time
 import uuid as uuidlib
 from collections import Counter as Tally
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -83,6 +84,7 @@ from edgefleet.errors import (
     ValidationError,
 )
 from edgefleet.secretbox import SecretBox
+from edgefleet.services.batches import BatchWriter
 from edgefleet.services.egress import Egress, EgressRefusedError, guarded_client
 from edgefleet.services.retention import delete_in_batches, every
 from edgefleet.settings import EventSettings
@@ -177,6 +179,7 @@ class NotificationService:
         self._load: Tally[str] = Tally()
         self._origins: dict[int, str] = {}
         self._results: list[AttemptResult] = []
+        self._batches = BatchWriter(db, "webhook-dispatcher")
         self._secrets: dict[int, tuple[str, str]] = {}
         self.sent = 0
         """Attempts made by this instance."""
@@ -584,18 +587,22 @@ class NotificationService:
         return plain
 
     async def _flush(self) -> None:
-        """Record the attempts finished since the last flush, in one transaction."""
+        """Record the attempts finished since the last flush, in one transaction (split
+        around any the database refuses). An outage hands them back for the next round."""
         if not self._results:
             return
         results, self._results = self._results, []
         try:
-            async with self.db.session() as s:
-                repo = NotificationRepo(s)
-                await repo.begin_write()
-                await repo.record(results)
+            await self._batches.write(results, self._record, _describe_attempt, wait=False)
         except BaseException:
             self._results[:0] = results
             raise
+
+    async def _record(self, results: Sequence[AttemptResult]) -> None:
+        async with self.db.session() as s:
+            repo = NotificationRepo(s)
+            await repo.begin_write()
+            await repo.record(results)
 
     async def _stop(self) -> None:
         """On shutdown: stop sends in flight, record what finished, and hand the unfinished
@@ -624,6 +631,10 @@ class NotificationService:
     @property
     def in_flight(self) -> int:
         return len(self._running)
+
+
+def _describe_attempt(result: AttemptResult) -> str:
+    return f"attempt {result.attempts} of webhook delivery {result.delivery_id}"
 
 
 def public_fields(row: Notification) -> dict[str, Any]:

@@ -3,7 +3,10 @@
 Status messages and property updates are queued and written in batches (one statement for
 many gateways), so a reconnect storm of thousands of gateways costs a few transactions, not
 thousands. Within a batch the last status of each gateway wins and its property updates are
-folded in arrival order, which keeps MQTT's per-topic order.
+folded in arrival order, which keeps MQTT's per-topic order. A database outage is waited
+out; a gateway's row the database refuses (a NUL in a property on PostgreSQL) is set aside
+and the rest of its batch written (services/batches.py), so nothing a gateway sends can stop
+presence for the fleet.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -22,7 +25,7 @@ from edgefleet.clock import Clock, utcnow
 from edgefleet.db.engine import Database
 from edgefleet.db.repos.devices import DeviceRepo
 from edgefleet.domain.devices import ConnectionStatus
-from edgefleet.errors import StorageError
+from edgefleet.services.batches import BatchWriter
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +103,7 @@ class PresenceService:
         self._idle.set()
         self.written = 0
         self.properties_written = 0
+        self._batches = BatchWriter(db, "presence-writer")
 
     def apply_status(self, device_uuid: str, online: bool) -> None:
         """Record a status message; written by ``run`` shortly after (the latest wins)."""
@@ -143,6 +147,8 @@ class PresenceService:
         """Write what is queued in batches until cancelled; a database outage is retried."""
         loop = asyncio.get_running_loop()
         properties_due = 0.0
+        if self._statuses or self._properties:  # queued before a start or a restart
+            self._wakeup.set()
         while True:
             if self._properties and not self._statuses:
                 # only properties wait: until a status comes or they are due
@@ -156,33 +162,27 @@ class PresenceService:
             self._wakeup.clear()
             statuses = _take(self._statuses, self.batch_size)
             if statuses:
-                await self._retry(self._write_statuses, statuses)
+                await self._batches.write(
+                    sorted(statuses.items()), self._write_statuses, _describe_status
+                )
             if self._properties and (
                 loop.time() >= properties_due or len(self._properties) >= self.batch_size
             ):
                 properties = _take(self._properties, self.batch_size)
-                await self._retry(self._write_properties, properties)
+                await self._batches.write(
+                    sorted(properties.items()), self._write_properties, _describe_properties
+                )
                 properties_due = loop.time() + self.properties_interval
             if self._statuses:
                 self._wakeup.set()
             elif not self._properties:
                 self._idle.set()
 
-    async def _retry(self, write: Callable[[Any], Awaitable[None]], batch: Any) -> None:
-        delay = 0.5
-        while True:
-            try:
-                await write(batch)
-                return
-            except StorageError:
-                log.warning("presence: database unavailable, retrying %d updates", len(batch))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10)
-
-    async def _write_statuses(self, batch: dict[str, bool]) -> None:
+    async def _write_statuses(self, batch: Sequence[tuple[str, bool]]) -> None:
+        """``(uuid, online)`` pairs in uuid order."""
         rows = [
             (uuid, (ConnectionStatus.ONLINE if online else ConnectionStatus.OFFLINE).value)
-            for uuid, online in sorted(batch.items())
+            for uuid, online in batch
         ]
         with BATCH_SECONDS.labels("status").time():
             async with self.db.session() as s:
@@ -190,21 +190,22 @@ class PresenceService:
         self.written += len(rows)
         WRITTEN.labels("status").inc(len(rows))
 
-    async def _write_properties(self, batch: dict[str, _PendingProperties]) -> None:
+    async def _write_properties(self, batch: Sequence[tuple[str, _PendingProperties]]) -> None:
+        """``(uuid, pending)`` pairs in uuid order."""
         with BATCH_SECONDS.labels("properties").time():
             rows = await self._store_properties(batch)
         self.properties_written += len(rows)
         WRITTEN.labels("properties").inc(len(rows))
 
     async def _store_properties(
-        self, batch: dict[str, _PendingProperties]
+        self, batch: Sequence[tuple[str, _PendingProperties]]
     ) -> list[tuple[str, dict[str, Any]]]:
         async with self.db.session() as s:
             repo = DeviceRepo(s)
-            patch_only = sorted(u for u, p in batch.items() if not p.whole)
+            patch_only = [u for u, p in batch if not p.whole]
             current = await repo.properties_of(patch_only) if patch_only else {}
             rows: list[tuple[str, dict[str, Any]]] = []
-            for uuid, pending in sorted(batch.items()):
+            for uuid, pending in batch:
                 if pending.whole:
                     rows.append((uuid, pending.values))
                 elif uuid in current:  # an unknown device has nothing to update
@@ -220,3 +221,11 @@ class PresenceService:
     async def drained(self) -> None:
         """Wait until every queued status is written (tests, shutdown)."""
         await self._idle.wait()
+
+
+def _describe_status(item: tuple[str, bool]) -> str:
+    return f"status {'online' if item[1] else 'offline'} of {item[0]}"
+
+
+def _describe_properties(item: tuple[str, _PendingProperties]) -> str:
+    return f"properties of {item[0]}"
