@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -41,6 +40,7 @@ from edgefleet.services.presence import PresenceService
 from edgefleet.services.remote import RemoteService
 from edgefleet.services.tasks import TaskService
 from edgefleet.settings import Settings
+from edgefleet.workers import Workers
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +54,14 @@ class Messaging:
     presence: PresenceService
     router: InboundRouter
     broker: EmbeddedMosquitto | None
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    running: bool = False
 
 
 @dataclass
 class Container:
     settings: Settings
     db: Database
+    workers: Workers
     accounts: AccountService
     fleet: FleetService
     audit: AuditService
@@ -77,7 +78,8 @@ class Container:
     task_events: TaskEvents
 
     async def start_messaging(self) -> None:
-        """Start the embedded broker (if configured), the broker link and the presence writer."""
+        """Start the embedded broker (if configured) and every background loop, each a
+        worker of ``workers`` (the only way a loop is started)."""
         m = self.messaging
         broker = m.broker
         if broker is not None:
@@ -85,24 +87,27 @@ class Container:
             listeners = self.fleet.credential_listeners
             if broker.credentials_changed not in listeners:  # once, however often restarted
                 listeners.append(broker.credentials_changed)
-        m.tasks = [
-            asyncio.create_task(m.link.run(), name="broker-link"),
-            asyncio.create_task(m.presence.run(), name="presence-writer"),
-            asyncio.create_task(m.router.sweep(), name="presence-sweep"),
-            asyncio.create_task(self.tasks.engine.run(), name="task-engine"),
-            asyncio.create_task(self.events.run(), name="event-writer"),
-            asyncio.create_task(self.events.run_retention(), name="event-retention"),
-            asyncio.create_task(self.files.run_expiry(), name="file-expiry"),
-            asyncio.create_task(self.notifications.run(), name="webhook-dispatcher"),
-        ]
+        start = self.workers.start
+        start("broker-link", m.link.run)
+        start("presence-writer", m.presence.run)
+        if m.router.sweep_interval:
+            start("presence-sweep", m.router.sweep)
+        start("task-engine", self.tasks.engine.run)
+        start("task-results", self.tasks.engine.run_results)
+        start("event-writer", self.events.run)
+        start("event-retention", self.events.run_retention)
+        start("file-expiry", self.files.run_expiry)
+        start("webhook-dispatcher", self.notifications.run)
+        start("webhook-retention", self.notifications.run_retention)
+        m.running = True
 
     async def stop_messaging(self) -> None:
+        """Stop every worker (and log those that failed while the server ran), then the
+        embedded broker."""
         m = self.messaging
         await self.event_log.feed.close()  # ends the live streams
-        for task in m.tasks:
-            task.cancel()
-        await asyncio.gather(*m.tasks, return_exceptions=True)
-        m.tasks = []
+        await self.workers.stop()
+        m.running = False
         await m.router.close()
         await self.task_events.close()
         if m.broker is not None:
@@ -114,7 +119,9 @@ class Container:
         await self.db.dispose()
 
 
-def _messaging(settings: Settings, db: Database, fleet: FleetService, pki: PkiService) -> Messaging:
+def _messaging(
+    settings: Settings, db: Database, fleet: FleetService, pki: PkiService, workers: Workers
+) -> Messaging:
     mqtt = settings.mqtt
     password = settings.mqtt_server_password()
     presence = PresenceService(db)
@@ -141,6 +148,7 @@ def _messaging(settings: Settings, db: Database, fleet: FleetService, pki: PkiSe
         sweep_interval=sweep,
         rate=GatewayRate(events.gateway_rate, events.gateway_burst),
         alarm_period=events.gateway_alarm_seconds,
+        workers=workers,
     )
     link = BrokerLink(
         host=mqtt.server_host,
@@ -168,6 +176,7 @@ def _messaging(settings: Settings, db: Database, fleet: FleetService, pki: PkiSe
             tls=lambda: broker_tls(pki, mqtt),
             crl=pki.crl_pem,
             record=settings.data_dir / "embedded-mosquitto.json",
+            workers=workers,
         )
         if mqtt.embedded
         else None
@@ -216,7 +225,8 @@ def build(settings: Settings, db: Database | None = None) -> Container:
         fleet, settings.mqtt.server_username, settings.mqtt_server_password()
     )
     fleet.credential_listeners.append(lambda _new, deleted: broker_auth.forget(deleted))
-    messaging = _messaging(settings, db, fleet, pki)
+    workers = Workers()
+    messaging = _messaging(settings, db, fleet, pki, workers)
     signer = UrlSigner(settings.resolved_secret_key())
     files = FileService(db, _file_store(settings, signer), signer, settings.storage)
     firmware = FirmwareService(db, files)
@@ -235,6 +245,7 @@ def build(settings: Settings, db: Database | None = None) -> Container:
     return Container(
         settings=settings,
         db=db,
+        workers=workers,
         accounts=AccountService(
             db, settings.login, timedelta(seconds=settings.http.session_ttl_seconds)
         ),
@@ -248,7 +259,7 @@ def build(settings: Settings, db: Database | None = None) -> Container:
         files=files,
         firmware=firmware,
         events=events,
-        event_log=EventLog(db, EventFeed(db, events)),
+        event_log=EventLog(db, EventFeed(db, events, workers=workers)),
         notifications=notifications,
         task_events=task_events,
     )

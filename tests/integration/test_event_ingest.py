@@ -307,10 +307,9 @@ async def test_a_gateway_event_is_acknowledged_to_the_broker_only_once_stored(
     """A server that dies with an event received but not stored never acknowledged it: the
     next server session (same client id) gets it from the broker and stores it."""
     [(uuid, psk)] = await register(live, 1)
-    for name in ("event-writer",):
-        task = next(t for t in live.messaging.tasks if t.get_name() == name)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    writer = live.workers.get("event-writer")
+    assert writer is not None
+    await writer.stop()
     gws, tasks = start(live, [(uuid, psk)])
     second: Container | None = None
     try:
@@ -319,9 +318,9 @@ async def test_a_gateway_event_is_acknowledged_to_the_broker_only_once_stored(
         await gws[0].emit("put", "/system/properties/x", {"data": 1})
         await eventually(lambda: _true(link.window is not None and len(link.window) >= 1))
         # the first server's broker connection dies (its embedded broker stays up)
-        task = next(t for t in live.messaging.tasks if t.get_name() == "broker-link")
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        broker_link = live.workers.get("broker-link")
+        assert broker_link is not None
+        await broker_link.stop()
         assert await _count(live.db, device_uuid=uuid, type="property_update") == 0
         settings = live.settings.model_copy(deep=True)
         settings.mqtt.embedded = False

@@ -67,7 +67,8 @@ async def test_readyz_follows_the_broker_connection(live: Container) -> None:
     transport = httpx.ASGITransport(app=create_app(live))
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
         r = await c.get("/readyz")
-        assert r.status_code == 200 and r.json()["checks"] == {"database": True, "broker": True}
+        assert r.status_code == 200
+        assert r.json()["checks"] == {"database": True, "broker": True, "workers": True}
         broker = live.messaging.broker
         assert broker is not None and broker.pid is not None
         os.kill(broker.pid, signal.SIGKILL)  # the supervisor restarts it

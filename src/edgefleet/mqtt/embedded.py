@@ -32,6 +32,7 @@ from edgefleet.mqtt.brokerconfig import mosquitto
 from edgefleet.mqtt.brokerconfig.files import write_private
 from edgefleet.processes import die_with_parent, raise_fd_limit
 from edgefleet.settings import MQTTSettings
+from edgefleet.workers import Worker, Workers
 
 log = logging.getLogger(__name__)
 
@@ -179,9 +180,11 @@ class EmbeddedMosquitto:
         tls: TlsSource | None = None,
         crl: CrlSource | None = None,
         record: Path | None = None,
+        workers: Workers | None = None,
     ) -> None:
         """``record``: where the running broker's pid is kept (in the data directory), so a
-        broker orphaned by a hard kill of the server is stopped at the next start."""
+        broker orphaned by a hard kill of the server is stopped at the next start.
+        ``workers``: the supervisor its watchers run under (the server's)."""
         self.mqtt = mqtt
         self.record = record
         self.password = server_password
@@ -193,12 +196,11 @@ class EmbeddedMosquitto:
         self._last_print: object = None
         self.files: mosquitto.MosquittoFiles | None = None
         self._proc: asyncio.subprocess.Process | None = None
-        self._supervisor: asyncio.Task[None] | None = None
+        self.workers = workers if workers is not None else Workers()
+        self._watchers: list[Worker] = []
         self._dirty = asyncio.Event()
         self._synced = asyncio.Event()
         self._synced.set()
-        self._syncer: asyncio.Task[None] | None = None
-        self._poller: asyncio.Task[None] | None = None
         self.restarts = 0
         self._recorded = False
 
@@ -222,10 +224,13 @@ class EmbeddedMosquitto:
         self._known = {u for u, _ in psks}
         mosquitto.write_all(self.files, self.mqtt, self.password, psks, tls)
         await self._spawn(binary)
-        self._supervisor = asyncio.create_task(self._supervise(binary), name="embedded-broker")
-        self._syncer = asyncio.create_task(self._sync(), name="embedded-broker-sync")
+        start = self.workers.start
+        self._watchers = [
+            start("embedded-broker", lambda: self._supervise(binary)),
+            start("embedded-broker-sync", self._sync),
+        ]
         if self.fingerprint is not None:
-            self._poller = asyncio.create_task(self._poll(), name="embedded-broker-poll")
+            self._watchers.append(start("embedded-broker-poll", self._poll))
         log.info(
             "embedded Mosquitto: gateways on %s:%d (TLS-PSK), server on %s:%d",
             self.mqtt.gateway_host,
@@ -310,16 +315,24 @@ class EmbeddedMosquitto:
         await self._synced.wait()
 
     async def _sync(self) -> None:
+        """Rewrite and reload after each burst of changes. A reload that failed (the
+        database did not answer, or anything else: the supervisor restarts this) is tried
+        again, so ``reloaded`` waiters are not left waiting for the next change."""
+        if not self._synced.is_set():
+            self._dirty.set()
         while True:
             await self._dirty.wait()
             await asyncio.sleep(0.2)  # one rewrite for a burst of registrations
             self._dirty.clear()
             try:
                 removed = await self.reload()
-                if removed:
-                    await self.kick(removed)
-            except Exception:  # keep syncing later changes
-                log.exception("could not reload the embedded broker")
+            except (EdgefleetError, OSError) as exc:
+                log.warning("could not reload the embedded broker: %s; retrying", exc)
+                self._dirty.set()
+                await asyncio.sleep(POLL_SECONDS)
+                continue
+            if removed:
+                await self.kick(removed)
             if not self._dirty.is_set():
                 self._synced.set()
 
@@ -376,9 +389,9 @@ class EmbeddedMosquitto:
         return proc.pid if proc is not None and proc.returncode is None else None
 
     async def stop(self) -> None:
-        for task in (self._supervisor, self._syncer, self._poller):
-            if task is not None:
-                task.cancel()
+        for watcher in self._watchers:
+            await watcher.stop()
+        self._watchers = []
         if self._proc is not None and self._proc.returncode is None:
             self._proc.terminate()
             try:

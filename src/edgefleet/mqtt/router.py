@@ -28,6 +28,7 @@ from edgefleet.mqtt.messages import EventMessage, ResponseMessage, decode_client
 from edgefleet.mqtt.relay import GatewayRelay
 from edgefleet.services.events import EventService
 from edgefleet.services.presence import PresenceService
+from edgefleet.workers import Worker, Workers
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,8 @@ class InboundRouter:
     seconds (0: never) the router also probes the gateways the database holds online that it
     has not heard from (any live message) for that long, at most ``SWEEP_IN_FLIGHT`` at once,
     with the same verdicts. A silence is judged only if the broker link stayed up throughout.
+
+    The sweep and each reconciliation are workers of ``workers``.
     """
 
     def __init__(
@@ -101,6 +104,7 @@ class InboundRouter:
         sweep_interval: float = 0.0,
         rate: GatewayRate | None = None,
         alarm_period: float = 300.0,
+        workers: Workers | None = None,
     ) -> None:
         self.presence = presence
         self.relay = relay
@@ -109,6 +113,7 @@ class InboundRouter:
         self.settle_max = settle_max
         self.probe_timeout = probe_timeout
         self.sweep_interval = sweep_interval
+        self.workers = workers if workers is not None else Workers()
         self._refreshing: set[asyncio.Task[bool]] = set()
         self._refresh_ids: dict[str, str] = {}
         self._last_online: float | None = None
@@ -118,7 +123,7 @@ class InboundRouter:
         self._heard: dict[str, float] = {}
         """Loop time of the latest live (not retained) message from each gateway."""
         self._connections = 0
-        self._reconciler: asyncio.Task[None] | None = None
+        self._reconciler: Worker | None = None
         self.reconciled = asyncio.Event()
         self.tasks: TaskSink | None = None
         """Set by the composition root once the task engine exists."""
@@ -143,17 +148,15 @@ class InboundRouter:
         self._last_online = None
         self._connections += 1
         self.reconciled.clear()
-        if self._reconciler is not None:
-            self._reconciler.cancel()
-        self._reconciler = asyncio.create_task(self._reconcile(), name="presence-reconcile")
+        self._reconciler = self.workers.start(
+            "presence-reconcile", self._reconcile, forever=False, replace=True
+        )
 
     async def close(self) -> None:
         """Stop reconciling and refreshing (shutdown)."""
-        tasks = [
-            *self._refreshing,
-            *self._chores,
-            *([self._reconciler] if self._reconciler else []),
-        ]
+        if self._reconciler is not None:
+            await self._reconciler.stop()
+        tasks = [*self._refreshing, *self._chores]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -365,7 +368,8 @@ class InboundRouter:
             except EdgefleetError as exc:
                 log.warning("retained message on %s not cleared: %s", topic, exc.message)
 
-        task = asyncio.create_task(run(), name=f"clear-retained:{topic}")
+        # one publish, not a loop: no worker
+        task = asyncio.create_task(run(), name=f"clear-retained:{topic}")  # noqa: TID251
         self._chores.add(task)
         task.add_done_callback(self._chores.discard)
 
@@ -404,7 +408,8 @@ class InboundRouter:
             )
 
     def _refresh(self, device_uuid: str) -> None:
-        task = asyncio.create_task(
+        # one request and its answer, not a loop: no worker
+        task = asyncio.create_task(  # noqa: TID251
             self._refresh_properties(device_uuid), name=f"properties:{device_uuid}"
         )
         self._refreshing.add(task)

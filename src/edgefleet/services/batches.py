@@ -29,6 +29,7 @@ from sqlalchemy.exc import StatementError
 
 from edgefleet.db.engine import Database
 from edgefleet.errors import StorageError
+from edgefleet.workers import failure_reason, printable
 
 log = logging.getLogger(__name__)
 
@@ -41,30 +42,8 @@ REJECTED = Counter(
 T = TypeVar("T")
 R = TypeVar("R")
 
-REASON_LIMIT = 200
-
 Describe = Callable[[T], str]
 """What a row is, for the log: ``status of <uuid>``."""
-
-
-def failure_reason(exc: BaseException) -> str:
-    """One printable line naming an error: its class and the first line of its message.
-
-    A driver error wrapped by SQLAlchemy is described by the driver's own error, without
-    the statement and parameters that follow it (they may carry data)."""
-    orig = getattr(exc, "orig", None)
-    if isinstance(orig, BaseException):
-        exc = orig
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else ""
-    return printable(f"{type(exc).__name__}: {first}" if first else type(exc).__name__)
-
-
-def printable(text: str, limit: int = REASON_LIMIT) -> str:
-    """``text`` cut to ``limit`` characters, control characters and lone surrogates escaped
-    (``\\x00``, ``\\ud800``): safe in a log line, whatever a peer sent."""
-    out = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
-    return out[:limit]
 
 
 def _refusal(exc: Exception) -> bool:

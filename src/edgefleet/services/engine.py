@@ -167,6 +167,7 @@ class TaskEngine:
         self._idle.set()
         self.dispatched = 0
         self._housekept = float("-inf")
+        self._recovered = False
         self._batches = BatchWriter(db, "task-results")
         self.history_observers: list[Callable[[Sequence[HistoryRow]], None]] = []
         """Told every committed batch of execution state changes (the event service)."""
@@ -230,32 +231,28 @@ class TaskEngine:
             log.info("task engine: %d unanswered requests will be sent again", n)
 
     async def run(self) -> None:
-        """Dispatch and record results until cancelled."""
-        try:
-            await self.recover()
-        except StorageError as exc:
-            log.warning("task engine: not recovered: %s", exc.message)
-        results = asyncio.create_task(self._run_results(), name="task-results")
-        try:
-            while True:
-                try:
-                    busy = await self.step()
-                except StorageError as exc:
-                    log.warning("task engine: %s", exc.message)
-                    busy = False
-                except Exception:
-                    log.exception("task engine: dispatch step failed")
-                    busy = False
-                if busy:
-                    continue  # more is due right now
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.tick)
-                except TimeoutError:
-                    pass
-                self._wake.clear()
-        finally:
-            results.cancel()
-            await asyncio.gather(results, return_exceptions=True)
+        """Dispatch until cancelled (``run_results`` records what comes back: both are
+        started by the server's supervisor). A failed step is the supervisor's to report
+        and restart; a database outage only skips a tick."""
+        if not self._recovered:
+            try:
+                await self.recover()
+                self._recovered = True
+            except StorageError as exc:
+                log.warning("task engine: not recovered: %s", exc.message)
+        while True:
+            try:
+                busy = await self.step()
+            except StorageError as exc:
+                log.warning("task engine: %s", exc.message)
+                busy = False
+            if busy:
+                continue  # more is due right now
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.tick)
+            except TimeoutError:
+                pass
+            self._wake.clear()
 
     async def step(self) -> bool:
         """Housekeeping (at most once a tick) and dispatch; True when a full batch was
@@ -551,10 +548,12 @@ class TaskEngine:
 
     # --- results ----------------------------------------------------------------------------
 
-    async def _run_results(self) -> None:
+    async def run_results(self) -> None:
         """Record queued results in batches until cancelled. An outage is waited out with
         the batch in hand; an item the database refuses (a gateway's text it cannot store)
         is set aside and the rest of its batch recorded."""
+        if self._items:  # queued before a start or a restart
+            self._results_wake.set()
         while True:
             await self._results_wake.wait()
             await asyncio.sleep(self.result_delay)

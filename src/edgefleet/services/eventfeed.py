@@ -33,6 +33,7 @@ from edgefleet.db.tables import Event
 from edgefleet.domain.events import StoredEvent
 from edgefleet.errors import StorageError
 from edgefleet.services.events import EventService
+from edgefleet.workers import Worker, Workers
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +212,7 @@ class EventFeed:
         poll_seconds: float = POLL_SECONDS,
         grace: float = GRACE_SECONDS,
         queue_limit: int = QUEUE_LIMIT,
+        workers: Workers | None = None,
     ) -> None:
         self.db = db
         self.poll_seconds = poll_seconds
@@ -220,7 +222,9 @@ class EventFeed:
         self._ending = False
         """Set once the server is stopping: new streams end at once."""
         self._mark: Watermark | None = None
-        self._task: asyncio.Task[None] | None = None
+        self.workers = workers if workers is not None else Workers()
+        self._worker: Worker | None = None
+        """The tailer, while it runs (a worker of ``workers``, named ``event-feed``)."""
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         if events is not None:
@@ -237,13 +241,13 @@ class EventFeed:
     @property
     def running(self) -> bool:
         """Whether the tailer runs (only while a stream is connected)."""
-        return self._task is not None and not self._task.done()
+        return self._worker is not None and not self._worker.done()
 
     async def subscribe(self, accept: Accept) -> Subscription:
         """Events stored from now on that ``accept`` takes; starts the tailer if it is not
         running (``StorageError`` if the database does not answer)."""
         async with self._lock:
-            if self._mark is None or self._task is None or self._task.done():
+            if self._mark is None or self._worker is None or self._worker.done():
                 await self._start()
             assert self._mark is not None
             sub = Subscription(self, accept, self._mark.position(), self.queue_limit)
@@ -264,35 +268,29 @@ class EventFeed:
             newest = await EventRepo(s).newest_ids(START_WINDOW)
         now = asyncio.get_running_loop().time()
         self._mark = Watermark.starting_at(newest, now, grace=self.grace)
-        self._task = asyncio.create_task(self._run(), name="event-feed")
+        self._worker = self.workers.start("event-feed", self._run, forever=False, replace=True)
 
     async def _run(self) -> None:
-        """Poll while a stream is connected."""
+        """Poll while a stream is connected. An error other than an outage ends the run and
+        the supervisor starts it again (after a backoff) where it was: the streams stay."""
         backoff = self.poll_seconds
-        try:
-            while self._subs:
-                self._wake.clear()
-                try:
-                    await self._poll()
-                    backoff = self.poll_seconds
-                except StorageError as exc:
-                    log.warning("event feed: %s; retrying", exc.message)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 30.0)
-                except Exception:  # a bug must not end every stream of the process
-                    log.exception("event feed: poll failed")
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 30.0)
-                if not self._subs:
-                    break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
-        finally:
-            # no await from the last look at the subscribers to here: a stream that
-            # subscribes after this starts a new tailer from the database's state then
-            if self._task is asyncio.current_task():
-                self._mark = None
-                self._task = None
+        while self._subs:
+            self._wake.clear()
+            try:
+                await self._poll()
+                backoff = self.poll_seconds
+            except StorageError as exc:
+                log.warning("event feed: %s; retrying", exc.message)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+            if not self._subs:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+        # no await from the last look at the subscribers to here: a stream that subscribes
+        # after this starts a new tailer from the database's state then
+        self._mark = None
+        self._worker = None
 
     async def _poll(self) -> None:
         loop = asyncio.get_running_loop()
@@ -325,11 +323,10 @@ class EventFeed:
     async def close(self) -> None:
         """End every stream and stop the tailer (server shutdown)."""
         self.end_streams()
-        task = self._task
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            if self._task is task:
-                self._task = None
+        worker = self._worker
+        if worker is not None:
+            await worker.stop()
+            if self._worker is worker:
+                self._worker = None
                 self._mark = None
         self._ending = False  # a restarted server takes streams again

@@ -373,7 +373,8 @@ class TaskEvents:
     def history(self, rows: Sequence[HistoryRow]) -> None:
         ended = [r for r in rows if r.state in _ENDED]
         if ended:
-            task = asyncio.create_task(self._executions(ended), name="job-events")
+            # one query for one batch, not a loop: no worker
+            task = asyncio.create_task(self._executions(ended), name="job-events")  # noqa: TID251
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 

@@ -12,7 +12,7 @@ fixed then. A cache of the subscribed event types (dropped on every change made 
 reloaded every ``CACHE_SECONDS`` to see other instances' changes) makes a batch nobody
 subscribed to cost a set lookup per event.
 
-*Sending*: the dispatcher (``run``) is its own task, never in the writer's path. The event
+*Sending*: the dispatcher (``run``) is its own worker, never in the writer's path. The event
 listener wakes it when a batch queued deliveries, a timer when a retry falls due. It claims
 due deliveries with a lease (db/repos/notifications.py), POSTs each with one shared httpx
 client, with at most ``webhook_concurrency`` requests in flight and at most a quarter of them
@@ -401,14 +401,15 @@ class NotificationService:
     # --- sending ----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Send due deliveries until cancelled."""
+        """Send due deliveries until cancelled (``run_retention`` deletes old ones: both are
+        started by the server's supervisor). A database outage skips a round; any other
+        error is the supervisor's to report and restart."""
         limits = httpx.Limits(
             max_connections=self.limit, max_keepalive_connections=min(self.limit, 32)
         )
         async with guarded_client(
             self.egress, self.settings.webhook_timeout_seconds, limits
         ) as client:
-            retention = asyncio.create_task(self._run_retention(), name="webhook-retention")
             try:
                 while True:
                     wait = POLL_SECONDS
@@ -416,12 +417,8 @@ class NotificationService:
                         wait = await self._round(client)
                     except StorageError as exc:
                         log.warning("webhooks: database unavailable (%s); retrying", exc.message)
-                    except Exception:  # a bug: keep the dispatcher alive, say so loudly
-                        log.exception("webhooks: dispatcher round failed")
                     await self._sleep(wait)
             finally:
-                retention.cancel()
-                await asyncio.gather(retention, return_exceptions=True)
                 await self._stop()
 
     async def purge(self, batch: int = 5000) -> int:
@@ -440,7 +437,8 @@ class NotificationService:
             log.info("webhooks: %d deliveries older than %s days deleted", total, days)
         return total
 
-    async def _run_retention(self) -> None:
+    async def run_retention(self) -> None:
+        """Purge now and every ``retention_interval_seconds`` until cancelled."""
         await every(self.settings.retention_interval_seconds, self.purge, "webhooks")
 
     async def _sleep(self, seconds: float) -> None:
@@ -507,7 +505,8 @@ class NotificationService:
         receiver = origin(delivery.endpoint)
         self._load[receiver] += 1
         IN_FLIGHT.inc()
-        self._running[delivery.id] = asyncio.create_task(
+        # one delivery attempt, not a loop (the dispatcher, a worker, owns and stops them)
+        self._running[delivery.id] = asyncio.create_task(  # noqa: TID251
             self._send(client, delivery, receiver), name=f"webhook-delivery-{delivery.id}"
         )
 

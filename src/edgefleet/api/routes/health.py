@@ -3,6 +3,8 @@ or behind the proxy's access rules)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
@@ -19,11 +21,18 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", name="health.ready")
 async def readyz(c: ContainerDep) -> JSONResponse:
-    """Ready when the database answers and, if this process runs the gateway side, its
-    broker connection is up (requests to gateways would fail without it)."""
+    """Ready when the database answers, if this process runs the gateway side its broker
+    connection is up (requests to gateways would fail without it), and no background
+    worker is failing (failed 3 times in a row, no run lasting 60 s between: see
+    edgefleet/workers.py). ``workers`` reports each one: state, failures, last error."""
     checks = {"database": await c.db.ping()}
-    if c.messaging.tasks:
+    if c.messaging.running:
         checks["broker"] = c.messaging.link.connected.is_set()
+    workers = c.workers.report() if len(c.workers) else None
+    if workers is not None:
+        checks["workers"] = c.workers.ready
     ok = all(checks.values())
-    body = {"status": "ready" if ok else "not ready", "checks": checks}
+    body: dict[str, Any] = {"status": "ready" if ok else "not ready", "checks": checks}
+    if workers is not None:
+        body["workers"] = workers
     return JSONResponse(body, status_code=200 if ok else 503)
