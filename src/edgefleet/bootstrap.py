@@ -92,6 +92,8 @@ class Container:
         start("presence-writer", m.presence.run)
         if m.router.sweep_interval:
             start("presence-sweep", m.router.sweep)
+        if m.router.heal_enabled:
+            start("presence-heal", m.router.heal)
         start("task-engine", self.tasks.engine.run)
         start("task-results", self.tasks.engine.run_results)
         start("event-writer", self.events.run)
@@ -142,12 +144,15 @@ def _messaging(
         # event (and webhooks) too; one sweeper per fleet is enough
         sweep = 0
     events = settings.events
+    # the instances that store events heal presence, as they sweep: the status changes
+    # they find reach the events table and webhooks
     router = InboundRouter(
         presence,
         relay,
         sweep_interval=sweep,
         rate=GatewayRate(events.gateway_rate, events.gateway_burst),
         alarm_period=events.gateway_alarm_seconds,
+        heal=events.ingest,
         workers=workers,
     )
     link = BrokerLink(

@@ -1,6 +1,6 @@
 """The supervisor of a server process's background loops (*workers*).
 
-Every long-running loop — broker link, presence writer and sweep, task engine and its
+Every long-running loop — broker link, presence writer, sweep and heal, task engine and its
 results writer, event writer, retention, webhook dispatcher, the embedded broker's watchers,
 the live-event tailer — is started through one ``Workers`` and nothing else. Each runs as
 an asyncio task named after it. The loops keep their own handling of expected trouble (a

@@ -8,6 +8,7 @@ import pytest
 
 from edgefleet.bootstrap import Container
 from edgefleet.db.repos.devices import DeviceFilter
+from edgefleet.domain.eventfilter import EventFilter
 from edgefleet.mqtt import topics
 from tests.brokers import require
 from tests.gateways import count, eventually, register, start
@@ -127,3 +128,41 @@ async def test_a_deleted_gateway_is_kicked_and_cannot_return(live: Container) ->
     assert gws[1].connected.is_set()
     tasks[1].cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_gateway_held_offline_that_speaks_is_probed_and_brought_back_online(
+    live: Container,
+) -> None:
+    """A will for a connection the gateway no longer uses (as after a takeover on a broker
+    cluster) leaves it offline while it is connected: its next event heals that."""
+    creds = await register(live, 1)
+    [gw], [task] = start(live, creds)
+    await asyncio.wait_for(gw.connected.wait(), 10)
+
+    async def status(expected: str) -> bool:
+        return (await live.fleet.get_device(gw.uuid)).device.connection_status == expected
+
+    await eventually(lambda: status("online"))
+    await eventually(lambda: _true(gw.executed[("get", "/system/properties")] == 1))
+    await gw.go_offline()  # a "0" while the connection stays: the stale will
+    await eventually(lambda: status("offline"))
+    healed = live.messaging.router.healed
+    await gw.emit("post", "/system/alerts", {"severity": "info", "text": "still here"})
+    await eventually(lambda: status("online"), 10)
+    assert live.messaging.router.healed == healed + 1
+    assert gw.executed[("get", "/system/properties")] == 2  # the probe it answered
+    await live.events.drained()
+    statuses = await live.event_log.query(
+        EventFilter(
+            devices=frozenset({gw.uuid}), types=frozenset({"device_online", "device_offline"})
+        ),
+        before_id=None,
+        limit=10,
+    )
+    assert [e.type for e in statuses][:2] == ["device_online", "device_offline"]  # newest first
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def _true(value: bool) -> bool:
+    return value

@@ -22,6 +22,8 @@ from edgefleet.db.engine import Database
 from edgefleet.db.repos.events import EventRepo
 from edgefleet.db.repos.notifications import NotificationRepo
 from edgefleet.domain.events import EventType, NewEvent
+from edgefleet.mqtt import topics
+from edgefleet.mqtt.messages import EventMessage, encode
 from edgefleet.services import presence as presence_module
 from edgefleet.settings import MQTTSettings, Settings
 from edgefleet.workers import WorkerState
@@ -121,6 +123,13 @@ async def _reconcile(c: Container, mp: pytest.MonkeyPatch) -> None:
     await eventually(lambda: _true(c.messaging.router.reconciled.is_set()), 10)
 
 
+async def _heal(c: Container, mp: pytest.MonkeyPatch) -> None:
+    [(uuid, _)] = await register(c, 1)
+    raise_once(mp, c.messaging.presence, "statuses_of")
+    event = EventMessage(method="put", resource="/system/alerts", data={"x": 1}, code=200)
+    await c.messaging.router(topics.topic(uuid, topics.Channel.CLIENT), encode(event), False)
+
+
 async def _engine(c: Container, mp: pytest.MonkeyPatch) -> None:
     raise_once(mp, c.tasks.engine, "step")
     c.tasks.engine.wake()
@@ -195,6 +204,7 @@ INJECTIONS: dict[str, Inject] = {
     "presence-writer": _presence_writer,
     "presence-sweep": _sweep,
     "presence-reconcile": _reconcile,
+    "presence-heal": _heal,
     "task-engine": _engine,
     "task-results": _results,
     "event-writer": _event_writer,

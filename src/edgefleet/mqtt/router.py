@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from prometheus_client import Counter
 
+from edgefleet.domain.devices import ConnectionStatus
 from edgefleet.domain.events import rate_limited_event, status_event
 from edgefleet.errors import EdgefleetError, MessageError
 from edgefleet.mqtt import topics
@@ -50,12 +51,16 @@ RETAINED = "retained"
 PROBES = Counter(
     "edgefleet_presence_probes_total",
     "Gateways probed for presence",
-    ["reason", "outcome"],  # reconcile | sweep; answered | silent | unjudged
+    ["reason", "outcome"],  # reconcile | sweep | heal; answered | silent | unjudged
 )
 
 PROPERTIES_TIMEOUT = 30.0
 SWEEP_IN_FLIGHT = 500
 """Probes of one sweep waiting for their answers at once."""
+HEAL_GATHER = 0.5
+"""Seconds the heal waits after a first candidate, so a burst costs one status query."""
+HEAL_RETRY = 60.0
+"""A gateway probed by the heal in vain is not probed again by it for this long."""
 ANSWERED, SILENT, UNJUDGED = "answered", "silent", "unjudged"
 
 
@@ -89,7 +94,14 @@ class InboundRouter:
     has not heard from (any live message) for that long, at most ``SWEEP_IN_FLIGHT`` at once,
     with the same verdicts. A silence is judged only if the broker link stayed up throughout.
 
-    The sweep and each reconciliation are workers of ``workers``.
+    Presence also **heals**: a gateway that publishes a live response or event while the
+    database holds it offline (a stale will, a probe that timed out, a write set aside) is
+    probed the same way, and brought back online (status, ``device_online`` event, the task
+    engine told) when it answers. Candidates are those this process has not seen online
+    (``1``, an answered probe, or the database saying so); they are checked in bursts with
+    one status query, and one that does not answer is left alone for ``HEAL_RETRY`` seconds.
+
+    The sweep, the heal and each reconciliation are workers of ``workers``.
     """
 
     def __init__(
@@ -104,6 +116,7 @@ class InboundRouter:
         sweep_interval: float = 0.0,
         rate: GatewayRate | None = None,
         alarm_period: float = 300.0,
+        heal: bool = True,
         workers: Workers | None = None,
     ) -> None:
         self.presence = presence
@@ -113,6 +126,7 @@ class InboundRouter:
         self.settle_max = settle_max
         self.probe_timeout = probe_timeout
         self.sweep_interval = sweep_interval
+        self.heal_enabled = heal
         self.workers = workers if workers is not None else Workers()
         self._refreshing: set[asyncio.Task[bool]] = set()
         self._refresh_ids: dict[str, str] = {}
@@ -124,6 +138,15 @@ class InboundRouter:
         """Loop time of the latest live (not retained) message from each gateway."""
         self._connections = 0
         self._reconciler: Worker | None = None
+        self._present: set[str] = set()
+        """Gateways this process knows to be online: no heal needed."""
+        self._heal_pending: set[str] = set()
+        self._heal_tried: dict[str, float] = {}
+        """Loop time each gateway was last probed by the heal."""
+        self._heal_wake = asyncio.Event()
+        self._said_offline: dict[str, float] = {}
+        """Loop time of each gateway's latest live ``0``."""
+        self.healed = 0
         self.reconciled = asyncio.Event()
         self.tasks: TaskSink | None = None
         """Set by the composition root once the task engine exists."""
@@ -245,15 +268,89 @@ class InboundRouter:
             return UNJUDGED
         answered = await self._refresh_properties(device_uuid, wait=self.probe_timeout, quiet=True)
         if answered or self._heard_since(device_uuid, since):
+            self._present.add(device_uuid)
             return ANSWERED
         if connections != self._connections or (
             self.link_up is not None and not self.link_up.is_set()
         ):
             return UNJUDGED
+        self._present.discard(device_uuid)
         self.presence.apply_status(device_uuid, False)
         if self.events is not None:
             self.events.emit(status_event(device_uuid, False, self.events.clock()))
         return SILENT
+
+    def _heal_candidate(self, device_uuid: str, now: float) -> None:
+        """A live message (not a status) came from this gateway: have it checked unless it
+        is known online, already queued, or was probed in vain a moment ago."""
+        if not self.heal_enabled or device_uuid in self._present:
+            return
+        if device_uuid in self._heal_pending:
+            return
+        tried = self._heal_tried.get(device_uuid)
+        if tried is not None and now - tried < HEAL_RETRY:
+            return
+        self._heal_pending.add(device_uuid)
+        self._heal_wake.set()
+
+    async def heal(self) -> None:
+        """Probe the gateways that spoke while the database holds them offline, and bring
+        back online those that answer. Runs until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._heal_wake.wait()
+            await asyncio.sleep(HEAL_GATHER)
+            self._heal_wake.clear()
+            candidates, self._heal_pending = sorted(self._heal_pending), set()
+            # the statuses queued before these messages are written first (bounded: a
+            # writer kept busy by property events is rarely idle)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.presence.drained(), self.probe_timeout)
+            try:
+                stored = await self.presence.statuses_of(candidates)
+            except EdgefleetError as exc:
+                log.warning("presence not healed: %s", exc.message)
+                continue
+            offline = []
+            for device_uuid, status in stored.items():
+                if status == ConnectionStatus.ONLINE.value:
+                    self._present.add(device_uuid)
+                elif device_uuid not in self._present:  # unless it said "1" meanwhile
+                    offline.append(device_uuid)
+            if not offline:
+                continue
+            since = loop.time()
+            for device_uuid in offline:
+                self._heal_tried[device_uuid] = since
+            log.info("presence: probing %d gateways heard while held offline", len(offline))
+            answered = await asyncio.gather(
+                *(self._heal(u, since) for u in offline[:SWEEP_IN_FLIGHT])
+            )
+            self._heal_pending.update(offline[SWEEP_IN_FLIGHT:])  # the rest next round
+            if self._heal_pending:
+                self._heal_wake.set()
+            PROBES.labels("heal", ANSWERED).inc(sum(answered))
+            PROBES.labels("heal", SILENT).inc(len(answered) - sum(answered))
+
+    async def _heal(self, device_uuid: str, since: float) -> bool:
+        """Probe one gateway held offline; True (and online again) if it answered and has
+        not said ``0`` since the probe began."""
+        if not await self._refresh_properties(device_uuid, wait=self.probe_timeout, quiet=True):
+            return False
+        if self._said_offline.get(device_uuid, float("-inf")) >= since:
+            return False  # it answered, then left: the "0" is the newer news
+        if device_uuid in self._present:
+            return True  # it said "1" meanwhile, which did all this
+        self._present.add(device_uuid)
+        self._heal_tried.pop(device_uuid, None)
+        self.healed += 1
+        log.info("presence: %s answered while held offline: online", device_uuid)
+        self.presence.apply_status(device_uuid, True)
+        if self.tasks is not None:
+            self.tasks.online(device_uuid)
+        if self.events is not None:
+            self.events.emit(status_event(device_uuid, True, self.events.clock()))
+        return True
 
     def _heard_since(self, device_uuid: str, since: float) -> bool:
         heard = self._heard.get(device_uuid)
@@ -289,6 +386,7 @@ class InboundRouter:
                 await self._status(device_uuid, decode_status(payload), retained, receipt)
             else:
                 await self._client_message(device_uuid, payload, receipt)
+                self._heal_candidate(device_uuid, asyncio.get_running_loop().time())
         except MessageError as exc:
             INBOUND.labels(label, "rejected").inc()
             REJECTED.labels(label, exc.reason).inc()
@@ -317,12 +415,21 @@ class InboundRouter:
             self.presence.apply_status(device_uuid, False)
         # a retained "0" may be stale: the reconciliation probes that gateway
         if not retained:
+            self._live_status(device_uuid, online)
             if online:
                 self._refresh(device_uuid)
                 if self.tasks is not None:
                     self.tasks.online(device_uuid)
             if self.events is not None:
                 await self.events.status(device_uuid, online, receipt)
+
+    def _live_status(self, device_uuid: str, online: bool) -> None:
+        """What the heal keeps of a live status: known online, or when it said ``0``."""
+        if online:
+            self._present.add(device_uuid)
+        else:
+            self._present.discard(device_uuid)
+            self._said_offline[device_uuid] = asyncio.get_running_loop().time()
 
     def _over_rate(self, device_uuid: str, channel: topics.Channel, payload: bytes) -> None:
         """A message over the gateway's rate is dropped; a status still moves presence (the
@@ -335,6 +442,7 @@ class InboundRouter:
                     self._said_online.add(device_uuid)
                 else:
                     self._said_online.discard(device_uuid)
+                self._live_status(device_uuid, online)
                 self.presence.apply_status(device_uuid, online)
         now = asyncio.get_running_loop().time()
         last = self._alarmed.get(device_uuid)

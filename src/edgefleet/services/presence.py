@@ -213,6 +213,11 @@ class PresenceService:
             await repo.set_many_properties(rows, self.clock())
         return rows
 
+    async def statuses_of(self, device_uuids: Sequence[str]) -> dict[str, str]:
+        """The stored connection status of each of these gateways that exists."""
+        async with self.db.session() as s:
+            return await DeviceRepo(s).statuses_of(device_uuids)
+
     async def online_uuids(self) -> list[str]:
         """Gateways the database holds online."""
         async with self.db.session() as s:

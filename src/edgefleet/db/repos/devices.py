@@ -122,6 +122,18 @@ class DeviceRepo:
         rows = await self.s.scalars(select(Device.uuid).where(Device.connection_status == status))
         return list(rows)
 
+    async def statuses_of(self, uuids: Sequence[str]) -> dict[str, str]:
+        """``{uuid: connection status}`` of the devices among ``uuids``."""
+        out: dict[str, str] = {}
+        for start in range(0, len(uuids), 1000):
+            rows = await self.s.execute(
+                select(Device.uuid, Device.connection_status).where(
+                    Device.uuid.in_(list(uuids[start : start + 1000]))
+                )
+            )
+            out.update({u: st for u, st in rows})
+        return out
+
     async def credentials_fingerprint(self) -> tuple[int, Any]:
         """Changes when a device is registered or deleted: ``(count, newest created_at)``."""
         row = (await self.s.execute(select(func.count(), func.max(Device.created_at)))).one()
