@@ -1,10 +1,11 @@
 """The supervisor of a server process's background loops (*workers*).
 
 Every long-running loop — broker link, presence writer, sweep and heal, task engine and its
-results writer, event writer, retention, webhook dispatcher, the embedded broker's watchers,
-the live-event tailer — is started through one ``Workers`` and nothing else. Each runs as
-an asyncio task named after it. The loops keep their own handling of expected trouble (a
-database outage is waited out, a refused row set aside); the supervisor is the last line:
+results writer, event writer, retention, file expiry, webhook dispatcher, the embedded
+broker's watchers, the live-event tailer — is started through one ``Workers`` and nothing
+else. Each runs as an asyncio task named after it. The loops keep their own handling of
+expected trouble (a database outage is waited out, a refused row set aside); the supervisor
+is the last line:
 
 - an exception that escapes a loop is logged once (message and stack), counted in
   ``edgefleet_worker_failures_total{worker}``, and the loop is started again after a
