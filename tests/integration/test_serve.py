@@ -139,7 +139,7 @@ def test_a_broker_left_by_a_killed_server_is_stopped_at_the_next_start(
         r = _wait_ready(
             f"http://127.0.0.1:{env['EDGEFLEET_HTTP__PORT']}/readyz", time.monotonic() + 60, again
         )
-        assert r.json()["checks"] == {"database": True, "broker": True}
+        assert r.json()["checks"] == {"database": True, "broker": True, "workers": True}
         assert not Path(f"/proc/{broker}").exists() or _zombie(broker)
         assert json.loads(path.read_text())["pid"] != broker
         for port in (env["EDGEFLEET_MQTT__GATEWAY_PORT"], env["EDGEFLEET_MQTT__SERVER_PORT"]):
