@@ -33,11 +33,15 @@ MODELS = ["UC-8112-LX-CG", "UC-8112A-ME-T-LX", "UC-2112-LX", "UC-3111-T-US-LX", 
 VERSIONS = ["version 2.3.2 Build 18102617", "2.4.0", "2.4.1", "2.5.0", "2.10.3", "1.9.8"]
 STATUSES = ["online"] * 7 + ["offline"] * 2 + ["created"]
 QUERY = 'model = "UC-8112-LX-CG" and softwareVersion < "2.4" and tag:line-3'
+SECRET = "bench"
+"""The server key the seeded PSKs are sealed with: the server is started with it (it opens
+every key at start, and refuses to start when one does not open)."""
 
 
-async def seed(url: str, n: int) -> float:
+async def seed(url: str, n: int, statuses: list[str] = STATUSES) -> float:
+    """Insert ``n`` devices by COPY (connection states drawn from ``statuses``)."""
     rng = random.Random(42)
-    box = SecretBox(b"bench")
+    box = SecretBox(SECRET.encode())
     sealed = box.seal("00" * 32)  # one sealed PSK for all rows: sealing 100k would dominate
     now = datetime.now(UTC).replace(tzinfo=None)
     devices, tags = [], []
@@ -62,7 +66,7 @@ async def seed(url: str, n: int) -> float:
                 "",
                 "",
                 sealed,
-                rng.choice(STATUSES),
+                rng.choice(statuses),
                 created,
                 json.dumps(props),
                 created,
@@ -120,7 +124,7 @@ async def seed(url: str, n: int) -> float:
 
 
 async def token_for(url: str, data_dir: Path) -> str:
-    container = build(Settings(database_url=url, data_dir=data_dir, secret_key="bench"))
+    container = build(Settings(database_url=url, data_dir=data_dir, secret_key=SECRET))
     try:
         user, _ = await container.accounts.create_user(
             "bench@example.com", "bench-password-1", Role.OPERATOR
@@ -145,7 +149,7 @@ async def main() -> None:
     print(f"seeded {DEVICES} devices by COPY in {seconds:.2f} s ({DEVICES / seconds:,.0f} rows/s)")
     with tempfile.TemporaryDirectory() as tmp:
         token = await token_for(url, Path(tmp))
-        server = start_server(url, Path(tmp))
+        server = start_server(url, Path(tmp), {"EDGEFLEET_SECRET_KEY": SECRET})
         try:
             h = {"mx-api-token": token}
             rng = random.Random(1)

@@ -5,13 +5,21 @@ from __future__ import annotations
 import asyncio
 import signal
 
-from benchmarks import bench_broker, bench_cluster, bench_devices, bench_events, bench_tasks
+from benchmarks import (
+    bench_broker,
+    bench_cluster,
+    bench_devices,
+    bench_events,
+    bench_keys,
+    bench_tasks,
+)
 
 
 def main() -> None:
     # a SIGTERM unwinds like Ctrl-C, so servers and simulators are stopped
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     asyncio.run(bench_devices.main())
+    asyncio.run(bench_keys.main())
     asyncio.run(bench_broker.main())
     asyncio.run(bench_tasks.main())
     asyncio.run(bench_events.main())

@@ -2,9 +2,11 @@
 //
 // Gateways connect over TLS-PSK (identity = device uuid = MQTT client id) and may use only
 // their own topics, $ThingsPro/devices/<uuid>/…. Keys come from the edgefleet server
-// (GET /api/v1/broker/psk-file, then GET /api/v1/broker/psk/<uuid> for one the node has not
-// seen yet), so a gateway registered a moment ago connects without a restart or a reload, and a
-// deleted one is disconnected. The server's own connection (plain MQTT, on a listener that
+// (GET /api/v1/broker/psk-file?since=<cursor>: every key at first and every PSK_FULL_SECONDS,
+// in between only the keys set and removed since the last answer; then GET
+// /api/v1/broker/psk/<uuid> for one the node has not seen yet), so a gateway registered a
+// moment ago connects without a restart or a reload, and one deleted or given a new key is
+// disconnected. The server's own connection (plain MQTT, on a listener that
 // must stay on the private network) is checked by the server itself (POST
 // /api/v1/broker/authn). Every call carries a broker-scope API token (mx-api-token).
 //
@@ -17,7 +19,8 @@
 // Configuration is the environment only (`edgefleet broker-config aedes` writes it):
 //   EDGEFLEET_URL, EDGEFLEET_BROKER_TOKEN, BROKER_ID, REDIS_URL, GATEWAY_HOST, GATEWAY_PORT,
 //   SERVER_HOST, SERVER_PORT, PSK_HINT, HEALTH_PORT, PSK_REFRESH_SECONDS, HEARTBEAT_SECONDS,
-//   MAX_PACKET_BYTES (the protocol's limit: a client announcing a larger packet is disconnected)
+//   MAX_PACKET_BYTES (the protocol's limit: a client announcing a larger packet is disconnected),
+//   and optionally PSK_FULL_SECONDS (600: how often the whole key list is fetched anyway)
 // The health endpoint (HEALTH_PORT, on SERVER_HOST) answers GET /healthz and GET /clients.
 // Logs are one JSON object per line on stdout; keys, passwords and the token never appear.
 import http from 'node:http'
@@ -69,10 +72,11 @@ const cfg = {
   pskHint: setting('PSK_HINT', 'edgefleet'),
   healthPort: port('HEALTH_PORT', '0'),
   pskRefreshMs: Number(setting('PSK_REFRESH_SECONDS', '5')) * 1000,
+  pskFullMs: Number(setting('PSK_FULL_SECONDS', '600')) * 1000,
   heartbeatMs: Number(setting('HEARTBEAT_SECONDS', '2')) * 1000,
   maxPacketBytes: Number(setting('MAX_PACKET_BYTES', String(256 * 1024 + 1024)))
 }
-for (const [k, v] of [['PSK_REFRESH_SECONDS', cfg.pskRefreshMs], ['HEARTBEAT_SECONDS', cfg.heartbeatMs], ['MAX_PACKET_BYTES', cfg.maxPacketBytes]]) {
+for (const [k, v] of [['PSK_REFRESH_SECONDS', cfg.pskRefreshMs], ['PSK_FULL_SECONDS', cfg.pskFullMs], ['HEARTBEAT_SECONDS', cfg.heartbeatMs], ['MAX_PACKET_BYTES', cfg.maxPacketBytes]]) {
   if (!(v > 0)) {
     log('error', `${k} must be a positive number`)
     process.exit(2)
@@ -98,12 +102,17 @@ async function api (method, path, body) {
 
 let keys = new Map() // uuid -> Buffer
 let keysLoaded = false
+let cursor = '' // the server's cursor after its last answer: only what changed since is asked
+let lastFull = 0
 const fetching = new Set()
 
+// The answer: "# cursor=<n> full|changes", then "<uuid>:<hex>" lines (every key when full)
+// and, for changes, "-<uuid>" for a key removed.
 async function refreshKeys () {
+  const full = !keysLoaded || Date.now() - lastFull >= cfg.pskFullMs
   let res
   try {
-    res = await api('GET', '/api/v1/broker/psk-file')
+    res = await api('GET', `/api/v1/broker/psk-file?since=${full ? '' : cursor}`)
   } catch (err) {
     log('warning', 'PSK store not fetched', { error: String(err.cause?.code || err.message) })
     return
@@ -112,17 +121,42 @@ async function refreshKeys () {
     log('warning', 'PSK store not fetched', { status: res.status })
     return
   }
-  const next = new Map()
-  for (const line of (await res.text()).split('\n')) {
-    const i = line.indexOf(':')
-    if (i > 0) next.set(line.slice(0, i), Buffer.from(line.slice(i + 1).trim(), 'hex'))
+  const lines = (await res.text()).split('\n')
+  const head = /^# cursor=(\d+) (full|changes)$/.exec(lines[0])
+  if (!head) {
+    log('warning', 'PSK store not fetched', { error: 'unexpected answer' })
+    return
   }
   const removed = []
-  for (const [id, key] of keys) {
-    const now = next.get(id)
-    if (!now || !now.equals(key)) removed.push(id)
+  if (head[2] === 'full') {
+    const next = new Map()
+    for (const line of lines.slice(1)) {
+      const i = line.indexOf(':')
+      if (i > 0) next.set(line.slice(0, i), Buffer.from(line.slice(i + 1).trim(), 'hex'))
+    }
+    for (const [id, key] of keys) {
+      const now = next.get(id)
+      if (!now || !now.equals(key)) removed.push(id)
+    }
+    keys = next
+    lastFull = Date.now()
+  } else {
+    for (const line of lines.slice(1)) {
+      if (line.startsWith('-')) {
+        const id = line.slice(1).trim()
+        if (keys.delete(id)) removed.push(id)
+        continue
+      }
+      const i = line.indexOf(':')
+      if (i <= 0) continue
+      const id = line.slice(0, i)
+      const key = Buffer.from(line.slice(i + 1).trim(), 'hex')
+      const old = keys.get(id)
+      if (old && !old.equals(key)) removed.push(id)
+      keys.set(id, key)
+    }
   }
-  keys = next
+  cursor = head[1]
   if (!keysLoaded) log('info', 'PSK store loaded', { gateways: keys.size })
   keysLoaded = true
   for (const id of removed) kick(id, 'its key was removed or changed')

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -17,6 +17,7 @@ from edgefleet.files import FileStore
 from edgefleet.files.local import LocalFileStore
 from edgefleet.files.s3 import S3FileStore, make_client, parse_s3_url
 from edgefleet.files.signing import UrlSigner
+from edgefleet.looplag import LoopLag
 from edgefleet.mqtt import topics
 from edgefleet.mqtt.client import BrokerLink
 from edgefleet.mqtt.embedded import EmbeddedMosquitto
@@ -34,6 +35,7 @@ from edgefleet.services.eventlog import EventLog
 from edgefleet.services.events import EventService, TaskEvents
 from edgefleet.services.files import FileService, FirmwareService
 from edgefleet.services.fleet import FleetService
+from edgefleet.services.keys import KeyCache
 from edgefleet.services.notifications import NotificationService
 from edgefleet.services.pki import PkiService, broker_tls
 from edgefleet.services.presence import PresenceService
@@ -66,6 +68,7 @@ class Container:
     fleet: FleetService
     audit: AuditService
     messaging: Messaging
+    keys: KeyCache
     broker_auth: BrokerAuthService
     pki: PkiService
     tasks: TaskService
@@ -76,18 +79,22 @@ class Container:
     event_log: EventLog
     notifications: NotificationService
     task_events: TaskEvents
+    loop_lag: LoopLag = field(default_factory=LoopLag)
 
     async def start_messaging(self) -> None:
         """Start the embedded broker (if configured) and every background loop, each a
         worker of ``workers`` (the only way a loop is started)."""
         m = self.messaging
         broker = m.broker
+        await self.keys.load()  # every key decrypted once, in a worker thread
         if broker is not None:
+            listeners = self.keys.listeners
+            if broker.keys_changed not in listeners:  # once, however often restarted
+                listeners.append(broker.keys_changed)
             await broker.start()
-            listeners = self.fleet.credential_listeners
-            if broker.credentials_changed not in listeners:  # once, however often restarted
-                listeners.append(broker.credentials_changed)
         start = self.workers.start
+        start("gateway-keys", self.keys.run)
+        start("loop-lag", self.loop_lag.run)
         start("broker-link", m.link.run)
         start("presence-writer", m.presence.run)
         if m.router.sweep_interval:
@@ -122,7 +129,7 @@ class Container:
 
 
 def _messaging(
-    settings: Settings, db: Database, fleet: FleetService, pki: PkiService, workers: Workers
+    settings: Settings, db: Database, keys: KeyCache, pki: PkiService, workers: Workers
 ) -> Messaging:
     mqtt = settings.mqtt
     password = settings.mqtt_server_password()
@@ -176,8 +183,7 @@ def _messaging(
         EmbeddedMosquitto(
             mqtt,
             password,
-            fleet.all_psks,
-            fleet.credentials_fingerprint,
+            keys.psk_text,
             tls=lambda: broker_tls(pki, mqtt),
             crl=pki.crl_pem,
             record=settings.data_dir / "embedded-mosquitto.json",
@@ -226,12 +232,13 @@ def build(settings: Settings, db: Database | None = None) -> Container:
     box = SecretBox(settings.resolved_secret_key())
     fleet = FleetService(db, box)
     pki = PkiService(db, box, fleet)
+    keys = KeyCache(db, box)
+    fleet.credential_listeners.append(keys.credentials_changed)
     broker_auth = BrokerAuthService(
-        fleet, settings.mqtt.server_username, settings.mqtt_server_password()
+        keys, settings.mqtt.server_username, settings.mqtt_server_password()
     )
-    fleet.credential_listeners.append(lambda _new, deleted: broker_auth.forget(deleted))
     workers = Workers()
-    messaging = _messaging(settings, db, fleet, pki, workers)
+    messaging = _messaging(settings, db, keys, pki, workers)
     signer = UrlSigner(settings.resolved_secret_key())
     files = FileService(db, _file_store(settings, signer), signer, settings.storage)
     firmware = FirmwareService(db, files)
@@ -257,6 +264,7 @@ def build(settings: Settings, db: Database | None = None) -> Container:
         fleet=fleet,
         audit=AuditService(db),
         messaging=messaging,
+        keys=keys,
         broker_auth=broker_auth,
         pki=pki,
         tasks=tasks,

@@ -73,7 +73,10 @@ def create_app(container: Container, *, run_messaging: bool = False) -> FastAPI:
     )
     app.state.container = container
     api_routes: list[BaseRoute] = []  # as declared: the app's own list holds included routers
+    # routes are matched in order: the broker hooks, the most frequent requests of all (one
+    # per gateway connection and subscription), come first
     for module in (
+        broker,
         health,
         auth,
         devices,
@@ -81,7 +84,6 @@ def create_app(container: Container, *, run_messaging: bool = False) -> FastAPI:
         users,
         tokens,
         audit,
-        broker,
         pki,
         tasks,
         filebin,

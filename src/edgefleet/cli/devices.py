@@ -109,6 +109,27 @@ def register(
         err_console.print("The psk is shown once: configure the gateway with it now.")
 
 
+@app.command("rotate-key")
+def rotate_key(uuid: str, as_json: bool = JsonOption) -> None:
+    """Give a gateway a new pre-shared key (shown once); the old one stops working at once."""
+
+    async def work(c: Container) -> dict[str, object]:
+        psk = await c.fleet.rotate_psk(uuid)
+        await c.audit.record(
+            cli_actor(),
+            "devices.rotate_psk",
+            outcome="success",
+            target_type="device",
+            target_id=uuid,
+        )
+        return {"uuid": uuid, "psk": psk}
+
+    out = run(work)
+    emit(out, as_json, ("uuid", "psk"))
+    if not as_json:
+        err_console.print("The psk is shown once: configure the gateway with it now.")
+
+
 @app.command("show")
 def show(uuid: str, as_json: bool = JsonOption) -> None:
     """Show one gateway."""

@@ -169,6 +169,20 @@ class Device(Base):
     updated_at: Mapped[datetime]
 
 
+class KeyChange(Base):
+    """One change to a gateway's key: registered, given a new key, or deleted. ``seq`` grows
+    in commit order (writers serialise on it), so a server instance or a broker that has seen
+    every change up to ``seq`` learns the rest from ``seq > cursor`` (services/keys.py).
+    A row names the gateway only: its key, or its absence, is read from ``devices``."""
+
+    __tablename__ = "key_changes"
+    __table_args__ = ({"sqlite_autoincrement": True},)  # never reused once pruned
+
+    seq: Mapped[int] = mapped_column(BigId, primary_key=True)
+    device_uuid: Mapped[str] = mapped_column(String(36))
+    at: Mapped[datetime]
+
+
 class DeviceTag(Base):
     __tablename__ = "device_tags"
 

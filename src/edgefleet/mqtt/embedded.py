@@ -1,11 +1,14 @@
 """The embedded broker: a Mosquitto that ``edgefleet serve`` configures, starts and supervises.
 
-Its files are generated from the database at every start into a private temporary
-directory (owned by the ``mosquitto`` user when we run as root, since Mosquitto drops to it),
-so nothing there needs to survive a restart. When gateways are registered or deleted the PSK
-store is rewritten and the broker reloaded (SIGHUP); a deleted gateway still connected is
-kicked by taking over its client id on the server listener. Changes made by another process
-(the CLI, another server instance) are noticed by polling a cheap fingerprint of the devices.
+Its files are generated at every start into a private temporary directory (owned by the
+``mosquitto`` user when we run as root, since Mosquitto drops to it), so nothing there needs
+to survive a restart. The keys come from the server's key cache (services/keys.py), which
+follows registrations, new keys and deletions made here, by another server instance or by a
+CLI command. After a change the PSK store is rewritten and the broker reloaded (SIGHUP): at
+once after a quiet spell, then at most once every ``REWRITE_SECONDS`` however many gateways
+are registered meanwhile, rendered and written in a worker thread (100,000 keys are 10 MB).
+A gateway whose key was deleted or replaced and that is still connected is kicked by taking
+over its client id on the server listener.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import aiomqtt
+from prometheus_client import Counter
 
 from edgefleet.errors import EdgefleetError
 from edgefleet.mqtt.brokerconfig import mosquitto
@@ -36,13 +40,18 @@ from edgefleet.workers import Worker, Workers
 
 log = logging.getLogger(__name__)
 
-PskSource = Callable[[], Awaitable[list[tuple[str, str]]]]
-Fingerprint = Callable[[], Awaitable[object]]
+PskSource = Callable[[], Awaitable[str]]
 TlsSource = Callable[[], Awaitable[mosquitto.TlsMaterial]]
 CrlSource = Callable[[], Awaitable[str]]
 
-POLL_SECONDS = 2.0
-"""How often the database is checked for devices registered or deleted by another process."""
+REWRITE_SECONDS = 1.0
+"""The PSK store is rewritten at most this often (a burst of registrations makes one)."""
+RETRY_SECONDS = 2.0
+
+REWRITES = Counter(
+    "edgefleet_embedded_broker_key_rewrites_total",
+    "Times the embedded broker's PSK store was rewritten and reloaded",
+)
 
 
 class EmbeddedBrokerError(EdgefleetError):
@@ -176,24 +185,24 @@ class EmbeddedMosquitto:
         mqtt: MQTTSettings,
         server_password: str,
         psks: PskSource,
-        fingerprint: Fingerprint | None = None,
         tls: TlsSource | None = None,
         crl: CrlSource | None = None,
         record: Path | None = None,
         workers: Workers | None = None,
     ) -> None:
-        """``record``: where the running broker's pid is kept (in the data directory), so a
-        broker orphaned by a hard kill of the server is stopped at the next start.
-        ``workers``: the supervisor its watchers run under (the server's)."""
+        """``psks``: the PSK file's text now (from the key cache); the owner calls
+        :meth:`keys_changed` after each change. ``record``: where the running broker's pid is
+        kept (in the data directory), so a broker orphaned by a hard kill of the server is
+        stopped at the next start. ``workers``: the supervisor its watchers run under (the
+        server's)."""
         self.mqtt = mqtt
         self.record = record
         self.password = server_password
         self.psks = psks
-        self.fingerprint = fingerprint
         self.tls = tls
         self.crl = crl
-        self._known: set[str] = set()
-        self._last_print: object = None
+        self._kick: set[str] = set()
+        self.rewrites = 0
         self.files: mosquitto.MosquittoFiles | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self.workers = workers if workers is not None else Workers()
@@ -218,19 +227,20 @@ class EmbeddedMosquitto:
         if self.record is not None:  # so that a broker it orphans can be told by its command
             prefix += f"{_data_dir_tag(self.record.parent)}-{os.getpid()}-"
         self.files = mosquitto.MosquittoFiles(Path(tempfile.mkdtemp(prefix=prefix)))
-        if self.fingerprint is not None:
-            self._last_print = await self.fingerprint()
-        psks = await self.psks()
-        self._known = {u for u, _ in psks}
-        mosquitto.write_all(self.files, self.mqtt, self.password, psks, tls)
+        text = await self.psks()
+        files = self.files
+
+        def write() -> None:
+            mosquitto.write_all(files, self.mqtt, self.password, [], tls)
+            write_private(files.psk, text, user=mosquitto.BROKER_USER)
+
+        await asyncio.to_thread(write)
         await self._spawn(binary)
         start = self.workers.start
         self._watchers = [
             start("embedded-broker", lambda: self._supervise(binary)),
             start("embedded-broker-sync", self._sync),
         ]
-        if self.fingerprint is not None:
-            self._watchers.append(start("embedded-broker-poll", self._poll))
         log.info(
             "embedded Mosquitto: gateways on %s:%d (TLS-PSK), server on %s:%d",
             self.mqtt.gateway_host,
@@ -289,65 +299,63 @@ class EmbeddedMosquitto:
                     log.error("restart failed: %s", exc.message)
                     delay = min(delay * 2, 30)
 
-    def credentials_changed(
-        self, _registered: Sequence[str] = (), _deleted: Sequence[str] = ()
-    ) -> None:
-        """Gateways were registered or deleted: rewrite the PSK store soon (debounced), then
-        close the sessions of those whose key is gone."""
+    def keys_changed(self, _changed: Sequence[str] = (), revoked: Sequence[str] = ()) -> None:
+        """Gateway keys were set or removed: rewrite the PSK store soon (coalesced), then close
+        the sessions of the gateways in ``revoked`` (their key was deleted or replaced)."""
+        self._kick.update(revoked)
         self._synced.clear()
         self._dirty.set()
 
-    async def _poll(self) -> None:
-        assert self.fingerprint is not None
-        while True:
-            await asyncio.sleep(POLL_SECONDS)
-            try:
-                current = await self.fingerprint()
-            except EdgefleetError as exc:
-                log.warning("embedded broker: cannot check for device changes: %s", exc.message)
-                continue
-            if current != self._last_print:
-                self._last_print = current
-                self.credentials_changed()
-
     async def reloaded(self) -> None:
-        """Wait until the broker has re-read every credential change made so far."""
+        """Wait until the broker has re-read every key change made so far."""
         await self._synced.wait()
 
     async def _sync(self) -> None:
-        """Rewrite and reload after each burst of changes. A reload that failed (the
-        database did not answer, or anything else: the supervisor restarts this) is tried
-        again, so ``reloaded`` waiters are not left waiting for the next change."""
+        """Rewrite and reload after each burst of changes, at most once every
+        ``REWRITE_SECONDS`` (what arrives meanwhile goes into the next rewrite). A reload
+        that failed is tried again (here after an I/O error; after anything else by the
+        supervisor's restart of this loop), so ``reloaded`` waiters are not left waiting for
+        the next change, and the gateways to disconnect are kept for it."""
         if not self._synced.is_set():
             self._dirty.set()
+        loop = asyncio.get_running_loop()
+        last = -REWRITE_SECONDS
         while True:
             await self._dirty.wait()
-            await asyncio.sleep(0.2)  # one rewrite for a burst of registrations
+            pause = last + REWRITE_SECONDS - loop.time()
+            if pause > 0:
+                await asyncio.sleep(pause)  # what arrives meanwhile goes into this rewrite
+            last = loop.time()
             self._dirty.clear()
+            kick, self._kick = self._kick, set()
             try:
-                removed = await self.reload()
+                await self.reload()
             except (EdgefleetError, OSError) as exc:
                 log.warning("could not reload the embedded broker: %s; retrying", exc)
+                self._kick |= kick
                 self._dirty.set()
-                await asyncio.sleep(POLL_SECONDS)
+                await asyncio.sleep(RETRY_SECONDS)
                 continue
-            if removed:
-                await self.kick(removed)
+            except BaseException:
+                self._kick |= kick
+                self._dirty.set()
+                raise
+            if kick:
+                await self.kick(sorted(kick))
             if not self._dirty.is_set():
                 self._synced.set()
 
-    async def reload(self) -> list[str]:
-        """Rewrite the PSK store and signal the broker; return the uuids no longer in it."""
+    async def reload(self) -> None:
+        """Rewrite the PSK store (written by a worker thread) and signal the broker."""
         assert self.files is not None
-        psks = await self.psks()
-        current = {u for u, _ in psks}
-        removed, self._known = sorted(self._known - current), current
-        mosquitto.write_psk(self.files, psks)
+        text = await self.psks()  # one join of the lines the key cache keeps
+        await asyncio.to_thread(write_private, self.files.psk, text, user=mosquitto.BROKER_USER)
+        self.rewrites += 1
+        REWRITES.inc()
         if self.mqtt.cert_port and self.crl is not None:
             mosquitto.write_crl(self.files, await self.crl())
         if self._proc is not None and self._proc.returncode is None:
             await self._signal_reload()
-        return removed
 
     async def _signal_reload(self) -> None:
         """SIGHUP, then wait (at most ``RELOAD_WAIT`` s) until the broker logs that it re-read

@@ -1,21 +1,18 @@
 """Answers for brokers that ask the server who may connect and publish (HTTP hooks).
 
 For brokers without a PSK file of their own (a cluster, EMQX-style HTTP authentication,
-aedes' PSK callback): the server is the source of truth. Lookups of a device's key are
-cached for a few seconds, so a reconnect storm costs one database read per gateway.
+aedes' PSK callback): the server is the source of truth. Every answer comes from memory: the
+keys from the key cache (services/keys.py, current within a second across instances, at once
+for changes made here), the rules from domain/broker_access.py. No check reads the database.
 """
 
 from __future__ import annotations
 
 import hmac
-import time
 from dataclasses import dataclass
 
 from edgefleet.domain.broker_access import Action, device_topic_allowed
-from edgefleet.errors import DeviceNotFoundError
-from edgefleet.services.fleet import FleetService
-
-CACHE_SECONDS = 5.0
+from edgefleet.services.keys import KeyCache
 
 
 @dataclass(frozen=True)
@@ -26,30 +23,14 @@ class AuthnResult:
 
 
 class BrokerAuthService:
-    def __init__(self, fleet: FleetService, server_username: str, server_password: str) -> None:
-        self.fleet = fleet
+    def __init__(self, keys: KeyCache, server_username: str, server_password: str) -> None:
+        self.keys = keys
         self.server_username = server_username
         self.server_password = server_password
-        self._keys: dict[str, tuple[float, str | None]] = {}
 
     async def device_key(self, device_uuid: str) -> str | None:
         """The device's PSK (hex), or None when no such device is registered."""
-        now = time.monotonic()
-        cached = self._keys.get(device_uuid)
-        if cached is not None and now - cached[0] < CACHE_SECONDS:
-            return cached[1]
-        try:
-            key: str | None = await self.fleet.device_psk(device_uuid)
-        except DeviceNotFoundError:
-            key = None
-        if len(self._keys) > 100_000:
-            self._keys.clear()
-        self._keys[device_uuid] = (now, key)
-        return key
-
-    def forget(self, device_uuids: list[str]) -> None:
-        for u in device_uuids:
-            self._keys.pop(u, None)
+        return await self.keys.key(device_uuid)
 
     async def authenticate(
         self, *, username: str, password: str, client_id: str, cert_common_name: str = ""

@@ -32,7 +32,7 @@ from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -59,6 +59,9 @@ from edgefleet.errors import StorageError
 from edgefleet.services.batches import BatchWriter
 from edgefleet.services.retention import delete_in_batches, every
 from edgefleet.settings import EventSettings
+
+if TYPE_CHECKING:
+    from edgefleet.services.fleet import CredentialChange
 
 log = logging.getLogger(__name__)
 
@@ -431,10 +434,11 @@ class TaskEvents:
             )
         )
 
-    def devices(self, registered: Sequence[str], deleted: Sequence[str]) -> None:
+    def devices(self, change: CredentialChange) -> None:
         """Registered and deleted gateways (the fleet service's credential listener)."""
         now = self.events.clock()
-        for uuid in registered:
+        deleted = change.deleted
+        for uuid in change.registered:
             self.events.emit(
                 NewEvent(EventType.DEVICE_REGISTERED, now, uuid, "/devices", "registered")
             )

@@ -12,6 +12,7 @@ from edgefleet.clock import Clock, utcnow
 from edgefleet.db.engine import Database
 from edgefleet.db.repos.devices import DeviceFilter, DeviceRepo
 from edgefleet.db.repos.groups import GroupRepo
+from edgefleet.db.repos.keys import KeyChangeRepo
 from edgefleet.db.tables import Device, Execution, Group, Task
 from edgefleet.domain.devices import ConnectionStatus, check_tag, mac_key, new_psk
 from edgefleet.errors import (
@@ -79,8 +80,22 @@ def _check_tags(tags: Sequence[str]) -> list[str]:
     return [check_tag(t) for t in tags]
 
 
-CredentialListener = Callable[[list[str], list[str]], None]
-"""Called with ``(registered uuids, deleted uuids)`` after each committed change."""
+@dataclass(frozen=True)
+class CredentialChange:
+    """What one committed registration, key rotation or deletion changed."""
+
+    seq: int
+    """Its position in the key change log (``key_changes``): every row it wrote is ≤ this."""
+    keys: dict[str, str]
+    """``uuid → psk`` (hex) of the gateways registered or given a new key."""
+    registered: list[str] = field(default_factory=list)
+    """Of those, the new gateways."""
+    deleted: list[str] = field(default_factory=list)
+
+
+CredentialListener = Callable[[CredentialChange], None]
+"""Called on the event loop after each committed change, before the call that made it
+returns (so the server's key cache knows a new key before its gateway is told it)."""
 
 
 class FleetService:
@@ -90,9 +105,9 @@ class FleetService:
         self.clock = clock
         self.credential_listeners: list[CredentialListener] = []
 
-    def _credentials_changed(self, registered: list[str], deleted: list[str]) -> None:
+    def _credentials_changed(self, change: CredentialChange) -> None:
         for listener in self.credential_listeners:
-            listener(registered, deleted)
+            listener(change)
 
     # --- devices ---------------------------------------------------------------------
 
@@ -133,8 +148,9 @@ class FleetService:
             if await repo.exists_mac(device.mac_key):
                 raise DuplicateError("device", "mac", reg.mac)
             await repo.add(device, tags)
+            seq = await KeyChangeRepo(s).record([device.uuid], device.created_at)
         log.info("device registered: %s mac=%s", device.uuid, device.mac_key)
-        self._credentials_changed([device.uuid], [])
+        self._credentials_changed(CredentialChange(seq, {device.uuid: psk}, [device.uuid]))
         return DeviceView(device, sorted(set(tags))), psk
 
     async def register_many(self, regs: Sequence[Registration]) -> list[tuple[DeviceView, str]]:
@@ -150,8 +166,10 @@ class FleetService:
             if taken:
                 raise DuplicateError("device", "mac", next(iter(taken)))
             await repo.add_many([(d, t) for d, t, _ in made])
+            seq = await KeyChangeRepo(s).record([d.uuid for d, _, _ in made], self.clock())
         log.info("devices registered: %d", len(made))
-        self._credentials_changed([d.uuid for d, _, _ in made], [])
+        uuids = [d.uuid for d, _, _ in made]
+        self._credentials_changed(CredentialChange(seq, {d.uuid: psk for d, _, psk in made}, uuids))
         return [(DeviceView(d, sorted(set(t))), psk) for d, t, psk in made]
 
     async def list_devices(self, f: DeviceFilter, *, offset: int, limit: int) -> DevicePage:
@@ -215,9 +233,26 @@ class FleetService:
             if missing:
                 raise DeviceNotFoundError(", ".join(missing))
             deleted = await repo.delete(wanted, self.clock())
+            seq = await KeyChangeRepo(s).record(deleted, self.clock())
         log.info("devices deregistered: %d", len(deleted))
-        self._credentials_changed([], deleted)
+        self._credentials_changed(CredentialChange(seq, {}, deleted=deleted))
         return deleted
+
+    async def rotate_psk(self, uuid: str) -> str:
+        """Give a gateway a new key; the old one stops working at once (brokers close its
+        session). The new key is returned here only."""
+        psk, now = new_psk(), self.clock()
+        async with self.db.session() as s:
+            device = await DeviceRepo(s).get(uuid)
+            if device is None:
+                raise DeviceNotFoundError(uuid)
+            device.psk_encrypted = self.box.seal(psk)
+            device.updated_at = now
+            await s.flush()
+            seq = await KeyChangeRepo(s).record([uuid], now)
+        log.info("device key replaced: %s", uuid)
+        self._credentials_changed(CredentialChange(seq, {uuid: psk}))
+        return psk
 
     async def all_psks(self) -> list[tuple[str, str]]:
         """``(uuid, psk)`` of every device, for the broker's PSK store."""
@@ -230,10 +265,6 @@ class FleetService:
         async with self.db.session() as s:
             sealed = await DeviceRepo(s).credentials_by_mac(mac_keys)
         return {k: (u, self.box.open(p)) for k, (u, p) in sealed.items()}
-
-    async def credentials_fingerprint(self) -> tuple[int, Any]:
-        async with self.db.session() as s:
-            return await DeviceRepo(s).credentials_fingerprint()
 
     async def device_psk(self, uuid: str) -> str:
         async with self.db.session() as s:

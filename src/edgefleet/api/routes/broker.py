@@ -5,7 +5,10 @@
   EMQX-compatible broker needs only its URL, a body template and the ``mx-api-token`` header.
 - ``GET /broker/psk/{identity}`` gives one gateway's key (hex), for PSK callbacks (aedes).
 - ``GET /broker/psk-file`` gives the whole store as ``identity:hex`` lines, the format of
-  Mosquitto's ``psk_file``, for broker nodes that keep a local copy.
+  Mosquitto's ``psk_file``, for broker nodes that keep a local copy (with an ETag: 304 while
+  unchanged); ``?since=<cursor>`` gives only what changed after an earlier answer.
+
+Every answer comes from the key cache in memory (services/keys.py), never by decrypting keys.
 
 Decisions are not written to the audit log (one per connection and subscription); denials are
 logged with their reason, never with the password.
@@ -16,15 +19,15 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
-from fastapi.responses import PlainTextResponse
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgefleet.api.deps import ContainerDep, require
 from edgefleet.domain.auth import Permission, Principal
 from edgefleet.domain.broker_access import Action
 from edgefleet.errors import DeviceNotFoundError
-from edgefleet.mqtt.brokerconfig.files import render_psk
+from edgefleet.services.keys import SYNC_ANSWERS
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +89,36 @@ async def psk(c: ContainerDep, _: BrokerCaller, identity: str) -> dict[str, str]
     return {"identity": identity, "psk": key}
 
 
-@router.get("/psk-file", name="broker.psk_file", response_class=PlainTextResponse)
-async def psk_file(c: ContainerDep, _: BrokerCaller) -> PlainTextResponse:
-    lines = render_psk(await c.fleet.all_psks())
-    return PlainTextResponse(lines, headers={"Cache-Control": "no-store"})
+@router.get(
+    "/psk-file",
+    name="broker.psk_file",
+    response_class=PlainTextResponse,
+    responses={304: {"description": "unchanged since the ETag sent in If-None-Match"}},
+)
+async def psk_file(
+    c: ContainerDep,
+    _: BrokerCaller,
+    request: Request,
+    since: Annotated[str | None, Query(max_length=20, pattern=r"^[0-9]*$")] = None,
+) -> Response:
+    """Every gateway key as ``identity:hex`` lines (Mosquitto's ``psk_file``); or, with
+    ``since`` (a cursor from an earlier answer, empty at first), a first line
+    ``# cursor=<n> full|changes`` followed by every key (``full``) or only the keys set
+    (``identity:hex``) and removed (``-identity``) after that cursor (docs/protocol.md)."""
+    headers = {"Cache-Control": "no-store"}
+    keys = c.keys
+    if since is None:
+        await keys.refresh()
+        full = await keys.full_text()
+        headers |= {"ETag": f'"{full.digest}"', "X-Edgefleet-Cursor": str(full.cursor)}
+        if request.headers.get("if-none-match", "") == headers["ETag"]:
+            SYNC_ANSWERS.labels("unchanged").inc()
+            return Response(status_code=304, headers=headers)
+        SYNC_ANSWERS.labels("full").inc()
+        return Response(full.body, media_type="text/plain; charset=utf-8", headers=headers)
+    answer = await keys.sync(int(since) if since else None)
+    headers |= {
+        "X-Edgefleet-Cursor": str(answer.cursor),
+        "X-Edgefleet-Sync": "full" if answer.full else "changes",
+    }
+    return Response(answer.body, media_type="text/plain; charset=utf-8", headers=headers)

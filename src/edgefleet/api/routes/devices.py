@@ -154,3 +154,13 @@ async def update_device(
         attributes=body.attributes,
     )
     return device_public(view)
+
+
+@extra.post("/devices/{uuid}/psk", name="devices.rotate_psk")
+async def rotate_psk(
+    request: Request, c: ContainerDep, _: FleetWriter, uuid: str
+) -> dict[str, str]:
+    """A new pre-shared key for the gateway, shown once; the old one stops working at once
+    (brokers close the gateway's session), so configure the gateway with this one."""
+    audit_target(request, "device", uuid)
+    return {"uuid": uuid, "psk": await c.fleet.rotate_psk(uuid)}

@@ -134,11 +134,6 @@ class DeviceRepo:
             out.update({u: st for u, st in rows})
         return out
 
-    async def credentials_fingerprint(self) -> tuple[int, Any]:
-        """Changes when a device is registered or deleted: ``(count, newest created_at)``."""
-        row = (await self.s.execute(select(func.count(), func.max(Device.created_at)))).one()
-        return int(row[0]), row[1]
-
     async def exists_mac(self, mac_key: str) -> bool:
         found = await self.s.scalar(select(Device.uuid).where(Device.mac_key == mac_key))
         return found is not None
