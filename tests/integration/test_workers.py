@@ -185,9 +185,13 @@ async def _broker_sync(c: Container, mp: pytest.MonkeyPatch) -> None:
     await register(c, 1)  # returns once the broker reloaded: the restarted sync tried again
 
 
-async def _broker_poll(c: Container, mp: pytest.MonkeyPatch) -> None:
-    assert c.messaging.broker is not None
-    raise_once(mp, c.messaging.broker, "fingerprint")
+async def _gateway_keys(c: Container, mp: pytest.MonkeyPatch) -> None:
+    raise_once(mp, c.keys, "refresh")
+    c.keys._wake.set()
+
+
+async def _loop_lag(c: Container, mp: pytest.MonkeyPatch) -> None:
+    raise_once(mp, c.loop_lag, "record")
 
 
 async def _feed(c: Container, mp: pytest.MonkeyPatch) -> None:
@@ -220,7 +224,8 @@ INJECTIONS: dict[str, Inject] = {
     "webhook-retention": _webhook_retention,
     "embedded-broker": _broker,
     "embedded-broker-sync": _broker_sync,
-    "embedded-broker-poll": _broker_poll,
+    "gateway-keys": _gateway_keys,
+    "loop-lag": _loop_lag,
     "event-feed": _feed,
 }
 
