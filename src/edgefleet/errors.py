@@ -7,7 +7,8 @@ with ``raise … from exc``; the HTTP layer maps each class to a status in one t
     EdgefleetError
     ├── NotFoundError ............ 404  (DeviceNotFoundError, GroupNotFoundError,
     │                                    StoredFileNotFoundError, FirmwareNotFoundError, …)
-    ├── ConflictError ............ 409  (DuplicateError, GroupBusyError, DeviceOfflineError)
+    ├── ConflictError ............ 409  (DuplicateError, GroupBusyError, DeviceOfflineError,
+    │                                    SelectionChangedError, EmptyTargetError)
     ├── ValidationError .......... 400  (QuerySyntaxError)
     │   └── FileTooLargeError .... 413  an upload over the size limit
     ├── AuthError
@@ -81,6 +82,32 @@ class DeviceOfflineError(ConflictError):
     def __init__(self, uuid: str) -> None:
         super().__init__(f"device {uuid} is offline")
         self.uuid = uuid
+
+
+class SelectionChangedError(ConflictError):
+    """Gateways picked from a list no longer match the fleet query the list showed."""
+
+    def __init__(self, query: str, gone: list[str], added: int) -> None:
+        parts = []
+        if gone:
+            shown = ", ".join(gone[:5]) + (", …" if len(gone) > 5 else "")
+            parts.append(f"{len(gone)} of the selected gateways no longer match it ({shown})")
+        if added:
+            parts.append(f"{added} more gateways match it now")
+        super().__init__(
+            f"the selection no longer matches the list it was made from ({query or 'all'}): "
+            + "; ".join(parts)
+            + ". Reload the list and select again."
+        )
+        self.query, self.gone, self.added = query, gone, added
+
+
+class EmptyTargetError(ConflictError):
+    """A task whose target holds no gateway (an empty group, a query matching none)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what} has no gateway: nothing to run the task on")
+        self.what = what
 
 
 class ValidationError(EdgefleetError):

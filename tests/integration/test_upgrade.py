@@ -299,11 +299,23 @@ async def _tables(conn: AsyncConnection) -> set[str]:
     return set(names) - {"alembic_version"}
 
 
-async def _dump(conn: AsyncConnection, tables: set[str]) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of ``tables`` as the database returns it, in a stable order."""
+async def _columns(conn: AsyncConnection, tables: set[str]) -> dict[str, list[str]]:
+    def read(sync: Any) -> dict[str, list[str]]:
+        found = inspect(sync)
+        return {t: [c["name"] for c in found.get_columns(t)] for t in tables}
+
+    return await conn.run_sync(read)
+
+
+async def _dump(
+    conn: AsyncConnection, columns: dict[str, list[str]]
+) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of the tables, in the given columns (those of the old schema: a later one may
+    add columns), as the database returns them, in a stable order."""
     out = {}
-    for t in sorted(tables):
-        rows = (await conn.execute(text(f'SELECT * FROM "{t}"'))).all()
+    for t, names in sorted(columns.items()):
+        listed = ", ".join(f'"{c}"' for c in names)
+        rows = (await conn.execute(text(f'SELECT {listed} FROM "{t}"'))).all()
         out[t] = sorted((tuple(r) for r in rows), key=repr)
     return out
 
@@ -344,7 +356,8 @@ async def test_upgrade_from_the_previous_schema_keeps_every_row(url: str) -> Non
             for table, row in rows:
                 await insert_row(conn, table, row)
         async with db.engine.connect() as conn:
-            before = await _dump(conn, old_tables)
+            old_columns = await _columns(conn, old_tables)
+            before = await _dump(conn, old_columns)
         assert sum(len(v) for v in before.values()) == len(rows)
         await db.dispose()  # the migration runs on its own connection, as `edgefleet migrate`
 
@@ -352,8 +365,11 @@ async def test_upgrade_from_the_previous_schema_keeps_every_row(url: str) -> Non
 
         assert await current_revision(db.engine) == head_revision()
         async with db.engine.connect() as conn:
-            assert await _dump(conn, old_tables) == before
+            assert await _dump(conn, old_columns) == before
             assert NEW_TABLES <= await _tables(conn)
+            # 0006: users choose no language yet (the browser's is used)
+            locales = (await conn.execute(text("SELECT locale FROM users"))).scalars().all()
+            assert locales == ["", ""]
         first = await _store_event(db, "0f6c1a52-6f0e-4a4e-9a51-1c0d3f9a7b01")
         async with db.engine.connect() as conn:
             got = (await conn.execute(text("SELECT type, severity, device_uuid FROM events"))).all()
@@ -367,11 +383,11 @@ async def test_upgrade_from_the_previous_schema_keeps_every_row(url: str) -> Non
         assert await current_revision(db.engine) == PREVIOUS
         async with db.engine.connect() as conn:
             assert await _tables(conn) == old_tables
-            assert await _dump(conn, old_tables) == before
+            assert await _dump(conn, old_columns) == before
         await db.dispose()
         await upgrade_async(url)
         async with db.engine.connect() as conn:
-            assert await _dump(conn, old_tables) == before
+            assert await _dump(conn, old_columns) == before
             assert NEW_TABLES <= await _tables(conn)
             assert (await conn.execute(text("SELECT count(*) FROM events"))).scalar() == 0
         second = await _store_event(db, "0f6c1a52-6f0e-4a4e-9a51-1c0d3f9a7b02")

@@ -128,3 +128,9 @@ LoggedIn = Annotated[Principal, Depends(require_login)]
 def audit_target(request: Request, target_type: str, target_id: str | int) -> None:
     """Name what a write changed, for the audit log (see api/middleware.py)."""
     request.state.audit_target = (target_type, str(target_id))
+
+
+def audit_action(request: Request, action: str) -> None:
+    """Name the action for the audit log when the route's own name would mislead (a
+    rollout's dry run is a ``rollouts.preview``, not a ``rollouts.create``)."""
+    request.state.audit_action = action

@@ -108,7 +108,11 @@ class AuditMiddleware:
         else:
             actor = Actor("anonymous", "", str(state.get("audit_actor", ""))[:254])
         route = _route(scope)
-        action = getattr(route, "name", None) or f"{scope['method']} {scope['path']}"
+        action = (
+            state.get("audit_action")
+            or getattr(route, "name", None)
+            or f"{scope['method']} {scope['path']}"
+        )
         target_type, target_id = state.get("audit_target", ("", ""))
         if not target_id:
             params = scope.get("path_params") or {}

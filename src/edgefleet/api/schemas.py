@@ -9,14 +9,16 @@ offset); our own endpoints use RFC 3339 with an offset.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from fastapi import Query
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgefleet.db.tables import ApiToken, AuditEntry, Device, Execution, Firmware, Task, User
 from edgefleet.domain.auth import TOKEN_DESCRIPTION_MAX, Role, Scope
 from edgefleet.domain.tasks import ACTIVE, COMPLETED, TaskState
-from edgefleet.services.fleet import DeviceView, GroupView
+from edgefleet.errors import ValidationError
+from edgefleet.services.fleet import DeviceView, GroupView, Selection
 
 
 def compat_time(dt: datetime | None) -> str:
@@ -58,6 +60,51 @@ class DeviceUpdate(BaseModel):
     description: str | None = Field(default=None, max_length=4096)
     tags: list[str] | None = None
     attributes: dict[str, Any] | None = None
+
+
+class DevicesUpdate(BaseModel):
+    """``PATCH /devices``: one change to many gateways (ours)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    devices: list[str] = Field(min_length=1, max_length=10000)
+    query: str | None = Field(default=None, max_length=4000)
+    exact: bool = False
+    addTags: list[str] = Field(default_factory=list, max_length=50)
+    removeTags: list[str] = Field(default_factory=list, max_length=50)
+    attributes: dict[str, Any] | None = None
+    description: str | None = Field(default=None, max_length=4096)
+
+    @model_validator(mode="after")
+    def _something(self) -> DevicesUpdate:
+        if self.exact and self.query is None:
+            raise ValueError("exact needs query, the fleet query the devices were selected from")
+        if not (self.addTags or self.removeTags or self.attributes) and self.description is None:
+            raise ValueError("nothing to change: give addTags, removeTags, attributes, description")
+        return self
+
+
+# A selection made in a list of a fleet query (the console's bulk actions): the compatible
+# endpoints take a bare array of uuids, so the query comes as a parameter of ours.
+SelectedFrom = Annotated[
+    str | None,
+    Query(
+        description="ours: the fleet query the uuids were selected from; refused (409) unless "
+        "each still matches it",
+        max_length=4000,
+    ),
+]
+Exact = Annotated[
+    bool, Query(description="ours, with q: the uuids must also be every gateway q matches")
+]
+
+
+def selection(uuids: list[str], q: str | None, exact: bool) -> Selection | None:
+    if q is None:
+        if exact:
+            raise ValidationError("exact needs q, the fleet query the uuids were selected from")
+        return None
+    return Selection(uuids, q, exact)
 
 
 class GroupWrite(BaseModel):

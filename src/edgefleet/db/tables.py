@@ -73,6 +73,8 @@ class User(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     last_login_at: Mapped[datetime | None]
+    locale: Mapped[str] = mapped_column(String(16), default="", server_default="")
+    """The console's language chosen by the user (``en``, ``zh_TW``); empty: the browser's."""
 
 
 class Session(Base):
@@ -142,23 +144,32 @@ class Group(Base):
 
 class Device(Base):
     __tablename__ = "devices"
-    __table_args__ = (Index("ix_devices_created_at_uuid", "created_at", "uuid"),)
+    __table_args__ = (
+        # one index per order of the gateway list (db/repos/devices.py SORT_COLUMNS): a
+        # page sorted by any column, ties broken by uuid, is read straight from the index
+        Index("ix_devices_created_at_uuid", "created_at", "uuid"),
+        Index("ix_devices_display_name_uuid", "display_name", "uuid"),
+        Index("ix_devices_connection_status_uuid", "connection_status", "uuid"),
+        Index("ix_devices_connection_changed_at_uuid", "connection_changed_at", "uuid"),
+        Index("ix_devices_model_name_uuid", "model_name", "uuid"),
+        Index("ix_devices_software_version_key_uuid", "software_version_key", "uuid"),
+    )
 
     uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
-    display_name: Mapped[str] = mapped_column(String(255), default="", index=True)
+    display_name: Mapped[str] = mapped_column(String(255), default="")
     mac: Mapped[str] = mapped_column(String(32))
     mac_key: Mapped[str] = mapped_column(String(12), unique=True)
     serial_number: Mapped[str] = mapped_column(String(128), default="", index=True)
     description: Mapped[str] = mapped_column(Text, default="")
     icc_id: Mapped[str] = mapped_column(String(32), default="")
     psk_encrypted: Mapped[str] = mapped_column(Text)
-    connection_status: Mapped[str] = mapped_column(String(16), index=True)
+    connection_status: Mapped[str] = mapped_column(String(16))
     connection_changed_at: Mapped[datetime]
     properties: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     properties_updated_at: Mapped[datetime | None]
-    model_name: Mapped[str] = mapped_column(String(128), default="", index=True)
+    model_name: Mapped[str] = mapped_column(String(128), default="")
     software_version: Mapped[str] = mapped_column(String(128), default="")
-    software_version_key: Mapped[str] = mapped_column(String(255), default="", index=True)
+    software_version_key: Mapped[str] = mapped_column(String(255), default="")
     default_route: Mapped[str] = mapped_column(String(16), default="")
     alias_name: Mapped[str] = mapped_column(String(255), default="")
     attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -102,3 +102,16 @@ def indexed_properties(properties: dict[str, Any]) -> dict[str, str]:
 
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
+
+
+SORT_KEYS = ("name", "status", "since", "mac", "model", "firmware", "group", "created")
+"""What a gateway list sorts by: name, connection state, when the state last changed, MAC,
+model, firmware (in version order), group name, registration time (the default)."""
+
+
+def parse_sort(text: str) -> tuple[str, bool]:
+    """``"name"`` or ``"-name"`` (descending) → ``("name", descending)``."""
+    key, descending = (text[1:], True) if text.startswith("-") else (text, False)
+    if key not in SORT_KEYS:
+        raise ValidationError(f"sort must be one of {', '.join(SORT_KEYS)} (with - for descending)")
+    return key, descending

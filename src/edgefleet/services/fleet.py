@@ -10,17 +10,19 @@ from typing import Any
 
 from edgefleet.clock import Clock, utcnow
 from edgefleet.db.engine import Database
-from edgefleet.db.repos.devices import DeviceFilter, DeviceRepo
+from edgefleet.db.repos.devices import DeviceFilter, DeviceOrder, DeviceRepo
 from edgefleet.db.repos.groups import GroupRepo
 from edgefleet.db.repos.keys import KeyChangeRepo
 from edgefleet.db.tables import Device, Execution, Group, Task
 from edgefleet.domain.devices import ConnectionStatus, check_tag, mac_key, new_psk
+from edgefleet.domain.query import parse
 from edgefleet.errors import (
     ConflictError,
     DeviceNotFoundError,
     DuplicateError,
     GroupBusyError,
     GroupNotFoundError,
+    SelectionChangedError,
     ValidationError,
 )
 from edgefleet.secretbox import SecretBox
@@ -63,6 +65,36 @@ class GroupView:
     task: Task | None
     """The group's newest task (its ``taskUUID``), whose executions are ``task_records``."""
     task_records: list[Execution]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Gateways an operator picked from a list, with the fleet query that list showed. A bulk
+    change goes ahead only while every one of them still matches the query and, when
+    ``exact`` (the operator picked "every gateway that matches"), while they are all it
+    matches; otherwise it is refused (``SelectionChangedError``) and nothing changes."""
+
+    devices: Sequence[str]
+    query: str = ""
+    exact: bool = False
+
+
+async def check_selection(repo: DeviceRepo, selection: Selection) -> None:
+    """Raise ``SelectionChangedError`` if ``selection`` no longer matches its query (a
+    gateway deleted since counts as no longer matching). Runs in the caller's transaction."""
+    wanted = list(dict.fromkeys(selection.devices))
+    text = selection.query.strip()
+    node = parse(text) if text else None
+    if node is not None:
+        still = await repo.matching(wanted, node)
+    else:
+        still = {d.uuid for d in await repo.get_many(wanted)}
+    gone = [u for u in wanted if u not in still]
+    added = 0
+    if selection.exact:
+        added = max(0, await repo.count(DeviceFilter(query=node)) - len(still))
+    if gone or added:
+        raise SelectionChangedError(text, gone, added)
 
 
 def _check_attributes(attributes: dict[str, Any]) -> dict[str, Any]:
@@ -172,10 +204,12 @@ class FleetService:
         self._credentials_changed(CredentialChange(seq, {d.uuid: psk for d, _, psk in made}, uuids))
         return [(DeviceView(d, sorted(set(t))), psk) for d, t, psk in made]
 
-    async def list_devices(self, f: DeviceFilter, *, offset: int, limit: int) -> DevicePage:
+    async def list_devices(
+        self, f: DeviceFilter, *, offset: int, limit: int, order: DeviceOrder = DeviceOrder()
+    ) -> DevicePage:
         async with self.db.session() as s:
             repo = DeviceRepo(s)
-            total, rows = await repo.page(f, offset=offset, limit=limit)
+            total, rows = await repo.page(f, offset=offset, limit=limit, order=order)
             tags = await repo.tags_of([d.uuid for d in rows])
         return DevicePage(total, [DeviceView(d, tags.get(d.uuid, [])) for d in rows])
 
@@ -223,11 +257,57 @@ class FleetService:
             current = await repo.tags_of([uuid])
         return DeviceView(device, current.get(uuid, []))
 
-    async def delete_devices(self, uuids: Sequence[str]) -> list[str]:
-        """Deregister devices, all or none: an unknown uuid refuses the whole request."""
+    async def update_devices(
+        self,
+        selection: Selection,
+        *,
+        add_tags: Sequence[str] = (),
+        remove_tags: Sequence[str] = (),
+        attributes: dict[str, Any] | None = None,
+        description: str | None = None,
+    ) -> list[str]:
+        """Change many gateways at once, all or none: tags added and removed, attributes
+        merged (a None value removes the key, as in a JSON merge patch), the description
+        replaced. Refused when ``selection`` no longer matches its query or names an unknown
+        gateway. Returns the uuids changed."""
+        add, remove = _check_tags(add_tags), _check_tags(remove_tags)
+        wanted = list(dict.fromkeys(selection.devices))
+        async with self.db.session() as s:
+            repo = DeviceRepo(s)
+            await check_selection(repo, selection)
+            devices = await repo.get_many(wanted)
+            missing = sorted(set(wanted) - {d.uuid for d in devices})
+            if missing:
+                raise DeviceNotFoundError(", ".join(missing))
+            tags = await repo.tags_of(wanted)
+            now = self.clock()
+            for d in devices:
+                if attributes:
+                    merged = dict(d.attributes or {})
+                    for key, value in attributes.items():
+                        if value is None:
+                            merged.pop(key, None)
+                        else:
+                            merged[key] = value
+                    d.attributes = _check_attributes(merged)
+                if description is not None:
+                    d.description = description
+                if add or remove:
+                    current = (set(tags.get(d.uuid, [])) | set(add)) - set(remove)
+                    await repo.set_tags(d.uuid, _check_tags(sorted(current)))
+                d.updated_at = now
+        return wanted
+
+    async def delete_devices(
+        self, uuids: Sequence[str], *, selection: Selection | None = None
+    ) -> list[str]:
+        """Deregister devices, all or none: an unknown uuid refuses the whole request, and so
+        does a ``selection`` (of these uuids) that no longer matches its query."""
         wanted = list(dict.fromkeys(uuids))
         async with self.db.session() as s:
             repo = DeviceRepo(s)
+            if selection is not None:
+                await check_selection(repo, selection)
             found = {d.uuid for d in await repo.get_many(wanted)}
             missing = [u for u in wanted if u not in found]
             if missing:
@@ -364,13 +444,18 @@ class FleetService:
                 raise GroupNotFoundError(group_id)
             return await DeviceRepo(s).uuids(DeviceFilter(group_id=group_id))
 
-    async def add_to_group(self, group_id: int, uuids: Sequence[str]) -> list[str]:
-        """Attach devices; one group per device, so a device in another group is refused."""
+    async def add_to_group(
+        self, group_id: int, uuids: Sequence[str], *, selection: Selection | None = None
+    ) -> list[str]:
+        """Attach devices; one group per device, so a device in another group is refused,
+        and so is a ``selection`` that no longer matches its query."""
         wanted = list(dict.fromkeys(uuids))
         async with self.db.session() as s:
             grepo, drepo = GroupRepo(s), DeviceRepo(s)
             if await grepo.get(group_id, for_update=True) is None:
                 raise GroupNotFoundError(group_id)
+            if selection is not None:
+                await check_selection(drepo, selection)
             devices = {d.uuid: d for d in await drepo.get_many(wanted)}
             missing = [u for u in wanted if u not in devices]
             if missing:

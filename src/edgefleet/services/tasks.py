@@ -32,11 +32,13 @@ from edgefleet.domain.tasks import (
 from edgefleet.errors import (
     ConflictError,
     DeviceNotFoundError,
+    EmptyTargetError,
     GroupNotFoundError,
     NotFoundError,
     ValidationError,
 )
 from edgefleet.services.engine import TaskEngine, new_message_id
+from edgefleet.services.fleet import Selection, check_selection
 
 RELAY_EXPIRY = timedelta(hours=1)
 """A ``deviceJobRelay`` job waits this long for an offline gateway by default."""
@@ -62,6 +64,10 @@ class TaskSpec:
     group_id: int | None = None
     query: str | None = None
     devices: list[str] | None = None
+    exact: bool = False
+    """With both ``devices`` and ``query``: the devices are the target, picked from a list
+    of that query; they must still match it (and, ``exact``, be all it matches), else the
+    task is refused (``SelectionChangedError``)."""
     apply_policy: str = "none"
     retry_times: int = 0
     retry_interval: float = RETRY_INTERVAL
@@ -163,6 +169,12 @@ class TaskService:
             if skipped:
                 meta["skipped"] = skipped
             sizes = wave_sizes(spec.waves, len(devices)) if spec.kind is TaskKind.ROLLOUT else []
+            if not devices:  # a task of no gateway would report 100 % success
+                raise EmptyTargetError(
+                    f"no gateway of the target fits image {fw['version']} ({skipped} left out)"
+                    if skipped
+                    else await self._target_name(s, spec)
+                )
             task = Task(
                 uuid=new_message_id(),
                 kind=spec.kind.value,
@@ -231,15 +243,17 @@ class TaskService:
             if await GroupRepo(s).get(spec.group_id) is None:
                 raise GroupNotFoundError(spec.group_id)
             uuids = await devices.uuids(DeviceFilter(group_id=spec.group_id))
-        elif spec.query is not None:
-            uuids = await devices.uuids(DeviceFilter(query=parse(spec.query)))
         elif spec.devices is not None:
+            if spec.query is not None:
+                await check_selection(devices, Selection(spec.devices, spec.query, spec.exact))
             wanted = list(dict.fromkeys(spec.devices))
             found = {d.uuid for d in await devices.get_many(wanted)}
             missing = [u for u in wanted if u not in found]
             if missing:
                 raise DeviceNotFoundError(missing[0])
             uuids = wanted
+        elif spec.query is not None:
+            uuids = await devices.uuids(DeviceFilter(query=parse(spec.query)))
         else:
             raise ValidationError("a task needs a target: a group, a fleet query or devices")
         if len(uuids) > MAX_TARGETS:
@@ -251,9 +265,20 @@ class TaskService:
         return fitting, len(uuids) - len(fitting)
 
     @staticmethod
+    async def _target_name(s: Any, spec: TaskSpec) -> str:
+        if spec.group_id is not None:
+            group = await GroupRepo(s).get(spec.group_id)
+            return f"group {group.name if group else spec.group_id}"
+        if spec.devices is not None:
+            return "the list of gateways"
+        return f"fleet query {spec.query}"
+
+    @staticmethod
     def _target_doc(spec: TaskSpec) -> dict[str, Any]:
         if spec.group_id is not None:
             return {"groupId": spec.group_id}
+        if spec.devices is not None and spec.query is not None:
+            return {"devices": spec.devices, "selectedFrom": spec.query}
         if spec.query is not None:
             return {"query": spec.query}
         return {"devices": spec.devices or []}

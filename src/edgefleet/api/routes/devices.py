@@ -9,12 +9,20 @@ from fastapi import APIRouter, Body, Query, Request
 
 from edgefleet.api.deps import ContainerDep, FleetReader, FleetWriter, audit_target
 from edgefleet.api.errors import CompatRoute
-from edgefleet.api.schemas import DeviceCreate, DeviceUpdate, device_public
-from edgefleet.db.repos.devices import PARTIAL_KEYS, DeviceFilter
-from edgefleet.domain.devices import ConnectionStatus, mac_key
+from edgefleet.api.schemas import (
+    DeviceCreate,
+    DevicesUpdate,
+    DeviceUpdate,
+    Exact,
+    SelectedFrom,
+    device_public,
+    selection,
+)
+from edgefleet.db.repos.devices import PARTIAL_KEYS, DeviceFilter, DeviceOrder
+from edgefleet.domain.devices import ConnectionStatus, mac_key, parse_sort
 from edgefleet.domain.query import parse
 from edgefleet.errors import ValidationError
-from edgefleet.services.fleet import Registration
+from edgefleet.services.fleet import Registration, Selection
 
 router = APIRouter(prefix="/api/v1", tags=["devices"], route_class=CompatRoute)
 extra = APIRouter(prefix="/api/v1", tags=["devices"])
@@ -73,7 +81,15 @@ async def list_devices(
     status: ConnectionStatus | None = None,
     tag: str | None = None,
     groupId: int | None = None,
+    sort: Annotated[
+        str,
+        Query(
+            description="name, status, since, mac, model, firmware, group or created (the "
+            "default); a leading - sorts descending"
+        ),
+    ] = "created",
 ) -> dict[str, Any]:
+    key, descending = parse_sort(sort)
     partial: dict[str, str] = {}
     if query:
         partial, q_offset, q_limit = _legacy_query(query)
@@ -90,7 +106,9 @@ async def list_devices(
         group_id=groupId,
         query=parse(q) if q else None,
     )
-    page = await c.fleet.list_devices(f, offset=offset, limit=limit)
+    page = await c.fleet.list_devices(
+        f, offset=offset, limit=limit, order=DeviceOrder(key, descending)
+    )
     return {
         "count": page.total,
         "limit": limit,
@@ -124,8 +142,10 @@ async def delete_devices(
     c: ContainerDep,
     _: FleetWriter,
     uuids: Annotated[list[str], Body(min_length=1, max_length=10000)],
+    q: SelectedFrom = None,
+    exact: Exact = False,
 ) -> list[str]:
-    deleted = await c.fleet.delete_devices(uuids)
+    deleted = await c.fleet.delete_devices(uuids, selection=selection(uuids, q, exact))
     audit_target(request, "device", ",".join(deleted)[:64])
     return deleted
 
@@ -139,6 +159,25 @@ async def get_device(c: ContainerDep, _: FleetReader, uuid: str) -> dict[str, An
 async def delete_device(request: Request, c: ContainerDep, _: FleetWriter, uuid: str) -> list[str]:
     audit_target(request, "device", uuid)
     return await c.fleet.delete_devices([uuid])
+
+
+@extra.patch("/devices", name="devices.update_many")
+async def update_devices(
+    request: Request, c: ContainerDep, _: FleetWriter, body: DevicesUpdate
+) -> list[str]:
+    """Ours: tags added and removed, attributes merged (null removes a key), description
+    set, on many gateways at once, all or none. With ``query``, the devices were selected
+    from a list of that fleet query: refused (409) unless each still matches it (and, with
+    ``exact``, unless they are all it matches)."""
+    changed = await c.fleet.update_devices(
+        Selection(body.devices, body.query or "", body.exact),
+        add_tags=body.addTags,
+        remove_tags=body.removeTags,
+        attributes=body.attributes,
+        description=body.description,
+    )
+    audit_target(request, "device", ",".join(changed)[:64])
+    return changed
 
 
 @extra.patch("/devices/{uuid}", name="devices.update")

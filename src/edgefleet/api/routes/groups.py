@@ -8,7 +8,15 @@ from fastapi import APIRouter, Body, Query, Request
 
 from edgefleet.api.deps import ContainerDep, FleetReader, FleetWriter, audit_target
 from edgefleet.api.errors import CompatRoute
-from edgefleet.api.schemas import GroupUpdate, GroupWrite, group_public, page
+from edgefleet.api.schemas import (
+    Exact,
+    GroupUpdate,
+    GroupWrite,
+    SelectedFrom,
+    group_public,
+    page,
+    selection,
+)
 
 router = APIRouter(prefix="/api/v1", tags=["groups"], route_class=CompatRoute)
 
@@ -77,10 +85,16 @@ async def group_devices(c: ContainerDep, _: FleetReader, id: int) -> list[str]:
 
 @router.post("/groups/{id}/devices", name="groups.add_devices")
 async def add_group_devices(
-    request: Request, c: ContainerDep, _: FleetWriter, id: int, uuids: UUIDList
+    request: Request,
+    c: ContainerDep,
+    _: FleetWriter,
+    id: int,
+    uuids: UUIDList,
+    q: SelectedFrom = None,
+    exact: Exact = False,
 ) -> list[str]:
     audit_target(request, "group", id)
-    return await c.fleet.add_to_group(id, uuids)
+    return await c.fleet.add_to_group(id, uuids, selection=selection(uuids, q, exact))
 
 
 @router.delete("/groups/{id}/devices", name="groups.remove_devices")

@@ -16,7 +16,13 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from edgefleet.api.deps import ContainerDep, FleetReader, FleetWriter, audit_target
+from edgefleet.api.deps import (
+    ContainerDep,
+    FleetReader,
+    FleetWriter,
+    audit_action,
+    audit_target,
+)
 from edgefleet.api.routes.tasks import Payload
 from edgefleet.api.schemas import page
 from edgefleet.api.taskviews import execution_public, executions_page, task_public
@@ -35,12 +41,20 @@ class Target(BaseModel):
     groupId: int | None = None
     query: str | None = Field(default=None, min_length=1, max_length=4000)
     devices: list[str] | None = Field(default=None, min_length=1, max_length=10000)
+    exact: bool = False
+    """``devices`` with ``query``: gateways picked from a list of that query (a console
+    selection). The rollout is refused (409) unless each still matches it and, with
+    ``exact``, unless they are every gateway it matches."""
 
     @model_validator(mode="after")
     def _one(self) -> Target:
         given = [k for k in ("groupId", "query", "devices") if getattr(self, k) is not None]
+        if given == ["query", "devices"]:
+            return self  # a selection and the query it was made from
         if len(given) != 1:
-            raise ValueError("give exactly one of groupId, query, devices")
+            raise ValueError("give exactly one of groupId, query, devices (or devices and query)")
+        if self.exact:
+            raise ValueError("exact needs devices and the query they were selected from")
         return self
 
 
@@ -102,6 +116,7 @@ class RolloutCreate(BaseModel):
             group_id=self.target.groupId,
             query=self.target.query,
             devices=self.target.devices,
+            exact=self.target.exact,
             retry_times=self.retryTimes,
             retry_interval=self.retryIntervalSeconds,
             scheduled_at=self.scheduledAt,
@@ -125,6 +140,7 @@ async def create_rollout(
 ) -> JSONResponse:
     spec = body.spec(who.email)
     if body.dryRun:
+        audit_action(request, "rollouts.preview")  # creates nothing
         plan = await c.tasks.plan(spec)
         waves, start = [], 0
         for i, n in enumerate(plan.waves):

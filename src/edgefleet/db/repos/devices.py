@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from edgefleet.db.fleetquery import to_clause
-from edgefleet.db.tables import Device, DeviceCertificate, DeviceTag
+from edgefleet.db.tables import Device, DeviceCertificate, DeviceTag, Group
 from edgefleet.domain.devices import indexed_properties
 from edgefleet.domain.query import Node
 from edgefleet.errors import DuplicateError
@@ -39,6 +39,38 @@ class DeviceFilter:
     tag: str | None = None
     group_id: int | None = None
     query: Node | None = None
+
+
+SORT_COLUMNS: dict[str, Any] = {
+    "name": Device.display_name,
+    "status": Device.connection_status,
+    "since": Device.connection_changed_at,
+    "mac": Device.mac_key,
+    "model": Device.model_name,
+    "firmware": Device.software_version_key,
+    "created": Device.created_at,
+}
+"""Sort keys (domain/devices.py ``SORT_KEYS``) → columns; each has an index on (column, uuid)
+(``mac_key`` is unique alone), so a page of any order is an index scan, not a sort of the
+fleet. ``group`` sorts by the group's name (a join; gateways without a group last)."""
+
+
+@dataclass(frozen=True)
+class DeviceOrder:
+    key: str = "created"
+    descending: bool = False
+
+    def clauses(self) -> list[Any]:
+        def way(col: Any) -> Any:
+            return col.desc() if self.descending else col.asc()
+
+        if self.key == "group":
+            name = Group.name.is_(None)  # no group: last in both directions
+            return [name, way(Group.name), way(Device.uuid)]
+        col = SORT_COLUMNS[self.key]
+        if self.key == "mac":
+            return [way(col)]
+        return [way(col), way(Device.uuid)]
 
 
 def _conditions(f: DeviceFilter) -> list[ColumnElement[bool]]:
@@ -138,17 +170,32 @@ class DeviceRepo:
         found = await self.s.scalar(select(Device.uuid).where(Device.mac_key == mac_key))
         return found is not None
 
-    async def page(self, f: DeviceFilter, *, offset: int, limit: int) -> tuple[int, list[Device]]:
+    async def page(
+        self, f: DeviceFilter, *, offset: int, limit: int, order: DeviceOrder = DeviceOrder()
+    ) -> tuple[int, list[Device]]:
         cond = _conditions(f)
         total = await self.s.scalar(select(func.count()).select_from(Device).where(*cond))
-        rows = await self.s.scalars(
-            select(Device)
-            .where(*cond)
-            .order_by(Device.created_at, Device.uuid)
-            .offset(offset)
-            .limit(limit)
-        )
+        stmt = select(Device).where(*cond)
+        if order.key == "group":
+            stmt = stmt.outerjoin(Group, Group.id == Device.group_id)
+        rows = await self.s.scalars(stmt.order_by(*order.clauses()).offset(offset).limit(limit))
         return int(total or 0), list(rows)
+
+    async def matching(self, uuids: Sequence[str], query: Node) -> set[str]:
+        """Those of ``uuids`` that exist and match ``query`` now."""
+        out: set[str] = set()
+        for start in range(0, len(uuids), 5000):
+            rows = await self.s.scalars(
+                select(Device.uuid).where(
+                    Device.uuid.in_(list(uuids[start : start + 5000])), to_clause(query)
+                )
+            )
+            out.update(rows)
+        return out
+
+    async def count(self, f: DeviceFilter) -> int:
+        total = await self.s.scalar(select(func.count()).select_from(Device).where(*_conditions(f)))
+        return int(total or 0)
 
     async def uuids(self, f: DeviceFilter) -> list[str]:
         rows = await self.s.scalars(
