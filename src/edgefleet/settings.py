@@ -202,6 +202,25 @@ class EventSettings(BaseModel):
     """At most one rate-limit alarm per gateway in this many seconds."""
 
 
+class ConsoleSettings(BaseModel):
+    """The web console."""
+
+    map_tiles_url: str = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+    """The map's tile server (``{z}/{x}/{y}``, optionally ``{s}`` and ``{r}``); empty: no tiles,
+    the offline basemap only (also used when the tiles do not load). The browser fetches them,
+    so a console without internet needs a local tile server or this empty."""
+    map_tiles_attribution: str = "© OpenStreetMap contributors"
+    """Credited on the map, as tile servers require."""
+    map_tiles_max_zoom: int = Field(default=19, ge=1, le=22)
+
+    @field_validator("map_tiles_url")
+    @classmethod
+    def _tiles(cls, v: str) -> str:
+        if v and not (v.startswith(("https://", "http://")) and "{z}" in v):
+            raise ValueError("must be empty or an http(s) URL with {z}, {x} and {y}")
+        return v
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="EDGEFLEET_",
@@ -223,6 +242,7 @@ class Settings(BaseSettings):
     mqtt: MQTTSettings = Field(default_factory=MQTTSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     events: EventSettings = Field(default_factory=EventSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -109,6 +109,7 @@ def create_app(container: Container, *, run_messaging: bool = False) -> FastAPI:
     app.include_router(taskpages.router)
     app.include_router(admin.router)
     app.include_router(fleetpages.router)
+    app.include_router(views.fallback)  # last: any other /console/ URL is an HTML 404
     # the last added runs first: unexpected errors, proxy headers, metrics, body limit,
     # audit, then the app
     app.add_middleware(AuditMiddleware, audit=container.audit)

@@ -161,6 +161,12 @@ class UserUpdate(BaseModel):
     password: str | None = Field(default=None, max_length=1024)
 
 
+class Preferences(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    locale: str = Field(max_length=16, description="en, zh_TW, or empty: the browser's")
+
+
 class PasswordChange(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -265,6 +271,7 @@ def user_public(u: User) -> dict[str, Any]:
         "mustChangePassword": u.must_change_password,
         "createdAt": iso_time(u.created_at),
         "lastLoginAt": iso_time(u.last_login_at),
+        "locale": u.locale,
     }
 
 

@@ -65,6 +65,9 @@ SCOPE_PERMISSIONS: dict[Scope, frozenset[Permission]] = {
 
 TOKEN_PREFIX = "ef_"  # noqa: S105 - a label, not a secret
 TOKEN_DESCRIPTION_MAX = 150
+
+LOCALES = ("en", "zh_TW")
+"""The languages of the console a user may choose (``users.locale``; empty: the browser's)."""
 PASSWORD_MIN_LENGTH = 10
 
 
@@ -131,6 +134,8 @@ class Principal:
     token_id: int | None = None
     must_change_password: bool = False
     expires_at: datetime | None = None
+    locale: str = ""
+    """The user's chosen console language (``LOCALES``); empty: the browser's."""
 
     def can(self, permission: Permission) -> bool:
         return permission in self.permissions

@@ -28,6 +28,7 @@ from edgefleet.db.engine import Database
 from edgefleet.db.repos.accounts import LoginFailureRepo, SessionRepo, TokenRepo, UserRepo
 from edgefleet.db.tables import ApiToken, Session, User
 from edgefleet.domain.auth import (
+    LOCALES,
     TOKEN_DESCRIPTION_MAX,
     Principal,
     PrincipalKind,
@@ -206,6 +207,18 @@ class AccountService:
             if disabled or new_hash is not None:
                 await SessionRepo(s).delete_for_user(user.id)
         self.forget_credentials()
+        return user
+
+    async def set_locale(self, user_id: int, locale: str) -> User:
+        """One's console language (``LOCALES``), or empty for the browser's."""
+        if locale and locale not in LOCALES:
+            raise ValidationError(f"locale must be one of {', '.join(LOCALES)}, or empty")
+        async with self.db.session() as s:
+            user = await UserRepo(s).get(user_id)
+            if user is None:
+                raise NotFoundError(f"user {user_id} not found")
+            user.locale = locale
+            user.updated_at = self.clock()
         return user
 
     async def delete_user(self, user_id: int) -> None:
@@ -400,6 +413,7 @@ class AccountService:
             role=role,
             permissions=permissions_for(role),
             must_change_password=user.must_change_password,
+            locale=user.locale,
         )
         return principal, session.csrf_token
 
@@ -442,6 +456,7 @@ class AccountService:
             scope=scope,
             token_id=token.id,
             expires_at=token.expires_at,
+            locale=user.locale,
         )
 
     async def principal_for_bearer(self, secret: str) -> Principal | None:

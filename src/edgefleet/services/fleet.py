@@ -365,6 +365,17 @@ class FleetService:
             await GroupRepo(s).add(group)
         return (await self.group_views([group.id]))[0]
 
+    async def uuids_named(self, name: str, limit: int = 100) -> list[str]:
+        """Gateways named ``name`` (any case), else whose name contains it: at most
+        ``limit`` + 1."""
+        async with self.db.session() as s:
+            return await DeviceRepo(s).uuids_named(name, limit)
+
+    async def group_names(self, ids: set[int]) -> dict[int, str]:
+        """``{id: name}`` of the groups among ``ids`` that exist."""
+        async with self.db.session() as s:
+            return {g.id: g.name for g in await GroupRepo(s).get_many(sorted(ids))}
+
     async def list_groups(self, *, offset: int, limit: int) -> tuple[int, list[GroupView]]:
         async with self.db.session() as s:
             total, groups = await GroupRepo(s).page(offset=offset, limit=limit)

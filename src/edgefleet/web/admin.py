@@ -9,6 +9,7 @@ refuses. Write controls are drawn only for those who may use them.
 from __future__ import annotations
 
 import socket
+import uuid as uuidlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,11 +28,12 @@ from edgefleet.bootstrap import Container
 from edgefleet.db.repos.audit import AuditFilter
 from edgefleet.db.tables import ApiToken, AuditEntry, Device, Event
 from edgefleet.domain.auth import TOKEN_DESCRIPTION_MAX, Permission, Role
-from edgefleet.domain.eventfilter import parse_filter
+from edgefleet.domain.eventfilter import MAX_VALUES, parse_filter
 from edgefleet.domain.events import AlarmState, EventType, Severity
-from edgefleet.errors import EdgefleetError
+from edgefleet.errors import EdgefleetError, ValidationError
 from edgefleet.settings import Settings
-from edgefleet.web.views import PAGE_SIZE, Viewer, page, render, viewer_of
+from edgefleet.web.i18n import gettext
+from edgefleet.web.views import PAGE_SIZE, Viewer, iso, page, render, viewer_of, when
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 
@@ -49,23 +51,6 @@ async def fragment_viewer(request: Request, c: Container, permission: Permission
     if viewer is None or viewer.principal.must_change_password:
         return None
     return viewer if viewer.principal.can(permission) else None
-
-
-def when(at: datetime | None) -> str:
-    """A stored time as shown: UTC to the second (SQLite hands times back without a zone)."""
-    if at is None:
-        return ""
-    if at.tzinfo is not None:
-        at = at.astimezone(UTC)
-    return at.strftime("%Y-%m-%d %H:%M:%S")
-
-
-def iso(at: datetime | None) -> str:
-    """A stored time for ``<time datetime=…>``."""
-    if at is None:
-        return ""
-    at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
-    return at.isoformat().replace("+00:00", "Z")
 
 
 def first_values(request: Request, names: Iterable[str]) -> dict[str, str]:
@@ -142,6 +127,30 @@ async def device_names(c: Container, uuids: set[str]) -> dict[str, str]:
         return {uuid: name or uuid for uuid, name in found.all()}
 
 
+async def gateways_named(c: Container, values: list[str]) -> list[str]:
+    """The ``device`` values of the events filter as uuids: each is a uuid or (part of) a
+    gateway's name."""
+    out: list[str] = []
+    for value in (v.strip() for v in values):
+        if not value:
+            continue
+        try:
+            out.append(str(uuidlib.UUID(value)))
+            continue
+        except ValueError:
+            pass
+        found = await c.fleet.uuids_named(value, MAX_VALUES)
+        if not found:
+            raise ValidationError(gettext("No gateway is named %(name)s.") % {"name": value})
+        if len(found) > MAX_VALUES:
+            raise ValidationError(
+                gettext("More than %(n)s gateways have %(name)s in their name: be more precise.")
+                % {"n": MAX_VALUES, "name": value}
+            )
+        out.extend(found)
+    return out
+
+
 @router.get("/events")
 async def events_page(request: Request, c: ContainerDep) -> Response:
     return await page(
@@ -168,7 +177,7 @@ async def events_fragment(request: Request, c: ContainerDep, cursor: str = "") -
     older = ""
     try:
         f = parse_filter(
-            devices=qp.getlist("device"),
+            devices=await gateways_named(c, qp.getlist("device")),
             group=qp.get("group"),
             types=qp.getlist("type"),
             resource=qp.get("resource"),

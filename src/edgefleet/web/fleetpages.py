@@ -6,14 +6,15 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
 from edgefleet.api.deps import ContainerDep
+from edgefleet.bootstrap import Container
 from edgefleet.db.repos.devices import DeviceFilter
 from edgefleet.domain.auth import Permission
 from edgefleet.domain.eventfilter import EventFilter
 from edgefleet.errors import DeviceNotFoundError
-from edgefleet.web.views import page, render, viewer_of
+from edgefleet.web.views import page, page_for, render, session_viewer, viewer_of
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 
@@ -36,35 +37,56 @@ def _gps(properties: dict[str, Any] | None) -> tuple[float, float] | None:
 # --- one gateway ------------------------------------------------------------------------------
 
 
+async def device_context(c: Container, uuid: str) -> dict[str, Any] | None:
+    """What the gateway page and its live summary show; None once the gateway is gone."""
+    try:
+        view = await c.fleet.get_device(uuid)
+    except DeviceNotFoundError:
+        return None
+    group = None
+    if view.device.group_id is not None:
+        names = await c.fleet.group_names({view.device.group_id})
+        if view.device.group_id in names:
+            group = {"id": view.device.group_id, "name": names[view.device.group_id]}
+    properties = sorted((view.device.properties or {}).items())
+    return {
+        "view": view,
+        "d": view.device,
+        "group": group,
+        "gps": _gps(view.device.properties),
+        "properties": [
+            (k, json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v)
+            for k, v in properties
+        ],
+    }
+
+
 @router.get("/devices/{uuid}")
 async def device_page(request: Request, c: ContainerDep, uuid: str) -> Response:
-    viewer = await viewer_of(request, c)
+    viewer = await session_viewer(request, c)  # page_for sends a one-time password away
     if (
-        viewer is not None
-        and not viewer.principal.must_change_password
-        and viewer.principal.can(Permission.FLEET_READ)
+        viewer is None
+        or viewer.principal.must_change_password
+        or not viewer.principal.can(Permission.FLEET_READ)
     ):
-        try:
-            view = await c.fleet.get_device(uuid)
-        except DeviceNotFoundError:
-            return render(request, "devices/missing.html", viewer, status=404, uuid=uuid)
-        group = None
-        if view.device.group_id is not None:
-            group = (await c.fleet.get_group(view.device.group_id)).group
-        properties = sorted((view.device.properties or {}).items())
-        return render(
-            request,
-            "devices/detail.html",
-            viewer,
-            view=view,
-            d=view.device,
-            group=group,
-            gps=_gps(view.device.properties),
-            properties=[(k, json.dumps(v) if not isinstance(v, str) else v) for k, v in properties],
-        )
-    return await page(
-        request, c, "devices/detail.html", Permission.FLEET_READ
-    )  # login / not allowed
+        return await page_for(request, c, viewer, "devices/detail.html", Permission.FLEET_READ)
+    context = await device_context(c, uuid)
+    if context is None:
+        return render(request, "devices/missing.html", viewer, status=404, uuid=uuid)
+    return render(request, "devices/detail.html", viewer, **context)
+
+
+@router.get("/fragments/devices/{uuid}")
+async def device_summary(request: Request, c: ContainerDep, uuid: str) -> Response:
+    """The gateway's identity and state, reloaded on each live event: its state follows the
+    gateway without a reload of the page."""
+    viewer = await viewer_of(request, c)
+    if viewer is None or not viewer.principal.can(Permission.FLEET_READ):
+        return Response(status_code=401)
+    context = await device_context(c, uuid)
+    if context is None:
+        return render(request, "devices/gone.html", viewer, uuid=uuid)
+    return render(request, "devices/summary.html", viewer, **context)
 
 
 @router.get("/fragments/devices/{uuid}/events")
@@ -79,18 +101,27 @@ async def device_events(
     return render(request, "devices/events.html", viewer, events=events, uuid=uuid, jobs=jobs)
 
 
-# --- map --------------------------------------------------------------------------------------
+# --- map ------------------------------------------------------------------------------------------
 
 
 @router.get("/map")
 async def map_page(request: Request, c: ContainerDep) -> Response:
-    return await page(request, c, "devices/map.html", Permission.FLEET_READ)
+    console = c.settings.console
+    return await page(
+        request,
+        c,
+        "devices/map.html",
+        Permission.FLEET_READ,
+        tiles=console.map_tiles_url,
+        attribution=console.map_tiles_attribution,
+        max_zoom=console.map_tiles_max_zoom,
+    )
 
 
-@router.get("/fragments/map")
-async def map_fragment(request: Request, c: ContainerDep) -> Response:
-    """Gateways by their reported GPS on an equirectangular plot: no map tiles, since
-    consoles (and tests) often run without internet."""
+@router.get("/fragments/map-points")
+async def map_points(request: Request, c: ContainerDep) -> Response:
+    """The gateways with a reported GPS position, as JSON for static/map.js (at most
+    ``MAP_LIMIT``; the others are counted)."""
     viewer = await viewer_of(request, c)
     if viewer is None or not viewer.principal.can(Permission.FLEET_READ):
         return Response(status_code=401)
@@ -102,25 +133,22 @@ async def map_fragment(request: Request, c: ContainerDep) -> Response:
         if where is None:
             unplaced += 1
             continue
-        lat, lng = where
         points.append(
             {
                 "uuid": v.device.uuid,
                 "name": v.device.display_name or v.device.uuid,
                 "status": v.device.connection_status,
-                "lat": lat,
-                "lng": lng,
-                "x": round((lng + 180) / 360 * 1000, 1),
-                "y": round((90 - lat) / 180 * 500, 1),
+                "model": v.device.model_name,
+                "lat": where[0],
+                "lng": where[1],
             }
         )
-    return render(
-        request,
-        "devices/map_points.html",
-        viewer,
-        points=points,
-        unplaced=unplaced,
-        beyond=max(0, result.total - len(result.items)),
+    return JSONResponse(
+        {
+            "points": points,
+            "unplaced": unplaced,
+            "beyond": max(0, result.total - len(result.items)),
+        }
     )
 
 

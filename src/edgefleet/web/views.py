@@ -15,10 +15,12 @@ checked by SHA256SUMS).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import jinja2
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -27,21 +29,60 @@ from fastapi.templating import Jinja2Templates
 from edgefleet import __version__
 from edgefleet.api.deps import SESSION_COOKIE, ContainerDep
 from edgefleet.bootstrap import Container
-from edgefleet.db.repos.devices import DeviceFilter
-from edgefleet.domain.auth import Permission, Principal
+from edgefleet.db.repos.devices import DeviceFilter, DeviceOrder
+from edgefleet.domain.auth import LOCALES, Permission, Principal
+from edgefleet.domain.devices import SORT_KEYS
 from edgefleet.domain.eventfilter import EventFilter
 from edgefleet.domain.events import AlarmState
 from edgefleet.domain.query import parse
 from edgefleet.domain.tasks import TASK_OPEN, TaskKind
 from edgefleet.errors import EdgefleetError
+from edgefleet.web import i18n
+from edgefleet.web.i18n import gettext
 
 HERE = Path(__file__).parent
-templates = Jinja2Templates(directory=HERE / "templates")
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(HERE / "templates"),
+    autoescape=True,
+    extensions=["jinja2.ext.i18n"],
+)
+_env.install_gettext_callables(  # type: ignore[attr-defined]  # added by the i18n extension
+    i18n.gettext, i18n.ngettext, newstyle=True
+)
+templates = Jinja2Templates(env=_env)
 static = StaticFiles(directory=HERE / "static")
 router = APIRouter(prefix="/console", include_in_schema=False)
 root = APIRouter(include_in_schema=False)
+fallback = APIRouter(prefix="/console", include_in_schema=False)
+"""Included after every console router: an unknown console URL gets an HTML 404 page."""
+
+def when(at: datetime | None) -> str:
+    """A stored time as shown: UTC to the second (SQLite hands times back without a zone)."""
+    if at is None:
+        return ""
+    if at.tzinfo is not None:
+        at = at.astimezone(UTC)
+    return at.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def iso(at: datetime | None) -> str:
+    """A stored time for ``<time datetime=…>``."""
+    if at is None:
+        return ""
+    at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    return at.isoformat().replace("+00:00", "Z")
+
+
+def term(value: Any) -> str:
+    """A stored word (a state, a role, a severity: web/terms.py) in the page's language."""
+    return gettext(str(value).lower())
+
+
+templates.env.globals.update(when=when, iso=iso)
+templates.env.filters["term"] = term
 
 PAGE_SIZE = 50
+DEVICE_PAGE_SIZES = (25, 50, 100, 200)
 
 
 @dataclass(frozen=True)
@@ -60,16 +101,28 @@ class Viewer:
         return self.principal.can(Permission.ADMIN_WRITE)
 
 
+def use_language(request: Request, principal: Principal | None) -> str:
+    """Set the language of the rest of this request (see i18n.py) and return it."""
+    locale = i18n.negotiate(
+        principal.locale if principal else "",
+        request.cookies.get(i18n.COOKIE, ""),
+        request.headers.get("accept-language", ""),
+    )
+    i18n.activate(locale)
+    return locale
+
+
 async def session_viewer(request: Request, c: Container) -> Viewer | None:
     """The console session's user, even one who must still change a one-time password:
-    only for the password page and for choosing where ``page`` sends a visitor."""
+    only for the password page and for choosing where ``page`` sends a visitor. Also sets
+    the request's language (the user's, else the browser's)."""
     cookie = request.cookies.get(SESSION_COOKIE)
-    if not cookie:
-        return None
-    found = await c.accounts.principal_for_session(cookie)
+    found = await c.accounts.principal_for_session(cookie) if cookie else None
     if found is None:
+        use_language(request, None)
         return None
     principal, csrf = found
+    use_language(request, principal)
     return Viewer(principal, csrf)
 
 
@@ -91,10 +144,20 @@ def to_login(request: Request) -> RedirectResponse:
 def render(
     request: Request, name: str, viewer: Viewer | None, *, status: int = 200, **context: Any
 ) -> HTMLResponse:
+    locale = i18n.current()
     return templates.TemplateResponse(
         request,
         name,
-        {"viewer": viewer, "version": __version__, "path": request.url.path, **context},
+        {
+            "viewer": viewer,
+            "version": __version__,
+            "path": request.url.path,
+            "locale": locale,
+            "html_lang": i18n.HTML_LANG[locale],
+            "languages": [(code, i18n.NAMES[code]) for code in LOCALES],
+            "js_i18n": i18n.js_catalog(locale),
+            **context,
+        },
         status_code=status,
     )
 
@@ -103,7 +166,20 @@ async def page(
     request: Request, c: Container, name: str, permission: Permission, **context: Any
 ) -> Response:
     """A page for a logged-in user with ``permission``; the login page otherwise."""
-    viewer = await session_viewer(request, c)
+    return await page_for(
+        request, c, await session_viewer(request, c), name, permission, **context
+    )
+
+
+async def page_for(
+    request: Request,
+    c: Container,
+    viewer: Viewer | None,
+    name: str,
+    permission: Permission,
+    **context: Any,
+) -> Response:
+    """As :func:`page`, for a viewer already found (with :func:`session_viewer`)."""
     if viewer is None:
         return to_login(request)
     if viewer.principal.must_change_password:
@@ -123,6 +199,7 @@ async def home() -> RedirectResponse:
 
 @router.get("/login")
 async def login_page(request: Request, next: str = "/console/") -> HTMLResponse:
+    use_language(request, None)
     safe_next = next if next.startswith("/console/") else "/console/"
     return render(request, "login.html", None, next=safe_next)
 
@@ -186,43 +263,131 @@ async def bell(request: Request, c: ContainerDep) -> Response:
 # --- devices ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ListState:
+    """What a gateway list shows: the fleet query, the order, the page and its size."""
+
+    q: str = ""
+    sort: str = "created"
+    descending: bool = False
+    page: int = 1
+    size: int = PAGE_SIZE
+
+    @classmethod
+    def of(cls, q: str, sort: str, page: int, size: int) -> ListState:
+        descending = sort.startswith("-")
+        key = sort.lstrip("-")
+        return cls(
+            q=q,
+            sort=key if key in SORT_KEYS else "created",
+            descending=descending and key in SORT_KEYS,
+            page=max(1, page),
+            size=size if size in DEVICE_PAGE_SIZES else PAGE_SIZE,
+        )
+
+    def doc(self) -> dict[str, Any]:
+        return {
+            "q": self.q,
+            "sort": ("-" if self.descending else "") + self.sort,
+            "page": self.page,
+            "size": self.size,
+        }
+
+
+def device_columns() -> list[tuple[str, str]]:
+    return [
+        ("name", gettext("Name")),
+        ("status", gettext("State")),
+        ("since", gettext("Since")),
+        ("mac", gettext("MAC")),
+        ("model", gettext("Model")),
+        ("firmware", gettext("Firmware")),
+        ("group", gettext("Group")),
+    ]
+
+
 @router.get("/devices")
-async def devices_page(request: Request, c: ContainerDep, q: str = "") -> Response:
-    return await page(request, c, "devices.html", Permission.FLEET_READ, q=q)
+async def devices_page(
+    request: Request,
+    c: ContainerDep,
+    q: str = "",
+    sort: str = "created",
+    page: int = 1,
+    size: int = PAGE_SIZE,
+) -> Response:
+    viewer = await session_viewer(request, c)  # page_for sends a one-time password away
+    groups: list[Any] = []
+    if viewer is not None and viewer.can_write and not viewer.principal.must_change_password:
+        _, views_ = await c.fleet.list_groups(offset=0, limit=1000)
+        groups = [g.group for g in views_]
+    return await page_for(
+        request,
+        c,
+        viewer,
+        "devices.html",
+        Permission.FLEET_READ,
+        state=ListState.of(q, sort, page, size).doc(),
+        groups=groups,
+    )
 
 
 @router.get("/fragments/devices")
 async def devices_fragment(
-    request: Request, c: ContainerDep, q: str = "", offset: int = 0
+    request: Request,
+    c: ContainerDep,
+    q: str = "",
+    sort: str = "created",
+    page: int = 1,
+    size: int = PAGE_SIZE,
 ) -> Response:
     viewer = await viewer_of(request, c)
     if viewer is None or not viewer.principal.can(Permission.FLEET_READ):
         return Response(status_code=401)
+    state = ListState.of(q, sort, page, size)
     error = ""
     rows: list[Any] = []
     total = 0
     try:
         result = await c.fleet.list_devices(
             DeviceFilter(query=parse(q) if q.strip() else None),
-            offset=max(0, offset),
-            limit=PAGE_SIZE,
+            offset=(state.page - 1) * state.size,
+            limit=state.size,
+            order=DeviceOrder(state.sort, state.descending),
         )
         rows, total = list(result.items), result.total
     except EdgefleetError as exc:
         error = exc.message
-    groups: list[Any] = []
-    if viewer.can_write:
-        _, views_ = await c.fleet.list_groups(offset=0, limit=1000)
-        groups = [g.group for g in views_]
+    names = await c.fleet.group_names({v.device.group_id for v in rows if v.device.group_id})
+    pages = max(1, -(-total // state.size))
+    first = (state.page - 1) * state.size + 1
+    columns = device_columns()
     return render(
         request,
         "fragments/devices.html",
         viewer,
-        groups=groups,
         rows=rows,
         total=total,
         q=q,
-        offset=offset,
-        page_size=PAGE_SIZE,
+        page=state.page,
+        pages=pages,
+        size=state.size,
+        first=first,
+        last=first + len(rows) - 1,
+        sort=state.sort,
+        sort_label=dict(columns).get(state.sort, gettext("registration")),
+        descending=state.descending,
+        columns=columns,
+        page_sizes=DEVICE_PAGE_SIZES,
+        group_names=names,
         error=error,
     )
+
+
+# --- everything else under /console ------------------------------------------------------------
+
+
+@fallback.get("/{rest:path}")
+async def not_found(request: Request, c: ContainerDep, rest: str) -> Response:
+    """An unknown console URL: a page saying so (with the menu when logged in), not JSON."""
+    viewer = await viewer_of(request, c)  # none for an account on its one-time password
+    return render(request, "not_found.html", viewer, status=404, url=request.url.path)

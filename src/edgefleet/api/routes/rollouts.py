@@ -39,7 +39,7 @@ class Target(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     groupId: int | None = None
-    query: str | None = Field(default=None, min_length=1, max_length=4000)
+    query: str | None = Field(default=None, max_length=4000)
     devices: list[str] | None = Field(default=None, min_length=1, max_length=10000)
     exact: bool = False
     """``devices`` with ``query``: gateways picked from a list of that query (a console
@@ -50,7 +50,9 @@ class Target(BaseModel):
     def _one(self) -> Target:
         given = [k for k in ("groupId", "query", "devices") if getattr(self, k) is not None]
         if given == ["query", "devices"]:
-            return self  # a selection and the query it was made from
+            return self  # a selection and the query it was made from ("": every gateway)
+        if self.query is not None and not self.query.strip():
+            raise ValueError("query must not be empty")
         if len(given) != 1:
             raise ValueError("give exactly one of groupId, query, devices (or devices and query)")
         if self.exact:

@@ -16,7 +16,13 @@ from edgefleet.api.deps import (
     client_ip,
     session_secret,
 )
-from edgefleet.api.schemas import PasswordChange, UserCreate, UserUpdate, user_public
+from edgefleet.api.schemas import (
+    PasswordChange,
+    Preferences,
+    UserCreate,
+    UserUpdate,
+    user_public,
+)
 
 router = APIRouter(prefix="/api/v1", tags=["users"])
 
@@ -27,6 +33,16 @@ async def me(c: ContainerDep, p: AnyPrincipal) -> dict[str, Any]:
     out["permissions"] = sorted(perm.value for perm in p.permissions)
     out["via"] = {"kind": p.kind.value, "scope": p.scope.value if p.scope else None}
     return out
+
+
+@router.patch("/users/me", name="users.preferences")
+async def set_preferences(
+    request: Request, c: ContainerDep, p: LoggedIn, body: Preferences
+) -> dict[str, Any]:
+    """One's own preferences: the console's language (``locale``: ``en``, ``zh_TW``, or
+    empty for the browser's)."""
+    audit_target(request, "user", p.user_id)
+    return user_public(await c.accounts.set_locale(p.user_id, body.locale))
 
 
 @router.put("/users/me/password", name="users.change_password")

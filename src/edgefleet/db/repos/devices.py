@@ -193,6 +193,27 @@ class DeviceRepo:
             out.update(rows)
         return out
 
+    async def uuids_named(self, name: str, limit: int) -> list[str]:
+        """Gateways whose name is ``name`` (any letter case), else those whose name contains
+        it; at most ``limit`` + 1 (so a caller can tell there are more)."""
+        wanted = name.strip().lower()
+        exact = await self.s.scalars(
+            select(Device.uuid)
+            .where(func.lower(Device.display_name) == wanted)
+            .order_by(Device.uuid)
+            .limit(limit + 1)
+        )
+        found = list(exact)
+        if not found:
+            partial = await self.s.scalars(
+                select(Device.uuid)
+                .where(func.lower(Device.display_name).contains(wanted, autoescape=True))
+                .order_by(Device.uuid)
+                .limit(limit + 1)
+            )
+            found = list(partial)
+        return found
+
     async def count(self, f: DeviceFilter) -> int:
         total = await self.s.scalar(select(func.count()).select_from(Device).where(*_conditions(f)))
         return int(total or 0)

@@ -1,10 +1,40 @@
 // edgefleet console: the few behaviours htmx does not give by itself.
 // Every change goes to the JSON API with the session's CSRF token; fragments reload on
-// "refresh", fired after a change and on each event of the live stream.
+// "refresh", fired after a change and on each event of the live stream. A live refresh never
+// overwrites what the user is doing: a fragment holding a changed form control is not reloaded
+// until the change is saved or undone (and the page says so).
 (function () {
   "use strict";
   const csrf = () => (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
 
+  // --- translations (web/i18n.py: the console_js catalogue, embedded in the page) ---------
+  const catalog = (() => {
+    try { return JSON.parse(document.getElementById("i18n-catalog").textContent); }
+    catch (e) { return { locale: "en", messages: {}, plurals: ["one", "other"] }; }
+  })();
+  const pluralRules = (() => {
+    try { return new Intl.PluralRules(catalog.locale); } catch (e) { return null; }
+  })();
+  function fill(text, values) {
+    return values ? text.replace(/\{(\w+)\}/g, (m, k) => (k in values ? String(values[k]) : m)) : text;
+  }
+  // t("Reboot {name}?", {name}) and tn("{n} gateway", "{n} gateways", n, {n}): gettext for scripts
+  function t(message, values) {
+    const found = catalog.messages[message];
+    return fill(typeof found === "string" && found ? found : message, values);
+  }
+  function tn(singular, plural, n, values) {
+    const forms = catalog.messages[singular];
+    let text = n === 1 ? singular : plural;
+    if (Array.isArray(forms) && forms.length) {
+      const category = pluralRules ? pluralRules.select(n) : "other";
+      const index = catalog.plurals.indexOf(category);
+      text = forms[index >= 0 ? index : forms.length - 1] || text;
+    }
+    return fill(text, Object.assign({ n }, values || {}));
+  }
+
+  // --- messages: next to the control that caused them ----------------------------------------
   function flash(message, kind) {
     const box = document.getElementById("flash");
     if (!box) return;
@@ -12,13 +42,37 @@
     box.className = kind || "error";
     if (kind === "ok") setTimeout(() => { if (box.textContent === message) box.textContent = ""; }, 4000);
   }
+  // The message box of a control: [data-message-for=<id>] if the page has one, else one made
+  // right after the control (after its form for a form's button), so the message is where the
+  // user looks and a screen reader announces it.
+  function messageBox(elt) {
+    if (!elt || !elt.isConnected) return null;
+    const anchor = elt.closest("form, .btn-row, td, .field") || elt;
+    let box = anchor.nextElementSibling;
+    if (!box || !box.matches("[data-message]")) {
+      box = document.createElement("p");
+      box.dataset.message = "";
+      box.setAttribute("role", "status");
+      box.setAttribute("aria-live", "polite");
+      anchor.after(box);
+    }
+    return box;
+  }
+  function say(elt, message, kind) {
+    const box = messageBox(elt);
+    if (!box) { flash(message, kind); return; }
+    box.textContent = message;
+    box.className = "message " + (kind || "error");
+    box.setAttribute("role", kind === "ok" ? "status" : "alert");
+    if (kind === "ok") setTimeout(() => { if (box.textContent === message) box.textContent = ""; }, 4000);
+  }
 
   function problemText(text, status) {
     try {
       const body = JSON.parse(text);
-      return body.detail || body.message || body.title || ("error " + status);
+      return body.detail || body.message || body.title || t("error {status}", { status });
     } catch (e) {
-      return "error " + status;
+      return status ? t("error {status}", { status }) : t("the server could not be reached");
     }
   }
 
@@ -30,10 +84,15 @@
       body: body === undefined ? undefined : JSON.stringify(body),
     });
     const text = await r.text();
-    if (!r.ok) throw new Error(problemText(text, r.status));
+    if (!r.ok) {
+      const err = new Error(problemText(text, r.status));
+      err.status = r.status;
+      throw err;
+    }
     return text ? JSON.parse(text) : null;
   }
-  window.edgefleet = { api, flash };
+  const refresh = () => htmx.trigger(document.body, "refresh");
+  window.edgefleet = Object.assign(window.edgefleet || {}, { api, flash, say, t, tn, refresh });
 
   function showSecret(value) {
     const dialog = document.getElementById("secret-dialog");
@@ -67,21 +126,35 @@
         err.textContent = e.message;
         err.hidden = false;
       }
+    } else if (form.matches("[data-language]")) {
+      ev.preventDefault();
     }
   });
 
+  // the language: a logged-in user's choice is stored with the account; on the login page a
+  // cookie remembers it for this browser
+  document.addEventListener("change", async (ev) => {
+    const select = ev.target;
+    if (!select.closest("[data-language]")) return;
+    try {
+      if (csrf()) await api("PATCH", "/api/v1/users/me", { locale: select.value });
+      else document.cookie = "edgefleet_locale=" + encodeURIComponent(select.value) + "; path=/; max-age=31536000; samesite=lax";
+      location.reload();
+    } catch (e) { say(select, e.message, "error"); }
+  });
+
   document.addEventListener("click", async (ev) => {
-    const t = ev.target.closest("[data-logout], [data-copy], [data-close-dialog]");
-    if (!t) return;
-    if (t.matches("[data-logout]")) {
+    const t_ = ev.target.closest("[data-logout], [data-copy], [data-close-dialog]");
+    if (!t_) return;
+    if (t_.matches("[data-logout]")) {
       try { await api("POST", "/api/v1/auth/logout"); } catch (e) { /* gone anyway */ }
       location.href = "/console/login";
-    } else if (t.matches("[data-copy]")) {
-      const text = document.querySelector(t.dataset.copy).textContent;
-      try { await navigator.clipboard.writeText(text); flash("Copied", "ok"); }
-      catch (e) { flash("Copy it by hand: the browser refused the clipboard", "error"); }
-    } else if (t.matches("[data-close-dialog]")) {
-      t.closest("dialog").close();
+    } else if (t_.matches("[data-copy]")) {
+      const text = document.querySelector(t_.dataset.copy).textContent;
+      try { await navigator.clipboard.writeText(text); say(t_, t("Copied"), "ok"); }
+      catch (e) { say(t_, t("Copy it by hand: the browser refused the clipboard"), "error"); }
+    } else if (t_.matches("[data-close-dialog]")) {
+      t_.closest("dialog").close();
     }
   });
   // a secret shown once leaves the page with its dialog
@@ -89,26 +162,35 @@
     const secret = ev.target.querySelector && ev.target.querySelector("[data-secret]");
     if (secret) secret.textContent = "";
   }, true);
+  // a menu (details) closes when the user clicks elsewhere or presses Escape
+  document.addEventListener("click", (ev) => {
+    document.querySelectorAll("details[data-menu][open]").forEach((m) => { if (!m.contains(ev.target)) m.open = false; });
+  });
+  document.addEventListener("keydown", (ev) => {
+    if (ev.key !== "Escape") return;
+    document.querySelectorAll("details[data-menu][open]").forEach((m) => { m.open = false; m.querySelector("summary").focus(); });
+  });
 
   // requests to one gateway (deviceTasks): the gateway's answer is shown as it came
-  async function deviceRequest(uuid, method, resource, data) {
+  async function deviceRequest(elt, uuid, method, resource, data) {
     const out = document.getElementById("device-result");
-    out.textContent = "Waiting for the gateway…";
+    out.textContent = t("Waiting for the gateway…");
     try {
       const payload = { method, resource };
       if (data !== undefined) payload.data = data;
       const answer = await api("POST", "/api/v1/deviceTasks", { deviceUUID: uuid, payload });
       out.textContent = JSON.stringify(answer, null, 2);
+      if (method === "get" && resource === "/system/properties") refresh();  // stored by the server
     } catch (e) {
       out.textContent = "";
-      flash(e.message, "error");
+      say(elt, e.message, "error");
     }
   }
   document.addEventListener("click", (ev) => {
     const b = ev.target.closest("[data-device-request]");
     if (!b) return;
     if (b.dataset.confirm && !window.confirm(b.dataset.confirm)) return;
-    deviceRequest(b.dataset.uuid, b.dataset.method, b.dataset.resource);
+    deviceRequest(b, b.dataset.uuid, b.dataset.method, b.dataset.resource);
   });
   document.addEventListener("submit", (ev) => {
     const form = ev.target;
@@ -117,9 +199,9 @@
       let data;
       if (form.data.value.trim()) {
         try { data = JSON.parse(form.data.value); }
-        catch (e) { flash("data is not JSON: " + e.message, "error"); return; }
+        catch (e) { say(form.data, t("data is not JSON: {error}", { error: e.message }), "error"); return; }
       }
-      deviceRequest(form.dataset.uuid, form.method.value, form.resource.value, data);
+      deviceRequest(form, form.dataset.uuid, form.method.value, form.resource.value, data);
     } else if (form.matches("[data-upload]")) {
       // multipart with a progress bar (fetch has no upload progress)
       ev.preventDefault();
@@ -132,45 +214,59 @@
       bar.hidden = false; bar.value = 0;
       xhr.upload.onprogress = (e) => { if (e.lengthComputable) bar.value = (100 * e.loaded) / e.total; };
       xhr.onload = () => {
-        if (xhr.status >= 400) { flash(problemText(xhr.responseText, xhr.status), "error"); return; }
+        if (xhr.status >= 400) { say(form, problemText(xhr.responseText, xhr.status), "error"); return; }
         bar.value = 100;
         out.textContent = JSON.stringify(JSON.parse(xhr.responseText), null, 2);
-        flash("Uploaded", "ok");
+        say(form, t("Uploaded"), "ok");
         form.reset();
-        htmx.trigger(document.body, "refresh");
+        refresh();
       };
-      xhr.onerror = () => flash("upload failed: the connection dropped", "error");
+      xhr.onerror = () => say(form, t("upload failed: the connection dropped"), "error");
       xhr.send(new FormData(form));
     }
   });
 
-  // bulk actions on the selected gateways
-  document.addEventListener("change", (ev) => {
-    if (ev.target.matches("[data-select-all]")) {
-      document.querySelectorAll("[data-select]").forEach((c) => { c.checked = ev.target.checked; });
-    }
-  });
-  document.addEventListener("click", async (ev) => {
-    const b = ev.target.closest("[data-bulk-action]");
-    if (!b) return;
-    const uuids = [...document.querySelectorAll("[data-select]:checked")].map((c) => c.value);
-    if (!uuids.length) { flash("Select gateways first", "error"); return; }
-    try {
-      if (b.dataset.bulkAction === "group") {
-        const group = b.form.group.value;
-        await api("POST", "/api/v1/groups/" + group + "/devices", uuids);
-        flash(uuids.length + " added to the group", "ok");
-      } else if (b.dataset.bulkAction === "reboot") {
-        if (!window.confirm("Reboot " + uuids.length + " gateways?")) return;
-        const r = await api("POST", "/api/v1/rollouts", {
-          name: "reboot " + uuids.length + " gateways", target: { devices: uuids },
-          payload: { method: "post", resource: "/system/reboot" },
-        });
-        location.href = "/console/tasks/" + r.uuid;
-        return;
+  // a gateway's name, description, tags and attributes (PATCH /api/v1/devices/{uuid})
+  function attributesOf(text) {
+    const out = {};
+    text.split("\n").forEach((line, i) => {
+      if (!line.trim()) return;
+      const at = line.indexOf("=");
+      if (at < 1) throw new Error(t("attributes, line {line}: write name = value", { line: i + 1 }));
+      const key = line.slice(0, at).trim();
+      const raw = line.slice(at + 1).trim();
+      let value = raw;
+      if (/^(-?\d+(\.\d+)?|true|false|null|\{.*\}|\[.*\])$/.test(raw)) {
+        try { value = JSON.parse(raw); } catch (e) { value = raw; }
       }
-      htmx.trigger(document.body, "refresh");
-    } catch (e) { flash(e.message, "error"); }
+      out[key] = value;
+    });
+    return out;
+  }
+  document.addEventListener("submit", async (ev) => {
+    const form = ev.target;
+    if (!form.matches("[data-device-edit]")) return;
+    ev.preventDefault();
+    const button = form.querySelector('[type="submit"]');
+    button.disabled = true;
+    try {
+      const name = form.displayName.value.trim();
+      if (!name) throw new Error(t("A gateway needs a name"));
+      const body = {
+        displayName: name,
+        description: form.description.value,
+        tags: form.tags.value.split(/[\s,;]+/).filter(Boolean),
+        attributes: attributesOf(form.attributes.value),
+      };
+      await api("PATCH", "/api/v1/devices/" + encodeURIComponent(form.dataset.uuid), body);
+      form.querySelectorAll("input, textarea").forEach((c) => { c.defaultValue = c.value; });
+      say(button, t("Saved"), "ok");
+      refresh();
+    } catch (e) {
+      say(button, e.message, "error");
+    } finally {
+      button.disabled = false;
+    }
   });
 
   document.addEventListener("htmx:configRequest", (ev) => {
@@ -178,42 +274,114 @@
     ev.detail.headers["Accept"] = ev.detail.verb === "get" ? "text/html" : "application/json";
   });
 
-  // API calls made by htmx (hx-post … hx-swap="none" data-api): report, then refresh
+  // --- unsaved changes pause the live refresh of their fragment -------------------------------
+  function changed(control) {
+    if (control.type === "checkbox" || control.type === "radio") return control.checked !== control.defaultChecked;
+    if (control.tagName === "SELECT") return [...control.options].some((o) => o.selected !== o.defaultSelected);
+    if (control.type === "hidden" || control.type === "submit" || control.type === "button") return false;
+    return control.value !== control.defaultValue;
+  }
+  // a fragment is "dirty" when one of its forms (not a live filter) has a control changed
+  function dirty(elt) {
+    return [...elt.querySelectorAll("form:not([data-live-ok]) input, form:not([data-live-ok]) select, form:not([data-live-ok]) textarea")]
+      .some((c) => !c.disabled && changed(c));
+  }
+  function pausedNote(elt, on) {
+    let note = elt.previousElementSibling;
+    if (!note || !note.matches("[data-paused-note]")) {
+      if (!on) return;
+      note = document.createElement("p");
+      note.dataset.pausedNote = "";
+      note.className = "paused-note";
+      note.setAttribute("role", "status");
+      elt.before(note);
+    }
+    note.hidden = !on;
+    note.textContent = on ? t("Live updates of this list are paused while you have unsaved changes: save or undo them to resume.") : "";
+  }
+  document.addEventListener("htmx:confirm", (ev) => {
+    const elt = ev.detail.elt;
+    const cause = ev.detail.triggeringEvent;
+    if (!cause || cause.type !== "refresh" || !elt.matches("[hx-get]")) return;
+    if (dirty(elt)) {
+      ev.preventDefault();
+      elt.dataset.paused = "1";
+      pausedNote(elt, true);
+    }
+  });
+  // undoing the change (or saving, which refreshes) resumes the fragment
+  document.addEventListener("change", (ev) => {
+    const frag = ev.target.closest && ev.target.closest("[data-paused]");
+    if (frag && !dirty(frag)) {
+      delete frag.dataset.paused;
+      pausedNote(frag, false);
+      htmx.trigger(frag, "refresh");
+    }
+  });
+  document.addEventListener("htmx:afterSwap", (ev) => {
+    const elt = ev.detail.target;
+    if (elt && elt.dataset && elt.dataset.paused) { delete elt.dataset.paused; pausedNote(elt, false); }
+  });
+
+  // API calls made by htmx (hx-post … hx-swap="none" data-api): report next to the control,
+  // then refresh
   document.addEventListener("htmx:afterRequest", (ev) => {
     const elt = ev.detail.elt;
     if (!elt.matches || !elt.matches("[data-api]")) return;
     const xhr = ev.detail.xhr;
     if (xhr.status >= 400 || xhr.status === 0) {
-      flash(problemText(xhr.responseText, xhr.status), "error");
+      say(elt, problemText(xhr.responseText, xhr.status), "error");
       return;
     }
     if (elt.dataset.secretField) {
       try { showSecret(JSON.parse(xhr.responseText)[elt.dataset.secretField]); } catch (e) { /* none */ }
     }
-    flash(elt.dataset.done || "Done", "ok");
-    if (elt.tagName === "FORM" && elt.dataset.reset !== undefined) elt.reset();
-    htmx.trigger(document.body, "refresh");
+    const done = elt.dataset.done || t("Done");
+    if (elt.dataset.reload === undefined && !elt.dataset.redirect) {
+      if (elt.closest("[hx-get]")) flash(done, "ok");  // the control is redrawn by the refresh
+      else say(elt, done, "ok");
+    }
+    if (elt.tagName === "FORM") {
+      // what was saved is the form's new default: it is no longer "unsaved"
+      elt.querySelectorAll("input, select, textarea").forEach((c) => {
+        if (c.tagName === "SELECT") [...c.options].forEach((o) => { o.defaultSelected = o.selected; });
+        else if (c.type === "checkbox" || c.type === "radio") c.defaultChecked = c.checked;
+        else c.defaultValue = c.value;
+      });
+      if (elt.dataset.reset !== undefined) elt.reset();
+    }
+    refresh();
+  });
+  // API calls by htmx after which the page moves (data-redirect) or reloads (data-reload)
+  document.addEventListener("htmx:afterRequest", (ev) => {
+    const elt = ev.detail.elt;
+    if (!elt.matches || !elt.matches("[data-api]") || !ev.detail.successful) return;
+    if (elt.dataset.redirect) location.href = elt.dataset.redirect;
+    else if (elt.dataset.reload !== undefined) location.reload();
   });
   // errors of htmx calls are not swapped in: say them
   document.addEventListener("htmx:beforeSwap", (ev) => {
     if (ev.detail.xhr.status >= 400 && ev.detail.xhr.status !== 401) {
       ev.detail.shouldSwap = false;
     }
-    if (ev.detail.xhr.status === 401) location.href = "/console/login?next=" + encodeURIComponent(location.pathname);
+    if (ev.detail.xhr.status === 401) location.href = "/console/login?next=" + encodeURIComponent(location.pathname + location.search);
   });
 
-  // live: each stored event refreshes the page's fragments (at most twice a second)
+  // live: each stored event refreshes the page's fragments (at most twice a second), and once
+  // more a little later: the gateway's row may be written just after its event is sent
   function live() {
     if (!document.body.dataset.live || !window.EventSource) return;
     let pending = null;
+    let trailing = null;
     const source = new EventSource("/api/v1/events/stream");
-    source.onmessage = source.onerror = null;
     const kick = () => {
+      clearTimeout(trailing);
+      trailing = setTimeout(refresh, 1500);
       if (pending) return;
-      pending = setTimeout(() => { pending = null; htmx.trigger(document.body, "refresh"); }, 500);
+      pending = setTimeout(() => { pending = null; refresh(); }, 500);
     };
     ["device_online", "device_offline", "property_update", "gateway_event", "job_update",
-     "task_update", "device_registered", "device_deleted"].forEach((t) => source.addEventListener(t, kick));
+     "task_update", "device_registered", "device_deleted"].forEach((type) => source.addEventListener(type, kick));
   }
   document.addEventListener("DOMContentLoaded", live);
 

@@ -303,14 +303,6 @@
     }
   });
 
-  // API calls by htmx (console.js reports them): some pages then move or reload
-  document.addEventListener("htmx:afterRequest", (ev) => {
-    const elt = ev.detail.elt;
-    if (!elt.matches || !elt.matches("[data-api]") || !ev.detail.successful) return;
-    if (elt.dataset.redirect) location.href = elt.dataset.redirect;
-    else if (elt.dataset.reload !== undefined) location.reload();
-  });
-
   document.addEventListener("DOMContentLoaded", () => {
     document.querySelectorAll("[data-rollout-form]").forEach(rolloutToggles);
     document.querySelectorAll("[data-default-timezone]").forEach((input) => {
