@@ -5,7 +5,8 @@
 #   scripts/setup-system.sh test   what `make test` needs as well (PostgreSQL binaries,
 #                                  Mosquitto's command-line clients, and for the browser tests
 #                                  in tests/e2e and scripts/screenshots.py Chromium with fonts
-#                                  (text, and colour emoji for the console's icons), driven
+#                                  (text, Chinese for the console's zh_TW pages, and colour
+#                                  emoji for the console's icons), driven
 #                                  by Playwright through /usr/bin/chromium: Playwright's own
 #                                  browser download is never used)
 # Needs root or sudo when something is missing; prints what it does.
@@ -27,6 +28,7 @@ if [ "$what" = test ]; then
   command -v wget >/dev/null 2>&1 || need+=(wget)
   [ -d /usr/share/fonts/truetype/dejavu ] || need+=(fonts-dejavu-core)
   [ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || need+=(fonts-noto-color-emoji)
+  [ -f /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ] || need+=(fonts-wqy-zenhei)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 

@@ -268,7 +268,9 @@ def build(settings: Settings, db: Database | None = None) -> Container:
         broker_auth=broker_auth,
         pki=pki,
         tasks=tasks,
-        remote=RemoteService(fleet, messaging.relay),
+        remote=RemoteService(
+            fleet, messaging.relay, read_properties=messaging.router.read_properties
+        ),
         files=files,
         firmware=firmware,
         events=events,

@@ -523,6 +523,21 @@ class InboundRouter:
         self._refreshing.add(task)
         task.add_done_callback(self._refreshing.discard)
 
+    async def read_properties(
+        self, device_uuid: str, method: str, resource: str, data: Any = None, *, wait: float
+    ) -> ResponseMessage:
+        """Relay ``GET /system/properties`` to a gateway and return its answer, which is also
+        stored as the gateway's properties (in arrival order, as a refresh's is), so what a
+        user reads is what the server holds."""
+        task_id = str(uuidlib.uuid4())
+        self._refresh_ids[task_id] = device_uuid
+        try:
+            return await self.relay.request(
+                device_uuid, method, resource, data, wait=wait, task_id=task_id
+            )
+        finally:
+            self._refresh_ids.pop(task_id, None)
+
     async def _refresh_properties(
         self, device_uuid: str, wait: float = PROPERTIES_TIMEOUT, *, quiet: bool = False
     ) -> bool:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, Protocol
 
 from edgefleet.domain.devices import ConnectionStatus
 from edgefleet.errors import DeviceOfflineError
+from edgefleet.mqtt.messages import ResponseMessage
 from edgefleet.mqtt.relay import GatewayRelay
 from edgefleet.services.fleet import FleetService
 
@@ -13,10 +15,29 @@ DEFAULT_WAIT = 30.0
 """Seconds a ``deviceTasks`` call waits for the gateway (Sanji's own default TTL is 10-120 s)."""
 
 
+PROPERTIES = "/system/properties"
+
+
+class PropertiesReader(Protocol):
+    """Relays a read of a gateway's properties and stores the answer (mqtt/router.py)."""
+
+    def __call__(
+        self, device_uuid: str, method: str, resource: str, data: Any = None, *, wait: float
+    ) -> Awaitable[ResponseMessage]: ...
+
+
 class RemoteService:
-    def __init__(self, fleet: FleetService, relay: GatewayRelay) -> None:
+    def __init__(
+        self,
+        fleet: FleetService,
+        relay: GatewayRelay,
+        *,
+        read_properties: PropertiesReader | None = None,
+    ) -> None:
         self.fleet = fleet
         self.relay = relay
+        self.read_properties = read_properties
+        """``GET /system/properties`` goes through it, so its answer is stored too."""
 
     async def request(
         self,
@@ -35,7 +56,11 @@ class RemoteService:
         view = await self.fleet.get_device(device_uuid)
         if view.device.connection_status != ConnectionStatus.ONLINE.value:
             raise DeviceOfflineError(device_uuid)
-        response = await self.relay.request(device_uuid, method, resource, data, wait=wait)
+        whole_read = method.lower() == "get" and resource.split("?", 1)[0].rstrip("/") == PROPERTIES
+        if whole_read and self.read_properties is not None:
+            response = await self.read_properties(device_uuid, method, resource, data, wait=wait)
+        else:
+            response = await self.relay.request(device_uuid, method, resource, data, wait=wait)
         body = response.model_dump(mode="json")
         body["taskID"] = response.task_id  # the spec's spelling; the 2017 server sent task_id
         return body

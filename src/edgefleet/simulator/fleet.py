@@ -9,6 +9,8 @@ them. The gateways share one HTTP client (a bounded pool) for firmware and impor
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import math
 import random
 import zlib
 from dataclasses import dataclass, field
@@ -18,6 +20,45 @@ from edgefleet.services.fleet import FleetService, Registration
 from edgefleet.simulator.gateway import Behaviour, VirtualGateway, download_client
 
 MODELS = ("UC-8112-LX-CG", "UC-8220-T-LX", "UC-3111-T-US-LX", "MC-1121-KL1-T")
+
+REGIONS = (  # industrial areas, each (latitude, longitude) of its centre, on land
+    (24.80, 120.97),  # Hsinchu
+    (24.15, 120.67),  # Taichung
+    (22.62, 120.30),  # Kaohsiung
+    (22.55, 114.06),  # Shenzhen
+    (31.23, 121.47),  # Shanghai
+    (35.00, 136.90),  # Nagoya
+    (34.70, 135.50),  # Osaka
+    (35.55, 129.32),  # Ulsan
+    (51.45, 7.01),  # Ruhr
+    (48.78, 9.18),  # Stuttgart
+    (45.46, 9.19),  # Milan
+    (52.48, -1.90),  # Birmingham
+    (50.08, 14.43),  # Prague
+    (42.33, -83.05),  # Detroit
+    (29.76, -95.37),  # Houston
+    (25.69, -100.32),  # Monterrey
+    (-23.55, -46.63),  # São Paulo
+    (18.52, 73.86),  # Pune
+    (13.08, 80.27),  # Chennai
+    (-26.20, 28.05),  # Johannesburg
+)
+SPREAD = 0.35
+"""Degrees around a region's centre a simulated gateway may be (a few tens of km)."""
+
+
+def position_for(uuid: str) -> dict[str, float]:
+    """A plausible GPS position for a simulated gateway: one of ``REGIONS`` with an offset,
+    both derived from its uuid, so a gateway keeps its place from run to run."""
+    digest = hashlib.sha256(uuid.encode()).digest()
+    lat0, lng0 = REGIONS[int.from_bytes(digest[:4], "big") % len(REGIONS)]
+    # an offset within a disc (square root of the radius: even over its area)
+    radius = SPREAD * math.sqrt(int.from_bytes(digest[4:8], "big") / 2**32)
+    angle = 2 * math.pi * int.from_bytes(digest[8:12], "big") / 2**32
+    return {
+        "lat": round(lat0 + radius * math.sin(angle), 5),
+        "lng": round(lng0 + radius * math.cos(angle) / math.cos(math.radians(lat0)), 5),
+    }
 
 
 def simulated_mac(prefix: str, index: int) -> str:
@@ -56,6 +97,7 @@ def properties_for(prefix: str, index: int, uuid: str) -> dict[str, Any]:
         "softwareVersion": "1.2.0",
         "defaultRoute": "eth0",
         "deviceUUID": uuid,
+        "gps": position_for(uuid),
     }
 
 

@@ -32,7 +32,7 @@ from edgefleet.domain.eventfilter import MAX_VALUES, parse_filter
 from edgefleet.domain.events import AlarmState, EventType, Severity
 from edgefleet.errors import EdgefleetError, ValidationError
 from edgefleet.settings import Settings
-from edgefleet.web.i18n import gettext
+from edgefleet.web.i18n import N_, gettext
 from edgefleet.web.views import PAGE_SIZE, Viewer, iso, page, render, viewer_of, when
 
 router = APIRouter(prefix="/console", include_in_schema=False)
@@ -392,9 +392,11 @@ async def audit_fragment(request: Request, c: ContainerDep, cursor: str = "") ->
         try:
             before = int(cursor)
         except ValueError:
-            error = "cursor is not one this page gave (follow the Older link)"
+            error = gettext("cursor is not one this page gave (follow the Older link)")
     if f["outcome"] and f["outcome"] not in AUDIT_OUTCOMES:
-        error = f"outcome must be one of {', '.join(AUDIT_OUTCOMES)}"
+        error = gettext("outcome must be one of %(outcomes)s") % {
+            "outcomes": ", ".join(AUDIT_OUTCOMES)
+        }
     if not error:
         entries = await c.audit.query(
             AuditFilter(
@@ -484,7 +486,7 @@ def storage_facts(s: Settings) -> dict[str, str]:
             "endpoint": strip_userinfo(s.storage.s3_endpoint_url) or "AWS",
             "region": s.storage.s3_region or "(boto3's default)",
         }
-    return {"kind": "local directory", "directory": str(s.files_dir)}
+    return {"kind": N_("local directory"), "directory": str(s.files_dir)}
 
 
 @router.get("/settings")
@@ -501,8 +503,8 @@ async def settings_page(request: Request, c: ContainerDep) -> Response:
         storage=storage_facts(s),
         client_id=s.mqtt.client_id or f"edgefleet-{socket.gethostname()}",
         secret_key_source=(
-            "EDGEFLEET_SECRET_KEY (configured)"
+            N_("EDGEFLEET_SECRET_KEY (configured)")
             if s.secret_key.get_secret_value()
-            else "a key file in the data directory"
+            else N_("a key file in the data directory")
         ),
     )

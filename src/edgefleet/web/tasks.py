@@ -45,6 +45,7 @@ from edgefleet.domain.query import parse
 from edgefleet.domain.tasks import ACTIVE, COMPLETED, TASK_OPEN, TaskKind, TaskState
 from edgefleet.errors import EdgefleetError
 from edgefleet.services.tasks import TaskNotFoundError, TaskView
+from edgefleet.web.i18n import N_, gettext, ngettext
 from edgefleet.web.views import Viewer, page, render, viewer_of
 
 router = APIRouter(prefix="/console", include_in_schema=False)
@@ -62,7 +63,8 @@ KINDS: dict[str, tuple[TaskKind, ...]] = {
     "rollout": (TaskKind.ROLLOUT,),
     "relay": (TaskKind.RELAY,),
 }
-KIND_LABELS = {"group": "group task", "rollout": "rollout", "relay": "job relay"}
+KIND_LABELS = {"group": N_("group task"), "rollout": N_("rollout"), "relay": N_("job relay")}
+"""Translated where shown (``_(r.kind)``)."""
 TASK_STATES = [s.value for s in TaskState]
 EXECUTION_STATES = [
     TaskState.SUCCESS,
@@ -160,6 +162,10 @@ def when(dt: datetime | None) -> str:
     return "—" if dt is None else dt.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def state_word(state: str) -> str:
+    return gettext(state.lower())
+
+
 def progress_of(task: Task, by_state: dict[str, int]) -> Progress:
     counts = {s.value: by_state.get(s.value, 0) for s in EXECUTION_STATES}
     total = sum(counts.values())
@@ -171,7 +177,9 @@ def progress_of(task: Task, by_state: dict[str, int]) -> Progress:
     segments = [
         Segment(s.lower(), n, round(n * 100 / total, 3)) for s, n in counts.items() if n and total
     ]
-    summary = ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n) or "no gateway"
+    summary = ", ".join(f"{n} {state_word(s)}" for s, n in counts.items() if n) or gettext(
+        "no gateway"
+    )
     return Progress(task.uuid, counts, total, percent, segments, summary)
 
 
@@ -186,26 +194,30 @@ def label_of(task: Task) -> str:
     method = str(task.payload.get("method", "")).lower()
     resource = str(task.payload.get("resource", "")).split("?", 1)[0].rstrip("/")
     if method == "post" and resource == "/system/reboot":
-        return "Reboot"
+        return gettext("Reboot")
     if method == "put" and resource == "/system/import":
-        return "Restore configuration"
+        return gettext("Restore configuration")
     if method == "post" and resource == "/system/firmware":
         version = meta.get("version")
-        return f"Firmware upgrade to {version}" if version else "Firmware upgrade"
+        if version:
+            return gettext("Firmware upgrade to %(version)s") % {"version": version}
+        return gettext("Firmware upgrade")
     return f"{method.upper()} {task.payload.get('resource', '')}"
 
 
 def policy_of(task: Task) -> str:
     if task.kind == TaskKind.GROUP.value and task.apply_policy in ("schedule", "scheduled"):
-        text = "Schedule"
+        text = gettext("Schedule")
     elif task.kind == TaskKind.GROUP.value and task.apply_policy != "retry":
-        text = "No retry"
+        text = gettext("No retry")
     elif task.retry_times:
-        text = f"Retry {task.retry_times} time{'s' if task.retry_times != 1 else ''}"
+        text = ngettext("Retry %(num)s time", "Retry %(num)s times", task.retry_times) % {
+            "num": task.retry_times
+        }
     else:
-        text = "No retry"
+        text = gettext("No retry")
     if task.scheduled_at is not None:
-        text += f", starts {when(task.scheduled_at)}"
+        text += gettext(", starts %(when)s") % {"when": when(task.scheduled_at)}
     return text
 
 
@@ -213,8 +225,12 @@ def actions_of(task: Task, counts: dict[str, int]) -> list[Action]:
     """What the task's state allows, as calls of the API."""
     failed = counts.get(TaskState.FAILURE.value, 0)
     is_open = task.state in OPEN
-    rerun_q = f"Run the {failed} failed execution{'s' if failed != 1 else ''} again?"
-    revoke_q = (
+    rerun_q = ngettext(
+        "Run the %(num)s failed execution again?",
+        "Run the %(num)s failed executions again?",
+        failed,
+    ) % {"num": failed}
+    revoke_q = gettext(
         "Revoke this task? Executions not finished are revoked; "
         "gateways with the request in flight are told to cancel it."
     )
@@ -224,18 +240,30 @@ def actions_of(task: Task, counts: dict[str, int]) -> list[Action]:
         base = f"/api/v1/rollouts/{task.uuid}"
     else:
         return []  # a job relay has no steering route
-    revoke = Action("revoke", "Revoke", f"{base}/revoke", revoke_q, "Revoked", danger=True)
-    rerun = Action("rerun", "Re-run failed", f"{base}/rerun", rerun_q, "Failed ones run again")
+    revoke = Action(
+        "revoke", gettext("Revoke"), f"{base}/revoke", revoke_q, gettext("Revoked"), danger=True
+    )
+    rerun = Action(
+        "rerun",
+        gettext("Re-run failed"),
+        f"{base}/rerun",
+        rerun_q,
+        gettext("Failed ones run again"),
+    )
     if task.kind == TaskKind.GROUP.value:
         return [revoke] if is_open else [rerun] if failed else []
     out: list[Action] = []
     if task.state == TaskState.RUNNING.value:
-        out.append(Action("pause", "Pause", f"{base}/pause", "", "Paused"))
+        out.append(Action("pause", gettext("Pause"), f"{base}/pause", "", gettext("Paused")))
     if task.state == TaskState.PAUSED.value:
-        out.append(Action("resume", "Resume", f"{base}/resume", "", "Resumed"))
+        out.append(Action("resume", gettext("Resume"), f"{base}/resume", "", gettext("Resumed")))
     if is_open:
-        abort_q = "Abort the rollout? Executions not started are revoked; those in flight finish."
-        out.append(Action("abort", "Abort", f"{base}/abort", abort_q, "Aborted", danger=True))
+        abort_q = gettext(
+            "Abort the rollout? Executions not started are revoked; those in flight finish."
+        )
+        out.append(
+            Action("abort", gettext("Abort"), f"{base}/abort", abort_q, gettext("Aborted"), True)
+        )
         out.append(revoke)
     elif failed:
         out.append(rerun)
@@ -245,13 +273,21 @@ def actions_of(task: Task, counts: dict[str, int]) -> list[Action]:
 def target_of(task: Task, group: Group | None) -> str:
     target = task.target or {}
     if task.group_id is not None or "groupId" in target:
-        return f"group {group.name}" if group else f"group {target.get('groupId', '?')} (deleted)"
+        if group:
+            return gettext("group %(name)s") % {"name": group.name}
+        return gettext("group %(id)s (deleted)") % {"id": target.get("groupId", "?")}
     if "query" in target:
-        return f"fleet query: {target['query']}"
+        return gettext("fleet query: %(query)s") % {"query": target["query"]}
     devices = target.get("devices") or []
     if len(devices) == 1:
-        return f"gateway {devices[0]}"
-    return f"{len(devices)} gateways"
+        return gettext("gateway %(uuid)s") % {"uuid": devices[0]}
+    if "selectedFrom" in target:
+        return ngettext(
+            "%(num)s gateway selected from %(query)s",
+            "%(num)s gateways selected from %(query)s",
+            len(devices),
+        ) % {"num": len(devices), "query": target["selectedFrom"] or gettext("every gateway")}
+    return ngettext("%(num)s gateway", "%(num)s gateways", len(devices)) % {"num": len(devices)}
 
 
 def task_row(view: TaskView, groups: dict[int, Group]) -> TaskRow:
@@ -474,7 +510,7 @@ async def group_candidates(
         except EdgefleetError as exc:
             error = exc.message
     else:
-        error = 'Write a fleet query, e.g. model = "UC-8112-LX" and status = online'
+        error = gettext('Write a fleet query, e.g. model = "UC-8112-LX" and status = online')
     free = [d for d in matched if d.group_id is None]
     return render(
         request,

@@ -56,6 +56,7 @@ root = APIRouter(include_in_schema=False)
 fallback = APIRouter(prefix="/console", include_in_schema=False)
 """Included after every console router: an unknown console URL gets an HTML 404 page."""
 
+
 def when(at: datetime | None) -> str:
     """A stored time as shown: UTC to the second (SQLite hands times back without a zone)."""
     if at is None:
@@ -232,11 +233,12 @@ async def fleet_summary(request: Request, c: ContainerDep) -> Response:
         kinds=list(TaskKind), states=[s.value for s in TASK_OPEN], limit=10
     )
     alarms = await c.event_log.query(EventFilter(alarm=AlarmState.OPEN), before_id=None, limit=8)
+    unknown = gettext("unknown")
     charts = {
-        "status": breakdown["status"],
-        "model": [(k or "unknown", n) for k, n in breakdown["model"]],
-        "firmware": [(k or "unknown", n) for k, n in breakdown["firmware"]],
-        "events": sorted(summary.by_type.items()),
+        "status": [(term(k), n) for k, n in breakdown["status"]],
+        "model": [(k or unknown, n) for k, n in breakdown["model"]],
+        "firmware": [(k or unknown, n) for k, n in breakdown["firmware"]],
+        "events": sorted((term(k), n) for k, n in summary.by_type.items()),
     }
     return render(
         request,

@@ -180,7 +180,10 @@
       if (data !== undefined) payload.data = data;
       const answer = await api("POST", "/api/v1/deviceTasks", { deviceUUID: uuid, payload });
       out.textContent = JSON.stringify(answer, null, 2);
-      if (method === "get" && resource === "/system/properties") refresh();  // stored by the server
+      if (method === "get" && resource === "/system/properties") {
+        // the server stores what was read, in its next properties batch (about a second)
+        [1500, 4000].forEach((ms) => setTimeout(refresh, ms));
+      }
     } catch (e) {
       out.textContent = "";
       say(elt, e.message, "error");

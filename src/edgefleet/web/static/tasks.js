@@ -5,16 +5,18 @@
   "use strict";
   const api = (...args) => window.edgefleet.api(...args);
   const flash = (...args) => window.edgefleet.flash(...args);
+  const say = (...args) => window.edgefleet.say(...args);
+  const t = (...args) => window.edgefleet.t(...args);
+  const tn = (...args) => window.edgefleet.tn(...args);
   const refresh = () => htmx.trigger(document.body, "refresh");
   const field = (form, name) => form.elements.namedItem(name);
   const value = (form, name) => { const f = field(form, name); return f ? String(f.value).trim() : ""; };
   const checked = (form, name) => { const f = form.querySelector('input[name="' + name + '"]:checked'); return f ? f.value : ""; };
-  const plural = (n, word) => n + " " + word + (n === 1 ? "" : "s");
 
   // a datetime-local value is the user's local time; the API reads a time without offset as UTC
   function localToIso(text) {
     const d = new Date(text);
-    if (Number.isNaN(d.getTime())) throw new Error("the start time is not a valid date");
+    if (Number.isNaN(d.getTime())) throw new Error(t("the start time is not a valid date"));
     return d.toISOString();
   }
   function uuidList(text) { return text.split(/[\s,;]+/).filter(Boolean); }
@@ -22,7 +24,7 @@
     const raw = value(form, name);
     const n = Number(raw);
     if (raw === "" || !Number.isInteger(n) || n < min || n > max) {
-      throw new Error(what + ": a whole number from " + min + " to " + max);
+      throw new Error(t("{what}: a whole number from {min} to {max}", { what, min, max }));
     }
     return n;
   }
@@ -38,14 +40,15 @@
   }
 
   // --- group tasks: reboot, restore configuration, upgrade (the original's dialog) ---------
-  const TITLES = { reboot: "Group reboot", restore: "Restore configuration", upgrade: "Group upgrade" };
+  const TITLES = { reboot: t("Group reboot"), restore: t("Restore configuration"), upgrade: t("Group upgrade") };
+  const DESCRIPTIONS = { reboot: "Group reboot", restore: "Restore configuration", upgrade: "Group upgrade" };
 
   function policyOf(form) {
     const policy = checked(form, "policy") || "none";
     const out = { policy, retryTimes: 0, at: null };
-    if (policy === "retry") out.retryTimes = int(form, "retryTimes", "retry times", 1, 100);
+    if (policy === "retry") out.retryTimes = int(form, "retryTimes", t("retry times"), 1, 100);
     if (policy === "schedule") {
-      if (!value(form, "at")) throw new Error("choose when the task starts");
+      if (!value(form, "at")) throw new Error(t("choose when the task starts"));
       out.at = localToIso(value(form, "at"));
     }
     return out;
@@ -58,14 +61,14 @@
   function upgradeBody(form, dryRun) {
     const p = policyOf(form);
     const select = field(form, "firmwareId");
-    if (!select || !select.value) throw new Error("the firmware catalogue is empty: add an image first");
+    if (!select || !select.value) throw new Error(t("the firmware catalogue is empty: add an image first"));
     const version = select.selectedOptions[0].dataset.version;
     const body = {
-      name: "Group upgrade of " + value(form, "groupName") + " to " + version,
+      name: t("Group upgrade of {group} to {version}", { group: value(form, "groupName"), version }),
       target: { groupId: Number(value(form, "groupId")) },
       firmwareId: Number(select.value),
       retryTimes: p.retryTimes,
-      meta: { description: TITLES.upgrade },
+      meta: { description: DESCRIPTIONS.upgrade },
     };
     if (p.at) body.scheduledAt = p.at;
     if (dryRun) body.dryRun = true;
@@ -74,11 +77,11 @@
   async function previewUpgrade(form) {
     const out = form.querySelector("[data-gt-preview]");
     if (!out) return;
-    out.textContent = "Counting the gateways it fits…";
+    out.textContent = t("Counting the gateways it fits…");
     try {
       const plan = await api("POST", "/api/v1/rollouts", upgradeBody(form, true));
-      out.textContent = "Reaches " + plural(plan.total, "gateway") + " of the group" +
-        (plan.skipped ? "; " + plan.skipped + " left out: the image does not list their model." : ".");
+      out.textContent = tn("Reaches {n} gateway of the group", "Reaches {n} gateways of the group", plan.total) +
+        (plan.skipped ? "; " + tn("{n} left out: the image does not list its model.", "{n} left out: the image does not list their model.", plan.skipped) : ".");
     } catch (e) { out.textContent = e.message; }
   }
   function openGroupTask(button) {
@@ -107,14 +110,14 @@
     let payload = { method: "post", resource: "/system/reboot" };
     if (mode === "restore") {
       const url = value(form, "url");
-      if (!/^https?:\/\/\S+$/.test(url)) throw new Error("give the configuration file's http(s) URL");
+      if (!/^https?:\/\/\S+$/.test(url)) throw new Error(t("give the configuration file's http(s) URL"));
       const scopes = [...form.querySelectorAll('input[name="scopes"]:checked')].map((c) => c.value);
-      if (!scopes.length) throw new Error("select at least one scope");
+      if (!scopes.length) throw new Error(t("select at least one scope"));
       payload = { method: "put", resource: "/system/import", data: { file: { url }, scopes } };
     }
     const body = {
       groupId: Number(value(form, "groupId")), payload,
-      applyPolicy: p.policy, retryTimes: p.retryTimes, meta: { description: TITLES[mode] },
+      applyPolicy: p.policy, retryTimes: p.retryTimes, meta: { description: DESCRIPTIONS[mode] },
     };
     if (p.at) body.scheduledDateTime = p.at;
     const group = await api("POST", "/api/v1/groupTasks", body);
@@ -161,17 +164,17 @@
     try {
       if (b.matches("[data-add-query]")) {
         const uuids = await freeGatewaysOf(b.dataset.addQuery);
-        if (!uuids.length) { flash("Nothing to add: every matching gateway is in a group", "error"); return; }
+        if (!uuids.length) { say(b, t("Nothing to add: every matching gateway is in a group"), "error"); return; }
         await addToGroup(b.dataset.groupId, uuids);
-        flash(plural(uuids.length, "gateway") + " added", "ok");
+        flash(tn("{n} gateway added", "{n} gateways added", uuids.length), "ok");
         document.getElementById("candidates").textContent = "";
       } else {
         await api(b.dataset.method || "POST", b.dataset.apiJson, JSON.parse(b.dataset.body || "null"));
-        flash(b.dataset.done || "Done", "ok");
+        flash(b.dataset.done || t("Done"), "ok");
       }
       refresh();
     } catch (e) {
-      flash(e.message, "error");
+      say(b, e.message, "error");
     } finally {
       b.disabled = false;
     }
@@ -182,25 +185,25 @@
     const body = { name: value(form, "rname"), target: {} };
     const target = checked(form, "targetKind");
     if (target === "group") {
-      if (!value(form, "groupId")) throw new Error("create a group first, or choose another target");
+      if (!value(form, "groupId")) throw new Error(t("create a group first, or choose another target"));
       body.target.groupId = Number(value(form, "groupId"));
     } else if (target === "query") {
-      if (!value(form, "query")) throw new Error("write the fleet query");
+      if (!value(form, "query")) throw new Error(t("write the fleet query"));
       body.target.query = value(form, "query");
     } else {
       const uuids = uuidList(value(form, "devices"));
-      if (!uuids.length) throw new Error("paste at least one gateway uuid");
+      if (!uuids.length) throw new Error(t("paste at least one gateway uuid"));
       body.target.devices = uuids;
     }
     if (checked(form, "what") === "firmware") {
       body.firmwareId = Number(value(form, "firmwareId"));
     } else {
       const resource = value(form, "resource");
-      if (!resource.startsWith("/")) throw new Error("the resource is a path such as /system/reboot");
+      if (!resource.startsWith("/")) throw new Error(t("the resource is a path such as /system/reboot"));
       body.payload = { method: value(form, "method"), resource };
       const data = value(form, "data");
       if (data) {
-        try { body.payload.data = JSON.parse(data); } catch (e) { throw new Error("data is not JSON: " + e.message); }
+        try { body.payload.data = JSON.parse(data); } catch (e) { throw new Error(t("data is not JSON: {error}", { error: e.message })); }
       }
     }
     const waves = value(form, "waves");
@@ -208,17 +211,17 @@
       body.waves = waves.split(",").map((w) => w.trim()).filter(Boolean).map((w) => {
         if (/^\d+(\.\d+)?%$/.test(w)) return w;
         if (/^\d+$/.test(w)) return Number(w);
-        throw new Error("a wave is a count (10) or a percentage (25%), not " + JSON.stringify(w));
+        throw new Error(t("a wave is a count (10) or a percentage (25%), not {value}", { value: JSON.stringify(w) }));
       });
     }
-    body.successThreshold = int(form, "successThreshold", "success threshold", 0, 100);
-    if (value(form, "errorThreshold")) body.errorThreshold = int(form, "errorThreshold", "error threshold", 0, 100);
-    if (value(form, "maxPerMinute")) body.maxPerMinute = int(form, "maxPerMinute", "starts a minute", 1, 1000000);
-    body.retryTimes = int(form, "retryTimes", "retries", 0, 100);
+    body.successThreshold = int(form, "successThreshold", t("success threshold"), 0, 100);
+    if (value(form, "errorThreshold")) body.errorThreshold = int(form, "errorThreshold", t("error threshold"), 0, 100);
+    if (value(form, "maxPerMinute")) body.maxPerMinute = int(form, "maxPerMinute", t("starts a minute"), 1, 1000000);
+    body.retryTimes = int(form, "retryTimes", t("retries"), 0, 100);
     if (value(form, "scheduledAt")) body.scheduledAt = localToIso(value(form, "scheduledAt"));
     if (field(form, "windowOn").checked) {
       const days = [...form.querySelectorAll('input[name="days"]:checked')].map((c) => c.value);
-      if (!days.length) throw new Error("the window needs at least one day");
+      if (!days.length) throw new Error(t("the window needs at least one day"));
       body.window = { timezone: value(form, "timezone") || "UTC", days, start: value(form, "start"), end: value(form, "end") };
     }
     if (dryRun) body.dryRun = true;
@@ -232,12 +235,15 @@
     p.dataset.skipped = plan.skipped;
     if (!plan.total) {
       p.className = "error";
-      p.textContent = "This rollout would reach no gateway" +
-        (plan.skipped ? ": the image fits none of the " + plural(plan.skipped, "gateway") + " of the target." : ": the target is empty.");
+      p.textContent = plan.skipped
+        ? tn("This rollout would reach no gateway: the image fits none of the {n} gateway of the target.",
+          "This rollout would reach no gateway: the image fits none of the {n} gateways of the target.", plan.skipped)
+        : t("This rollout would reach no gateway: the target is empty.");
     } else {
       const sizes = plan.waves.map((w) => w.size).join(", ");
-      p.textContent = "Reaches " + plural(plan.total, "gateway") + " in " + plural(plan.waves.length, "wave") +
-        " (" + sizes + ")" + (plan.skipped ? "; " + plan.skipped + " left out: the image does not list their model." : ".");
+      p.textContent = tn("Reaches {n} gateway", "Reaches {n} gateways", plan.total) + " " +
+        tn("in {n} wave", "in {n} waves", plan.waves.length) + " (" + sizes + ")" +
+        (plan.skipped ? "; " + tn("{n} left out: the image does not list its model.", "{n} left out: the image does not list their model.", plan.skipped) : ".");
     }
     out.append(p);
   }
@@ -262,7 +268,7 @@
   document.addEventListener("click", async (ev) => {
     const b = ev.target.closest("[data-rollout-preview]");
     if (!b) return;
-    try { await previewRollout(b.form); } catch (e) { flash(e.message, "error"); }
+    try { await previewRollout(b.form); } catch (e) { say(b, e.message, "error"); }
   });
 
   document.addEventListener("submit", async (ev) => {
@@ -274,7 +280,7 @@
       try {
         await sendGroupTask(form);
         form.closest("dialog").close();
-        flash(TITLES[value(form, "mode")] + " task created", "ok");
+        flash(t("{task} task created", { task: TITLES[value(form, "mode")] }), "ok");
         refresh();
       } catch (e) {
         groupTaskError(form, e.message);
@@ -286,20 +292,20 @@
       try {
         const plan = await previewRollout(form);
         if (!plan.total) return;
-        if (!window.confirm("Create the rollout for " + plural(plan.total, "gateway") + "?")) return;
+        if (!window.confirm(tn("Create the rollout for {n} gateway?", "Create the rollout for {n} gateways?", plan.total))) return;
         const task = await api("POST", "/api/v1/rollouts", rolloutBody(form, false));
         location.href = "/console/tasks/" + task.uuid;
-      } catch (e) { flash(e.message, "error"); }
+      } catch (e) { say(form.querySelector('[type="submit"]'), e.message, "error"); }
     } else if (form.matches("[data-add-uuids]")) {
       ev.preventDefault();
       const uuids = uuidList(value(form, "uuids"));
-      if (!uuids.length) { flash("Paste at least one gateway uuid", "error"); return; }
+      if (!uuids.length) { say(form, t("Paste at least one gateway uuid"), "error"); return; }
       try {
         await addToGroup(form.dataset.groupId, uuids);
-        flash(plural(uuids.length, "gateway") + " added", "ok");
+        say(form, tn("{n} gateway added", "{n} gateways added", uuids.length), "ok");
         form.reset();
         refresh();
-      } catch (e) { flash(e.message, "error"); }
+      } catch (e) { say(form, e.message, "error"); }
     }
   });
 
