@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -76,7 +77,8 @@ async def test_a_viewer_is_offered_no_write_control_and_an_operator_is(
     await _log_in(container, browser, Role.VIEWER)
     listing = await browser.get("/console/fragments/devices")
     assert "pump-7" in listing.text and "offline" not in listing.text  # never connected
-    assert "data-bulk" not in listing.text and "data-select" not in listing.text
+    assert "data-select" not in listing.text
+    assert "data-bulk" not in (await browser.get("/console/devices")).text
     detail = await browser.get(f"/console/devices/{uuid}")
     assert detail.status_code == 200 and "pump-7" in detail.text
     assert "data-device-request" not in detail.text and "Remote actions" not in detail.text
@@ -87,7 +89,8 @@ async def test_a_viewer_is_offered_no_write_control_and_an_operator_is(
     browser.cookies.clear()
     csrf = await _log_in(container, browser, Role.OPERATOR)
     listing = await browser.get("/console/fragments/devices")
-    assert "data-bulk" in listing.text and f'data-select value="{uuid}"' in listing.text
+    assert f'data-select value="{uuid}"' in listing.text
+    assert 'data-bulk="reboot"' in (await browser.get("/console/devices")).text
     detail = await browser.get(f"/console/devices/{uuid}")
     assert 'data-testid="device-reboot"' in detail.text
     assert f'<meta name="csrf-token" content="{csrf}">' in detail.text
@@ -133,11 +136,26 @@ async def test_the_map_places_gateways_by_their_reported_position(
         writer.cancel()
         await asyncio.gather(writer, return_exceptions=True)
     await _log_in(container, browser, Role.VIEWER)
-    r = await browser.get("/console/fragments/map")
-    assert f'data-device="{placed.device.uuid}"' in r.text
-    assert "1 on the map, 1 without a position" in r.text
-    x, y = (121.565 + 180) / 360 * 1000, (90 - 25.033) / 180 * 500
-    assert f'cx="{round(x, 1)}" cy="{round(y, 1)}"' in r.text
+    r = await browser.get("/console/fragments/map-points")
+    assert r.json() == {
+        "points": [
+            {
+                "uuid": placed.device.uuid,
+                "name": "placed",
+                "status": "created",
+                "model": "",
+                "lat": 25.033,
+                "lng": 121.565,
+            }
+        ],
+        "unplaced": 1,
+        "beyond": 0,
+    }
+    page = await browser.get("/console/map")
+    tiles = 'data-tiles="https://tile.openstreetmap.org/{z}/{x}/{y}.png"'
+    assert tiles in page.text and 'data-attribution="© OpenStreetMap contributors"' in page.text
+    container.settings.console.map_tiles_url = ""  # no tiles: the offline basemap only
+    assert 'data-tiles=""' in (await browser.get("/console/map")).text
 
 
 async def test_vendored_browser_files_are_the_pinned_ones_and_served_locally(
@@ -145,7 +163,18 @@ async def test_vendored_browser_files_are_the_pinned_ones_and_served_locally(
 ) -> None:
     sums = (VENDOR / "SHA256SUMS").read_text().split("\n")
     pinned = dict(reversed(line.split()) for line in sums if line.strip())
-    assert set(pinned) == {"htmx.min.js", "json-enc.min.js", "chart.umd.min.js"}
+    assert set(pinned) == {
+        "htmx.min.js",
+        "json-enc.min.js",
+        "chart.umd.min.js",
+        "leaflet.js",
+        "leaflet.css",
+        "leaflet.markercluster.js",
+        "MarkerCluster.css",
+        "countries-50m.json",
+        "topojson-client.min.js",
+    }
+    assert {p.name for p in VENDOR.iterdir()} == {*pinned, "SHA256SUMS"}
     for name, digest in pinned.items():
         r = await browser.get(f"/static/vendor/{name}")
         assert r.status_code == 200
@@ -153,6 +182,7 @@ async def test_vendored_browser_files_are_the_pinned_ones_and_served_locally(
     page = (await browser.get("/console/login")).text
     assert "http://" not in page.replace("http://testserver", "")
     assert "https://" not in page  # no CDN
+    assert not re.search(r'(src|href)="(https?:)?//', page)
 
 
 async def test_the_dashboard_counts_gateways_by_state_model_and_firmware(
@@ -233,3 +263,108 @@ async def test_an_account_on_its_one_time_password_reads_nothing_through_the_con
         r = await browser.get(path)
         assert r.status_code == 200, path
     assert "pump-9" in (await browser.get("/console/fragments/devices")).text
+
+
+# --- the gateway list, a gateway's page, unknown pages, languages ----------------------------
+
+
+async def test_the_gateway_list_pages_and_sorts_on_the_server(
+    container: Container, browser: httpx.AsyncClient
+) -> None:
+    for i in range(30):
+        await container.fleet.register_device(
+            Registration(display_name=f"gw-{i:02d}", mac=f"0090e80001{i:02x}")
+        )
+    await _log_in(container, browser, Role.VIEWER)
+
+    async def names(**params: str | int) -> list[str]:
+        r = await browser.get("/console/fragments/devices", params=params)
+        assert r.status_code == 200
+        return re.findall(r'data-name="([^"]+)"', r.text)
+
+    assert await names(size=25) == [f"gw-{i:02d}" for i in range(25)]
+    assert await names(size=25, page=2) == [f"gw-{i:02d}" for i in range(25, 30)]
+    assert await names(sort="-name", size=25, page=1) == [f"gw-{i:02d}" for i in range(29, 4, -1)]
+    r = await browser.get("/console/fragments/devices", params={"q": 'name ~ "gw-1"', "size": 25})
+    assert 'data-total="10"' in r.text and "1\u201310 of 10 gateways" in r.text
+    assert 'aria-sort="ascending"' not in r.text  # the default order is registration time
+    r = await browser.get("/console/fragments/devices", params={"sort": "-name", "size": 100})
+    assert 'aria-sort="descending"' in r.text and "Page 1 of 1" in r.text
+    # nonsense is read as the defaults, not an error
+    assert len(await names(sort="colour", size=7, page=-3)) == 30  # 50 a page
+    page = await browser.get("/console/devices", params={"q": "tag:x", "sort": "-mac", "page": 2})
+    state = re.search(r"data-state='([^']+)'", page.text)
+    assert state and json.loads(state.group(1)) == {
+        "q": "tag:x",
+        "sort": "-mac",
+        "page": 2,
+        "size": 50,
+    }
+
+
+async def test_a_gateway_page_has_a_live_summary_and_says_when_the_gateway_is_gone(
+    container: Container, browser: httpx.AsyncClient
+) -> None:
+    view, _ = await container.fleet.register_device(
+        Registration(display_name="press-9", mac="0090e8000099", tags=("line-3",))
+    )
+    uuid = view.device.uuid
+    await _log_in(container, browser, Role.OPERATOR)
+    page = await browser.get(f"/console/devices/{uuid}")
+    assert f'hx-get="/console/fragments/devices/{uuid}"' in page.text
+    assert 'data-testid="device-edit"' in page.text and 'data-testid="device-delete"' in page.text
+    await container.fleet.update_device(uuid, display_name="press-10", attributes={"rack": 4})
+    summary = await browser.get(f"/console/fragments/devices/{uuid}")
+    assert '<span data-testid="device-name">press-10</span>' in summary.text
+    assert "rack" in summary.text and '<span class="tag">line-3</span>' in summary.text
+    await container.fleet.delete_devices([uuid])
+    gone = await browser.get(f"/console/fragments/devices/{uuid}")
+    assert gone.status_code == 200 and 'data-testid="device-gone"' in gone.text
+
+
+async def test_an_unknown_console_url_answers_an_html_page(
+    container: Container, browser: httpx.AsyncClient
+) -> None:
+    r = await browser.get("/console/no/such/page")
+    assert r.status_code == 404 and r.headers["content-type"].startswith("text/html")
+    assert "Page not found" in r.text and 'href="/console/login"' in r.text
+    await _log_in(container, browser, Role.VIEWER)
+    r = await browser.get("/console/gateways")
+    assert r.status_code == 404 and "Page not found" in r.text
+    assert "<code>/console/gateways</code>" in r.text and 'nav aria-label="Main"' in r.text
+    api = await browser.get("/api/v1/no-such-thing")  # the API keeps its JSON problems
+    assert api.status_code == 404 and api.headers["content-type"] == "application/problem+json"
+
+
+async def test_the_console_speaks_the_users_language_or_the_browsers(
+    container: Container, browser: httpx.AsyncClient
+) -> None:
+    zh = {"Accept-Language": "zh-TW,zh;q=0.9,en;q=0.8"}
+    login = await browser.get("/console/login", headers=zh)
+    assert '<html lang="zh-Hant-TW">' in login.text and "登入 edgefleet" in login.text
+    assert "Log in to edgefleet" in (await browser.get("/console/login")).text
+    fr_then_zh = {"Accept-Language": "fr-CH, fr;q=0.9, zh-HK;q=0.5"}
+    assert "登入 edgefleet" in (await browser.get("/console/login", headers=fr_then_zh)).text
+    csrf = await _log_in(container, browser, Role.VIEWER)
+    page = await browser.get("/console/devices", headers=zh)
+    assert "<h1>閘道器</h1>" in page.text and '"plurals": ["other"]' in page.text
+    catalog = re.search(r'id="i18n-catalog">(.*?)</script>', page.text, re.S)
+    assert catalog and json.loads(catalog.group(1))["messages"]["Select gateways first"]
+    # the user's choice wins over the browser's, and is kept with the account
+    r = await browser.patch(
+        "/api/v1/users/me", json={"locale": "en"}, headers={"X-CSRF-Token": csrf}
+    )
+    assert r.status_code == 200 and r.json()["locale"] == "en"
+    assert "<h1>Gateways</h1>" in (await browser.get("/console/devices", headers=zh)).text
+    r = await browser.patch(
+        "/api/v1/users/me", json={"locale": "zh_TW"}, headers={"X-CSRF-Token": csrf}
+    )
+    fragment = await browser.get("/console/fragments/devices")
+    assert r.status_code == 200 and "尚無閘道器" in fragment.text
+    bad = await browser.patch(
+        "/api/v1/users/me", json={"locale": "xx"}, headers={"X-CSRF-Token": csrf}
+    )
+    assert bad.status_code == 400 and "locale must be one of en, zh_TW" in bad.json()["detail"]
+    # back to the browser's: empty
+    await browser.patch("/api/v1/users/me", json={"locale": ""}, headers={"X-CSRF-Token": csrf})
+    assert "<h1>Gateways</h1>" in (await browser.get("/console/devices")).text

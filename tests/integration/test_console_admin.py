@@ -250,7 +250,7 @@ async def test_unacknowledged_filter_and_an_acknowledged_alarm_after_the_api_cal
     assert f"event-{second.id}" not in html
 
 
-async def test_event_filters_by_type_severity_device_and_text(
+async def test_event_filters_by_type_severity_device_name_or_uuid_and_text(
     container: Container, login: Login
 ) -> None:
     a = await gateway(container, "alpha")
@@ -287,8 +287,12 @@ async def test_event_filters_by_type_severity_device_and_text(
     # a wrong filter is said, not a server error
     html = await viewer.html("/console/fragments/events", severity="loud")
     assert 'data-testid="events-error"' in html and "severity must be one of" in html
-    html = await viewer.html("/console/fragments/events", device="not-a-uuid")
-    assert "device must be a gateway&#39;s uuid" in html
+    html = await viewer.html("/console/fragments/events", device="not-a-gateway")
+    assert 'data-testid="events-error"' in html and "No gateway is named not-a-gateway." in html
+    # by name: the whole name in any letter case, else a part of it
+    assert await shown(device="ALPHA") == {warn.id}
+    assert await shown(device="et") == {crit.id, prop.id}
+    assert await shown(device="alpha", severity="warning") == {warn.id}
     html = await viewer.html("/console/fragments/events", cursor="garbage")
     assert 'data-testid="events-error"' in html
     # the page keeps what was asked in its form
