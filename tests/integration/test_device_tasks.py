@@ -119,3 +119,49 @@ async def test_a_read_token_may_not_send_tasks(live: Container, api: httpx.Async
         headers=reader.headers,
     )
     assert r.status_code == 403
+
+
+async def test_reading_a_gateways_properties_stores_what_it_read(
+    live: Container, api: httpx.AsyncClient
+) -> None:
+    """The console's "Read properties" (a deviceTasks GET /system/properties): what the
+    gateway answers becomes its stored properties, as its answer at connection did."""
+    creds = await register(live, 1)
+    gws, tasks = start(live, creds)
+    await _online(live, 1)
+    uuid = creds[0][0]
+
+    async def stored() -> dict[str, object]:
+        return dict((await live.fleet.get_device(uuid)).device.properties or {})
+
+    async def connected_ones() -> bool:
+        return (await stored()).get("modelName") == PROPS["modelName"]
+
+    await eventually(connected_ones)
+    # the gateway changes without saying so (no event): only a read can tell
+    gws[0].properties.update({"hostName": "press-7b", "gps": {"lat": 25.03, "lng": 121.56}})
+    writer = await Callers(live).token(Role.OPERATOR, Scope.READ_WRITE)
+    r = await api.post(
+        URL,
+        json={"deviceUUID": uuid, "payload": {"method": "get", "resource": "/system/properties"}},
+        headers=writer.headers,
+    )
+    assert r.status_code == 200 and r.json()["data"]["hostName"] == "press-7b", r.text
+
+    async def read_ones() -> bool:
+        now = await stored()
+        return now.get("hostName") == "press-7b" and now.get("gps") == {"lat": 25.03, "lng": 121.56}
+
+    await eventually(read_ones, 10)
+    # any other request is relayed as it was, and stores nothing
+    r = await api.post(
+        URL,
+        json={"deviceUUID": uuid, "payload": {"method": "get", "resource": "/system/status"}},
+        headers=writer.headers,
+    )
+    assert r.status_code == 200
+    await live.messaging.presence.drained()
+    assert "uptime" not in await stored()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
