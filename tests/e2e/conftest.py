@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -34,7 +35,14 @@ from tests.e2e.harness import (
 from tests.httpserver import bound_socket, serving
 
 try:
-    from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+    from playwright.async_api import (
+        Browser,
+        BrowserContext,
+        Page,
+        Route,
+        async_playwright,
+        expect,
+    )
 except ImportError as exc:  # pragma: no cover - a setup error, said clearly
     raise ImportError(
         "the browser tests need Playwright for Python: .venv/bin/pip install -e '.[test]'"
@@ -82,6 +90,7 @@ class Console:
 
 @pytest.fixture
 async def console(live: Container) -> AsyncIterator[Console]:
+    live.settings.console.map_tiles_url = ""  # no tile server: the browser stays on this host
     accounts = await make_accounts(live)
     fleet = Fleet(live)
     sock = bound_socket()
@@ -118,10 +127,24 @@ async def context(browser: Browser, console: Console) -> AsyncIterator[BrowserCo
     (its event streams would hold the server's shutdown)."""
     ctx = await browser.new_context(base_url=console.url, viewport=DESKTOP)  # type: ignore[arg-type]
     ctx.set_default_timeout(10_000)
+    outside: list[str] = []
+
+    async def local_only(route: Route) -> None:
+        """Nothing leaves this host (tiles, fonts, a CDN): such a request is refused and
+        fails the test."""
+        host = urlsplit(route.request.url).hostname or ""
+        if route.request.url.startswith(("data:", "blob:")) or host in ("127.0.0.1", "localhost"):
+            await route.continue_()
+        else:
+            outside.append(route.request.url)
+            await route.abort()
+
+    await ctx.route("**/*", local_only)
     try:
         yield ctx
     finally:
         await ctx.close()
+    assert not outside, f"the page asked for something outside this host: {outside[:5]}"
 
 
 @pytest.hookimpl(wrapper=True)

@@ -131,7 +131,12 @@ class Fleet:
         return uuids
 
     def start(
-        self, uuids: list[str], *, stay: bool = True, props: dict[str, Any] | None = None
+        self,
+        uuids: list[str],
+        *,
+        stay: bool = True,
+        props: dict[str, Any] | None = None,
+        behaviour: Behaviour = FAST,
     ) -> None:
         """Connect these gateways, reporting ``props`` over the defaults. ``stay``: reconnect
         as a real gateway does (and come back after a reboot); otherwise one session only, so a
@@ -140,7 +145,7 @@ class Fleet:
         for uuid in uuids:
             properties = {**PROPS, **(props or {})}
             gw = VirtualGateway(
-                uuid, self._psks[uuid], "127.0.0.1", port, properties, behaviour=FAST
+                uuid, self._psks[uuid], "127.0.0.1", port, properties, behaviour=behaviour
             )
             self.gateways[uuid] = gw
             if stay:

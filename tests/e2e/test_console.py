@@ -25,13 +25,14 @@ from tests.gateways import eventually
 PHONE = {"width": 390, "height": 844}
 WRITE_CONTROLS = ", ".join(
     [
-        "form:not([method=get]):not([hx-get])", "[hx-post]", "[hx-put]", "[hx-patch]",
+        "form:not([method=get]):not([hx-get]):not([data-language])", "[hx-post]", "[hx-put]",
+        "[hx-patch]",
         "[hx-delete]", "[data-api]", "[data-api-json]", "[data-select]", "[data-group-action]",
         "[data-device-request]",
     ]
 )  # fmt: skip
-"""What makes a change: a form that is not a search, an htmx or console.js call to the API, a
-gateway selection, a group task or a request to a gateway."""
+"""What makes a change: a form that is not a search (nor one's own language), an htmx or
+console.js call to the API, a gateway selection, a group task or a request to a gateway."""
 
 
 async def mark(page: Page) -> None:
