@@ -8,8 +8,11 @@ Mosquitto on free ports, the app on a free port), connects simulated gateways, m
 activity (groups, a finished group reboot and one still waiting for a gateway, offline alarms,
 one acknowledged, an API token), logs in as an admin with Debian's Chromium (Playwright, no
 browser download: ``scripts/setup-system.sh test`` installs ``chromium``) and saves PNGs of
-the main pages at 1280x800, and of the dashboard at 390 px wide (a phone, the whole page), into
-docs/screenshots/. Takes about half a minute; nothing is left running or on disk but the PNGs.
+the main pages at 1280x800, of the dashboard, the gateway list and the map at 390 px wide (a
+phone, the whole page), and of the gateway list in Traditional Chinese, into
+docs/screenshots/. The map uses no tile server (the browser reaches nothing but this server):
+it shows the offline basemap. Takes about a minute; nothing is left running or on disk but the
+PNGs.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ from edgefleet.domain.eventfilter import EventFilter
 from edgefleet.domain.events import AlarmState
 from edgefleet.domain.tasks import TaskKind
 from edgefleet.services.tasks import TaskSpec
-from edgefleet.settings import HTTPSettings, MQTTSettings, Settings
+from edgefleet.settings import ConsoleSettings, HTTPSettings, MQTTSettings, Settings
+from edgefleet.simulator.fleet import MODELS, position_for
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "screenshots"
@@ -70,6 +74,7 @@ async def server(tmp: Path) -> AsyncIterator[tuple[Container, str]]:
         mqtt=MQTTSettings(
             gateway_host="127.0.0.1", gateway_port=free_port(), server_port=free_port()
         ),
+        console=ConsoleSettings(map_tiles_url=""),  # the offline basemap: no internet here
     )
     c = build(settings, db=Database(make_engine(url)))
     await c.start_messaging()
@@ -91,7 +96,12 @@ async def activity(c: Container, fleet: Fleet, admin: Account) -> str:
     flaky = await fleet.register(3, prefix="pack")
     fleet.start(flaky, stay=False, props={"gps": {"lat": 51.5072, "lng": -0.1276}})
     await fleet.register(2, prefix="spare")  # never connected
-    await fleet.connected(online + flaky)
+    # a fleet spread over industrial regions, as `edgefleet simulate` reports it
+    spread = await fleet.register(32, prefix="site")
+    for i, uuid in enumerate(spread):
+        model = MODELS[i % len(MODELS)]
+        fleet.start([uuid], props={"modelName": model, "gps": position_for(uuid)})
+    await fleet.connected(online + flaky + spread)
 
     line1 = (await c.fleet.create_group("Press line 1", "hall A, presses 1-5")).group.id
     await c.fleet.add_to_group(line1, online[:5])
@@ -141,6 +151,10 @@ async def activity(c: Container, fleet: Fleet, admin: Account) -> str:
 async def settled(page: Page) -> None:
     """Every fragment loaded, then the fonts and one frame (charts are drawn on the swap)."""
     await settle(page)
+    await page.wait_for_function(  # the map: its markers and its basemap drawn
+        """() => { const m = document.getElementById("map-canvas");
+                   return !m || (m.dataset.markers && m.dataset.basemapLoaded); }"""
+    )
     await page.evaluate("document.fonts.ready.then(() => true)")
     await page.evaluate("new Promise((r) => requestAnimationFrame(() => setTimeout(r, 100)))")
 
@@ -195,8 +209,19 @@ async def main(out: Path) -> list[Path]:
                         if (file := await shoot(page, path, name, out)) is not None:
                             made.append(file)
                     await page.set_viewport_size(PHONE)  # type: ignore[arg-type]
+                    for path, name in [
+                        ("/", "dashboard-phone"),
+                        ("/console/devices", "devices-phone"),
+                        ("/console/map", "map-phone"),
+                    ]:
+                        if (file := await shoot(page, path, name, out, full=True)) is not None:
+                            made.append(file)
+                    await page.set_viewport_size(DESKTOP)  # type: ignore[arg-type]
+                    await page.goto("/console/devices")
+                    await page.get_by_test_id("language").select_option("zh_TW")
+                    await page.wait_for_function("document.documentElement.lang === 'zh-Hant-TW'")
                     if (
-                        file := await shoot(page, "/", "dashboard-phone", out, full=True)
+                        file := await shoot(page, "/console/devices", "devices-zh", out)
                     ) is not None:
                         made.append(file)
                     await ctx.close()  # its event streams closed before the server stops

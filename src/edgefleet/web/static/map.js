@@ -20,6 +20,18 @@
 
   // --- basemaps -------------------------------------------------------------------------------
   let basemap = null;
+  function unwrapRing(ring) {
+    for (let i = 1; i < ring.length; i += 1) {
+      const step = ring[i][0] - ring[i - 1][0];
+      if (step > 180) ring[i][0] -= 360;
+      else if (step < -180) ring[i][0] += 360;
+    }
+  }
+  function unwrap(geometry) {
+    if (!geometry) return;
+    if (geometry.type === "Polygon") geometry.coordinates.forEach(unwrapRing);
+    else if (geometry.type === "MultiPolygon") geometry.coordinates.forEach((poly) => poly.forEach(unwrapRing));
+  }
   async function offlineBasemap(reason) {
     note.textContent = reason;
     box.dataset.mode = "offline";
@@ -29,6 +41,11 @@
       const r = await fetch(box.dataset.basemap, { credentials: "same-origin" });
       const world = await r.json();
       const land = topojson.feature(world, world.objects.countries);
+      // Antarctica (no gateway there) runs along the pole, which Web Mercator cannot draw;
+      // rings crossing the antimeridian (Russia, Fiji) are unwrapped so that they do not
+      // streak across the map
+      land.features = land.features.filter((f) => f.id !== "010");
+      land.features.forEach((f) => unwrap(f.geometry));
       basemap = L.geoJSON(land, {
         interactive: false,
         style: { color: "#8a9bb0", weight: 0.8, fillColor: "#f3f1ec", fillOpacity: 1 },
