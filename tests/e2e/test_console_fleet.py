@@ -328,16 +328,32 @@ async def test_a_gateway_is_renamed_tagged_and_deleted_from_its_page(
     assert await _all(console) == []
 
 
-async def test_gateways_are_deleted_in_bulk_after_a_confirmation_naming_them(
+async def test_gateways_are_described_and_deleted_in_bulk_after_confirmations_naming_them(
     console: Console, page: Page
 ) -> None:
+    c = console.c
     uuids = await console.fleet.register(3, prefix="old")
     await log_in(page, console.operator, next="/console/devices")
     await settle(page)
     for uuid in uuids[:2]:
         await page.locator(f"#select-{uuid}").check()
-    await page.get_by_test_id("bulk-delete").click()
     dialog = page.get_by_test_id("bulk-dialog")
+    await page.get_by_test_id("bulk-description").click()
+    await expect(dialog.get_by_role("heading")).to_have_text("Describe 2 gateways")
+    await dialog.get_by_test_id("bulk-description-text").fill("spare, shelf 2")
+    await dialog.get_by_test_id("bulk-confirm").click()
+    await expect(dialog).to_be_hidden()
+    await page.get_by_test_id("bulk-attribute").click()
+    await dialog.get_by_test_id("bulk-attr-key").fill("rack")
+    await dialog.get_by_test_id("bulk-attr-value").fill("4")
+    await dialog.get_by_test_id("bulk-confirm").click()
+    await expect(dialog).to_be_hidden()
+    for uuid in uuids[:2]:
+        d = (await c.fleet.get_device(uuid)).device
+        assert d.description == "spare, shelf 2" and d.attributes == {"rack": "4"}
+    assert (await c.fleet.get_device(uuids[2])).device.description == ""
+
+    await page.get_by_test_id("bulk-delete").click()
     await expect(dialog.get_by_role("heading")).to_have_text("Delete 2 gateways")
     await expect(dialog.get_by_test_id("bulk-targets")).to_contain_text("old-00")
     await expect(dialog.get_by_test_id("bulk-targets")).not_to_contain_text("old-02")

@@ -187,11 +187,13 @@
     group: () => tn("Add {n} gateway to a group", "Add {n} gateways to a group", selection.size),
     tags: () => tn("Change the tags of {n} gateway", "Change the tags of {n} gateways", selection.size),
     attribute: () => tn("Set an attribute of {n} gateway", "Set an attribute of {n} gateways", selection.size),
+    description: () => tn("Describe {n} gateway", "Describe {n} gateways", selection.size),
     delete: () => tn("Delete {n} gateway", "Delete {n} gateways", selection.size),
   };
   const CONFIRM = {
     reboot: () => t("Reboot them"), group: () => t("Add them"), tags: () => t("Change the tags"),
-    attribute: () => t("Set the attribute"), delete: () => t("Delete them"),
+    attribute: () => t("Set the attribute"), description: () => t("Set the description"),
+    delete: () => t("Delete them"),
   };
   function openBulk(kind) {
     const dialog = document.getElementById("bulk-dialog");
@@ -267,6 +269,10 @@
       const value = form.value.value;
       await api("PATCH", "/api/v1/devices", { devices, query: guard, exact, attributes: { [key]: value === "" ? null : value } });
       return tn("Attribute of {n} gateway set", "Attribute of {n} gateways set", devices.length);
+    }
+    if (kind === "description") {
+      await api("PATCH", "/api/v1/devices", { devices, query: guard, exact, description: form.description.value });
+      return tn("Description of {n} gateway set", "Description of {n} gateways set", devices.length);
     }
     if (kind === "delete") {
       await api("DELETE", "/api/v1/devices" + q, devices);
