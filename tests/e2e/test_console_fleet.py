@@ -255,6 +255,7 @@ async def test_the_map_draws_clustered_gateways_on_the_offline_basemap(
             nowhere: {},
         },
     )
+    await page.emulate_media(reduced_motion="reduce")  # the map moves at once, no animation
     await log_in(page, console.viewer, next="/console/map")
     box = page.get_by_test_id("map")
     await expect(box).to_have_attribute("data-markers", "3")
@@ -486,8 +487,9 @@ async def test_the_navigation_fits_1280_px_and_tables_wrap_between_words(
     await log_in(page, console.admin)  # the admin has the most menu entries
     for locale, lang in (("en", "en"), ("zh_TW", "zh-Hant-TW")):
         await page.goto("/console/events")
-        await page.get_by_test_id("language").select_option(locale)
-        await expect(page.locator("html")).to_have_attribute("lang", lang)  # reloaded in it
+        async with page.expect_navigation():  # the choice is stored, the page reloaded in it
+            await page.get_by_test_id("language").select_option(locale)
+        await expect(page.locator("html")).to_have_attribute("lang", lang)
         await settle(page)
         got = await page.evaluate(NAV_IN_ONE_ROW)
         assert got["rows"] == 1 and got["height"] < 70 and got["width"] <= 1280, (locale, got)

@@ -14,7 +14,12 @@
   const COLOURS = { online: "#1a7f37", offline: "#b42318", created: "#8a94a3" };
   const LABELS = { online: t("online"), offline: t("offline"), created: t("never connected") };
 
-  const map = L.map(box, { worldCopyJump: true, minZoom: 2, maxZoom: Number(box.dataset.maxZoom) || 18 });
+  // no zoom and cluster animations for those who asked their system for less motion
+  const still = window.matchMedia && window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+  const map = L.map(box, {
+    worldCopyJump: true, minZoom: 2, maxZoom: Number(box.dataset.maxZoom) || 18,
+    zoomAnimation: !still, fadeAnimation: !still, markerZoomAnimation: !still,
+  });
   map.setView([25, 10], 2);
   map.attributionControl.setPrefix('<a href="https://leafletjs.com">Leaflet</a>');
 
@@ -101,7 +106,9 @@
       '<span style="background:#14253a;border-radius:50%;padding:3px 5px">' + n + "</span></div>";
     return L.divIcon({ html, className: "", iconSize: [size, size] });
   }
-  const clusters = L.markerClusterGroup({ iconCreateFunction: clusterIcon, showCoverageOnHover: false, maxClusterRadius: 50 });
+  const clusters = L.markerClusterGroup({
+    iconCreateFunction: clusterIcon, showCoverageOnHover: false, maxClusterRadius: 50, animate: !still,
+  });
   map.addLayer(clusters);
   const markers = new Map();  // uuid → marker
 
