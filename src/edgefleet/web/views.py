@@ -167,9 +167,7 @@ async def page(
     request: Request, c: Container, name: str, permission: Permission, **context: Any
 ) -> Response:
     """A page for a logged-in user with ``permission``; the login page otherwise."""
-    return await page_for(
-        request, c, await session_viewer(request, c), name, permission, **context
-    )
+    return await page_for(request, c, await session_viewer(request, c), name, permission, **context)
 
 
 async def page_for(
