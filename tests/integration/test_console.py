@@ -64,7 +64,10 @@ async def test_a_one_time_password_leads_to_the_password_page(
     await browser.post("/api/v1/auth/login", json={"email": user.email, "password": password})
     r = await browser.get("/console/devices")
     assert r.status_code == 303 and r.headers["location"] == "/console/password"
-    assert "Choose your password" in (await browser.get("/console/password")).text
+    page = (await browser.get("/console/password")).text
+    assert "Choose your password" in page
+    # no fragment that would be refused (401 sends a browser to the login page), no live stream
+    assert "hx-get" not in page and "data-live" not in page and "data-logout" in page
 
 
 async def test_a_viewer_is_offered_no_write_control_and_an_operator_is(
