@@ -87,9 +87,11 @@ async def test_readyz_follows_the_broker_connection(live: Container) -> None:
 async def test_an_unknown_path_is_a_404_problem_not_a_server_error(
     client: httpx.AsyncClient,
 ) -> None:
-    for path in ("/api/v1/no-such-thing", "/favicon.ico", "/console/no-such-page"):
+    for path in ("/api/v1/no-such-thing", "/favicon.ico"):
         r = await client.get(path)
         assert r.status_code == 404, path
         assert r.headers["content-type"] == "application/problem+json"
+    r = await client.get("/console/no-such-page")  # a person's browser: a page, not JSON
+    assert r.status_code == 404 and r.headers["content-type"].startswith("text/html")
     r = await client.delete("/healthz")
     assert r.status_code == 405
