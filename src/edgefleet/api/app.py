@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import make_asgi_app
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -13,7 +13,7 @@ from starlette.routing import BaseRoute
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from edgefleet import __version__
-from edgefleet.api import errors
+from edgefleet.api import errors, inputs
 from edgefleet.api.bodylimit import BodyLimitMiddleware, upload_paths
 from edgefleet.api.middleware import AuditMiddleware, MetricsMiddleware
 from edgefleet.api.multipart import upload_limit
@@ -70,6 +70,8 @@ def create_app(container: Container, *, run_messaging: bool = False) -> FastAPI:
         ),
         docs_url="/docs",
         openapi_url="/openapi.json",
+        # every route, the console's included: text, numbers and JSON checked once
+        dependencies=[Depends(inputs.check_request)],
     )
     app.state.container = container
     api_routes: list[BaseRoute] = []  # as declared: the app's own list holds included routers

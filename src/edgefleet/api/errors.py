@@ -2,13 +2,15 @@
 
 Two body shapes: the ThingsPro-compatible endpoints answer ``{"message": …}`` as the
 original's Sanji stack did; every other endpoint answers RFC 9457 problem+json.
-A route opts into the compatible shape by using ``CompatRoute`` as its router's route class.
+A route opts into the compatible shape by using ``CompatRoute`` as its router's route class;
+the app's handlers pick the shape from the route that matched the path, for every error of
+it: ours, validation, the router's 405 (whose ``Allow`` names every method any route serves
+at that path) and an unexpected exception (a 500 that says nothing more).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import Request, Response
@@ -16,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException  # the router's own 404/405 are this base class
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgefleet.errors import (
@@ -131,24 +134,53 @@ def compat_response(request: Request, exc: Exception) -> Response:
 class CompatRoute(APIRoute):
     """A route whose errors take the original ThingsPro shape ``{"message": …}``."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
 
-        async def compat_handler(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except (EdgefleetError, RequestValidationError, HTTPException) as exc:
-                return compat_response(request, exc)
+def is_compat(request: Request) -> bool:
+    """Whether the route that matched the request's path answers the compatible shape."""
+    return isinstance(request.scope.get("route"), CompatRoute)
 
-        return compat_handler
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app serves at the request's path. The router's 405
+    names only the methods of the first route it found there, and a path is often served by
+    several routes (one per method, or from several routers)."""
+    routes = request.app.router.routes
+    allowed = []
+    for method in METHODS:
+        probe = {**request.scope, "method": method}
+        if any(route.matches(probe)[0] is Match.FULL for route in routes):
+            allowed.append(method)
+    return allowed
+
+
+def _method_not_allowed(request: Request) -> HTTPException:
+    allowed = allowed_methods(request)
+    return HTTPException(
+        405,
+        f"method {request.method} is not allowed here; use {', '.join(allowed)}",
+        headers={"Allow": ", ".join(allowed)},
+    )
+
+
+def error_response(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, HTTPException) and exc.status_code == 405:
+        exc = _method_not_allowed(request)
+    if is_compat(request):
+        return compat_response(request, exc)
+    return problem_response(request, exc)
 
 
 async def handle_error(request: Request, exc: Exception) -> Response:
-    return problem_response(request, exc)
+    return error_response(request, exc)
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
+    if is_compat(request):
+        return JSONResponse({"message": "internal server error"}, status_code=500)
     return problem(500, "internal-error", "internal server error", request.url.path)
 
 

@@ -8,9 +8,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgefleet.api.inputs import Int64
 from edgefleet.api.schemas import iso_time
 from edgefleet.db.tables import Event
 from edgefleet.domain.events import EventType, Severity
+from edgefleet.domain.limits import INT64_MAX
 from edgefleet.errors import ValidationError
 from edgefleet.services.eventlog import EventSummary
 
@@ -22,7 +24,7 @@ class EventIds(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    ids: list[int] = Field(min_length=1, max_length=10_000)
+    ids: list[Int64] = Field(min_length=1, max_length=10_000)
 
 
 def event_public(e: Event) -> dict[str, Any]:
@@ -77,7 +79,10 @@ def decode_cursor(cursor: str) -> int:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         if not raw.startswith(_CURSOR_PREFIX):
             raise ValueError(raw)
-        return int(raw[len(_CURSOR_PREFIX) :])
+        event_id = int(raw[len(_CURSOR_PREFIX) :])
+        if not 0 <= event_id <= INT64_MAX:
+            raise ValueError(raw)
+        return event_id
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise ValidationError(
             "cursor is not one this server gave (use the 'next' of the previous page)"

@@ -24,6 +24,7 @@ from starlette.routing import Match
 from starlette.types import Scope
 
 from edgefleet.api.errors import CompatRoute
+from edgefleet.api.inputs import check_text
 from edgefleet.errors import FileTooLargeError, ValidationError
 from edgefleet.files import StoredFile
 from edgefleet.services.files import FileKind, FileService
@@ -231,12 +232,16 @@ async def receive_form(
         reader = MultipartReader(boundary, request.stream())
         async with contextlib.aclosing(reader.parts()) as parts:
             async for part in parts:
+                check_text(part.name, ("body",))  # the same rules as any other text sent
                 if isinstance(part, FormField):
                     n_fields += 1
                     if n_fields > MAX_FIELDS:
                         raise ValidationError(f"more than {MAX_FIELDS} form fields")
+                    check_text(part.value, ("body", part.name))
                     form.fields.setdefault(part.name, []).append(part.value)
                     continue
+                check_text(part.filename, ("body", part.name, "filename"))
+                check_text(part.content_type, ("body", part.name, "content-type"))
                 if len(form.files) >= max_files:
                     raise ValidationError(
                         f"at most {max_files} file{'s' if max_files > 1 else ''} per request"

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edgefleet.api.inputs import Timestamp
 from edgefleet.db.tables import ApiToken, AuditEntry, Device, Execution, Firmware, Task, User
 from edgefleet.domain.auth import TOKEN_DESCRIPTION_MAX, Role, Scope
 from edgefleet.domain.tasks import ACTIVE, COMPLETED, TaskState
@@ -135,7 +136,7 @@ class TokenCreate(BaseModel):
 
     description: str = Field(default="", max_length=TOKEN_DESCRIPTION_MAX)
     scope: Scope
-    expiresAt: datetime | None = None
+    expiresAt: Timestamp | None = None
 
     @field_validator("expiresAt")
     @classmethod

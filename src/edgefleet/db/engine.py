@@ -1,11 +1,14 @@
 """The database handle: one async engine, transactions, and schema checks.
 
 SQLite gets WAL and a busy timeout so the web, task and event roles can share a file;
-PostgreSQL gets a pool. Driver errors leave this layer as ``StorageError``.
+PostgreSQL gets a pool. Driver errors leave this layer as ``StorageError``. JSON columns are
+read through ``load_json``, so a document stored before the input rules of
+``domain/limits.py`` existed can still be shown.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,9 +25,27 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from edgefleet.domain.limits import CUT, SHOWN_JSON_DEPTH, prune
 from edgefleet.errors import StorageError
 
 log = logging.getLogger(__name__)
+
+
+def _no_constant(_: str) -> None:
+    return None
+
+
+def load_json(text: str) -> Any:
+    """A stored JSON document as the API can always answer it: NaN and Infinity (SQLite
+    keeps what Python's encoder wrote) read as null, and objects or arrays nested deeper than
+    ``SHOWN_JSON_DEPTH`` cut there (a response encoder gives up past ~250 levels)."""
+    try:
+        doc = json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        return CUT
+    if text.count("{") + text.count("[") <= SHOWN_JSON_DEPTH:  # cannot nest deeper: skip the walk
+        return doc
+    return prune(doc)
 
 
 def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
@@ -32,7 +53,11 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     # its bound values: password hashes, gateways' and users' input
     if url.startswith("sqlite"):
         engine = create_async_engine(
-            url, echo=echo, hide_parameters=True, connect_args={"timeout": 30}
+            url,
+            echo=echo,
+            hide_parameters=True,
+            connect_args={"timeout": 30},
+            json_deserializer=load_json,
         )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
@@ -45,6 +70,7 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         pool_size=10,
         max_overflow=20,
         pool_recycle=1800,
+        json_deserializer=load_json,
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid as uuidlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Protocol
 
 from edgefleet.domain.events import (
@@ -20,6 +20,7 @@ from edgefleet.domain.events import (
     parse_severity,
     parse_type,
 )
+from edgefleet.domain.limits import INT32_MAX, INT32_MIN, INT64_MAX, utc_time
 from edgefleet.errors import ValidationError
 
 MAX_Q = 200
@@ -124,7 +125,7 @@ def matches(f: EventFilter, e: EventLike, members: frozenset[str] | None = None)
 
 
 def parse_time(value: str, name: str) -> datetime:
-    """An ISO 8601 time; one without an offset is UTC."""
+    """An ISO 8601 time; one without an offset is UTC (within ``limits.utc_time``'s range)."""
     text = value.strip()
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
@@ -134,7 +135,10 @@ def parse_time(value: str, name: str) -> datetime:
         raise ValidationError(
             f"{name} must be an ISO 8601 time such as 2026-01-31T08:00:00Z, not {value!r}"
         ) from None
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    try:
+        return utc_time(at)
+    except ValueError as exc:
+        raise ValidationError(f"{name}: {exc}") from None
 
 
 def parse_device_uuid(value: str) -> str:
@@ -149,8 +153,8 @@ def parse_event_id(value: str, name: str) -> int:
         event_id = int(value.strip())
     except ValueError:
         raise ValidationError(f"{name} must be an event id, not {value!r}") from None
-    if event_id < 0:
-        raise ValidationError(f"{name} must not be negative")
+    if not 0 <= event_id <= INT64_MAX:
+        raise ValidationError(f"{name} must be an event id from 0 to {INT64_MAX}")
     return event_id
 
 
@@ -178,6 +182,8 @@ def parse_filter(
             group_id = int(group)
         except ValueError:
             raise ValidationError(f"group must be a group id, not {group!r}") from None
+        if not INT32_MIN <= group_id <= INT32_MAX:
+            raise ValidationError(f"group must be a group id, not {group!r}")
     if resource is not None and len(resource) > MAX_RESOURCE_PREFIX:
         raise ValidationError(f"resource must have at most {MAX_RESOURCE_PREFIX} characters")
     if q is not None and len(q) > MAX_Q:

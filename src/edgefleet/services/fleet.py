@@ -422,17 +422,19 @@ class FleetService:
             group = await repo.get(group_id)
             if group is None:
                 raise GroupNotFoundError(group_id)
+            new_name = group.name
             if name is not None:
                 if not name.strip():
                     raise ValidationError("a group needs a name")
-                group.name = name.strip()
+                new_name = group.name = name.strip()
             if description is not None:
                 group.description = description
             group.updated_at = self.clock()
             try:
                 await repo.flush_rename()
             except DuplicateError as exc:
-                raise DuplicateError("group", "name", group.name) from exc
+                # not group.name: the failed flush expired the row, and reloading it now fails
+                raise DuplicateError("group", "name", new_name) from exc
         return await self.get_group(group_id)
 
     async def delete_groups(self, ids: Sequence[int]) -> None:

@@ -30,6 +30,7 @@ from edgefleet.db.tables import ApiToken, AuditEntry, Device, Event
 from edgefleet.domain.auth import TOKEN_DESCRIPTION_MAX, Permission, Role
 from edgefleet.domain.eventfilter import MAX_VALUES, parse_filter
 from edgefleet.domain.events import AlarmState, EventType, Severity
+from edgefleet.domain.limits import INT64_MAX
 from edgefleet.errors import EdgefleetError, ValidationError
 from edgefleet.settings import Settings
 from edgefleet.web.i18n import N_, gettext
@@ -391,6 +392,8 @@ async def audit_fragment(request: Request, c: ContainerDep, cursor: str = "") ->
     if cursor:
         try:
             before = int(cursor)
+            if not 0 <= before <= INT64_MAX:
+                raise ValueError(cursor)
         except ValueError:
             error = gettext("cursor is not one this page gave (follow the Older link)")
     if f["outcome"] and f["outcome"] not in AUDIT_OUTCOMES:

@@ -35,6 +35,7 @@ from fastapi.responses import Response
 from sqlalchemy import func, select
 
 from edgefleet.api.deps import ContainerDep
+from edgefleet.api.inputs import Int32, Offset
 from edgefleet.bootstrap import Container
 from edgefleet.db.repos.devices import DeviceFilter, DeviceRepo
 from edgefleet.db.repos.groups import GroupRepo
@@ -401,7 +402,7 @@ async def groups_page(request: Request, c: ContainerDep) -> Response:
 
 
 @router.get("/fragments/groups")
-async def groups_fragment(request: Request, c: ContainerDep, offset: int = 0) -> Response:
+async def groups_fragment(request: Request, c: ContainerDep, offset: Offset = 0) -> Response:
     viewer = await reader(request, c)
     if viewer is None:
         return Response(status_code=401)
@@ -452,7 +453,7 @@ async def group_page(request: Request, c: ContainerDep, ref: str) -> Response:
 
 
 @router.get("/fragments/groups/{group_id}/summary")
-async def group_summary(request: Request, c: ContainerDep, group_id: int) -> Response:
+async def group_summary(request: Request, c: ContainerDep, group_id: Int32) -> Response:
     viewer = await reader(request, c)
     if viewer is None:
         return Response(status_code=401)
@@ -466,7 +467,7 @@ async def group_summary(request: Request, c: ContainerDep, group_id: int) -> Res
 
 @router.get("/fragments/groups/{group_id}/devices")
 async def group_members(
-    request: Request, c: ContainerDep, group_id: int, offset: int = 0
+    request: Request, c: ContainerDep, group_id: Int32, offset: Offset = 0
 ) -> Response:
     viewer = await reader(request, c)
     if viewer is None:
@@ -491,7 +492,7 @@ async def group_members(
 
 @router.get("/fragments/groups/{group_id}/candidates")
 async def group_candidates(
-    request: Request, c: ContainerDep, group_id: int, q: str = ""
+    request: Request, c: ContainerDep, group_id: Int32, q: str = ""
 ) -> Response:
     """What adding the gateways of a fleet query would do: how many match, are free, are
     here already, or belong to another group (a gateway is in one group at most)."""
@@ -554,8 +555,8 @@ async def tasks_fragment(
     c: ContainerDep,
     kind: str = "",
     state: str = "",
-    group: int | None = None,
-    offset: int = 0,
+    group: Int32 | None = None,
+    offset: Offset = 0,
 ) -> Response:
     viewer = await reader(request, c)
     if viewer is None:
@@ -642,7 +643,7 @@ async def task_summary(request: Request, c: ContainerDep, uuid: str) -> Response
 
 @router.get("/fragments/tasks/{uuid}/executions")
 async def task_executions(
-    request: Request, c: ContainerDep, uuid: str, state: str = "", offset: int = 0
+    request: Request, c: ContainerDep, uuid: str, state: str = "", offset: Offset = 0
 ) -> Response:
     viewer = await reader(request, c)
     if viewer is None:

@@ -28,6 +28,7 @@ from fastapi.templating import Jinja2Templates
 
 from edgefleet import __version__
 from edgefleet.api.deps import SESSION_COOKIE, ContainerDep
+from edgefleet.api.inputs import Int32
 from edgefleet.bootstrap import Container
 from edgefleet.db.repos.devices import DeviceFilter, DeviceOrder
 from edgefleet.domain.auth import LOCALES, Permission, Principal
@@ -337,8 +338,8 @@ async def devices_fragment(
     c: ContainerDep,
     q: str = "",
     sort: str = "created",
-    page: int = 1,
-    size: int = PAGE_SIZE,
+    page: Int32 = 1,
+    size: Int32 = PAGE_SIZE,
 ) -> Response:
     viewer = await viewer_of(request, c)
     if viewer is None or not viewer.principal.can(Permission.FLEET_READ):

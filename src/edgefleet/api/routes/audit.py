@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
 from edgefleet.api.deps import AdminReader, ContainerDep
+from edgefleet.api.inputs import Int64, Timestamp
 from edgefleet.api.schemas import audit_public
 from edgefleet.db.repos.audit import AuditFilter
 
@@ -22,9 +22,11 @@ async def list_audit(
     action: Annotated[str | None, Query(description="prefix, e.g. 'devices.'")] = None,
     target: str | None = None,
     outcome: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    cursor: Annotated[int | None, Query(description="the nextCursor of the previous page")] = None,
+    since: Timestamp | None = None,
+    until: Timestamp | None = None,
+    cursor: Annotated[
+        Int64 | None, Query(description="the nextCursor of the previous page")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict[str, Any]:
     entries = await c.audit.query(

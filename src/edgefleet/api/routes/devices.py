@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Request
 
 from edgefleet.api.deps import ContainerDep, FleetReader, FleetWriter, audit_target
 from edgefleet.api.errors import CompatRoute
+from edgefleet.api.inputs import Int32, Offset, parse_json
 from edgefleet.api.schemas import (
     DeviceCreate,
     DevicesUpdate,
@@ -20,6 +20,7 @@ from edgefleet.api.schemas import (
 )
 from edgefleet.db.repos.devices import PARTIAL_KEYS, DeviceFilter, DeviceOrder
 from edgefleet.domain.devices import ConnectionStatus, mac_key, parse_sort
+from edgefleet.domain.limits import INT64_MAX
 from edgefleet.domain.query import parse
 from edgefleet.errors import ValidationError
 from edgefleet.services.fleet import Registration, Selection
@@ -33,10 +34,7 @@ DEFAULT_LIMIT = 20
 
 def _legacy_query(raw: str) -> tuple[dict[str, str], int | None, int | None]:
     """ThingsPro's ``query``: URL-encoded JSON ``{offset, limit, keys: {k: {filter: v}}}``."""
-    try:
-        doc = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ValidationError(f"query is not JSON: {exc.msg} at position {exc.pos}") from exc
+    doc = parse_json(raw, ("query", "query"))
     if not isinstance(doc, dict):
         raise ValidationError("query must be a JSON object")
     keys = doc.get("keys") or {}
@@ -58,8 +56,8 @@ def _legacy_query(raw: str) -> tuple[dict[str, str], int | None, int | None]:
         v = doc.get(name)
         if v is None:
             return None
-        if not isinstance(v, int | float) or isinstance(v, bool) or v < 0:
-            raise ValidationError(f"query.{name} must be a non-negative number")
+        if not isinstance(v, int | float) or isinstance(v, bool) or not 0 <= v <= INT64_MAX:
+            raise ValidationError(f"query.{name} must be a number from 0 to {INT64_MAX}")
         return int(v)
 
     return partial, number("offset"), number("limit")
@@ -69,7 +67,7 @@ def _legacy_query(raw: str) -> tuple[dict[str, str], int | None, int | None]:
 async def list_devices(
     c: ContainerDep,
     _: FleetReader,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     limit: Annotated[int, Query(ge=1)] = DEFAULT_LIMIT,
     uuid: str | None = None,
     mac: str | None = None,
@@ -80,7 +78,7 @@ async def list_devices(
     ] = None,
     status: ConnectionStatus | None = None,
     tag: str | None = None,
-    groupId: int | None = None,
+    groupId: Int32 | None = None,
     sort: Annotated[
         str,
         Query(

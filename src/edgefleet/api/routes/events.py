@@ -19,6 +19,7 @@ from edgefleet.api.eventviews import (
     event_public,
     summary_public,
 )
+from edgefleet.api.inputs import Int64
 from edgefleet.domain.eventfilter import (
     EventFilter,
     parse_device_uuid,
@@ -178,7 +179,7 @@ async def _frames(log: EventLog, req: StreamRequest) -> AsyncIterator[bytes]:
 
 
 @router.get("/events/{id}", name="events.get")
-async def get_event(c: ContainerDep, _: FleetReader, id: int) -> dict[str, Any]:
+async def get_event(c: ContainerDep, _: FleetReader, id: Int64) -> dict[str, Any]:
     return event_public(await c.event_log.get(id))
 
 
@@ -202,7 +203,7 @@ async def clear_events(
 
 @router.post("/events/{id}/acknowledge", name="events.acknowledge")
 async def acknowledge_event(
-    request: Request, c: ContainerDep, who: FleetWriter, id: int
+    request: Request, c: ContainerDep, who: FleetWriter, id: Int64
 ) -> dict[str, Any]:
     """Acknowledge an alarm (409 if the event is not one); a second time keeps the first."""
     audit_target(request, "event", id)
@@ -211,7 +212,7 @@ async def acknowledge_event(
 
 @router.post("/events/{id}/clear", name="events.clear")
 async def clear_event(
-    request: Request, c: ContainerDep, who: FleetWriter, id: int
+    request: Request, c: ContainerDep, who: FleetWriter, id: Int64
 ) -> dict[str, Any]:
     """Clear an alarm, acknowledging it too if nobody had (409 if the event is not one)."""
     audit_target(request, "event", id)

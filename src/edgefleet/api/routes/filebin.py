@@ -18,6 +18,7 @@ from fastapi.responses import StreamingResponse
 
 from edgefleet.api.bodylimit import streams_upload
 from edgefleet.api.deps import ContainerDep, FleetWriter, audit_target, current_principal
+from edgefleet.api.inputs import Int64
 from edgefleet.api.multipart import receive_form
 from edgefleet.domain.auth import Permission
 from edgefleet.errors import PermissionDeniedError, ValidationError
@@ -82,7 +83,7 @@ async def download(
     request: Request,
     c: ContainerDep,
     key: str,
-    expires: Annotated[int | None, Query()] = None,
+    expires: Annotated[Int64 | None, Query()] = None,
     sig: Annotated[str | None, Query(max_length=128)] = None,
 ) -> StreamingResponse:
     """With ``expires`` and ``sig`` from an upload's ``url`` (wrong or expired: 403), or

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Query, Request
 
 from edgefleet.api.bodylimit import streams_upload
 from edgefleet.api.deps import ContainerDep, FleetReader, FleetWriter, audit_target
+from edgefleet.api.inputs import Int32, Offset
 from edgefleet.api.multipart import receive_form
 from edgefleet.api.schemas import firmware_public, page
 from edgefleet.errors import ValidationError
@@ -66,7 +67,7 @@ async def create_firmware(request: Request, c: ContainerDep, p: FleetWriter) -> 
 async def list_firmware(
     c: ContainerDep,
     _: FleetReader,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
 ) -> dict[str, Any]:
     """Newest first."""
@@ -75,13 +76,13 @@ async def list_firmware(
 
 
 @router.get("/firmware/{firmware_id}", name="firmware.get")
-async def get_firmware(c: ContainerDep, _: FleetReader, firmware_id: int) -> dict[str, Any]:
+async def get_firmware(c: ContainerDep, _: FleetReader, firmware_id: Int32) -> dict[str, Any]:
     return firmware_public(await c.firmware.get(firmware_id))
 
 
 @router.delete("/firmware/{firmware_id}", name="firmware.delete", status_code=204)
 async def delete_firmware(
-    request: Request, c: ContainerDep, _: FleetWriter, firmware_id: int
+    request: Request, c: ContainerDep, _: FleetWriter, firmware_id: Int32
 ) -> None:
     """Removes the image from the catalogue and its file from the store."""
     audit_target(request, "firmware", firmware_id)

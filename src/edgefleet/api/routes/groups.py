@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body, Query, Request
 
 from edgefleet.api.deps import ContainerDep, FleetReader, FleetWriter, audit_target
 from edgefleet.api.errors import CompatRoute
+from edgefleet.api.inputs import Int32, Offset
 from edgefleet.api.schemas import (
     Exact,
     GroupUpdate,
@@ -27,7 +28,7 @@ UUIDList = Annotated[list[str], Body(min_length=1, max_length=10000)]
 async def list_groups(
     c: ContainerDep,
     _: FleetReader,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     limit: Annotated[int, Query(ge=1)] = 20,
 ) -> dict[str, Any]:
     limit = min(limit, 1000)
@@ -49,7 +50,7 @@ async def delete_groups(
     request: Request,
     c: ContainerDep,
     _: FleetWriter,
-    ids: Annotated[list[int], Body(min_length=1, max_length=1000)],
+    ids: Annotated[list[Int32], Body(min_length=1, max_length=1000)],
 ) -> list[int]:
     audit_target(request, "group", ",".join(map(str, ids))[:64])
     await c.fleet.delete_groups(ids)
@@ -57,13 +58,13 @@ async def delete_groups(
 
 
 @router.get("/groups/{id}", name="groups.get")
-async def get_group(c: ContainerDep, _: FleetReader, id: int) -> dict[str, Any]:
+async def get_group(c: ContainerDep, _: FleetReader, id: Int32) -> dict[str, Any]:
     return group_public(await c.fleet.get_group(id))
 
 
 @router.put("/groups/{id}", name="groups.update")
 async def update_group(
-    request: Request, c: ContainerDep, _: FleetWriter, id: int, body: GroupUpdate
+    request: Request, c: ContainerDep, _: FleetWriter, id: Int32, body: GroupUpdate
 ) -> dict[str, Any]:
     audit_target(request, "group", id)
     return group_public(
@@ -72,14 +73,14 @@ async def update_group(
 
 
 @router.delete("/groups/{id}", name="groups.delete")
-async def delete_group(request: Request, c: ContainerDep, _: FleetWriter, id: int) -> list[int]:
+async def delete_group(request: Request, c: ContainerDep, _: FleetWriter, id: Int32) -> list[int]:
     audit_target(request, "group", id)
     await c.fleet.delete_groups([id])
     return [id]
 
 
 @router.get("/groups/{id}/devices", name="groups.devices")
-async def group_devices(c: ContainerDep, _: FleetReader, id: int) -> list[str]:
+async def group_devices(c: ContainerDep, _: FleetReader, id: Int32) -> list[str]:
     return await c.fleet.group_device_uuids(id)
 
 
@@ -88,7 +89,7 @@ async def add_group_devices(
     request: Request,
     c: ContainerDep,
     _: FleetWriter,
-    id: int,
+    id: Int32,
     uuids: UUIDList,
     q: SelectedFrom = None,
     exact: Exact = False,
@@ -99,7 +100,7 @@ async def add_group_devices(
 
 @router.delete("/groups/{id}/devices", name="groups.remove_devices")
 async def remove_group_devices(
-    request: Request, c: ContainerDep, _: FleetWriter, id: int, uuids: UUIDList
+    request: Request, c: ContainerDep, _: FleetWriter, id: Int32, uuids: UUIDList
 ) -> list[str]:
     audit_target(request, "group", id)
     return await c.fleet.remove_from_group(id, uuids)

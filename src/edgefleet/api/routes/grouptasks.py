@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from edgefleet.api.deps import ContainerDep, FleetReader, FleetWriter, audit_target
 from edgefleet.api.errors import CompatRoute
+from edgefleet.api.inputs import Int32, Int64, Offset, Timestamp
 from edgefleet.api.routes.tasks import Payload
 from edgefleet.api.schemas import group_public, page
 from edgefleet.api.taskviews import executions_page, relay_job_public, task_public
@@ -39,14 +40,14 @@ def _time(v: Any) -> Any:
 class GroupTaskCreate(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    groupId: int
+    groupId: Int32
     payload: Payload
     applyPolicy: Literal["none", "retry", "schedule", "scheduled"] = "none"
     retryTimes: int = Field(default=0, ge=0, le=100)
-    scheduledDateTime: datetime | None = None
+    scheduledDateTime: Timestamp | None = None
     meta: dict[str, Any] = Field(default_factory=dict)
     # ours
-    expiresAt: datetime | None = None
+    expiresAt: Timestamp | None = None
     timeoutSeconds: float = Field(default=30.0, ge=1, le=MAX_TIMEOUT)
     completionTimeoutSeconds: float | None = Field(default=None, ge=1, le=86400)
     retryIntervalSeconds: float = Field(default=RETRY_INTERVAL, ge=0.5, le=86400)
@@ -71,7 +72,7 @@ class JobRelayCreate(BaseModel):
     deviceUUID: str = Field(min_length=1, max_length=64)
     payload: Payload
     # ours
-    expiresAt: datetime | None = None
+    expiresAt: Timestamp | None = None
     timeoutSeconds: float = Field(default=30.0, ge=1, le=MAX_TIMEOUT)
 
     _times = field_validator("expiresAt", mode="before")(_time)
@@ -113,9 +114,9 @@ async def create_group_task(
 async def list_group_tasks(
     c: ContainerDep,
     _: FleetReader,
-    groupId: int | None = None,
+    groupId: Int32 | None = None,
     state: Annotated[list[str], Query()] = [],  # noqa: B006 - FastAPI reads, never mutates
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
 ) -> dict[str, Any]:
     total, views = await c.tasks.list_tasks(
@@ -135,7 +136,7 @@ async def group_task_executions(
     _: FleetReader,
     uuid: str,
     state: Annotated[list[TaskState], Query()] = [],  # noqa: B006
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     return await executions_page(c.tasks, uuid, GROUP, state, offset, limit)
@@ -184,6 +185,6 @@ async def create_job_relay(
 
 
 @router.get("/deviceJobRelay/{id}", name="deviceJobRelay.get")
-async def get_job_relay(c: ContainerDep, _: FleetReader, id: int) -> dict[str, Any]:
+async def get_job_relay(c: ContainerDep, _: FleetReader, id: Int64) -> dict[str, Any]:
     task, execution = await c.tasks.relay_job(id)
     return relay_job_public(task, execution)

@@ -7,8 +7,9 @@ Confirmation``: the endpoint is called before the answer; post the same body aga
 Ours: the POST answer's ``confirmation`` and ``secret`` (the signing secret, only when the
 subscription is new), ``GET /{uuid}``, ``GET /{uuid}/deliveries`` and ``POST /{uuid}/secret``.
 
-Errors are problem+json (bad input 400). Reads need fleet:read, the rest fleet:write and
-are audited. See docs/notifications.md.
+The original's operations answer errors as it did, ``{"message": …}``; ours problem+json.
+Bad input is a 400 either way. Reads need fleet:read, the rest fleet:write and are audited.
+See docs/notifications.md.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 
 from edgefleet.api.deps import ContainerDep, FleetReader, FleetWriter, audit_target
+from edgefleet.api.errors import CompatRoute
+from edgefleet.api.inputs import Int64, read_json
 from edgefleet.api.schemas import iso_time
 from edgefleet.db.tables import Notification
 from edgefleet.domain.events import NOTIFIABLE
@@ -25,6 +28,7 @@ from edgefleet.domain.webhooks import PROTOCOLS, DeliveryState, support
 from edgefleet.errors import ValidationError
 from edgefleet.services.notifications import DeliveryView, public_fields
 
+compat = APIRouter(prefix="/api/v1", tags=["notifications"], route_class=CompatRoute)
 router = APIRouter(prefix="/api/v1", tags=["notifications"])
 
 _CREATE_DOC = {
@@ -60,13 +64,6 @@ _DELETE_DOC = {
         },
     }
 }
-
-
-async def _json(request: Request) -> Any:
-    try:
-        return await request.json()
-    except ValueError:
-        raise ValidationError("the request body must be JSON") from None
 
 
 def notification_public(n: Notification) -> dict[str, Any]:
@@ -105,17 +102,17 @@ def delivery_public(view: DeliveryView) -> dict[str, Any]:
     }
 
 
-@router.get("/notifications", name="notifications.list")
+@compat.get("/notifications", name="notifications.list")
 async def list_notifications(c: ContainerDep, _: FleetReader) -> list[dict[str, Any]]:
     return [notification_public(n) for n in await c.notifications.list_notifications()]
 
 
-@router.post("/notifications", name="notifications.create", openapi_extra=_CREATE_DOC)
+@compat.post("/notifications", name="notifications.create", openapi_extra=_CREATE_DOC)
 async def create_notification(
     request: Request, c: ContainerDep, p: FleetWriter
 ) -> list[dict[str, Any]]:
     """Subscribe (or confirm again): the endpoint is called once before this answers."""
-    body = await _json(request)
+    body = await read_json(request)
     if not isinstance(body, dict):
         raise ValidationError("the body must be a JSON object {eventType, protocol, endpoint}")
     sub = await c.notifications.create(
@@ -132,16 +129,16 @@ async def create_notification(
     return [out]
 
 
-@router.delete("/notifications", name="notifications.delete_many", openapi_extra=_DELETE_DOC)
+@compat.delete("/notifications", name="notifications.delete_many", openapi_extra=_DELETE_DOC)
 async def delete_notifications(request: Request, c: ContainerDep, _: FleetWriter) -> list[str]:
     """All or none: an unknown uuid is a 404 and nothing is deleted."""
-    uuids = await _json(request)
+    uuids = await read_json(request)
     if isinstance(uuids, list):
         audit_target(request, "notification", ",".join(map(str, uuids))[:64])
     return await c.notifications.delete(uuids)
 
 
-@router.get("/notifications/support", name="notifications.support")
+@compat.get("/notifications/support", name="notifications.support")
 async def notification_support(_: FleetReader) -> dict[str, Any]:
     return support()
 
@@ -152,7 +149,7 @@ async def get_notification(c: ContainerDep, _: FleetReader, uuid: str) -> dict[s
     return {**notification_public(row), "createdBy": row.created_by, "deliveries": counts}
 
 
-@router.delete("/notifications/{uuid}", name="notifications.delete", status_code=204)
+@compat.delete("/notifications/{uuid}", name="notifications.delete", status_code=204)
 async def delete_notification(request: Request, c: ContainerDep, _: FleetWriter, uuid: str) -> None:
     audit_target(request, "notification", uuid)
     await c.notifications.delete([uuid])
@@ -164,7 +161,7 @@ async def list_deliveries(
     _: FleetReader,
     uuid: str,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    before: Annotated[int | None, Query(ge=1, description="a delivery's seq")] = None,
+    before: Annotated[Int64 | None, Query(ge=1, description="a delivery's seq")] = None,
 ) -> list[dict[str, Any]]:
     """Newest first; pass the last one's ``seq`` as ``before`` for the next page."""
     views = await c.notifications.deliveries(uuid, limit=limit, before=before)

@@ -23,6 +23,7 @@ from edgefleet.api.deps import (
     audit_action,
     audit_target,
 )
+from edgefleet.api.inputs import Int32, Offset, Timestamp
 from edgefleet.api.routes.tasks import Payload
 from edgefleet.api.schemas import page
 from edgefleet.api.taskviews import execution_public, executions_page, task_public
@@ -38,7 +39,7 @@ FIRMWARE = Payload(method="post", resource="/system/firmware")
 class Target(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    groupId: int | None = None
+    groupId: Int32 | None = None
     query: str | None = Field(default=None, max_length=4000)
     devices: list[str] | None = Field(default=None, min_length=1, max_length=10000)
     exact: bool = False
@@ -77,7 +78,7 @@ class RolloutCreate(BaseModel):
     name: str = Field(default="", max_length=255)
     target: Target
     payload: Payload | None = None
-    firmwareId: int | None = None
+    firmwareId: Int32 | None = None
     firmwareDelay: float = Field(default=3, ge=0, le=3600)
     waves: list[int | str] = Field(default_factory=list, max_length=100)
     successThreshold: int = Field(default=100, ge=0, le=100)
@@ -88,8 +89,8 @@ class RolloutCreate(BaseModel):
     retryIntervalSeconds: float = Field(default=10, ge=1, le=86400)
     timeoutSeconds: float = Field(default=30, ge=1, le=3600)
     completionTimeoutSeconds: float | None = Field(default=None, ge=1, le=86400)
-    scheduledAt: datetime | None = None
-    expiresAt: datetime | None = None
+    scheduledAt: Timestamp | None = None
+    expiresAt: Timestamp | None = None
     meta: dict[str, Any] = Field(default_factory=dict)
     dryRun: bool = False
 
@@ -161,7 +162,7 @@ async def list_rollouts(
     c: ContainerDep,
     _: FleetReader,
     state: Annotated[list[str], Query()] = [],  # noqa: B006 - FastAPI reads, never mutates
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
 ) -> dict[str, Any]:
     total, views = await c.tasks.list_tasks(kinds=ROLLOUT, states=state, offset=offset, limit=limit)
@@ -179,7 +180,7 @@ async def rollout_executions(
     _: FleetReader,
     uuid: str,
     state: Annotated[list[TaskState], Query()] = [],  # noqa: B006
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     return await executions_page(c.tasks, uuid, ROLLOUT, state, offset, limit)

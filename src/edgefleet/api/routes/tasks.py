@@ -18,11 +18,13 @@ from typing import Annotated, Any, Literal
 
 import pydantic
 from fastapi import APIRouter, Query, Request
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edgefleet.api.bodylimit import streams_upload
 from edgefleet.api.deps import ContainerDep, FleetWriter, audit_target
 from edgefleet.api.errors import CompatRoute
+from edgefleet.api.inputs import parse_json
 from edgefleet.api.multipart import MultipartRoute, ReceivedForm, receive_form
 from edgefleet.bootstrap import Container
 from edgefleet.errors import EdgefleetError, GatewayTimeoutError, ValidationError
@@ -96,7 +98,7 @@ async def create_device_task_with_files(
         return await c.remote.request(body.deviceUUID, pl.method, pl.resource, data, wait=wait)
     except GatewayTimeoutError:
         raise  # the request went out: the gateway may still fetch the files
-    except EdgefleetError:
+    except (EdgefleetError, RequestValidationError):  # nothing went out: keep nothing
         await c.files.discard([u.file.key for u in form.files])
         raise
 
@@ -104,8 +106,9 @@ async def create_device_task_with_files(
 def _json_data(raw: str | None) -> DeviceTaskCreate:
     if raw is None:
         raise ValidationError("jsonData (the task as a JSON string) is required")
+    doc = parse_json(raw, ("body", "jsonData"))
     try:
-        return DeviceTaskCreate.model_validate_json(raw)
+        return DeviceTaskCreate.model_validate(doc)
     except pydantic.ValidationError as exc:
         problems = "; ".join(
             ".".join(["jsonData", *(str(x) for x in e["loc"])]) + f": {e['msg']}"

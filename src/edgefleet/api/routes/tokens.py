@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from edgefleet.api.deps import ContainerDep, LoggedIn, audit_target
+from edgefleet.api.inputs import Int32
 from edgefleet.api.schemas import TokenCreate, token_public
 from edgefleet.domain.auth import Role
 
@@ -34,7 +35,7 @@ async def create_token(
 
 @router.delete("/tokens/{token_id}", name="tokens.revoke")
 async def revoke_token(
-    request: Request, c: ContainerDep, p: LoggedIn, token_id: int
+    request: Request, c: ContainerDep, p: LoggedIn, token_id: Int32
 ) -> dict[str, Any]:
     audit_target(request, "token", token_id)
     return token_public(await c.accounts.revoke_token(p, token_id))

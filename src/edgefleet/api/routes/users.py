@@ -16,6 +16,7 @@ from edgefleet.api.deps import (
     client_ip,
     session_secret,
 )
+from edgefleet.api.inputs import Int32
 from edgefleet.api.schemas import (
     PasswordChange,
     Preferences,
@@ -81,7 +82,7 @@ async def create_user(
 
 @router.patch("/users/{user_id}", name="users.update")
 async def update_user(
-    request: Request, c: ContainerDep, _: AdminWriter, user_id: int, body: UserUpdate
+    request: Request, c: ContainerDep, _: AdminWriter, user_id: Int32, body: UserUpdate
 ) -> dict[str, Any]:
     audit_target(request, "user", user_id)
     user = await c.accounts.update_user(
@@ -91,6 +92,6 @@ async def update_user(
 
 
 @router.delete("/users/{user_id}", name="users.delete", status_code=204)
-async def delete_user(request: Request, c: ContainerDep, _: AdminWriter, user_id: int) -> None:
+async def delete_user(request: Request, c: ContainerDep, _: AdminWriter, user_id: Int32) -> None:
     audit_target(request, "user", user_id)
     await c.accounts.delete_user(user_id)
