@@ -291,3 +291,17 @@ async def test_console_fragments_refuse_the_same_input(
         r = await raw.get(path)
         problem_error(r, 422)
     assert (await raw.get("/console/fragments/devices?offset=5")).status_code == 200
+
+
+async def test_a_refused_hostile_write_is_still_audited(
+    raw: httpx.AsyncClient, admin: Caller, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The audit log records the attempt (what it can store of it), and nothing fails."""
+    r = await raw.delete("/api/v1/devices/a%00b", headers=admin.headers)
+    compat_error(r, 400, "path.uuid")
+    r = await raw.get("/api/v1/audit", headers=admin.headers, params={"action": "devices."})
+    assert r.status_code == 200, r.text
+    (entry,) = r.json()["data"]
+    assert entry["outcome"] == "failure" and entry["statusCode"] == 400
+    assert entry["target"]["id"] == "a\ufffdb"
+    assert not [rec for rec in caplog.records if rec.levelname == "ERROR"]

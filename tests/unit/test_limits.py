@@ -16,6 +16,7 @@ from edgefleet.domain.limits import (
     SHOWN_JSON_DEPTH,
     json_problem,
     prune,
+    storable,
     text_problem,
     utc_time,
 )
@@ -113,3 +114,8 @@ def test_stored_json_reads_non_finite_as_null_and_cuts_deep_documents() -> None:
     }
     assert depth(load_json(json.dumps(nested(300)))) == SHOWN_JSON_DEPTH
     assert load_json("[" * 100_000 + "]" * 100_000) == CUT  # past what the parser recurses
+
+
+def test_storable_text_replaces_what_no_database_keeps() -> None:
+    assert storable("a\x00b\ud800c😀") == "a\ufffdb\ufffdc😀"
+    assert text_problem(storable("x\udfff\x00")) is None

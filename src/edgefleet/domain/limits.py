@@ -22,6 +22,7 @@ page that shows it.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -40,6 +41,8 @@ CUT = "(cut: nested too deep)"
 
 Path = tuple[str | int, ...]
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
 
 def text_problem(value: str) -> str | None:
     """Why ``value`` cannot be stored as text, or None."""
@@ -51,6 +54,12 @@ def text_problem(value: str) -> str | None:
         except UnicodeEncodeError:
             return "contains a lone UTF-16 surrogate, which is not a character"
     return None
+
+
+def storable(text: str) -> str:
+    """``text`` with NUL and lone surrogates replaced by U+FFFD: for recording what a client
+    sent where refusing is not an option (the audit entry of a refused request)."""
+    return _UNSTORABLE.sub("\ufffd", text)
 
 
 def json_problem(doc: Any) -> tuple[Path, str] | None:

@@ -10,6 +10,7 @@ from edgefleet.clock import Clock, utcnow
 from edgefleet.db.engine import Database
 from edgefleet.db.repos.audit import AuditFilter, AuditRepo
 from edgefleet.db.tables import AuditEntry
+from edgefleet.domain.limits import storable
 from edgefleet.errors import StorageError
 
 log = logging.getLogger(__name__)
@@ -40,18 +41,19 @@ class AuditService:
         ip: str = "",
         detail: dict[str, Any] | None = None,
     ) -> None:
+        # what a client sent is recorded as far as it can be stored, even when it was refused
         entry = AuditEntry(
             at=self.clock(),
             actor_type=actor.type,
-            actor_id=actor.id,
-            actor_name=actor.name[:254],
-            action=action[:64],
-            target_type=target_type[:32],
-            target_id=target_id[:64],
+            actor_id=storable(actor.id),
+            actor_name=storable(actor.name[:254]),
+            action=storable(action[:64]),
+            target_type=storable(target_type[:32]),
+            target_id=storable(target_id[:64]),
             outcome=outcome,
             status_code=status_code,
             ip=ip[:64],
-            detail=detail or {},
+            detail={k: storable(v) if isinstance(v, str) else v for k, v in (detail or {}).items()},
         )
         try:
             async with self.db.session() as s:
