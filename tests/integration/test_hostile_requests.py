@@ -190,13 +190,22 @@ async def test_a_date_that_overflows_in_utc_is_refused(
     problem_error(r, 400, "until")
 
 
-async def test_audit_dates_outside_the_range_are_refused(
+async def test_audit_dates_are_utc_and_outside_the_range_are_refused(
     raw: httpx.AsyncClient, admin: Caller
 ) -> None:
     r = await raw.get(
         "/api/v1/audit", headers=admin.headers, params={"since": "0001-01-01T00:00:00+14:00"}
     )
     problem_error(r, 422, "query.since")
+    # a time without offset is UTC (it reached the database naive: 500)
+    for params in ({"since": "2026-01-01T00:00:00"}, {"until": "2026-01-01"}):
+        r = await raw.get("/api/v1/audit", headers=admin.headers, params=params)
+        assert r.status_code == 200, r.text
+    # where the offset is required, it still is
+    r = await raw.post(
+        "/api/v1/tokens", headers=admin.headers, json={"scope": "read", "expiresAt": "2030-01-01"}
+    )
+    problem_error(r, 422, "body.expiresAt", "time-zone offset")
 
 
 @pytest.mark.parametrize("bad", ["NaN", "Infinity", "-Infinity", "1e300", "1e400"])

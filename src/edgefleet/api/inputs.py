@@ -8,8 +8,9 @@
   ``MAX_JSON_DEPTH``. Routes that parse JSON themselves (the legacy ``query`` parameter, a
   multipart ``jsonData``) call ``parse_json``.
 - The annotated types bound what pydantic accepts to what the column holds: ``Int32`` and
-  ``Int64`` for ids, ``Offset`` for list offsets, ``Timestamp`` for times (OpenAPI shows the
-  bounds, so clients and the schema fuzzer see them too).
+  ``Int64`` for ids, ``Offset`` for list offsets, ``Timestamp`` and ``AwareTimestamp`` for
+  times, given back in UTC (OpenAPI shows the number bounds, so clients and the schema fuzzer
+  see them too).
 """
 
 from __future__ import annotations
@@ -42,13 +43,18 @@ Offset = Annotated[int, Field(ge=0, le=INT64_MAX)]
 """How many rows of a list to skip."""
 
 
-def _in_range(at: datetime) -> datetime:
-    utc = utc_time(at)  # ValueError when out of range: pydantic reports it for the field
-    return at if at.tzinfo is None else utc  # naive stays naive: the model decides what it means
+def _has_offset(at: datetime) -> datetime:
+    if at.tzinfo is None:
+        raise ValueError("needs a time-zone offset, e.g. 2027-01-01T00:00:00Z")
+    return at
 
 
-Timestamp = Annotated[datetime, AfterValidator(_in_range)]
-"""A time both databases hold once in UTC, and that task arithmetic cannot overflow."""
+# utc_time raises ValueError out of range: pydantic reports it for the field
+Timestamp = Annotated[datetime, AfterValidator(utc_time)]
+"""A time in UTC (one without offset is UTC) that both databases hold and that task
+arithmetic cannot overflow."""
+AwareTimestamp = Annotated[datetime, AfterValidator(_has_offset), AfterValidator(utc_time)]
+"""As ``Timestamp``, for times that must say their offset."""
 
 
 def refuse(loc: Path, reason: str) -> RequestValidationError:

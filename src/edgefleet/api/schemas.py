@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Query
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from edgefleet.api.inputs import Timestamp
+from edgefleet.api.inputs import AwareTimestamp
 from edgefleet.db.tables import ApiToken, AuditEntry, Device, Execution, Firmware, Task, User
 from edgefleet.domain.auth import TOKEN_DESCRIPTION_MAX, Role, Scope
 from edgefleet.domain.tasks import ACTIVE, COMPLETED, TaskState
@@ -136,14 +136,7 @@ class TokenCreate(BaseModel):
 
     description: str = Field(default="", max_length=TOKEN_DESCRIPTION_MAX)
     scope: Scope
-    expiresAt: Timestamp | None = None
-
-    @field_validator("expiresAt")
-    @classmethod
-    def _aware(cls, v: datetime | None) -> datetime | None:
-        if v is not None and v.tzinfo is None:
-            raise ValueError("expiresAt needs a time-zone offset, e.g. 2027-01-01T00:00:00Z")
-        return v
+    expiresAt: AwareTimestamp | None = None
 
 
 class UserCreate(BaseModel):

@@ -8,7 +8,6 @@ executions, revoke, re-run failed) is ours; errors keep the original's ``{"messa
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -54,11 +53,6 @@ class GroupTaskCreate(BaseModel):
 
     _times = field_validator("scheduledDateTime", "expiresAt", mode="before")(_time)
 
-    @field_validator("scheduledDateTime", "expiresAt")
-    @classmethod
-    def _utc(cls, v: datetime | None) -> datetime | None:
-        return v if v is None or v.tzinfo else v.replace(tzinfo=UTC)
-
     @model_validator(mode="after")
     def _policy(self) -> GroupTaskCreate:
         if self.applyPolicy in ("schedule", "scheduled") and self.scheduledDateTime is None:
@@ -76,11 +70,6 @@ class JobRelayCreate(BaseModel):
     timeoutSeconds: float = Field(default=30.0, ge=1, le=MAX_TIMEOUT)
 
     _times = field_validator("expiresAt", mode="before")(_time)
-
-    @field_validator("expiresAt")
-    @classmethod
-    def _utc(cls, v: datetime | None) -> datetime | None:
-        return v if v is None or v.tzinfo else v.replace(tzinfo=UTC)
 
 
 @router.post("/groupTasks", name="groupTasks.create")

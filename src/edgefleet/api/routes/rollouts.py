@@ -9,12 +9,11 @@ devices each wave would hold and creates nothing. Errors are problem+json.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgefleet.api.deps import (
     ContainerDep,
@@ -93,11 +92,6 @@ class RolloutCreate(BaseModel):
     expiresAt: Timestamp | None = None
     meta: dict[str, Any] = Field(default_factory=dict)
     dryRun: bool = False
-
-    @field_validator("scheduledAt", "expiresAt")
-    @classmethod
-    def _utc(cls, v: datetime | None) -> datetime | None:
-        return v if v is None or v.tzinfo else v.replace(tzinfo=UTC)
 
     @model_validator(mode="after")
     def _what(self) -> RolloutCreate:
