@@ -13,6 +13,7 @@ shows up as lag, whatever it was. Exported as
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import deque
 
@@ -34,19 +35,24 @@ class LoopLag:
         self.interval = interval
         self.window = window
         self._recent: deque[tuple[float, float]] = deque()
+        # the gauge is read by whichever thread renders /metrics (a scrape in a worker thread,
+        # a test's reader): it must not iterate while the loop appends
+        self._lock = threading.Lock()
         LAG.set_function(self.worst)
 
     def worst(self) -> float:
         """The worst lag measured in the last ``window`` seconds (0 when none)."""
         cutoff = time.monotonic() - self.window
-        return max((lag for at, lag in self._recent if at >= cutoff), default=0.0)
+        with self._lock:
+            return max((lag for at, lag in self._recent if at >= cutoff), default=0.0)
 
     def record(self, lag: float) -> None:
         now = time.monotonic()
         recent = self._recent
-        recent.append((now, lag))
-        while recent and recent[0][0] < now - self.window:
-            recent.popleft()
+        with self._lock:
+            recent.append((now, lag))
+            while recent and recent[0][0] < now - self.window:
+                recent.popleft()
         DELAY.observe(lag)
 
     async def run(self) -> None:

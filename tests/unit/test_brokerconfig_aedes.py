@@ -56,6 +56,7 @@ def test_every_variable_once_in_order_with_its_value() -> None:
         "PSK_HINT": "edgefleet",
         "HEALTH_PORT": "9100",
         "PSK_REFRESH_SECONDS": "5",
+        "PSK_FULL_SECONDS": "600",
         "HEARTBEAT_SECONDS": "1.5",
         "MAX_PACKET_BYTES": str(MAX_PACKET_BYTES),
     }
@@ -81,6 +82,7 @@ def test_the_names_are_the_ones_the_broker_reads() -> None:
         ({"health_port": 8883}, "--health-port"),
         ({"server_host": "0.0.0.0", "server_port": 8883}, "--server-port"),
         ({"psk_refresh_seconds": 0}, "--psk-refresh-seconds"),
+        ({"psk_full_seconds": -1}, "--psk-full-seconds"),
         ({"heartbeat_seconds": -2}, "--heartbeat-seconds"),
         ({"broker_id": "two words"}, "--broker-id"),
         ({"psk_hint": "$HOME"}, "--psk-hint"),

@@ -254,7 +254,12 @@ def aedes_config(
     ),
     psk_hint: str = typer.Option(None, help="The PSK identity hint (default: settings)."),
     health_port: int = typer.Option(0, help="HTTP health port on the server address; 0 = off."),
-    psk_refresh_seconds: float = typer.Option(5, help="How often the node re-reads the key list."),
+    psk_refresh_seconds: float = typer.Option(
+        5, help="How often the node asks for the keys changed since its last read."
+    ),
+    psk_full_seconds: float = typer.Option(
+        600, help="How often the node re-reads the whole key list anyway."
+    ),
     heartbeat_seconds: float = typer.Option(
         2, help="Node heartbeat: survivors publish a dead node's wills after about 3 of these."
     ),
@@ -277,6 +282,7 @@ def aedes_config(
         psk_hint=mqtt.psk_hint if psk_hint is None else psk_hint,
         health_port=health_port,
         psk_refresh_seconds=psk_refresh_seconds,
+        psk_full_seconds=psk_full_seconds,
         heartbeat_seconds=heartbeat_seconds,
     )
     file_token = _read_token(token_file) or aedes.existing_token(path)

@@ -30,6 +30,7 @@ ENV_NAMES = (
     "PSK_HINT",
     "HEALTH_PORT",
     "PSK_REFRESH_SECONDS",
+    "PSK_FULL_SECONDS",
     "HEARTBEAT_SECONDS",
     "MAX_PACKET_BYTES",
 )
@@ -60,6 +61,8 @@ class AedesNode:
     psk_hint: str
     health_port: int = 0
     psk_refresh_seconds: float = 5
+    psk_full_seconds: float = 600
+    """How often the node fetches the whole key list anyway (between, only the changes)."""
     heartbeat_seconds: float = 2
 
 
@@ -95,6 +98,7 @@ def check(node: AedesNode) -> None:
         raise AedesOptionError("--health-port", "the health port collides with a listener")
     for option, seconds in (
         ("--psk-refresh-seconds", node.psk_refresh_seconds),
+        ("--psk-full-seconds", node.psk_full_seconds),
         ("--heartbeat-seconds", node.heartbeat_seconds),
     ):
         if not seconds > 0:
@@ -128,6 +132,7 @@ def environment(node: AedesNode) -> dict[str, str]:
         "PSK_HINT": node.psk_hint,
         "HEALTH_PORT": str(node.health_port),
         "PSK_REFRESH_SECONDS": _number(node.psk_refresh_seconds),
+        "PSK_FULL_SECONDS": _number(node.psk_full_seconds),
         "HEARTBEAT_SECONDS": _number(node.heartbeat_seconds),
         # the protocol's limit, not an option: a larger packet closes the connection
         "MAX_PACKET_BYTES": str(MAX_PACKET_BYTES),
