@@ -139,7 +139,7 @@ async def _engine(c: Container, mp: pytest.MonkeyPatch) -> None:
 
 async def _results(c: Container, mp: pytest.MonkeyPatch) -> None:
     [(uuid, _)] = await register(c, 1)
-    raise_once(mp, c.tasks.engine._batches, "write")
+    raise_once(mp, c.tasks.engine.results._batches, "write")
     c.tasks.engine.online(uuid)
 
 

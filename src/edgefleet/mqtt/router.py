@@ -65,7 +65,7 @@ ANSWERED, SILENT, UNJUDGED = "answered", "silent", "unjudged"
 
 
 class TaskSink(Protocol):
-    """What the task engine wants to hear of gateways (see services/engine.py)."""
+    """What the task engine wants to hear of gateways (see services/engine/)."""
 
     def response(self, device_uuid: str, message: ResponseMessage) -> None: ...
     def event(self, device_uuid: str, message: EventMessage) -> None: ...

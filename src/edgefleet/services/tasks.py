@@ -1,6 +1,6 @@
 """Creating and steering tasks: group tasks, ``deviceJobRelay`` jobs and rollouts.
 
-The engine (services/engine.py) does the dispatching; this is what the API calls.
+The engine (services/engine/) does the dispatching; this is what the API calls.
 """
 
 from __future__ import annotations
