@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint bench clean
+.PHONY: run test test-install lint bench clean
 
 $(BIN)/python:
 	scripts/setup-system.sh run
@@ -35,7 +35,13 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed-test test-tools
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/mypy
-	$(BIN)/pytest -n auto --dist loadfile
+	$(BIN)/pytest -n auto --dist loadfile --ignore=tests/integration/test_install.py
+
+## deploy/install.sh on a clean Debian 13 root (mmdebstrap, chroot; root needed): several
+## minutes, so not in `make test`; .ci/run runs it when deploy/ or pyproject.toml changed
+test-install: $(VENV)/.installed-test
+	scripts/setup-system.sh test
+	$(BIN)/pytest -n 0 -s tests/integration/test_install.py
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests benchmarks scripts

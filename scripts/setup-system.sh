@@ -8,7 +8,8 @@
 #                                  (text, Chinese for the console's zh_TW pages, and colour
 #                                  emoji for the console's icons), driven
 #                                  by Playwright through /usr/bin/chromium: Playwright's own
-#                                  browser download is never used)
+#                                  browser download is never used; mmdebstrap for the
+#                                  clean-root install test of `make test-install`)
 # Needs root or sudo when something is missing; prints what it does.
 set -euo pipefail
 what=${1:-run}
@@ -26,6 +27,8 @@ if [ "$what" = test ]; then
   [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
   # the compose broker's PSK-sync script, run by tests/integration/test_deploy_artifacts.py
   command -v wget >/dev/null 2>&1 || need+=(wget)
+  # the clean Debian root of the install test (tests/integration/test_install.py)
+  command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
   [ -d /usr/share/fonts/truetype/dejavu ] || need+=(fonts-dejavu-core)
   [ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || need+=(fonts-noto-color-emoji)
   [ -f /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ] || need+=(fonts-wqy-zenhei)

@@ -218,7 +218,7 @@ def _private_subnets(t: dict[str, Any]) -> set[str]:
     }
 
 
-def test_database_private_encrypted_postgres16(template: dict[str, Any]) -> None:
+def test_database_private_encrypted_postgres17(template: dict[str, Any]) -> None:
     db = template["Resources"]["Database"]
     props = db["Properties"]
     assert props["PubliclyAccessible"] is False
@@ -226,7 +226,10 @@ def test_database_private_encrypted_postgres16(template: dict[str, Any]) -> None
     assert props["Engine"] == "postgres"
     version = template["Parameters"]["DatabaseEngineVersion"]
     assert props["EngineVersion"] == {"Ref": "DatabaseEngineVersion"}
-    assert version["Default"].startswith("16.")
+    # the major version of the server's pg_dump (deploy/install.sh: Debian 13's client, 17),
+    # which `edgefleet backup` requires to equal the database's
+    assert version["Default"].startswith("17.") and version["AllowedPattern"] == "^17\\.[0-9]+$"
+    assert "--postgresql-client 17" in _user_data(template, "ServerLaunchTemplate")
     assert db["DeletionPolicy"] == "Snapshot"
     group = template["Resources"][props["DBSubnetGroupName"]["Ref"]]["Properties"]
     private = _private_subnets(template)
@@ -391,7 +394,11 @@ def _user_data(t: dict[str, Any], launch_template: str) -> str:
     out = []
     for part in parts:
         if isinstance(part, str):
-            assert "${" not in part.replace("\\${", ""), "a literal part with a CloudFormation ${}"
+            # deploy/install.sh, carried verbatim, is bash with its own ${…}
+            outside = re.sub(r"<<'SH'\n.*?\n *SH\n", "", part, flags=re.S)
+            assert "${" not in outside.replace("\\${", ""), (
+                "a literal part with a CloudFormation ${}"
+            )
             out.append(part)
         else:
             text, local = (
@@ -451,6 +458,21 @@ def test_user_data_parses(template: dict[str, Any], launch_template: str, tmp_pa
         _check_shell(text, tmp_path, name)
     for target in re.findall(r"cat > (\S+) <<'PY'", script):
         compile(_heredoc(script, f"cat > {target} <<'PY'", "PY"), target, "exec")
+
+
+def test_server_installs_with_deploy_install_sh(template: dict[str, Any]) -> None:
+    """The server's user data installs edgefleet with deploy/install.sh, verbatim: the script
+    tests/integration/test_install.py runs in a clean Debian root."""
+    script = _user_data(template, "ServerLaunchTemplate")
+    embedded = _heredoc(script, "cat > /usr/local/sbin/edgefleet-install <<'SH'", "SH")
+    assert embedded == (ROOT / "deploy" / "install.sh").read_text(), (
+        "the user data's copy of deploy/install.sh differs: run scripts/embed-install.py"
+    )
+    install = script.index('/usr/local/sbin/edgefleet-install --package "$PACKAGE"')
+    # nothing installs Python packages but the script; the units start after it
+    assert "pip install" not in script.replace(embedded, "")
+    assert install < script.index("cat > /etc/systemd/system/edgefleet.service")
+    assert "/aws/service/debian/release/13/" in template["Parameters"]["ServerImageId"]["Default"]
 
 
 def _server_script(template: dict[str, Any], name: str) -> str:

@@ -24,6 +24,8 @@ import typer
 from edgefleet import __version__
 from edgefleet.agent import config as cfg
 from edgefleet.agent.core import Agent
+from edgefleet.errors import EdgefleetError
+from edgefleet.mqtt.psk import require_psk
 
 app = typer.Typer(
     help="edgefleet-agent: the gateway side of edgefleet (ThingsPro remote control).",
@@ -158,6 +160,10 @@ def run(config: Path | None = ConfigOption) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     agent_config = load_or_exit(path)
+    try:
+        require_psk()
+    except EdgefleetError as exc:
+        fail(exc.message)
     logging.getLogger().setLevel(agent_config.logLevel)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # URLs may carry tokens
     try:

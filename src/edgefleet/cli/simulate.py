@@ -10,9 +10,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import typer
+from rich.markup import escape
 
 from edgefleet.bootstrap import Container
 from edgefleet.cli.common import err_console, run
+from edgefleet.errors import EdgefleetError
+from edgefleet.mqtt.psk import require_psk
 from edgefleet.processes import raise_fd_limit
 from edgefleet.simulator.fleet import SimulatedFleet, ensure_devices
 from edgefleet.simulator.gateway import Behaviour
@@ -52,6 +55,11 @@ def simulate(
     """Register (or reuse) N gateways and run them in this process, each a real MQTT client
     with its own TLS-PSK identity. Prints one JSON line of stats every --stats-interval, and a
     last one (``"final": true``) once every gateway has stopped."""
+    try:
+        require_psk()
+    except EdgefleetError as exc:
+        err_console.print(f"[red]error:[/red] {escape(exc.message)}")
+        raise typer.Exit(2) from exc
     limit = raise_fd_limit()
     if devices > limit - 100:
         err_console.print(
