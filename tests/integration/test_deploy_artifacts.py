@@ -458,7 +458,9 @@ def test_edgefleet_environment_names_only_real_settings(raw_compose: dict[str, A
     unknown = [n for n in names if n.startswith("EDGEFLEET_") and not _setting_exists(n)]
     assert not unknown, f"not edgefleet settings (src/edgefleet/settings.py): {unknown}"
     others = {n for n in names if not n.startswith("EDGEFLEET_")}
-    assert others <= NON_SETTING_ENV | {"PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED"}, others
+    # PATH: the image's venv (/opt/edgefleet/bin, where deploy/install.sh puts edgefleet) first
+    image = {"PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED"}
+    assert others <= NON_SETTING_ENV | image, others
     assert _setting_exists("EDGEFLEET_MQTT__SERVER_HOST")  # the check itself works
     assert not _setting_exists("EDGEFLEET_MQTT__SERVER_HOSTNAME")
 
