@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -64,4 +65,37 @@ async def test_a_lost_connection_starts_the_backoff_afresh(
         await asyncio.gather(run, return_exceptions=True)
         if broker is not None:
             broker.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+async def test_the_link_sends_without_nagle_delay_when_connected() -> None:
+    """TCP_NODELAY on the server's broker socket: with Nagle's algorithm on, a request's
+    PUBLISH waited behind the previous response's PUBACK for the broker's delayed ACK (40 ms
+    on Linux), and every deviceTasks round trip paid it."""
+    mqtt = MQTTSettings(gateway_host="127.0.0.1", gateway_port=free_port(), server_port=free_port())
+    directory = Path(tempfile.mkdtemp(prefix="edgefleet-link-"))
+    files = mosquitto.MosquittoFiles(directory)
+    password = "server-password-for-tests"
+    mosquitto.write_all(files, mqtt, password, [])
+    broker = start_mosquitto(files, mqtt, password)
+    link = BrokerLink(
+        host="127.0.0.1",
+        port=mqtt.server_port,
+        username=mqtt.server_username,
+        password=password,
+        client_id="edgefleet-link-test",
+        subscriptions=["$ThingsPro/devices/+/status"],
+        handler=_ignore,
+    )
+    run = asyncio.create_task(link.run())
+    try:
+        await asyncio.wait_for(link.connected.wait(), 15)
+        assert link._client is not None
+        sock = link._client._client.socket()
+        assert isinstance(sock, socket.socket)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        broker.stop()
         shutil.rmtree(directory, ignore_errors=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -88,8 +89,9 @@ class AckWindow:
 
 
 class _AckingClient(aiomqtt.Client):
-    """aiomqtt's client with paho's manual acknowledgement on, and each message's ``dup``
-    flag kept (aiomqtt's Message has none) until the consumer takes the message."""
+    """aiomqtt's client with paho's manual acknowledgement on, each message's ``dup`` flag
+    kept (aiomqtt's Message has none) until the consumer takes the message, and Nagle's
+    algorithm off on its socket."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -103,6 +105,14 @@ class _AckingClient(aiomqtt.Client):
 
     def ack(self, mid: int) -> None:
         self._client.ack(mid, 1)
+
+    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        # Before CONNECT goes out. With Nagle on, a small packet (a request's PUBLISH) waits
+        # behind an earlier unacknowledged one (the PUBACK of the last response) until the
+        # broker's delayed ACK comes, up to 40 ms on Linux: every deviceTasks call paid it.
+        if isinstance(sock, socket.socket):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super()._on_socket_open(client, userdata, sock)
 
 
 Handler = Callable[[str, bytes, bool, Receipt], Awaitable[None]]
