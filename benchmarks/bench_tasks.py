@@ -33,36 +33,15 @@ from benchmarks.common import (
     start_server,
     start_simulators,
     wait_for,
+    writer_token,
 )
-from edgefleet.bootstrap import build
 from edgefleet.db.engine import Database, make_engine
 from edgefleet.db.migrate import upgrade
-from edgefleet.domain.auth import Principal, PrincipalKind, Role, Scope, permissions_for
 from edgefleet.secretbox import SecretBox
 from edgefleet.services.fleet import FleetService
-from edgefleet.settings import Settings
 from edgefleet.simulator.fleet import ensure_devices
 
 DB = "edgefleet_bench_tasks"
-
-
-async def _writer_token(url: str, data_dir: Path, secret: str) -> str:
-    container = build(Settings(database_url=url, data_dir=data_dir, secret_key=secret))
-    try:
-        user, _ = await container.accounts.create_user(
-            "bench@example.com", "bench-password-1", Role.OPERATOR
-        )
-        owner = Principal(
-            PrincipalKind.SESSION,
-            user.id,
-            user.email,
-            Role.OPERATOR,
-            permissions_for(Role.OPERATOR),
-        )
-        _, token = await container.accounts.create_token(owner, "bench", Scope.READ_WRITE)
-        return token
-    finally:
-        await container.close()
 
 
 async def _finished(pg: asyncpg.Connection, task_uuid: str, states: tuple[str, ...]) -> int:
@@ -105,7 +84,7 @@ async def main() -> None:
                 "values ('bench', '', now(), now()) returning id"
             )
             await pg.execute("update devices set group_id = $1", gid)
-            token = await _writer_token(url, Path(tmp), secret)
+            token = await writer_token(url, Path(tmp), secret)
             await asyncio.sleep(2.5)  # the embedded broker notices the new keys
 
             env = {**os.environ, **server.env, "EDGEFLEET_LOG_LEVEL": "WARNING"}

@@ -21,7 +21,10 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import httpx
 
+from edgefleet.bootstrap import build
+from edgefleet.domain.auth import Principal, PrincipalKind, Role, Scope, permissions_for
 from edgefleet.processes import die_with_parent
+from edgefleet.settings import Settings
 
 RESULTS = Path(__file__).parent / "results"
 PG_ADMIN = os.environ.get("EDGEFLEET_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -89,7 +92,7 @@ def start_server(
         preexec_fn=lambda: die_with_parent(signal.SIGTERM),
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90  # a loaded 2-core box imports slowly
     while time.monotonic() < deadline:
         try:
             if httpx.get(base + "/readyz", timeout=1).status_code == 200:
@@ -100,7 +103,7 @@ def start_server(
             raise RuntimeError("the server exited at start-up")
         time.sleep(0.2)
     proc.kill()
-    raise RuntimeError("the server did not become ready in 30 s")
+    raise RuntimeError("the server did not become ready in 90 s")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -250,3 +253,23 @@ async def start_simulators(
             )
         )
     return sims
+
+
+async def writer_token(url: str, data_dir: Path, secret: str) -> str:
+    """An operator's read-write API token, made in the database ``url`` (server key ``secret``)."""
+    container = build(Settings(database_url=url, data_dir=data_dir, secret_key=secret))
+    try:
+        user, _ = await container.accounts.create_user(
+            "bench@example.com", "bench-password-1", Role.OPERATOR
+        )
+        owner = Principal(
+            PrincipalKind.SESSION,
+            user.id,
+            user.email,
+            Role.OPERATOR,
+            permissions_for(Role.OPERATOR),
+        )
+        _, token = await container.accounts.create_token(owner, "bench", Scope.READ_WRITE)
+        return token
+    finally:
+        await container.close()

@@ -11,6 +11,7 @@ from benchmarks import (
     bench_devices,
     bench_events,
     bench_keys,
+    bench_roundtrip,
     bench_tasks,
 )
 
@@ -20,6 +21,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     asyncio.run(bench_devices.main())
     asyncio.run(bench_keys.main())
+    asyncio.run(bench_roundtrip.main())
     asyncio.run(bench_broker.main())
     asyncio.run(bench_tasks.main())
     asyncio.run(bench_events.main())
