@@ -228,6 +228,15 @@ class FleetService:
             tags = await repo.tags_of([uuid])
         return DeviceView(device, tags.get(uuid, []))
 
+    async def connection_status(self, uuid: str) -> str:
+        """The stored connection status of a device (``DeviceNotFoundError``): one column,
+        for the paths that ask nothing else (a request relayed to the gateway)."""
+        async with self.db.session() as s:
+            status = await DeviceRepo(s).connection_status(uuid)
+        if status is None:
+            raise DeviceNotFoundError(uuid)
+        return status
+
     async def update_device(
         self,
         uuid: str,

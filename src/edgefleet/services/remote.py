@@ -53,8 +53,8 @@ class RemoteService:
         An unknown device raises ``DeviceNotFoundError``, one not online
         ``DeviceOfflineError`` (nothing is sent), silence ``GatewayTimeoutError``.
         """
-        view = await self.fleet.get_device(device_uuid)
-        if view.device.connection_status != ConnectionStatus.ONLINE.value:
+        # the status alone: a device and its tags cost a query and ORM loading more
+        if await self.fleet.connection_status(device_uuid) != ConnectionStatus.ONLINE.value:
             raise DeviceOfflineError(device_uuid)
         whole_read = method.lower() == "get" and resource.split("?", 1)[0].rstrip("/") == PROPERTIES
         if whole_read and self.read_properties is not None:

@@ -127,6 +127,11 @@ class DeviceRepo:
     async def get(self, uuid: str) -> Device | None:
         return await self.s.get(Device, uuid)
 
+    async def connection_status(self, uuid: str) -> str | None:
+        """The device's connection status alone (None: no such device), without loading it."""
+        status = await self.s.scalar(select(Device.connection_status).where(Device.uuid == uuid))
+        return None if status is None else str(status)
+
     async def get_many(self, uuids: Sequence[str]) -> list[Device]:
         if not uuids:
             return []
