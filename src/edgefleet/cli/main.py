@@ -20,6 +20,7 @@ from edgefleet.cli.common import err_console, load_settings, run
 from edgefleet.db.engine import sqlite_file
 from edgefleet.db.migrate import upgrade
 from edgefleet.errors import EdgefleetError
+from edgefleet.processes import freeze_heap
 
 app = typer.Typer(
     help="edgefleet: fleet manager for industrial IoT gateways (ThingsPro-compatible).",
@@ -163,6 +164,7 @@ def serve(
                             # process at once: write the queued log lines first
                             logs.flush()
 
+            freeze_heap()
             await _Server(config).serve()
         finally:
             await container.close()
