@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
 from edgefleet.bootstrap import Container
 from edgefleet.db.engine import Database
@@ -106,6 +106,29 @@ async def test_every_order_of_the_list_is_read_from_an_index(
             assert "TEMP B-TREE" not in plan and "USING INDEX" in plan, (key, plan)
         else:
             assert "Sort" not in plan and "Index Scan" in plan, (key, plan)
+
+
+async def test_a_gateway_name_is_found_from_an_index(database: Database) -> None:
+    """The Events page filters by a gateway's name (any letter case) on each live refresh, up
+    to twice a second: at 100,000 gateways a scan of the fleet per refresh took 0.7 s, so
+    the exact-name lookup must read an index on the lowered name."""
+    stmt = (
+        select(Device.uuid)
+        .where(func.lower(Device.display_name) == "press-07")
+        .order_by(Device.uuid)
+        .limit(101)
+    )
+    async with database.engine.connect() as conn:
+        sql = str(stmt.compile(conn.engine, compile_kwargs={"literal_binds": True}))
+        if conn.dialect.name == "sqlite":
+            rows = await conn.execute(text(f"EXPLAIN QUERY PLAN {sql}"))
+            plan = "\n".join(str(r[-1]) for r in rows)
+        else:  # the tables of a test are tiny: forbid scanning them whole
+            await conn.execute(text("SET LOCAL enable_seqscan = off"))
+            rows = await conn.execute(text(f"EXPLAIN {sql}"))
+            plan = "\n".join(str(r[0]) for r in rows)
+            await conn.rollback()
+    assert "ix_devices_lower_display_name_uuid" in plan, plan
 
 
 # --- selections -------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    func,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -153,6 +154,9 @@ class Device(Base):
         Index("ix_devices_connection_changed_at_uuid", "connection_changed_at", "uuid"),
         Index("ix_devices_model_name_uuid", "model_name", "uuid"),
         Index("ix_devices_software_version_key_uuid", "software_version_key", "uuid"),
+        # a gateway found by its name in any letter case (the Events page's filter, on each
+        # live refresh): repos/devices.py uuids_named
+        Index("ix_devices_lower_display_name_uuid", func.lower(text("display_name")), "uuid"),
     )
 
     uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
