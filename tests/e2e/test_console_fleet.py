@@ -524,3 +524,35 @@ async def test_an_error_is_shown_next_to_the_control_that_caused_it(
     await page.get_by_label("Fleet query").fill("model >")
     await page.get_by_role("button", name="Search").click()
     await expect(page.get_by_test_id("query-error")).to_contain_text("invalid fleet query")
+
+
+async def test_live_events_do_not_move_the_rows_under_a_pointer_aiming_at_one(
+    console: Console, page: Page
+) -> None:
+    """New events come in at the top of the Events list, twice a second here: a row's
+    Acknowledge or Clear (no confirmation) would move away between aiming and clicking, and
+    the click land on another alarm. While the pointer moves over the list it holds still (and
+    says so); once the pointer leaves, the live rows come in."""
+    async with live_events(console):
+        await log_in(page, console.operator, next="/console/events")
+        await settle(page)
+        await expect(page.locator("tr[data-event]").first).to_be_visible()
+        aimed = page.locator("tr[data-event]").nth(2)
+        event_id = await aimed.get_attribute("data-event")
+        box = await aimed.bounding_box()
+        assert box is not None
+        x, y = box["x"] + 60, box["y"] + box["height"] / 2
+        under = f"document.elementFromPoint({x}, {y}).closest('tr').dataset.event"
+        refreshes = Refreshes(page, "/console/fragments/events")
+        await page.mouse.move(x, y - 2)
+        for step in range(10):  # aiming: small moves over 2.5 s, events arriving
+            await page.mouse.move(x + step, y + (step % 3) - 1)
+            await during(page, 0.25)
+            assert await page.evaluate(under) == event_id, f"the row moved at step {step}"
+        await expect(page.locator("[data-paused-note]")).to_contain_text("pointer")
+        assert refreshes.count == 0
+        # the pointer leaves: the list catches up with the events that came meanwhile
+        await page.mouse.move(5, 5)
+        await expect(page.locator("[data-paused-note]")).to_be_hidden()
+        await page.wait_for_function(f"{under} !== '{event_id}'")
+    assert refreshes.count > 0

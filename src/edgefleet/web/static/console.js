@@ -92,6 +92,8 @@
     return text ? JSON.parse(text) : null;
   }
   const refresh = () => htmx.trigger(document.body, "refresh");
+  // a refresh caused by the live stream, not by the user's own change
+  const liveRefresh = () => htmx.trigger(document.body, "refresh", { live: true });
   window.edgefleet = Object.assign(window.edgefleet || {}, { api, flash, say, t, tn, refresh });
 
   function showSecret(value) {
@@ -289,7 +291,8 @@
     return [...elt.querySelectorAll("form:not([data-live-ok]) input, form:not([data-live-ok]) select, form:not([data-live-ok]) textarea")]
       .some((c) => !c.disabled && changed(c));
   }
-  function pausedNote(elt, on) {
+  const UNSAVED = () => t("Live updates of this list are paused while you have unsaved changes: save or undo them to resume.");
+  function pausedNote(elt, on, text) {
     let note = elt.previousElementSibling;
     if (!note || !note.matches("[data-paused-note]")) {
       if (!on) return;
@@ -300,7 +303,8 @@
       elt.before(note);
     }
     note.hidden = !on;
-    note.textContent = on ? t("Live updates of this list are paused while you have unsaved changes: save or undo them to resume.") : "";
+    note.classList.toggle("floating", on && text === HELD);
+    note.textContent = on ? (text || UNSAVED)() : "";
   }
   document.addEventListener("htmx:confirm", (ev) => {
     const elt = ev.detail.elt;
@@ -310,7 +314,48 @@
       ev.preventDefault();
       elt.dataset.paused = "1";
       pausedNote(elt, true);
+    } else if (cause.detail && cause.detail.live && aiming(elt)) {
+      ev.preventDefault();
+      hold(elt);
     }
+  });
+  // (and rows asked for just before the pointer came are not swapped in under it)
+  document.addEventListener("htmx:beforeSwap", (ev) => {
+    const elt = ev.detail.target;
+    const cause = ev.detail.requestConfig && ev.detail.requestConfig.triggeringEvent;
+    if (elt && cause && cause.type === "refresh" && cause.detail && cause.detail.live && aiming(elt)) {
+      ev.detail.shouldSwap = false;
+      hold(elt);
+    }
+  });
+
+  // --- rows do not move under a pointer aiming at one ----------------------------------------
+  // A live list with a button on each row ([data-hold-under-pointer]: the events, where
+  // Acknowledge and Clear ask no confirmation) holds still while the pointer moves over it,
+  // so a click lands on the row aimed at; it catches up once the pointer leaves it or has
+  // rested for HOLD_MS. The user's own changes refresh it at once.
+  const HOLD_MS = 3000;
+  const HELD = () => t("Live updates of this list wait while the pointer is on it.");
+  let heldRetry = null;
+  function hold(elt) {
+    elt.dataset.held = "1";
+    pausedNote(elt, true, HELD);
+    clearTimeout(heldRetry);
+    heldRetry = setTimeout(liveRefresh, HOLD_MS);
+  }
+  function aiming(elt) {
+    return elt.matches("[data-hold-under-pointer]") && elt.matches(":hover")
+      && Date.now() - Number(elt.dataset.aimedAt || 0) < HOLD_MS;
+  }
+  document.addEventListener("pointermove", (ev) => {
+    const list = ev.target.closest && ev.target.closest("[data-hold-under-pointer]");
+    if (list) list.dataset.aimedAt = String(Date.now());
+  });
+  document.addEventListener("pointerout", (ev) => {
+    const list = ev.target.closest && ev.target.closest("[data-hold-under-pointer][data-held]");
+    if (!list || (ev.relatedTarget && list.contains(ev.relatedTarget))) return;
+    delete list.dataset.aimedAt;
+    htmx.trigger(list, "refresh", { live: true });
   });
   // undoing the change (or saving, which refreshes) resumes the fragment
   document.addEventListener("change", (ev) => {
@@ -323,7 +368,11 @@
   });
   document.addEventListener("htmx:afterSwap", (ev) => {
     const elt = ev.detail.target;
-    if (elt && elt.dataset && elt.dataset.paused) { delete elt.dataset.paused; pausedNote(elt, false); }
+    if (elt && elt.dataset && (elt.dataset.paused || elt.dataset.held)) {
+      delete elt.dataset.paused;
+      delete elt.dataset.held;
+      pausedNote(elt, false);
+    }
   });
 
   // API calls made by htmx (hx-post … hx-swap="none" data-api): report next to the control,
@@ -379,9 +428,9 @@
     const source = new EventSource("/api/v1/events/stream");
     const kick = () => {
       clearTimeout(trailing);
-      trailing = setTimeout(refresh, 1500);
+      trailing = setTimeout(liveRefresh, 1500);
       if (pending) return;
-      pending = setTimeout(() => { pending = null; refresh(); }, 500);
+      pending = setTimeout(() => { pending = null; liveRefresh(); }, 500);
     };
     ["device_online", "device_offline", "property_update", "gateway_event", "job_update",
      "task_update", "device_registered", "device_deleted"].forEach((type) => source.addEventListener(type, kick));
