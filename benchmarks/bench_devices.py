@@ -39,6 +39,10 @@ SECRET = "bench"
 every key at start, and refuses to start when one does not open)."""
 
 
+GROUP_IDS = list(range(1, 41))
+"""40 groups, named out of id order; 90 % of the seeded gateways in one of them."""
+
+
 async def seed(url: str, n: int, statuses: list[str] = STATUSES) -> float:
     """Insert ``n`` devices by COPY (connection states drawn from ``statuses``)."""
     rng = random.Random(42)
@@ -77,7 +81,7 @@ async def seed(url: str, n: int, statuses: list[str] = STATUSES) -> float:
                 ix["default_route"],
                 ix["alias_name"],
                 "{}",
-                None,
+                rng.choice(GROUP_IDS) if rng.random() < 0.9 else None,
                 created,
                 created,
             )
@@ -113,6 +117,12 @@ async def seed(url: str, n: int, statuses: list[str] = STATUSES) -> float:
             "json", encoder=str.encode, decoder=json.loads, schema="pg_catalog", format="binary"
         )
         t0 = time.perf_counter()
+        await conn.copy_records_to_table(
+            "groups",
+            records=[(g, f"line-{(g * 17) % len(GROUP_IDS):02d}", "", now, now) for g in GROUP_IDS],
+            columns=["id", "name", "description", "created_at", "updated_at"],
+        )
+        await conn.execute(f"SELECT setval('groups_id_seq', {len(GROUP_IDS)})")
         await conn.copy_records_to_table("devices", records=devices, columns=cols)
         await conn.copy_records_to_table(
             "device_tags", records=tags, columns=["device_uuid", "tag"]
@@ -187,6 +197,15 @@ async def main() -> None:
                     "/api/v1/devices",
                     headers=h,
                     params={"sort": rng.choice(["firmware", "-firmware"]), "limit": 50},
+                ),
+                "sorted by group, deep page": lambda c, i: c.get(
+                    "/api/v1/devices",
+                    headers=h,
+                    params={
+                        "sort": rng.choice(["group", "-group"]),
+                        "offset": rng.randrange(0, 20000),
+                        "limit": 50,
+                    },
                 ),
                 "filtered and sorted by state": lambda c, i: c.get(
                     "/api/v1/devices",

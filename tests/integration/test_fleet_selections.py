@@ -14,8 +14,8 @@ from sqlalchemy import func, select, text
 
 from edgefleet.bootstrap import Container
 from edgefleet.db.engine import Database
-from edgefleet.db.repos.devices import SORT_COLUMNS, DeviceFilter, DeviceOrder
-from edgefleet.db.tables import Device
+from edgefleet.db.repos.devices import SORT_COLUMNS, DeviceFilter, DeviceOrder, DeviceRepo
+from edgefleet.db.tables import Device, Group
 from edgefleet.domain.devices import SORT_KEYS
 from edgefleet.domain.tasks import TaskKind
 from edgefleet.services.fleet import Registration
@@ -106,6 +106,66 @@ async def test_every_order_of_the_list_is_read_from_an_index(
             assert "TEMP B-TREE" not in plan and "USING INDEX" in plan, (key, plan)
         else:
             assert "Sort" not in plan and "Index Scan" in plan, (key, plan)
+
+
+async def test_the_list_by_group_name_pages_as_the_join_would_sort_it(
+    container: Container, database: Database
+) -> None:
+    """Sorted by group name the list is read group by group (no join sorting the fleet): every
+    page, both ways, is the page the join's order gives, gateways without a group last."""
+    uuids = await register(container, [f"gw{i}" for i in range(11)])
+    members = {"b-line": uuids[0:3], "A-line": uuids[3:5], "c-line": uuids[5:9]}
+    for name, who in members.items():
+        group = await container.fleet.create_group(name)
+        await container.fleet.add_to_group(group.group.id, who)
+    await container.fleet.create_group("empty")  # no member: never on a page
+    for descending in (False, True):
+        order = DeviceOrder("group", descending)
+        async with database.session() as s:
+            expected = list(
+                await s.scalars(
+                    select(Device.uuid)
+                    .outerjoin(Group, Group.id == Device.group_id)
+                    .order_by(*order.clauses())
+                )
+            )
+        assert set(expected[-2:]) == set(uuids[9:])  # without a group: last both ways
+        for offset in range(0, 12):
+            for limit in (1, 2, 4, 50):
+                async with database.session() as s:
+                    total, page = await DeviceRepo(s).page(
+                        DeviceFilter(), offset=offset, limit=limit, order=order
+                    )
+                assert total == 11
+                assert [d.uuid for d in page] == expected[offset : offset + limit], (
+                    descending,
+                    offset,
+                    limit,
+                )
+        async with database.session() as s:  # a filter counts and pages the same way
+            total, page = await DeviceRepo(s).page(
+                DeviceFilter(partial={"displayName": "gw1"}), offset=0, limit=50, order=order
+            )
+        assert total == 2 and {d.uuid for d in page} == {uuids[1], uuids[10]}
+
+
+async def test_a_groups_members_are_read_in_uuid_order_from_an_index(database: Database) -> None:
+    """One group's part of a page sorted by group name: an index range, not a sort."""
+    stmt = (
+        select(Device).where(Device.group_id == 7).order_by(Device.uuid.desc()).offset(40).limit(50)
+    )
+    async with database.engine.connect() as conn:
+        sql = str(stmt.compile(conn.engine, compile_kwargs={"literal_binds": True}))
+        if conn.dialect.name == "sqlite":
+            rows = await conn.execute(text(f"EXPLAIN QUERY PLAN {sql}"))
+            plan = "\n".join(str(r[-1]) for r in rows)
+            assert "TEMP B-TREE" not in plan and "ix_devices_group_id_uuid" in plan, plan
+        else:
+            await conn.execute(text("SET LOCAL enable_sort = off"))
+            rows = await conn.execute(text(f"EXPLAIN {sql}"))
+            plan = "\n".join(str(r[0]) for r in rows)
+            await conn.rollback()
+            assert "Sort" not in plan and "ix_devices_group_id_uuid" in plan, plan
 
 
 async def test_a_gateway_name_is_found_from_an_index(database: Database) -> None:

@@ -154,6 +154,9 @@ class Device(Base):
         Index("ix_devices_connection_changed_at_uuid", "connection_changed_at", "uuid"),
         Index("ix_devices_model_name_uuid", "model_name", "uuid"),
         Index("ix_devices_software_version_key_uuid", "software_version_key", "uuid"),
+        # the members of one group in uuid order: a group's page, and the list sorted by
+        # group name, read group by group (repos/devices.py DeviceRepo._page_by_group)
+        Index("ix_devices_group_id_uuid", "group_id", "uuid"),
         # a gateway found by its name in any letter case (the Events page's filter, on each
         # live refresh): repos/devices.py uuids_named
         Index("ix_devices_lower_display_name_uuid", func.lower(text("display_name")), "uuid"),
@@ -177,9 +180,7 @@ class Device(Base):
     default_route: Mapped[str] = mapped_column(String(16), default="")
     alias_name: Mapped[str] = mapped_column(String(255), default="")
     attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    group_id: Mapped[int | None] = mapped_column(
-        ForeignKey("groups.id", ondelete="SET NULL"), index=True
-    )
+    group_id: Mapped[int | None] = mapped_column(ForeignKey("groups.id", ondelete="SET NULL"))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 

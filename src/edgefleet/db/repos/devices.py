@@ -52,7 +52,8 @@ SORT_COLUMNS: dict[str, Any] = {
 }
 """Sort keys (domain/devices.py ``SORT_KEYS``) → columns; each has an index on (column, uuid)
 (``mac_key`` is unique alone), so a page of any order is an index scan, not a sort of the
-fleet. ``group`` sorts by the group's name (a join; gateways without a group last)."""
+fleet. ``group`` sorts by the group's name, gateways without a group last: read group by
+group (``DeviceRepo._page_by_group``), each from the index on (group_id, uuid)."""
 
 
 @dataclass(frozen=True)
@@ -179,12 +180,54 @@ class DeviceRepo:
         self, f: DeviceFilter, *, offset: int, limit: int, order: DeviceOrder = DeviceOrder()
     ) -> tuple[int, list[Device]]:
         cond = _conditions(f)
+        if order.key == "group":
+            return await self._page_by_group(cond, offset, limit, order.descending)
         total = await self.s.scalar(select(func.count()).select_from(Device).where(*cond))
         stmt = select(Device).where(*cond)
-        if order.key == "group":
-            stmt = stmt.outerjoin(Group, Group.id == Device.group_id)
         rows = await self.s.scalars(stmt.order_by(*order.clauses()).offset(offset).limit(limit))
         return int(total or 0), list(rows)
+
+    async def _page_by_group(
+        self, cond: list[ColumnElement[bool]], offset: int, limit: int, descending: bool
+    ) -> tuple[int, list[Device]]:
+        """The list sorted by group name (ties by uuid), gateways without a group last, as
+        ``DeviceOrder("group").clauses()`` orders it, without a join that sorts the fleet:
+        the members counted per group, the groups put in order by the database (its
+        collation; groups are few beside their members), the groups before the page skipped
+        whole, and the page read group by group from the index on (group_id, uuid)."""
+        counts: dict[int | None, int] = {
+            gid: int(n)
+            for gid, n in await self.s.execute(
+                select(Device.group_id, func.count()).where(*cond).group_by(Device.group_id)
+            )
+        }
+        total = sum(counts.values())
+        name = Group.name.desc() if descending else Group.name.asc()
+        ordered: list[int | None] = [
+            g for g in await self.s.scalars(select(Group.id).order_by(name)) if g in counts
+        ]
+        if None in counts:
+            ordered.append(None)
+        uuid_order = Device.uuid.desc() if descending else Device.uuid.asc()
+        out: list[Device] = []
+        skip = offset
+        for gid in ordered:
+            if len(out) >= limit:
+                break
+            n = counts.get(gid, 0)
+            if skip >= n:
+                skip -= n
+                continue
+            member = Device.group_id.is_(None) if gid is None else Device.group_id == gid
+            out += await self.s.scalars(
+                select(Device)
+                .where(*cond, member)
+                .order_by(uuid_order)
+                .offset(skip)
+                .limit(limit - len(out))
+            )
+            skip = 0
+        return total, out
 
     async def matching(self, uuids: Sequence[str], query: Node) -> set[str]:
         """Those of ``uuids`` that exist and match ``query`` now."""
