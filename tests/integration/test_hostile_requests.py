@@ -16,10 +16,14 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import delete
 
 from edgefleet.api.app import create_app
 from edgefleet.bootstrap import Container
-from edgefleet.db.tables import Device
+from edgefleet.db.repos.accounts import UserRepo
+from edgefleet.db.repos.devices import DeviceRepo
+from edgefleet.db.repos.groups import GroupRepo
+from edgefleet.db.tables import Device, Group, User
 from edgefleet.domain.auth import Role
 from tests.conftest import Caller, Callers
 from tests.integration.test_devices_api import register
@@ -281,6 +285,57 @@ async def test_renaming_a_group_to_a_taken_name_is_409(
     compat_error(r, 409, "a group with name 'a' already exists")
     r = await raw.put(f"/api/v1/groups/{b['id']}", headers=h, json={"name": "c"})
     assert r.status_code == 200 and r.json()["name"] == "c"
+
+
+def _deleted_once_read(
+    monkeypatch: pytest.MonkeyPatch, container: Container, repo: Any, table: Any, key: Any
+) -> None:
+    """``repo.get`` returns the row, then another request deletes it: the change that follows
+    meets a row that is gone (what two clients racing on one id do)."""
+    original = repo.get
+
+    async def get(self: Any, *args: Any, **kwargs: Any) -> Any:
+        row = await original(self, *args, **kwargs)
+        async with container.db.session() as other:
+            await other.execute(delete(table).where(key == args[0]))
+        return row
+
+    monkeypatch.setattr(repo, "get", get)
+
+
+async def test_a_change_to_a_row_deleted_meanwhile_is_404_not_500(
+    raw: httpx.AsyncClient,
+    writer: Caller,
+    admin: Caller,
+    callers: Callers,
+    container: Container,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A rename, a device change, a key rotation or a user change racing a delete of the same
+    row: the UPDATE matched no row (SQLAlchemy's StaleDataError) and answered 500."""
+    h = writer.headers
+    group = await new_group(raw, h, "racing")
+    one = await register(raw, h, "0090e8000101")
+    two = await register(raw, h, "0090e8000102")
+    user = await callers.user(Role.VIEWER)
+    with monkeypatch.context() as m:
+        _deleted_once_read(m, container, GroupRepo, Group, Group.id)
+        r = await raw.put(f"/api/v1/groups/{group['id']}", headers=h, json={"name": "renamed"})
+    compat_error(r, 404, "deleted")
+    with monkeypatch.context() as m:
+        _deleted_once_read(m, container, DeviceRepo, Device, Device.uuid)
+        r = await raw.patch(f"/api/v1/devices/{one['uuid']}", headers=h, json={"displayName": "x"})
+        problem_error(r, 404, "deleted")
+        r = await raw.post(f"/api/v1/devices/{two['uuid']}/psk", headers=admin.headers)
+        problem_error(r, 404, "deleted")
+    with monkeypatch.context() as m:
+        _deleted_once_read(m, container, UserRepo, User, User.id)
+        r = await raw.patch(
+            f"/api/v1/users/{user.user_id}", headers=admin.headers, json={"role": "operator"}
+        )
+        problem_error(r, 404, "deleted")
+    assert not [rec for rec in caplog.records if rec.levelname == "ERROR"]
 
 
 async def test_console_fragments_refuse_the_same_input(

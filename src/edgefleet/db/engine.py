@@ -24,9 +24,10 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm.exc import StaleDataError
 
 from edgefleet.domain.limits import CUT, SHOWN_JSON_DEPTH, prune
-from edgefleet.errors import StorageError
+from edgefleet.errors import NotFoundError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,13 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _stale_table(exc: StaleDataError) -> str:
+    """What the stale row was, from SQLAlchemy's message ("UPDATE statement on table 'groups'
+    expected to update 1 row(s); 0 were matched.")."""
+    words = str(exc).split("'")
+    return f"the {words[1]} row" if len(words) >= 3 else "the row"
+
+
 class Database:
     """Opens transactions; repositories work inside the ``AsyncSession`` it yields."""
 
@@ -107,10 +115,17 @@ class Database:
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        """A session in a transaction: committed when the block ends, rolled back on error."""
+        """A session in a transaction: committed when the block ends, rolled back on error.
+
+        A row read here and deleted by another transaction before this one changes it (two
+        clients racing on one id) leaves the change nothing to update: ``NotFoundError``."""
         try:
             async with self._sessions.begin() as session:
                 yield session
+        except StaleDataError as exc:
+            raise NotFoundError(
+                f"{_stale_table(exc)} was deleted by another request meanwhile"
+            ) from exc
         except (OperationalError, DBAPIError, OSError) as exc:
             if (
                 isinstance(exc, DBAPIError)
