@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 
@@ -185,6 +187,42 @@ async def test_an_idless_event_redelivered_by_the_broker_is_stored_once(
             )
         await events.drained()
         assert await _count(container.db, device_uuid="d2") == 1
+    finally:
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+
+
+async def test_an_event_id_sent_again_is_a_duplicate_not_a_refusal(
+    container: Container, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A gateway's event_id seen again, in the same batch or a later one, is stored once and
+    counted as a duplicate. On PostgreSQL the batch's COPY raised the driver's own
+    UniqueViolationError, which the fallback to a row-by-row insert did not catch: the batch
+    was split, the event counted as refused and an error logged with its stack, once a batch."""
+    events = container.events
+    writer = asyncio.create_task(events.run())
+    labels = {"writer": "event-writer"}
+    rejected = REGISTRY.get_sample_value("edgefleet_rows_rejected_total", labels) or 0
+    duplicates = events.duplicates
+    try:
+        payload = json.dumps({"method": "put", "resource": "/x", "data": 1}).encode()
+
+        async def send(event_id: str, n: int) -> None:
+            for _ in range(n):
+                await events.gateway_event(
+                    "d3", "put", "/x", None, 1, event_id=event_id, payload=payload, receipt=None
+                )
+
+        await send("same-batch", 3)
+        await events.drained()
+        await send("same-batch", 1)  # and once more in a later batch
+        await send("other", 1)
+        await events.drained()
+        assert await _count(container.db, device_uuid="d3") == 2
+        assert events.duplicates - duplicates == 3
+        after = REGISTRY.get_sample_value("edgefleet_rows_rejected_total", labels) or 0
+        assert after == rejected
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     finally:
         writer.cancel()
         await asyncio.gather(writer, return_exceptions=True)

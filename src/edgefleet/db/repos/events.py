@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
+from asyncpg.exceptions import UniqueViolationError
 from sqlalchemy import (
     ColumnElement,
     Table,
@@ -75,8 +76,10 @@ class EventRepo:
             try:
                 async with self.s.begin_nested():
                     return await self._copy(events)
-            except IntegrityError:
-                pass  # some were stored before: insert one by one, skipping those
+            except (IntegrityError, UniqueViolationError):
+                # some were stored before, or the batch repeats a key (a redelivery): insert
+                # skipping those. COPY runs on the driver itself, so its own error comes here
+                pass
         return await self._insert_skipping(events)
 
     async def _copy(self, events: Sequence[NewEvent]) -> list[StoredEvent]:
