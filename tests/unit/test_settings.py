@@ -82,6 +82,23 @@ def test_masked_hides_secret_query_parameters_and_keeps_the_rest() -> None:
         assert secret not in str(shown), secret
 
 
+def test_masked_shows_a_url_without_secrets_as_it_is(tmp_path: Path) -> None:
+    """``config show`` printed the default SQLite URL ``sqlite+aiosqlite:////abs/path`` as
+    ``sqlite+aiosqlite://abs/path`` (a host "abs"): urlunsplit drops the empty authority."""
+    for url in (
+        f"sqlite+aiosqlite:///{tmp_path / 'edgefleet.db'}",
+        "sqlite+aiosqlite:///relative.db",
+        "file:///var/lib/edgefleet/files",
+        "postgresql+asyncpg://edgefleet@db/edgefleet?sslmode=require",
+    ):
+        assert Settings(database_url=url).masked()["database_url"] == url
+    shown = Settings(data_dir=tmp_path).masked()["database_url"]
+    assert shown == f"sqlite+aiosqlite:///{tmp_path / 'edgefleet.db'}"
+    # a masked one keeps its empty authority too
+    masked = Settings(database_url="sqlite+aiosqlite:////data/e.db?password=pw").masked()
+    assert masked["database_url"] == "sqlite+aiosqlite:////data/e.db?password=********"
+
+
 def test_masked_hides_every_setting_whose_name_looks_secret() -> None:
     s = Settings(secret_key="topsecret", mqtt={"server_password": "brokerpw"})
     shown = s.masked()
