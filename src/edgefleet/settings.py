@@ -253,6 +253,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        _refuse_unknown_nested(settings_cls)
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         config_file = os.environ.get("EDGEFLEET_CONFIG")
         if config_file:
@@ -353,6 +354,30 @@ def is_secret_name(name: str) -> bool:
     ``sslcert`` and ``sslrootcert`` name files, and a file name is no secret."""
     lowered = name.lower()
     return lowered in _SECRET_NAMES or any(part in lowered for part in _SECRET_PARTS)
+
+
+def _refuse_unknown_nested(settings_cls: type[BaseSettings]) -> None:
+    """An ``EDGEFLEET_<GROUP>__<NAME>`` variable must name a setting, as a config file's key
+    must: the environment source ignores the others, so ``EDGEFLEET_DATABASE__URL`` (for
+    ``EDGEFLEET_DATABASE_URL``) ran the server on SQLite without a word. Only names with the
+    nesting delimiter are checked: other ``EDGEFLEET_*`` variables belong to tools (tests,
+    benchmarks, deployments)."""
+    unknown = []
+    for name in os.environ:
+        upper = name.upper()
+        if not upper.startswith("EDGEFLEET_") or "__" not in upper:
+            continue
+        group, _, key = upper[len("EDGEFLEET_") :].partition("__")
+        field = settings_cls.model_fields.get(group.lower())
+        fields = getattr(field.annotation, "model_fields", None) if field is not None else None
+        if fields is None or key.lower() not in fields:
+            unknown.append(name)
+    if unknown:
+        raise ValueError(
+            f"{', '.join(sorted(unknown))}: not a setting (nested settings are "
+            "EDGEFLEET_<GROUP>__<NAME> with a group of http, login, mqtt, storage, events, "
+            "console; the others have one underscore, e.g. EDGEFLEET_DATABASE_URL)"
+        )
 
 
 def mask_url(url: str) -> str:

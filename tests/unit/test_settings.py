@@ -42,6 +42,25 @@ def test_unknown_setting_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: P
         Settings()
 
 
+@pytest.mark.parametrize(
+    "name", ["EDGEFLEET_DATABASE__URL", "EDGEFLEET_HTTP__PORTT", "edgefleet_mqtt__server_hostname"]
+)
+def test_an_unknown_nested_variable_is_refused(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """As a config file's unknown key is: the environment source ignored it, and with
+    EDGEFLEET_DATABASE__URL the server ran on SQLite without a word."""
+    monkeypatch.setenv(name, "postgresql+asyncpg://u@db/x")
+    with pytest.raises(ValueError, match=name):
+        Settings()
+
+
+def test_other_edgefleet_variables_are_not_settings_to_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("EDGEFLEET_TEST_PG", "postgresql://x")  # a tool's, one underscore
+    monkeypatch.setenv("EDGEFLEET_MQTT__GATEWAY_PORT", "8883")
+    assert Settings().mqtt.gateway_port == 8883
+
+
 def test_production_refuses_unsafe_values() -> None:
     with pytest.raises(ValueError, match="database_url must name a PostgreSQL server"):
         Settings(environment="production")
