@@ -3,10 +3,18 @@ password changes (throttling is in test_login_throttle.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import httpx
+import pytest
+from sqlalchemy import delete as sa_delete
 
 from edgefleet.bootstrap import Container
+from edgefleet.db.repos.accounts import UserRepo
+from edgefleet.db.tables import User
 from edgefleet.domain.auth import Role, Scope
+from edgefleet.errors import ConflictError
 from tests.conftest import Callers
 
 PASSWORD = "correct horse battery"
@@ -183,3 +191,46 @@ async def test_password_change_from_the_console_keeps_its_own_cookie_session(
     assert r.status_code == 200 and r.json() == {"otherSessionsEnded": 1}
     assert (await client.get("/api/v1/users/me")).status_code == 200
     assert (await client.get("/api/v1/users/me", headers=user.headers)).status_code == 401
+
+
+async def test_two_admins_changed_at_once_never_leave_none(
+    container: Container, callers: Callers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Demoting one admin, disabling or deleting the other at the same moment: each request
+    counted two enabled admins before either wrote, and both went through, leaving the server
+    with none (only the CLI could get back in)."""
+    repo_count = UserRepo.count_active_admins
+    for second in ("disable", "delete"):
+        one, two = await callers.user(Role.ADMIN), await callers.user(Role.ADMIN)
+        counted = 0
+        both_counted = asyncio.Event()
+
+        async def count(self: UserRepo) -> int:
+            nonlocal counted
+            n = await repo_count(self)
+            counted += 1
+            if counted == 2:
+                both_counted.set()
+            elif counted == 1:
+                # let the other request count too before this one writes (as a race does);
+                # bounded, since a request that locks the admins first makes the other wait
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(both_counted.wait(), 2)
+            return n
+
+        monkeypatch.setattr(UserRepo, "count_active_admins", count)
+        demote = container.accounts.update_user(one.user_id, role=Role.VIEWER)
+        other = (
+            container.accounts.update_user(two.user_id, disabled=True)
+            if second == "disable"
+            else container.accounts.delete_user(two.user_id)
+        )
+        results = await asyncio.gather(demote, other, return_exceptions=True)
+        monkeypatch.setattr(UserRepo, "count_active_admins", repo_count)
+        refused = [r for r in results if isinstance(r, ConflictError)]
+        assert len(refused) == 1, results
+        async with container.db.session() as s:
+            assert await UserRepo(s).count_active_admins() == 1, second
+        # back to none but the fixtures' next pair
+        async with container.db.session() as s:
+            await s.execute(sa_delete(User).where(User.role == "admin"))

@@ -194,8 +194,8 @@ class AccountService:
                 and not user.disabled
                 and ((role is not None and role is not Role.ADMIN) or disabled is True)
             )
-            if losing_admin and await repo.count_active_admins() <= 1:
-                raise ConflictError("this is the last enabled admin; make another admin first")
+            if losing_admin:
+                await _check_not_last_admin(repo)
             if role is not None:
                 user.role = role.value
             if disabled is not None:
@@ -206,6 +206,8 @@ class AccountService:
             user.updated_at = self.clock()
             if disabled or new_hash is not None:
                 await SessionRepo(s).delete_for_user(user.id)
+            if losing_admin:
+                await _check_admin_left(repo)
         self.forget_credentials()
         return user
 
@@ -227,13 +229,12 @@ class AccountService:
             user = await repo.get(user_id)
             if user is None:
                 raise NotFoundError(f"user {user_id} not found")
-            if (
-                user.role == Role.ADMIN
-                and not user.disabled
-                and await repo.count_active_admins() <= 1
-            ):
-                raise ConflictError("this is the last enabled admin; make another admin first")
+            losing_admin = user.role == Role.ADMIN and not user.disabled
+            if losing_admin:
+                await _check_not_last_admin(repo)
             await repo.delete(user_id)
+            if losing_admin:
+                await _check_admin_left(repo)
         self.forget_credentials()
 
     async def set_password(self, email: str, password: str) -> User:
@@ -516,3 +517,22 @@ class AccountService:
                 token.revoked_at = self.clock()
         self.forget_credentials()
         return token
+
+
+LAST_ADMIN = "this is the last enabled admin; make another admin first"
+
+
+async def _check_not_last_admin(repo: UserRepo) -> None:
+    """Before a change that takes an enabled admin away: the admins are locked (two such
+    changes at once each counted two admins, and both went through), then counted."""
+    await repo.lock_active_admins()
+    if await repo.count_active_admins() <= 1:
+        raise ConflictError(LAST_ADMIN)
+
+
+async def _check_admin_left(repo: UserRepo) -> None:
+    """After the change, in its transaction: one admin is still enabled (SQLite locks nothing
+    on a read, but takes writes one at a time, so the count after a write is the truth)."""
+    await repo.s.flush()
+    if await repo.count_active_admins() < 1:
+        raise ConflictError(LAST_ADMIN)

@@ -32,6 +32,13 @@ class UserRepo:
     async def count(self) -> int:
         return int(await self.s.scalar(select(func.count()).select_from(User)) or 0)
 
+    async def lock_active_admins(self) -> None:
+        """Lock the enabled admins' rows until the transaction ends (PostgreSQL; SQLite has one
+        writer at a time anyway): a change that may remove the last one counts them after."""
+        await self.s.execute(
+            select(User.id).where(User.role == "admin", ~User.disabled).with_for_update()
+        )
+
     async def count_active_admins(self) -> int:
         n = await self.s.scalar(
             select(func.count()).select_from(User).where(User.role == "admin", ~User.disabled)
