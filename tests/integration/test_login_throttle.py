@@ -15,13 +15,14 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from edgefleet.api.app import create_app
 from edgefleet.bootstrap import Container, build
 from edgefleet.db.engine import Database
 from edgefleet.db.tables import LoginFailure
 from edgefleet.domain.auth import Role
+from edgefleet.services.audit import ANONYMOUS_WRITERS
 from edgefleet.services.passwords import PasswordHasher
 from edgefleet.settings import LoginSettings, Settings
 from tests.conftest import Callers
@@ -216,3 +217,55 @@ async def test_a_flood_past_the_hashing_queue_is_refused_and_not_counted(
     async with database.session() as s:
         rows = await s.scalar(select(func.count()).select_from(LoginFailure))
     assert rows == 2 * codes.count(401)  # per checked guess: its (account, address), its address
+
+
+class PoolWatch:
+    """How many database connections the app held at once, at most (pool checkouts)."""
+
+    def __init__(self, database: Database) -> None:
+        self.pool = database.engine.sync_engine.pool
+        self.held = self.peak = 0
+
+    def _out(self, *_: object) -> None:
+        self.held += 1
+        self.peak = max(self.peak, self.held)
+
+    def _in(self, *_: object) -> None:
+        self.held -= 1
+
+    def __enter__(self) -> PoolWatch:
+        event.listen(self.pool, "checkout", self._out)
+        event.listen(self.pool, "checkin", self._in)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        event.remove(self.pool, "checkout", self._out)
+        event.remove(self.pool, "checkin", self._in)
+
+
+async def test_a_burst_from_one_address_holds_one_database_connection_at_a_time(
+    container: Container, callers: Callers, database: Database, clock: FrozenClock
+) -> None:
+    """200 concurrent attempts from one address each took a connection of the pool and
+    waited in it for the key's lock (an admin's GET took 16-30 s meanwhile on a real server,
+    PostgreSQL): attempts on one key now wait for each other in the process, and once the
+    key is known to be waiting, are refused without asking the database."""
+    user = await callers.user(Role.VIEWER)
+    limit = container.settings.login.max_retry
+    async with at(container, ATTACKER) as attacker:
+        with PoolWatch(database) as pool:
+            answers = await asyncio.gather(
+                *(login(attacker, user.email, f"guess number {i}") for i in range(60))
+            )
+        codes = sorted(r.status_code for r in answers)
+        assert codes == [401] * limit + [429] * (60 - limit)
+        # the checked guesses' own steps (the account's lookup, recording the failure) and
+        # the audit of anonymous requests (ANONYMOUS_WRITERS) may overlap; the throttle's
+        # decisions never do
+        assert pool.peak <= 1 + limit + ANONYMOUS_WRITERS, pool.peak
+        with PoolWatch(database) as pool:
+            answers = await asyncio.gather(
+                *(login(attacker, user.email, f"guess number {i}") for i in range(100))
+            )
+        assert {r.status_code for r in answers} == {429}
+        assert pool.peak <= ANONYMOUS_WRITERS, pool.peak  # their audit entries only

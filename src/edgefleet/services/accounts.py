@@ -51,6 +51,7 @@ from edgefleet.errors import (
     ValidationError,
 )
 from edgefleet.services.passwords import PasswordHasher
+from edgefleet.services.throttle import ThrottleGate
 from edgefleet.settings import LoginSettings
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ class AccountService:
         )
         self._dummy_hash = self.passwords.hash_now(secrets.token_urlsafe(16))
         self._token_cache: dict[str, tuple[float, Principal]] = {}
+        self._gate = ThrottleGate()
         self._purged_at: datetime | None = None
 
     def forget_credentials(self) -> None:
@@ -294,22 +296,38 @@ class AccountService:
         a failure first: ``LoginBannedError`` with the wait otherwise."""
         self.passwords.ensure_room()
         keys = self._keys(email, ip)
-        now = self.clock()
-        async with self.db.session() as s:
-            repo = LoginFailureRepo(s)
-            await repo.lock(sorted(k for k, _ in keys))
-            wait = 0.0
-            for key, policy in keys:
-                failures, latest = await repo.recent(key)
-                if failures and policy.forgotten(failures, latest, now):
-                    await repo.clear(key)
-                    continue
-                wait = max(wait, policy.wait(failures, latest, now))
-            if wait > 0:
-                LOGINS.labels("throttled").inc()
-                raise LoginBannedError(math.ceil(wait))
-            ids = await repo.record([k for k, _ in keys], now)
+        names = [k for k, _ in keys]
+        self._refuse_if_known_waiting(names)
+        # one attempt per key at a time asks the database (a burst holds one connection)
+        async with self._gate.hold(names):
+            self._refuse_if_known_waiting(names)
+            now = self.clock()
+            async with self.db.session() as s:
+                repo = LoginFailureRepo(s)
+                await repo.lock(sorted(names))
+                wait = 0.0
+                for key, policy in keys:
+                    failures, latest = await repo.recent(key)
+                    if failures and policy.forgotten(failures, latest, now):
+                        await repo.clear(key)
+                        continue
+                    key_wait = policy.wait(failures, latest, now)
+                    if key_wait > 0:
+                        self._gate.remember(key, now + timedelta(seconds=key_wait))
+                    wait = max(wait, key_wait)
+                if wait > 0:
+                    LOGINS.labels("throttled").inc()
+                    raise LoginBannedError(math.ceil(wait))
+                ids = await repo.record(names, now)
         return _Attempt(keys[0][0], ids)
+
+    def _refuse_if_known_waiting(self, keys: list[str]) -> None:
+        """``LoginBannedError`` without asking the database, when this process already
+        learnt that one of ``keys`` waits."""
+        wait = self._gate.wait(keys, self.clock())
+        if wait > 0:
+            LOGINS.labels("throttled").inc()
+            raise LoginBannedError(math.ceil(wait))
 
     async def _check(self, attempt: _Attempt, password: str, hashed: str) -> bool:
         """Check the password; when it could not be checked at all (pool full, error) the

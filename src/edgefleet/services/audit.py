@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +16,10 @@ from edgefleet.domain.limits import storable
 from edgefleet.errors import StorageError
 
 log = logging.getLogger(__name__)
+
+ANONYMOUS_WRITERS = 2
+"""Database connections the records of anonymous requests may hold at once: a flood of
+refused anonymous writes (each is recorded) queues here instead of taking the whole pool."""
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,7 @@ class AuditService:
     def __init__(self, db: Database, clock: Clock = utcnow) -> None:
         self.db = db
         self.clock = clock
+        self._anonymous = asyncio.Semaphore(ANONYMOUS_WRITERS)
 
     async def record(
         self,
@@ -55,8 +62,9 @@ class AuditService:
             ip=ip[:64],
             detail={k: storable(v) if isinstance(v, str) else v for k, v in (detail or {}).items()},
         )
+        queue = self._anonymous if actor.type == "anonymous" else contextlib.nullcontext()
         try:
-            async with self.db.session() as s:
+            async with queue, self.db.session() as s:
                 await AuditRepo(s).add(entry)
         except StorageError:
             # The change itself is already committed; say loudly that its record is missing.
