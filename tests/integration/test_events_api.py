@@ -25,7 +25,7 @@ from edgefleet.cli.main import app as cli_app
 from edgefleet.db.engine import Database
 from edgefleet.db.repos.events import EventRepo
 from edgefleet.db.tables import Event
-from edgefleet.domain.auth import Role, Scope
+from edgefleet.domain.auth import Principal, PrincipalKind, Role, Scope, permissions_for
 from edgefleet.domain.eventfilter import matches, parse_filter
 from edgefleet.domain.events import EventType, NewEvent, Severity, StoredEvent
 from edgefleet.services.fleet import Registration
@@ -771,6 +771,52 @@ async def test_a_quiet_stream_sends_keep_alive_comments(
     async with sse(served, writer.headers) as stream:
         f = await stream.frame()
         assert f is not None and f.comments == ["keep-alive"] and f.data is None
+
+
+async def test_a_stream_ends_when_its_credential_does(
+    served: str, container: Container, callers: Callers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream is authenticated when it opens; a stolen session's stream used to go on
+    for ever after the password change that ended the session (and a revoked token's, a
+    disabled user's). It is checked again at each keep-alive now."""
+    monkeypatch.setattr(events_routes, "KEEPALIVE_SECONDS", 0.2)
+    victim = await callers.user(Role.OPERATOR)
+    stolen = dict(victim.headers)
+    own = await container.accounts.login(victim.email, victim.password)
+    async with sse(served, stolen) as stream:
+        await container.accounts.change_password(
+            victim.user_id, victim.password, "a brand new passphrase", keep_session=own.secret
+        )
+        assert await _ends_within(stream, 10)
+    reader = await callers.token(Role.VIEWER, Scope.READ)
+    async with sse(served, reader.headers) as stream:
+        [token] = await container.accounts.list_tokens(await _principal(container, reader.user_id))
+        await container.accounts.revoke_token(await _principal(container, reader.user_id), token.id)
+        assert await _ends_within(stream, 10)
+    other = await callers.user(Role.VIEWER)
+    async with sse(served, other.headers) as stream:
+        await container.accounts.update_user(other.user_id, disabled=True)
+        assert await _ends_within(stream, 10)
+    # a stream whose credential holds goes on past many checks
+    async with sse(served, victim.headers | {"Authorization": f"Bearer {own.secret}"}) as stream:
+        for _ in range(5):
+            f = await stream.frame()
+            assert f is not None and f.comments == ["keep-alive"]
+
+
+async def _ends_within(stream: SSE, seconds: float) -> bool:
+    """Whether the stream ends within ``seconds`` (keep-alives meanwhile are fine)."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await stream.ended()
+    except TimeoutError:
+        return False
+
+
+async def _principal(container: Container, user_id: int) -> Principal:
+    user = await container.accounts.get_user(user_id)
+    role = Role(user.role)
+    return Principal(PrincipalKind.SESSION, user.id, user.email, role, permissions_for(role))
 
 
 # --- retention ----------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from fastapi import Depends, Request
 
 from edgefleet.bootstrap import Container
 from edgefleet.domain.auth import Permission, Principal, PrincipalKind
-from edgefleet.errors import AuthenticationError, PermissionDeniedError
+from edgefleet.errors import AuthenticationError, AuthError, PermissionDeniedError, StorageError
 
 SESSION_COOKIE = "edgefleet_session"
 CSRF_HEADER = "x-csrf-token"
@@ -93,6 +93,21 @@ async def current_principal(request: Request, container: ContainerDep) -> Princi
 
 
 AnyPrincipal = Annotated[Principal, Depends(current_principal)]
+
+
+async def credential_holds(request: Request, container: Container, permission: Permission) -> bool:
+    """Whether the credential ``request`` came with still grants ``permission``: for an
+    answer that outlives its authentication (the event stream), asked again now and then.
+    False once the session ended (logout, password change), the token was revoked or
+    expired, the user was disabled or lost the permission; a database that does not answer
+    is no reason to end it (asked again later)."""
+    try:
+        principal = await _resolve(request, container)
+    except AuthError:
+        return False
+    except StorageError:
+        return True
+    return not principal.must_change_password and principal.can(permission)
 
 
 def require(permission: Permission) -> Callable[..., Awaitable[Principal]]:

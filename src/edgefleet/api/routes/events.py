@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
-from edgefleet.api.deps import ContainerDep, FleetReader, FleetWriter, audit_target
+from edgefleet.api.deps import (
+    ContainerDep,
+    FleetReader,
+    FleetWriter,
+    audit_target,
+    credential_holds,
+)
 from edgefleet.api.eventviews import (
     EventIds,
     decode_cursor,
@@ -20,6 +27,7 @@ from edgefleet.api.eventviews import (
     summary_public,
 )
 from edgefleet.api.inputs import Int64
+from edgefleet.domain.auth import Permission
 from edgefleet.domain.eventfilter import (
     EventFilter,
     parse_device_uuid,
@@ -134,6 +142,7 @@ async def event_summary(
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def event_stream(
+    request: Request,
     c: ContainerDep,
     _: FleetReader,
     f: Filter,
@@ -146,25 +155,39 @@ async def event_stream(
 ) -> StreamingResponse:
     """Server-Sent Events: ``id``, ``event`` (the type) and ``data`` (the event's JSON) per
     event, a comment every 15 s while quiet. With ``Last-Event-ID`` (or ``after``) the stored
-    events after that id come first, then new ones, each once."""
+    events after that id come first, then new ones, each once. The stream ends when its
+    credential no longer holds (checked again every ``KEEPALIVE_SECONDS``)."""
     start = last_event_id if last_event_id not in (None, "") else after
     resume = parse_event_id(start, "Last-Event-ID / after") if start else None
     req = await c.event_log.prepare_stream(f, resume)
+
+    async def allowed() -> bool:
+        return await credential_holds(request, c, Permission.FLEET_READ)
+
     return StreamingResponse(
-        _frames(c.event_log, req),
+        _frames(c.event_log, req, allowed),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _frames(log: EventLog, req: StreamRequest) -> AsyncIterator[bytes]:
+async def _frames(
+    log: EventLog, req: StreamRequest, allowed: Callable[[], Awaitable[bool]]
+) -> AsyncIterator[bytes]:
     # The id sent is the highest sent so far: an event committed late (out of id order on
     # PostgreSQL) carries the id of the one before it, so a client that resumes from its
     # Last-Event-ID is never sent that later event a second time.
     last = req.after or 0
     opened = False
+    checked = time.monotonic()
     async with aclosing(log.stream(req, KEEPALIVE_SECONDS)) as batches:
         async for batch in batches:
+            # authenticated once when it opened: a stolen session's stream must not outlive
+            # the password change, the logout or the revocation that ended the credential
+            if time.monotonic() - checked >= KEEPALIVE_SECONDS:
+                if not await allowed():
+                    return
+                checked = time.monotonic()
             if not batch:
                 # the first one says the stream is subscribed: later events will come
                 yield b": keep-alive\n\n" if opened else OPENED
