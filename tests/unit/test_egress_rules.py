@@ -41,6 +41,17 @@ STRICT = EgressPolicy()
         ("64:ff9b::a9fe:a9fe", "link-local"),
         ("2002:7f00:1::", "loopback"),
         ("::ffff:0.0.0.0", "unspecified"),
+        # what the interpreter's ipaddress tables did not all know (Python 3.11.7 called
+        # these global): the IETF block with Oracle Cloud's metadata service, the local-use
+        # NAT64 prefix (translates to private IPv4), the IPv4-compatible and IPv4-translated
+        # forms, the deprecated 6to4 relay anycast
+        ("192.0.0.192", "reserved"),
+        ("192.0.0.1", "reserved"),
+        ("64:ff9b:1::a00:1", "reserved"),
+        ("::127.0.0.1", "loopback"),
+        ("::169.254.169.254", "link-local"),
+        ("::ffff:0:a9fe:a9fe", "link-local"),
+        ("192.88.99.1", "reserved"),
     ],
 )
 def test_internal_addresses_are_refused_when_not_allowed(address: str, reason: str) -> None:
@@ -70,11 +81,19 @@ def test_the_servers_own_addresses_are_refused_unless_allowed() -> None:
     assert listed.refusal(own) is None
 
 
-def test_embedded_ipv4_is_found_in_mapped_nat64_and_6to4_forms() -> None:
+def test_embedded_ipv4_is_found_in_mapped_nat64_6to4_compatible_and_translated_forms() -> None:
     v4 = ipaddress.IPv4Address("169.254.169.254")
-    for form in ("::ffff:169.254.169.254", "64:ff9b::a9fe:a9fe", "2002:a9fe:a9fe::1"):
+    for form in (
+        "::ffff:169.254.169.254",
+        "64:ff9b::a9fe:a9fe",
+        "2002:a9fe:a9fe::1",
+        "::169.254.169.254",
+        "::ffff:0:169.254.169.254",
+    ):
         assert embedded_ipv4(ipaddress.ip_address(form)) == v4, form
     assert embedded_ipv4(ipaddress.ip_address("2606:4700::1111")) is None
+    for own_kind in ("::", "::1"):  # unspecified and loopback themselves, no IPv4 inside
+        assert embedded_ipv4(ipaddress.ip_address(own_kind)) is None
     assert embedded_ipv4(v4) is None
 
 

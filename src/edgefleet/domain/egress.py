@@ -8,8 +8,9 @@ fe80::/10), unique-local (fc00::/7), shared address space (CGNAT, 100.64.0.0/10)
 and documentation ranges (everything Python's ``ipaddress`` does not call global), and the
 server's own addresses. Multicast and the unspecified address (0.0.0.0 and ``::`` reach the
 local host on Linux) are refused even when listed. An IPv6 address that carries an IPv4
-address (IPv4-mapped ``::ffff:a.b.c.d``, NAT64 ``64:ff9b::/96``, 6to4 ``2002::/16``) is
-judged by that IPv4 address as well.
+address (IPv4-mapped ``::ffff:a.b.c.d``, NAT64 ``64:ff9b::/96``, 6to4 ``2002::/16``,
+IPv4-compatible ``::a.b.c.d``, IPv4-translated ``::ffff:0:a.b.c.d``) is judged by that
+IPv4 address as well.
 """
 
 from __future__ import annotations
@@ -36,9 +37,22 @@ _KINDS: tuple[tuple[str, IPNetwork], ...] = tuple(
         ("unique-local", "fc00::/7"),
         ("shared (CGNAT)", "100.64.0.0/10"),
         ("this network", "0.0.0.0/8"),
+        # special-purpose blocks that not every Python's ipaddress tables call non-global
+        # (3.11.7 took all three for global): the IETF assignments with Oracle Cloud's
+        # metadata service at 192.0.0.192, the deprecated 6to4 relay anycast, and the
+        # local-use NAT64 prefix, which translates to private IPv4 addresses (RFC 8215)
+        ("reserved", "192.0.0.0/24"),
+        ("reserved", "192.88.99.0/24"),
+        ("reserved", "64:ff9b:1::/48"),
     )
 )
-"""Names for the refusals most often met, for the server log."""
+"""Names for the refusals most often met, for the server log, and the special-purpose
+blocks the rules must not leave to the interpreter's version."""
+
+IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+"""``::a.b.c.d`` (deprecated, RFC 4291): judged by its IPv4 address (``::`` and ``::1`` aside)."""
+IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")
+"""``::ffff:0:a.b.c.d`` (SIIT, RFC 2765): judged by its IPv4 address."""
 
 
 def embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
@@ -47,7 +61,7 @@ def embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
         return None
     if ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
-    if ip in NAT64:
+    if ip in NAT64 or ip in IPV4_TRANSLATED or (ip in IPV4_COMPATIBLE and int(ip) > 1):
         return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return ip.sixtofour
 
