@@ -63,6 +63,9 @@ class HTTPSettings(BaseModel):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     """The largest request body outside uploads (JSON); uploads have
     ``storage.max_file_bytes`` per file."""
+    body_timeout_seconds: float = Field(default=30.0, gt=0)
+    """How long the server waits for the next piece of a request body before answering
+    408 and closing the connection (a client that stops sending held it for ever)."""
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

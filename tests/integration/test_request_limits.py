@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from edgefleet.api.app import create_app
+from edgefleet.bootstrap import Container
 from edgefleet.db.engine import Database
 from edgefleet.domain.auth import Role
 from edgefleet.settings import Settings
@@ -21,6 +23,7 @@ from tests.conftest import Caller, Callers
 from tests.processes import ServerProcess, edgefleet_server
 
 MIB = 1024 * 1024
+JSON = {"content-type": "application/json"}
 LIMIT = 1024 * 1024  # http.max_body_bytes by default
 HUGE = 150 * 1000 * 1000
 
@@ -81,6 +84,32 @@ async def test_uploads_have_their_own_limit(client: httpx.AsyncClient, callers: 
         content=json.dumps({"file": "x" * (3 * MIB)}),
     )
     assert r.status_code == 413
+
+
+async def _stalling(first: bytes) -> AsyncIterator[bytes]:
+    """A body that sends ``first`` and then nothing more, for ever."""
+    yield first
+    await asyncio.Event().wait()
+
+
+async def test_a_body_that_stops_coming_is_answered_408(
+    container: Container, settings: Settings
+) -> None:
+    """A client that sends part of a body and then waits used to hold its request (and the
+    connection) for ever; the server waits ``http.body_timeout_seconds`` for each piece."""
+    settings.http.body_timeout_seconds = 0.5
+    transport = httpx.ASGITransport(app=create_app(container), client=("198.51.100.7", 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        r = await asyncio.wait_for(
+            c.post("/api/v1/devices", content=_stalling(b'{"mac": '), headers=JSON), 30
+        )
+        assert r.status_code == 408
+        assert r.json() == {"message": "request body not received within 0.5 s"}
+        assert r.headers["connection"] == "close"
+        r = await asyncio.wait_for(c.post("/api/v1/users", content=_stalling(b"{")), 30)
+        assert r.status_code == 408
+        assert r.headers["content-type"] == "application/problem+json"
+        assert r.json()["type"].endswith("/request-timeout")
 
 
 # --- a real server, its memory measured ---------------------------------------------------------
@@ -202,3 +231,29 @@ async def test_a_150_mb_anonymous_post_is_refused_without_the_server_growing(
     assert sent_chunked < 32 * MIB  # the rest was never read
     async with httpx.AsyncClient(base_url=server.url) as http:
         assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_a_real_server_drops_a_request_whose_body_stops_coming(
+    settings: Settings, database: Database, tmp_path: Path
+) -> None:
+    """500 connections that sent headers and one byte of a 1 MB body were all still open
+    40 s later (nothing bounds how long uvicorn waits for a body): each one is answered
+    408 and closed now."""
+    with edgefleet_server(settings, tmp_path, EDGEFLEET_HTTP__BODY_TIMEOUT_SECONDS="1") as server:
+        head = (
+            b"POST /api/v1/auth/local HTTP/1.1\r\nHost: edgefleet\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{"
+        )
+        conns = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(20)]
+        for _, writer in conns:
+            writer.write(head)
+
+        async def answer(reader: asyncio.StreamReader) -> bytes:
+            return await reader.read()  # to the end: the server closes the connection
+
+        answers = await asyncio.wait_for(asyncio.gather(*(answer(r) for r, _ in conns)), 60)
+        for _, writer in conns:
+            writer.close()
+        assert all(a.startswith(b"HTTP/1.1 408 ") for a in answers), answers[0][:200]
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            assert (await http.get("/healthz")).status_code == 200

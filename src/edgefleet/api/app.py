@@ -118,6 +118,7 @@ def create_app(container: Container, *, run_messaging: bool = False) -> FastAPI:
     app.add_middleware(
         BodyLimitMiddleware,
         max_body_bytes=container.settings.http.max_body_bytes,
+        body_timeout=container.settings.http.body_timeout_seconds,
         max_upload_bytes=upload_limit(container.settings.storage.max_file_bytes),
         upload_paths=upload_paths(api_routes),
         routes=api_routes,

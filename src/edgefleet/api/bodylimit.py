@@ -15,6 +15,11 @@ to the file store as they arrive with ``storage.max_file_bytes`` per file (api/m
 The 413 has the route's error shape: ``{"message"}`` on ThingsPro-compatible routes,
 problem+json elsewhere.
 
+And a time limit: each piece of a body must come within ``http.body_timeout_seconds``, or
+the answer is 408 (same shapes) with ``Connection: close``. uvicorn bounds neither, so a
+client that sent part of a body and then waited held its request and connection for ever
+(500 such connections from one client were all open 40 s later).
+
 Starlette's own ``RequestBodyLimitMiddleware`` is not used: it looks at ``Content-Length``
 only when the body is first read or the response starts, so an endpoint that never reads
 its body would run (and change things) before its answer is replaced by a plain-text 413.
@@ -22,7 +27,8 @@ its body would run (and change things) before its answer is replaced by a plain-
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import asyncio
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from fastapi.responses import JSONResponse
@@ -64,6 +70,16 @@ class RequestTooLargeError(HTTPException):
         self.limit = limit
 
 
+class BodyTimeoutError(HTTPException):
+    """Raised from ``receive`` when the next piece of a body did not come in time."""
+
+    def __init__(self, seconds: float) -> None:
+        # uvicorn ends the connection after an answer that says so
+        super().__init__(
+            408, f"request body not received within {seconds:g} s", {"Connection": "close"}
+        )
+
+
 def too_large_message(limit: int) -> str:
     return f"request body larger than the limit of {limit} bytes"
 
@@ -74,6 +90,7 @@ class BodyLimitMiddleware:
         app: ASGIApp,
         *,
         max_body_bytes: int,
+        body_timeout: float,
         max_upload_bytes: int,
         upload_paths: frozenset[str],
         routes: list[BaseRoute],
@@ -82,6 +99,7 @@ class BodyLimitMiddleware:
         was for."""
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
         self.max_upload_bytes = max_upload_bytes
         self.upload_paths = upload_paths
         self.routes = routes
@@ -100,20 +118,27 @@ class BodyLimitMiddleware:
         headers = Headers(scope=scope)
         limit = self.limit_for(scope, headers)
         length = headers.get("content-length")
-        if length is not None:
-            if length.strip().isdigit() and int(length) > limit:
-                await self._refuse(scope, receive, send, limit)
-                return
-            # the server delivers no more than Content-Length bytes: nothing to count
-            await self.app(scope, receive, send)
+        if length is not None and length.strip().isdigit() and int(length) > limit:
+            await self._refuse(scope, receive, send, 413, too_large_message(limit))
             return
+        # the server delivers no more than Content-Length bytes; without one, count them
+        counted = length is None
         received = 0
+        body_done = False
         started = False
 
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
+        async def guarded_receive() -> Message:
+            nonlocal received, body_done
+            if body_done:  # after the body: waiting for the client to go is not bounded
+                return await receive()
+            try:
+                async with asyncio.timeout(self.body_timeout):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTimeoutError(self.body_timeout) from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            if counted and message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise RequestTooLargeError(limit)
@@ -126,18 +151,31 @@ class BodyLimitMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, watching_send)
+            await self.app(scope, guarded_receive, watching_send)
         except RequestTooLargeError:
             if started:
                 raise
-            await self._refuse(scope, receive, send, limit)
+            await self._refuse(scope, receive, send, 413, too_large_message(limit))
+        except BodyTimeoutError as exc:
+            if started:
+                raise
+            await self._refuse(scope, receive, send, 408, exc.detail, exc.headers)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-        message = too_large_message(limit)
+    async def _refuse(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        status: int,
+        message: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         if isinstance(self._route(scope), CompatRoute):
-            response = JSONResponse({"message": message}, status_code=413)
+            response = JSONResponse({"message": message}, status_code=status)
         else:
-            response = problem(413, "request-too-large", message, scope["path"])
+            kind = "request-too-large" if status == 413 else "request-timeout"
+            response = problem(status, kind, message, scope["path"])
+        response.headers.update(headers or {})
         await response(scope, receive, send)
 
     def _route(self, scope: Scope) -> BaseRoute | None:

@@ -108,7 +108,7 @@ def problem_response(request: Request, exc: Exception) -> Response:
         status = 422
     elif isinstance(exc, HTTPException):
         status = exc.status_code
-        slug = "request-too-large" if status == 413 else f"http-{status}"
+        slug = {413: "request-too-large", 408: "request-timeout"}.get(status, f"http-{status}")
         resp = problem(status, slug, str(exc.detail), request.url.path)
     else:
         raise exc
