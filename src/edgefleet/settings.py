@@ -64,8 +64,9 @@ class HTTPSettings(BaseModel):
     """The largest request body outside uploads (JSON); uploads have
     ``storage.max_file_bytes`` per file."""
     body_timeout_seconds: float = Field(default=30.0, gt=0)
-    """How long the server waits for the next piece of a request body before answering
-    408 and closing the connection (a client that stops sending held it for ever)."""
+    """How long a request body may take to arrive, plus a second per 1024 bytes received,
+    before the answer is 408 and the connection closed (a client that stopped sending, or
+    trickled a byte at a time, held its request for ever)."""
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

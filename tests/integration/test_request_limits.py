@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from edgefleet.api.app import create_app
+from edgefleet.api.bodylimit import MIN_BODY_RATE
 from edgefleet.bootstrap import Container
 from edgefleet.db.engine import Database
 from edgefleet.domain.auth import Role
@@ -104,7 +105,10 @@ async def test_a_body_that_stops_coming_is_answered_408(
             c.post("/api/v1/devices", content=_stalling(b'{"mac": '), headers=JSON), 30
         )
         assert r.status_code == 408
-        assert r.json() == {"message": "request body not received within 0.5 s"}
+        assert r.json() == {
+            "message": "request body too slow: not received within 0.5 s "
+            f"and {MIN_BODY_RATE} bytes a second after that"
+        }
         assert r.headers["connection"] == "close"
         r = await asyncio.wait_for(c.post("/api/v1/users", content=_stalling(b"{")), 30)
         assert r.status_code == 408
@@ -236,9 +240,9 @@ async def test_a_150_mb_anonymous_post_is_refused_without_the_server_growing(
 async def test_a_real_server_drops_a_request_whose_body_stops_coming(
     settings: Settings, database: Database, tmp_path: Path
 ) -> None:
-    """500 connections that sent headers and one byte of a 1 MB body were all still open
-    40 s later (nothing bounds how long uvicorn waits for a body): each one is answered
-    408 and closed now."""
+    """500 connections that sent headers and one byte of a 1 MB body, then a byte every
+    5 s, were all still open 45 s later (nothing bounds how long uvicorn waits for a body):
+    a stalled body and a trickled one are answered 408 and closed now."""
     with edgefleet_server(settings, tmp_path, EDGEFLEET_HTTP__BODY_TIMEOUT_SECONDS="1") as server:
         head = (
             b"POST /api/v1/auth/local HTTP/1.1\r\nHost: edgefleet\r\n"
@@ -255,5 +259,23 @@ async def test_a_real_server_drops_a_request_whose_body_stops_coming(
         for _, writer in conns:
             writer.close()
         assert all(a.startswith(b"HTTP/1.1 408 ") for a in answers), answers[0][:200]
+        # nor does trickling a byte at a time keep a request going
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(head)
+
+        async def trickle() -> None:
+            while True:
+                await asyncio.sleep(0.2)
+                writer.write(b" ")
+                await writer.drain()
+
+        trickling = asyncio.create_task(trickle())
+        try:
+            answer_ = await asyncio.wait_for(reader.read(200), 60)
+        finally:
+            trickling.cancel()
+            await asyncio.gather(trickling, return_exceptions=True)
+            writer.close()
+        assert answer_.startswith(b"HTTP/1.1 408 "), answer_
         async with httpx.AsyncClient(base_url=server.url) as http:
             assert (await http.get("/healthz")).status_code == 200

@@ -15,8 +15,9 @@ to the file store as they arrive with ``storage.max_file_bytes`` per file (api/m
 The 413 has the route's error shape: ``{"message"}`` on ThingsPro-compatible routes,
 problem+json elsewhere.
 
-And a time limit: each piece of a body must come within ``http.body_timeout_seconds``, or
-the answer is 408 (same shapes) with ``Connection: close``. uvicorn bounds neither, so a
+And a time limit: a body must have come within ``http.body_timeout_seconds`` plus a second
+per ``MIN_BODY_RATE`` bytes received, or the answer is 408 (same shapes) with
+``Connection: close``. uvicorn bounds neither, so a
 client that sent part of a body and then waited held its request and connection for ever
 (500 such connections from one client were all open 40 s later).
 
@@ -70,13 +71,22 @@ class RequestTooLargeError(HTTPException):
         self.limit = limit
 
 
+MIN_BODY_RATE = 1024
+"""Bytes a second a body must keep coming at, past ``http.body_timeout_seconds``: each byte
+received moves the deadline on by 1/1024 s, so a client trickling a byte at a time cannot
+hold its request much longer than the timeout."""
+
+
 class BodyTimeoutError(HTTPException):
     """Raised from ``receive`` when the next piece of a body did not come in time."""
 
     def __init__(self, seconds: float) -> None:
         # uvicorn ends the connection after an answer that says so
         super().__init__(
-            408, f"request body not received within {seconds:g} s", {"Connection": "close"}
+            408,
+            f"request body too slow: not received within {seconds:g} s "
+            f"and {MIN_BODY_RATE} bytes a second after that",
+            {"Connection": "close"},
         )
 
 
@@ -126,21 +136,25 @@ class BodyLimitMiddleware:
         received = 0
         body_done = False
         started = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_timeout
 
         async def guarded_receive() -> Message:
-            nonlocal received, body_done
+            nonlocal received, body_done, deadline
             if body_done:  # after the body: waiting for the client to go is not bounded
                 return await receive()
             try:
-                async with asyncio.timeout(self.body_timeout):
+                async with asyncio.timeout_at(deadline):
                     message = await receive()
             except TimeoutError:
                 raise BodyTimeoutError(self.body_timeout) from None
             if message["type"] != "http.request" or not message.get("more_body", False):
                 body_done = True
-            if counted and message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
+            if message["type"] == "http.request":
+                size = len(message.get("body", b""))
+                deadline += size / MIN_BODY_RATE
+                received += size
+                if counted and received > limit:
                     raise RequestTooLargeError(limit)
             return message
 
