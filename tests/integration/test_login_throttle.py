@@ -173,6 +173,25 @@ async def test_one_address_is_throttled_over_all_accounts(
         assert (await login(attacker, victim.email, PASSWORD)).status_code == 429
 
 
+async def test_an_ipv6_client_is_throttled_by_its_64_not_by_each_address(
+    settings: Settings, database: Database
+) -> None:
+    """One subscriber holds a whole /64: an attempt from each of its addresses is still one
+    client guessing (attack on issue 17: a fresh address per attempt kept the hashing pool
+    full); another /64 is another client."""
+    settings.login = LoginSettings(address_max_retry=3)
+    container = build(settings, db=database)
+    container.accounts.clock = FrozenClock()
+    victim = await Callers(container).user(Role.VIEWER)
+    for i in range(3):
+        async with at(container, f"2001:db8:7:1::{i + 1:x}") as guesser:
+            assert (await login(guesser, f"guess{i}@example.com", "123456")).status_code == 401
+    async with at(container, "2001:db8:7:1:ffff::9") as guesser:
+        assert (await login(guesser, victim.email, PASSWORD)).status_code == 429
+    async with at(container, "2001:db8:7:2::1") as neighbour:
+        assert (await login(neighbour, victim.email, PASSWORD)).status_code == 200
+
+
 async def test_password_change_is_throttled_like_a_login(
     client: httpx.AsyncClient, callers: Callers, container: Container, clock: FrozenClock
 ) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from edgefleet.domain.throttle import ThrottlePolicy
+from edgefleet.domain.throttle import ThrottlePolicy, address_key
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 POLICY = ThrottlePolicy(free=5, find_time=600, ban_time=600)
@@ -33,3 +33,13 @@ def test_failures_are_forgotten_find_time_after_the_last_delay() -> None:
     assert not POLICY.forgotten(20, T0, T0 + timedelta(seconds=600 + 599))
     assert POLICY.forgotten(20, T0, T0 + timedelta(seconds=600 + 600))
     assert POLICY.forgotten(0, None, T0)
+
+
+def test_addresses_are_throttled_as_ipv4_or_by_their_ipv6_64() -> None:
+    assert address_key("192.0.2.7") == "192.0.2.7"
+    assert address_key("2001:db8:7:1::1") == address_key("2001:db8:7:1:ffff::9")
+    assert address_key("2001:db8:7:1::1") == "2001:db8:7:1::/64"
+    assert address_key("2001:db8:7:2::1") != address_key("2001:db8:7:1::1")
+    assert address_key("::ffff:192.0.2.7") == "192.0.2.7"
+    assert address_key("fe80::1%eth0") == "fe80::/64"
+    assert address_key("not an address") == "not an address"

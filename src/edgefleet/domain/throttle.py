@@ -10,8 +10,13 @@ last delay ran out, so a guesser who waits out each delay keeps paying the longe
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+
+IPV6_PREFIX = 64
+"""An IPv6 client is throttled by its /64: one subscriber usually holds a whole /64, so an
+address per attempt would otherwise buy fresh keys for free."""
 
 FIRST_DELAY = 1.0
 """Seconds to wait after the first failure past the free ones; each further one doubles it."""
@@ -46,3 +51,17 @@ class ThrottlePolicy:
             return 0.0
         ready = latest + timedelta(seconds=self.delay(failures))
         return max(0.0, (ready - now).total_seconds())
+
+
+def address_key(address: str) -> str:
+    """What a client address is throttled as: an IPv4 address itself, an IPv6 one by its
+    /64 (an IPv4-mapped one as its IPv4 address), anything else as given (bounded)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address[:64]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, IPV6_PREFIX), strict=False))
+    return str(ip)

@@ -41,7 +41,7 @@ from edgefleet.domain.auth import (
     scope_allowed,
     secret_hash,
 )
-from edgefleet.domain.throttle import ThrottlePolicy
+from edgefleet.domain.throttle import ThrottlePolicy, address_key
 from edgefleet.errors import (
     AuthenticationError,
     ConflictError,
@@ -285,7 +285,7 @@ class AccountService:
     # --- login and its throttle -------------------------------------------------------
 
     def _keys(self, email: str, ip: str) -> list[tuple[str, ThrottlePolicy]]:
-        address = ip[:64]
+        address = address_key(ip) if ip else ""
         keys = [(f"pair:{address}|{email}", self._pair_policy)]
         if address:
             keys.append((f"address:{address}", self._address_policy))
