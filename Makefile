@@ -30,11 +30,13 @@ test-tools: $(VENV)/.installed-test
 run: $(VENV)/.installed
 	$(BIN)/edgefleet serve
 
-## lint, then the whole suite on SQLite and PostgreSQL, one worker per core (pytest-xdist;
-## a test file stays on one worker; every worker starts its own brokers, databases, ports)
+## lint (ruff, mypy, the layers' import contracts), then the whole suite on SQLite and
+## PostgreSQL, one worker per core (pytest-xdist; a test file stays on one worker; every
+## worker starts its own brokers, databases, ports)
 test: $(VENV)/.installed-test test-tools
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/pytest -n auto --dist loadfile --ignore=tests/integration/test_install.py
 
 ## deploy/install.sh on a clean Debian 13 root (mmdebstrap, chroot; root needed): several
@@ -43,9 +45,11 @@ test-install: $(VENV)/.installed-test
 	scripts/setup-system.sh test
 	$(BIN)/pytest -n 0 -s tests/integration/test_install.py
 
+## ruff, mypy strict, and the import contracts of pyproject.toml (docs/architecture.md)
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 ## benchmarks (print a table and JSON; they assert nothing)
 bench: $(VENV)/.installed-test
