@@ -32,7 +32,7 @@ from tests.e2e.harness import Account, Fleet, launch, log_in, make_accounts, set
 from tests.gateways import eventually
 from tests.httpserver import bound_socket, serving
 
-from edgefleet.api.app import create_app
+from edgefleet.asgi import create_app
 from edgefleet.bootstrap import Container, build
 from edgefleet.db.engine import Database, make_engine
 from edgefleet.db.migrate import upgrade_async

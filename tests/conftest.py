@@ -21,7 +21,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from edgefleet.api.app import create_app
+from edgefleet.asgi import create_app
 from edgefleet.bootstrap import Container, build
 from edgefleet.db.engine import Database, make_engine
 from edgefleet.db.migrate import upgrade_async

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select
 
-from edgefleet.api.app import create_app
+from edgefleet.asgi import create_app
 from edgefleet.bootstrap import Container
 from edgefleet.db.tables import File
 from edgefleet.settings import Settings, StorageSettings

@@ -9,7 +9,7 @@ from typing import Any
 import aiomqtt
 
 from edgefleet.bootstrap import Container
-from edgefleet.db.repos.devices import DeviceFilter
+from edgefleet.domain.devicefilter import DeviceFilter
 from edgefleet.mqtt import topics
 from edgefleet.mqtt.messages import EventMessage, decode_client
 from edgefleet.services.fleet import Registration

@@ -9,8 +9,8 @@ from datetime import timedelta
 from typing import Any
 
 from edgefleet import datadir
-from edgefleet.db.engine import Database, make_engine, sqlite_file
-from edgefleet.db.migrate import current_revision, head_revision, upgrade_async
+from edgefleet.db.engine import Database, make_engine, sqlite_file, unpooled_engine
+from edgefleet.db.migrate import current_revision, head_revision, upgrade, upgrade_async
 from edgefleet.db.tables import Task
 from edgefleet.errors import StorageError
 from edgefleet.files import FileStore
@@ -27,6 +27,7 @@ from edgefleet.mqtt.router import InboundRouter
 from edgefleet.secretbox import SecretBox
 from edgefleet.services.accounts import AccountService
 from edgefleet.services.audit import AuditService
+from edgefleet.services.backup import EngineFactory
 from edgefleet.services.broker_auth import BrokerAuthService
 from edgefleet.services.egress import Egress
 from edgefleet.services.engine import TaskEngine
@@ -205,6 +206,21 @@ def _file_store(settings: Settings, signer: UrlSigner) -> FileStore:
     return LocalFileStore(settings.files_dir, signer, settings.public_url)
 
 
+def backup_store(settings: Settings) -> FileStore:
+    """The configured file store, for ``edgefleet backup`` and ``restore`` to read and write.
+
+    Download links are never made there, so the local store gets a signer of its own: building
+    the real one would create the data dir's key file, which restore may have to install.
+    """
+    return _file_store(settings, UrlSigner(b"edgefleet-backup: never signs a link"))
+
+
+def backup_engine(settings: Settings) -> EngineFactory:
+    """Engines on the configured database for backup and restore, each without a pool."""
+    url = settings.resolved_database_url
+    return lambda: unpooled_engine(url)
+
+
 def _tasks(db: Database, messaging: Messaging, firmware: FirmwareService) -> TaskService:
     """The task engine and service; firmware tasks get a fresh download URL per dispatch."""
 
@@ -278,6 +294,12 @@ def build(settings: Settings, db: Database | None = None) -> Container:
         notifications=notifications,
         task_events=task_events,
     )
+
+
+def migrate(settings: Settings) -> None:
+    """Prepare the data directory and bring the schema up to date (``edgefleet migrate``)."""
+    datadir.prepare(settings, sqlite_file(settings.resolved_database_url))
+    upgrade(settings.resolved_database_url)
 
 
 async def prepare_schema(container: Container, *, migrate: bool | None = None) -> None:

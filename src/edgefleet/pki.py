@@ -30,6 +30,16 @@ CA_NAME = "edgefleet device CA"
 
 
 @dataclass(frozen=True)
+class TlsMaterial:
+    """What the certificate listener needs, all PEM, from the server's CA."""
+
+    ca: str
+    cert: str
+    key: str
+    crl: str
+
+
+@dataclass(frozen=True)
 class Issued:
     cert: x509.Certificate
 

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from edgefleet.api.app import create_app
+from edgefleet.asgi import create_app
 from edgefleet.bootstrap import Container
 from edgefleet.db.engine import Database, make_engine
 from edgefleet.db.migrate import upgrade_async

@@ -20,9 +20,9 @@ from typing import Any
 from playwright.async_api import Page, Request, expect
 from sqlalchemy import update
 
-from edgefleet.db.repos.devices import DeviceFilter
 from edgefleet.db.tables import Device
 from edgefleet.domain.auth import Role
+from edgefleet.domain.devicefilter import DeviceFilter
 from edgefleet.domain.devices import indexed_properties
 from edgefleet.domain.tasks import TaskKind
 from edgefleet.services.fleet import Registration

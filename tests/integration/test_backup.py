@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from edgefleet.bootstrap import Container, build
+from edgefleet.bootstrap import Container, backup_engine, backup_store, build
 from edgefleet.db.engine import Database, make_engine
 from edgefleet.db.migrate import current_revision, head_revision, upgrade_async
 from edgefleet.db.tables import Base, Notification
@@ -32,12 +32,13 @@ from edgefleet.domain.auth import Role, Scope
 from edgefleet.domain.events import EventType, NewEvent, Severity
 from edgefleet.domain.tasks import TaskKind
 from edgefleet.files import FileStore
+from edgefleet.services import backup
 from edgefleet.services.backup import (
     BackupError,
-    create_backup,
+    BackupResult,
+    RestoreResult,
     find_pg_tools,
     pg_environment,
-    restore_backup,
 )
 from edgefleet.services.files import FileKind
 from edgefleet.services.fleet import Registration
@@ -49,6 +50,29 @@ from tests.filestores import FileBackend
 from tests.integration.test_upgrade import PREVIOUS, insert_row, old_schema_rows
 from tests.pgserver import PostgresServer
 from tests.s3server import REGION, S3Server
+
+
+async def create_backup(settings: Settings, out: Path, **kw: Any) -> BackupResult:
+    """``services/backup.py`` wired as ``edgefleet backup`` wires it (bootstrap.py)."""
+    return await backup.create_backup(
+        settings,
+        out,
+        open_store=lambda: backup_store(settings),
+        new_engine=backup_engine(settings),
+        **kw,
+    )
+
+
+async def restore_backup(settings: Settings, archive: Path, **kw: Any) -> RestoreResult:
+    """``services/backup.py`` wired as ``edgefleet restore`` wires it (bootstrap.py)."""
+    return await backup.restore_backup(
+        settings,
+        archive,
+        open_store=lambda: backup_store(settings),
+        new_engine=backup_engine(settings),
+        **kw,
+    )
+
 
 # --- a populated server ---------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 
 from edgefleet.bootstrap import Container
-from edgefleet.db.repos.audit import AuditFilter
+from edgefleet.domain.audit import AuditFilter
 from edgefleet.domain.auth import Role, Scope
 from edgefleet.services.fleet import Registration
 from tests.conftest import Callers

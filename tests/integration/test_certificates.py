@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.core import Agent
-from edgefleet.api.app import create_app
+from edgefleet.asgi import create_app
 from edgefleet.bootstrap import Container, build
 from edgefleet.db.engine import Database
 from edgefleet.domain.auth import Role, Scope

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from edgefleet.bootstrap import build
 from edgefleet.cli.main import app
-from edgefleet.db.repos.audit import AuditFilter
 from edgefleet.db.tables import Event
+from edgefleet.domain.audit import AuditFilter
 from edgefleet.settings import Settings
 from tests.pgserver import PostgresServer
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edgefleet.api.app import create_app
+from edgefleet.asgi import create_app
 from edgefleet.bootstrap import Container, build
 from edgefleet.db.engine import Database
 from edgefleet.domain.auth import Role

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from edgefleet.api.app import create_app
+from edgefleet.asgi import create_app
 from edgefleet.bootstrap import Container
 from edgefleet.db.repos.events import EventRepo
 from edgefleet.domain.auth import Role

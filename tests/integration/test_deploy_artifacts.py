@@ -49,7 +49,7 @@ from cryptography.x509.oid import NameOID
 from pydantic import BaseModel
 
 import edgefleet
-from edgefleet.api.app import create_app
+from edgefleet.asgi import create_app
 from edgefleet.bootstrap import build
 from edgefleet.db.migrate import upgrade_async
 from edgefleet.domain.auth import Role

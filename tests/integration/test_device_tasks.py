@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from edgefleet.api.app import create_app
+from edgefleet.asgi import create_app
 from edgefleet.bootstrap import Container
 from edgefleet.domain.auth import Role, Scope
 from edgefleet.simulator.gateway import Behaviour

@@ -18,8 +18,8 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from edgefleet.api.app import create_app
 from edgefleet.api.routes import events as events_routes
+from edgefleet.asgi import create_app
 from edgefleet.bootstrap import Container, build, prepare_schema
 from edgefleet.cli.main import app as cli_app
 from edgefleet.db.engine import Database

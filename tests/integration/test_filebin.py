@@ -20,7 +20,7 @@ from edgefleet.agent.core import Agent
 from edgefleet.bootstrap import Container, build
 from edgefleet.clock import utcnow
 from edgefleet.db.engine import Database
-from edgefleet.db.repos.audit import AuditFilter
+from edgefleet.domain.audit import AuditFilter
 from edgefleet.domain.auth import Role, Scope
 from edgefleet.errors import StoredFileNotFoundError
 from edgefleet.mqtt import topics

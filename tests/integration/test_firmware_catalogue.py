@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from edgefleet.agent.core import Agent
-from edgefleet.db.repos.audit import AuditFilter
+from edgefleet.domain.audit import AuditFilter
 from edgefleet.domain.auth import Role, Scope
 from edgefleet.errors import FirmwareNotFoundError
 from tests.conftest import Caller, Callers

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from edgefleet.db.repos.devices import DeviceFilter
 from edgefleet.domain.auth import Role, Scope
+from edgefleet.domain.devicefilter import DeviceFilter
 from edgefleet.domain.query import parse
 from edgefleet.simulator.fleet import SimulatedFleet, ensure_devices
 from edgefleet.simulator.gateway import Behaviour

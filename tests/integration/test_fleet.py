@@ -12,7 +12,7 @@ import sys
 import aiomqtt
 
 from edgefleet.bootstrap import Container
-from edgefleet.db.repos.devices import DeviceFilter
+from edgefleet.domain.devicefilter import DeviceFilter
 from edgefleet.simulator.gateway import VirtualGateway
 from tests.gateways import count, eventually, register, start
 

@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from edgefleet.bootstrap import Container
-from edgefleet.db.repos.devices import DeviceFilter, DeviceRepo
+from edgefleet.db.repos.devices import DeviceRepo
 from edgefleet.db.tables import Device
+from edgefleet.domain.devicefilter import DeviceFilter
 from edgefleet.domain.query import parse
 from edgefleet.services.fleet import Registration
 

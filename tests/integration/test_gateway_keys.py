@@ -17,7 +17,7 @@ import httpx
 import pytest
 from sqlalchemy import event
 
-from edgefleet.api.app import create_app
+from edgefleet.asgi import create_app
 from edgefleet.bootstrap import Container, build
 from edgefleet.clock import utcnow
 from edgefleet.db.engine import Database

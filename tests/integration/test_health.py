@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from edgefleet.api.app import create_app
+from edgefleet.asgi import create_app
 from edgefleet.bootstrap import Container, build
 from edgefleet.settings import Settings
 from tests.conftest import Caller

@@ -43,7 +43,7 @@ import yaml
 from pydantic import BaseModel
 
 import edgefleet
-from edgefleet.api.app import create_app
+from edgefleet.asgi import create_app
 from edgefleet.bootstrap import build
 from edgefleet.cli.main import app as cli_app
 from edgefleet.settings import MQTTSettings, Settings

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from sqlalchemy import delete
 
-from edgefleet.api.app import create_app
+from edgefleet.asgi import create_app
 from edgefleet.bootstrap import Container
 from edgefleet.db.repos.accounts import UserRepo
 from edgefleet.db.repos.devices import DeviceRepo

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import event, func, select
 
-from edgefleet.api.app import create_app
+from edgefleet.asgi import create_app
 from edgefleet.bootstrap import Container, build
 from edgefleet.db.engine import Database
 from edgefleet.db.tables import LoginFailure

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select, update
 
-from edgefleet.api.app import create_app
+from edgefleet.asgi import create_app
 from edgefleet.bootstrap import Container, build
 from edgefleet.db.engine import Database
 from edgefleet.db.tables import DeliveryAttempt, WebhookDelivery

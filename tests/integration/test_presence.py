@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from edgefleet.bootstrap import Container
-from edgefleet.db.repos.devices import DeviceFilter
+from edgefleet.domain.devicefilter import DeviceFilter
 from edgefleet.domain.eventfilter import EventFilter
 from edgefleet.mqtt import topics
 from tests.brokers import require

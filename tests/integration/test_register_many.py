@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edgefleet.bootstrap import Container
-from edgefleet.db.repos.devices import DeviceFilter
+from edgefleet.domain.devicefilter import DeviceFilter
 from edgefleet.errors import DuplicateError, ValidationError
 from edgefleet.services.fleet import Registration
 from edgefleet.simulator.fleet import ensure_devices, simulated_mac

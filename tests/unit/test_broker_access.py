@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edgefleet.domain.broker_access import Action, device_topic_allowed
+from edgefleet.mqtt.topics import PREFIX
 
 U = "58c15905-d3b0-48b4-aa63-b94be0c15b5f"  # fixed: test ids must be equal in every worker
 OTHER = "e7a67db5-5f93-4a59-84b7-4085b491ecb6"
@@ -41,20 +42,22 @@ level = st.text(
     ],
 )
 def test_rules(topic: str, action: Action, allowed: bool) -> None:
-    assert device_topic_allowed(U, topic, action) is allowed
+    assert device_topic_allowed(U, topic, action, prefix=PREFIX) is allowed
 
 
 def test_an_identity_with_wildcards_owns_nothing() -> None:
-    assert not device_topic_allowed("+", "$ThingsPro/devices/+/client", Action.PUBLISH)
-    assert not device_topic_allowed("#", "$ThingsPro/devices/#/x", Action.SUBSCRIBE)
+    assert not device_topic_allowed(
+        "+", "$ThingsPro/devices/+/client", Action.PUBLISH, prefix=PREFIX
+    )
+    assert not device_topic_allowed("#", "$ThingsPro/devices/#/x", Action.SUBSCRIBE, prefix=PREFIX)
 
 
 @given(st.lists(level, min_size=1, max_size=4), st.sampled_from(list(Action)))
 def test_anything_under_its_own_subtree_is_allowed(levels: list[str], action: Action) -> None:
-    assert device_topic_allowed(U, "/".join([OWN, *levels]), action)
+    assert device_topic_allowed(U, "/".join([OWN, *levels]), action, prefix=PREFIX)
 
 
 @given(st.text(max_size=80), st.sampled_from(list(Action)))
 def test_nothing_outside_its_own_subtree_is_allowed(topic: str, action: Action) -> None:
     if not topic.startswith(OWN + "/"):
-        assert not device_topic_allowed(U, topic, action)
+        assert not device_topic_allowed(U, topic, action, prefix=PREFIX)

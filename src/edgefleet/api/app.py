@@ -1,8 +1,9 @@
-"""The ASGI application: routers, error handlers, middleware, OpenAPI at /docs."""
+"""The REST API's application: routers, error handlers, middleware, OpenAPI at /docs (the
+console's pages join it in asgi.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
@@ -37,12 +38,17 @@ from edgefleet.api.routes import (
 )
 from edgefleet.bootstrap import Container
 from edgefleet.errors import EdgefleetError
-from edgefleet.web import admin, fleetpages, views
-from edgefleet.web import tasks as taskpages
 
 
-def create_app(container: Container, *, run_messaging: bool = False) -> FastAPI:
-    """Build the app around an already-built container (the caller owns its lifetime).
+def create_app(
+    container: Container,
+    *,
+    run_messaging: bool = False,
+    pages: Callable[[FastAPI], None] | None = None,
+) -> FastAPI:
+    """Build the app around an already-built container (the caller owns its lifetime);
+    ``pages`` adds the routes served beside the API (the console: ``web.console.mount``),
+    after the API's own and behind the same middleware.
 
     With ``run_messaging`` the app's lifespan starts and stops the gateway side (embedded
     broker, broker link, presence): uvicorn re-raises SIGTERM after its own shutdown, so
@@ -105,13 +111,8 @@ def create_app(container: Container, *, run_messaging: bool = False) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, errors.handle_error)
     app.add_exception_handler(Exception, errors.handle_unexpected)
     app.mount("/metrics", make_asgi_app())
-    app.mount("/static", views.static, name="static")
-    app.include_router(views.root)
-    app.include_router(views.router)
-    app.include_router(taskpages.router)
-    app.include_router(admin.router)
-    app.include_router(fleetpages.router)
-    app.include_router(views.fallback)  # last: any other /console/ URL is an HTML 404
+    if pages is not None:
+        pages(app)
     # the last added runs first: unexpected errors, proxy headers, metrics, body limit,
     # audit, then the app
     app.add_middleware(AuditMiddleware, audit=container.audit)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from edgefleet.bootstrap import backup_engine, backup_store
 from edgefleet.cli.common import JsonOption, emit, err_console, load_settings
 from edgefleet.clock import utcnow
 from edgefleet.errors import EdgefleetError
@@ -40,7 +41,15 @@ def backup(
     settings = load_settings()
     target = out or Path(f"edgefleet-backup-{utcnow():%Y%m%dT%H%M%SZ}.tar.gz")
     try:
-        result = asyncio.run(create_backup(settings, target, pg_bin=pg_bin))
+        result = asyncio.run(
+            create_backup(
+                settings,
+                target,
+                open_store=lambda: backup_store(settings),
+                new_engine=backup_engine(settings),
+                pg_bin=pg_bin,
+            )
+        )
     except EdgefleetError as exc:
         err_console.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(1) from exc
@@ -82,7 +91,14 @@ def restore(
     try:
         result = asyncio.run(
             restore_backup(
-                settings, archive, replace=yes, check_only=check, pg_bin=pg_bin, progress=say
+                settings,
+                archive,
+                replace=yes,
+                check_only=check,
+                open_store=lambda: backup_store(settings),
+                new_engine=backup_engine(settings),
+                pg_bin=pg_bin,
+                progress=say,
             )
         )
     except EdgefleetError as exc:

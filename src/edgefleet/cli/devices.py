@@ -9,7 +9,7 @@ import typer
 from edgefleet.api.schemas import device_public
 from edgefleet.bootstrap import Container
 from edgefleet.cli.common import JsonOption, cli_actor, emit, err_console, run
-from edgefleet.db.repos.devices import DeviceFilter
+from edgefleet.domain.devicefilter import DeviceFilter
 from edgefleet.domain.devices import ConnectionStatus
 from edgefleet.domain.query import parse
 from edgefleet.services.fleet import Registration

@@ -14,11 +14,9 @@ from types import FrameType
 
 import typer
 
-from edgefleet import __version__, datadir
+from edgefleet import __version__
 from edgefleet.cli import backup, broker, devices, events, groups, simulate, tokens, users
 from edgefleet.cli.common import err_console, load_settings, run
-from edgefleet.db.engine import sqlite_file
-from edgefleet.db.migrate import upgrade
 from edgefleet.errors import EdgefleetError
 from edgefleet.processes import freeze_heap
 
@@ -72,9 +70,9 @@ def config_show() -> None:
 @app.command()
 def migrate() -> None:
     """Bring the database schema up to date (Alembic)."""
-    settings = load_settings()
-    datadir.prepare(settings, sqlite_file(settings.resolved_database_url))
-    upgrade(settings.resolved_database_url)
+    from edgefleet.bootstrap import migrate as migrate_schema
+
+    migrate_schema(load_settings())
     typer.echo("database schema is up to date")
 
 
@@ -105,7 +103,7 @@ def serve(
     import uvicorn
 
     from edgefleet import logs
-    from edgefleet.api.app import create_app
+    from edgefleet.asgi import create_app
     from edgefleet.bootstrap import build, prepare_schema
 
     # nothing the server writes is for other users (database, keys, uploads, the embedded

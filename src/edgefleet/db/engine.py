@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm.exc import StaleDataError
+from sqlalchemy.pool import NullPool
 
 from edgefleet.domain.limits import CUT, SHOWN_JSON_DEPTH, prune
 from edgefleet.errors import NotFoundError, StorageError
@@ -73,6 +74,12 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         pool_recycle=1800,
         json_deserializer=load_json,
     )
+
+
+def unpooled_engine(url: str) -> AsyncEngine:
+    """An engine that opens a connection per use and keeps none (no pool left holding
+    sessions on the database): for one-off tools such as backup and restore."""
+    return create_async_engine(url, poolclass=NullPool)
 
 
 def sqlite_file(url: str) -> Path | None:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from edgefleet.mqtt.topics import PREFIX
-
 
 class Action(StrEnum):
     PUBLISH = "publish"
@@ -18,9 +16,10 @@ class Action(StrEnum):
     ALL = "all"
 
 
-def device_topic_allowed(device_uuid: str, topic: str, action: Action) -> bool:
-    """A topic (publish) or topic filter (subscribe) inside the gateway's own subtree."""
-    own = f"{PREFIX}/{device_uuid}/"
+def device_topic_allowed(device_uuid: str, topic: str, action: Action, *, prefix: str) -> bool:
+    """A topic (publish) or topic filter (subscribe) inside the gateway's own subtree,
+    ``<prefix>/<uuid>/…`` (the protocol's topic tree: ``topics.PREFIX``)."""
+    own = f"{prefix}/{device_uuid}/"
     if not device_uuid or "+" in device_uuid or "#" in device_uuid or "/" in device_uuid:
         return False
     if not topic.startswith(own) or len(topic) == len(own):

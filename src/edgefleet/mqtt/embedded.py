@@ -34,6 +34,7 @@ from prometheus_client import Counter
 from edgefleet.errors import EdgefleetError
 from edgefleet.mqtt.brokerconfig import mosquitto
 from edgefleet.mqtt.brokerconfig.files import write_private
+from edgefleet.pki import TlsMaterial
 from edgefleet.processes import die_with_parent, raise_fd_limit
 from edgefleet.settings import MQTTSettings
 from edgefleet.workers import Worker, Workers
@@ -41,7 +42,7 @@ from edgefleet.workers import Worker, Workers
 log = logging.getLogger(__name__)
 
 PskSource = Callable[[], Awaitable[str]]
-TlsSource = Callable[[], Awaitable[mosquitto.TlsMaterial]]
+TlsSource = Callable[[], Awaitable[TlsMaterial]]
 CrlSource = Callable[[], Awaitable[str]]
 
 REWRITE_SECONDS = 1.0

@@ -10,8 +10,9 @@ from typing import Any
 
 from edgefleet.clock import Clock, utcnow
 from edgefleet.db.engine import Database
-from edgefleet.db.repos.audit import AuditFilter, AuditRepo
+from edgefleet.db.repos.audit import AuditRepo
 from edgefleet.db.tables import AuditEntry
+from edgefleet.domain.audit import AuditFilter
 from edgefleet.domain.limits import storable
 from edgefleet.errors import StorageError
 

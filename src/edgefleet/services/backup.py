@@ -53,10 +53,10 @@ from typing import IO, Any, Literal
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from pydantic import BaseModel, ConfigDict, ValidationError
-from sqlalchemy import pool, text
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from edgefleet import __version__
 from edgefleet.clock import utcnow
@@ -64,9 +64,6 @@ from edgefleet.datadir import private_dir, private_sqlite
 from edgefleet.db.migrate import alembic_config, head_revision, upgrade_async
 from edgefleet.errors import EdgefleetError, StorageError
 from edgefleet.files import CHUNK_SIZE, FileStore, is_key
-from edgefleet.files.local import LocalFileStore
-from edgefleet.files.s3 import S3FileStore, make_client, parse_s3_url
-from edgefleet.files.signing import UrlSigner
 from edgefleet.settings import Settings, mask_url
 
 log = logging.getLogger(__name__)
@@ -183,18 +180,11 @@ def sqlite_path(url: str) -> Path:
     return Path(database)
 
 
-def open_store(settings: Settings) -> FileStore:
-    """The configured file store, as ``bootstrap`` makes it, for reading and writing files.
-
-    Download links are never made here, so the local store gets a signer of its own: building
-    the real one would create the data dir's key file, which restore may have to install.
-    """
-    storage = settings.storage
-    if storage.url.startswith("s3://"):
-        bucket, prefix = parse_s3_url(storage.url)
-        return S3FileStore(make_client(storage.s3_endpoint_url, storage.s3_region), bucket, prefix)
-    signer = UrlSigner(b"edgefleet-backup: never signs a link")
-    return LocalFileStore(settings.files_dir, signer, settings.public_url)
+StoreFactory = Callable[[], FileStore]
+"""The configured file store (``bootstrap.backup_store``); opened only once it is needed."""
+EngineFactory = Callable[[], AsyncEngine]
+"""A new engine on the configured database, without a pool (no connection left open on it
+once a use is over); ``bootstrap.backup_engine`` makes it."""
 
 
 def _store_name(settings: Settings) -> str:
@@ -314,11 +304,6 @@ def _driver_error(exc: Exception) -> str:
     return str(inner) if name == "Error" else f"{name}: {inner}"
 
 
-def _engine(url: str) -> AsyncEngine:
-    """A connection of our own per use (no pool left holding sessions on the database)."""
-    return create_async_engine(url, poolclass=pool.NullPool)
-
-
 def _quote(conn: AsyncConnection, name: str) -> str:
     return conn.dialect.identifier_preparer.quote(name)
 
@@ -415,8 +400,10 @@ def _sqlite_snapshot(source: Path, dest: Path) -> _Snapshot:
     return _Snapshot(info, files)
 
 
-async def _pg_snapshot(url: str, dest: Path, bin_dir: Path | None) -> _Snapshot:
-    engine = _engine(url)
+async def _pg_snapshot(
+    url: str, new_engine: EngineFactory, dest: Path, bin_dir: Path | None
+) -> _Snapshot:
+    engine = new_engine()
     try:
         async with engine.connect() as conn:
             conn = await conn.execution_options(
@@ -572,13 +559,14 @@ async def create_backup(
     settings: Settings,
     out: Path,
     *,
-    store: FileStore | None = None,
+    open_store: StoreFactory,
+    new_engine: EngineFactory,
     pg_bin: Path | None = None,
 ) -> BackupResult:
     """Write one archive of the configured database and file store to ``out`` (replaced
     atomically when complete; nothing is left behind on failure)."""
     out = await asyncio.to_thread(_check_out, out)
-    store = store or open_store(settings)
+    store = open_store()
     url = settings.resolved_database_url
     key_info, key_path = _secret_key(settings)
     with tempfile.TemporaryDirectory(prefix=".edgefleet-backup-", dir=out.parent) as tmp:
@@ -586,7 +574,7 @@ async def create_backup(
         if settings.is_sqlite:
             snap = await asyncio.to_thread(_sqlite_snapshot, sqlite_path(url), work / SQLITE_MEMBER)
         else:
-            snap = await _pg_snapshot(url, work / PG_MEMBER, pg_bin)
+            snap = await _pg_snapshot(url, new_engine, work / PG_MEMBER, pg_bin)
         db = snap.database
         log.info(
             "database copied (%s, schema %s, %d rows); copying %d files",
@@ -846,9 +834,16 @@ class RestoreResult:
 class _Target:
     """The configured database, as restore sees it: checks, then replacement."""
 
-    def __init__(self, settings: Settings, manifest: Manifest, pg_bin: Path | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        manifest: Manifest,
+        new_engine: EngineFactory,
+        pg_bin: Path | None,
+    ) -> None:
         self.settings = settings
         self.url = settings.resolved_database_url
+        self.new_engine = new_engine
         self.manifest = manifest
         self.pg_bin = pg_bin
         self.pg_tools: PgTools | None = None
@@ -893,7 +888,7 @@ class _Target:
             raise BackupError(f"cannot read the database at {path}: {exc}") from exc
 
     async def _pg_check(self) -> dict[str, int]:
-        engine = _engine(self.url)
+        engine = self.new_engine()
         try:
             async with engine.connect() as conn:
                 version_num = int(await conn.scalar(text("SHOW server_version_num")) or 0)
@@ -943,7 +938,7 @@ class _Target:
 
     async def _pg_restore(self, dump: Path) -> None:
         assert self.pg_tools is not None
-        engine = _engine(self.url)
+        engine = self.new_engine()
         try:
             if self.extra_tables:
                 async with engine.begin() as conn:
@@ -977,7 +972,7 @@ class _Target:
                     conn.close()
 
             return await asyncio.to_thread(counts)
-        engine = _engine(self.url)
+        engine = self.new_engine()
         try:
             async with engine.connect() as conn:
                 return await _pg_counts(conn, await _pg_tables(conn))
@@ -1015,7 +1010,8 @@ async def restore_backup(
     *,
     replace: bool = False,
     check_only: bool = False,
-    store: FileStore | None = None,
+    open_store: StoreFactory,
+    new_engine: EngineFactory,
     pg_bin: Path | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> RestoreResult:
@@ -1030,13 +1026,13 @@ async def restore_backup(
         db = manifest.database
         _check_revision(db.schema_revision)
         key_plan = _check_key(manifest, settings, extracted.paths)
-        target = _Target(settings, manifest, pg_bin)
+        target = _Target(settings, manifest, new_engine, pg_bin)
         has_data = await target.check(replace)
         if check_only:
             return RestoreResult(manifest, has_data, None, True)
 
         # files first: should the rest fail, the old database still finds its own files
-        store = store or open_store(settings)
+        store = open_store()
         say(f"restoring {len(manifest.files)} files into {_store_name(settings)}")
         for entry in manifest.files:
             stored = await store.put_at(

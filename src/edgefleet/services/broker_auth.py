@@ -12,6 +12,7 @@ import hmac
 from dataclasses import dataclass
 
 from edgefleet.domain.broker_access import Action, device_topic_allowed
+from edgefleet.mqtt import topics
 from edgefleet.services.keys import KeyCache
 
 
@@ -54,6 +55,6 @@ class BrokerAuthService:
     async def authorize(self, *, username: str, topic: str, action: Action) -> bool:
         if username == self.server_username:
             return True
-        if not device_topic_allowed(username, topic, action):
+        if not device_topic_allowed(username, topic, action, prefix=topics.PREFIX):
             return False
         return await self.device_key(username) is not None

@@ -15,10 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from edgefleet.clock import Clock, utcnow
 from edgefleet.db.engine import Database
-from edgefleet.db.repos.devices import DeviceFilter, DeviceRepo
+from edgefleet.db.repos.devices import DeviceRepo
 from edgefleet.db.repos.events import EventRepo
 from edgefleet.db.repos.groups import GroupRepo
 from edgefleet.db.tables import Event
+from edgefleet.domain.devicefilter import DeviceFilter
 from edgefleet.domain.eventfilter import EventFilter, matches
 from edgefleet.errors import ConflictError, GroupNotFoundError, NotFoundError
 from edgefleet.services.eventfeed import EventFeed

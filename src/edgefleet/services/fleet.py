@@ -10,10 +10,11 @@ from typing import Any
 
 from edgefleet.clock import Clock, utcnow
 from edgefleet.db.engine import Database
-from edgefleet.db.repos.devices import DeviceFilter, DeviceOrder, DeviceRepo
+from edgefleet.db.repos.devices import DeviceRepo
 from edgefleet.db.repos.groups import GroupRepo
 from edgefleet.db.repos.keys import KeyChangeRepo
 from edgefleet.db.tables import Device, Execution, Group, Task
+from edgefleet.domain.devicefilter import DeviceFilter, DeviceOrder
 from edgefleet.domain.devices import ConnectionStatus, check_tag, mac_key, new_psk
 from edgefleet.domain.query import parse
 from edgefleet.errors import (
@@ -384,6 +385,21 @@ class FleetService:
         """``{id: name}`` of the groups among ``ids`` that exist."""
         async with self.db.session() as s:
             return {g.id: g.name for g in await GroupRepo(s).get_many(sorted(ids))}
+
+    async def display_names(self, uuids: Sequence[str]) -> dict[str, str | None]:
+        """``{uuid: display name}`` of the gateways among ``uuids`` that exist."""
+        async with self.db.session() as s:
+            return await DeviceRepo(s).display_names(uuids)
+
+    async def groups_by_id(self, ids: Sequence[int]) -> dict[int, Group]:
+        """The groups among ``ids`` that exist, without their members."""
+        async with self.db.session() as s:
+            return {g.id: g for g in await GroupRepo(s).get_many(sorted(set(ids)))}
+
+    async def group_rows(self, *, offset: int, limit: int) -> tuple[int, list[Group]]:
+        """A page of groups (by id) without their members, and how many there are."""
+        async with self.db.session() as s:
+            return await GroupRepo(s).page(offset=offset, limit=limit)
 
     async def list_groups(self, *, offset: int, limit: int) -> tuple[int, list[GroupView]]:
         async with self.db.session() as s:

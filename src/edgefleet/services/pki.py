@@ -11,14 +11,12 @@ import logging
 import socket
 from collections.abc import Sequence
 
-from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
-
 from edgefleet.clock import Clock, utcnow
 from edgefleet.db.engine import Database
+from edgefleet.db.repos.pki import CertificateRepo
 from edgefleet.db.tables import Authority, DeviceCertificate
-from edgefleet.mqtt.brokerconfig.mosquitto import TlsMaterial
-from edgefleet.pki import CA, Issued
+from edgefleet.errors import DuplicateError
+from edgefleet.pki import CA, Issued, TlsMaterial
 from edgefleet.secretbox import SecretBox
 from edgefleet.services.fleet import FleetService
 from edgefleet.settings import MQTTSettings
@@ -55,7 +53,7 @@ class PkiService:
 
     async def _load(self) -> CA | None:
         async with self.db.session() as s:
-            row = await s.get(Authority, 1)
+            row = await CertificateRepo(s).authority()
             if row is None:
                 return None
             return CA.load(row.cert_pem, self.box.open(row.key_sealed))
@@ -64,7 +62,7 @@ class PkiService:
         ca = CA.create(self.clock())
         try:
             async with self.db.session() as s:
-                s.add(
+                await CertificateRepo(s).add_authority(
                     Authority(
                         id=1,
                         cert_pem=ca.cert_pem,
@@ -72,7 +70,7 @@ class PkiService:
                         created_at=self.clock(),
                     )
                 )
-        except IntegrityError:  # another instance made it first: use theirs
+        except DuplicateError:  # another instance made it first: use theirs
             loaded = await self._load()
             assert loaded is not None
             return loaded
@@ -85,7 +83,7 @@ class PkiService:
         now = self.clock()
         issued = ca.issue_device(csr_pem, device_uuid, now, self.device_cert_days)
         async with self.db.session() as s:
-            s.add(
+            await CertificateRepo(s).add(
                 DeviceCertificate(
                     serial=issued.serial,
                     device_uuid=device_uuid,
@@ -102,36 +100,17 @@ class PkiService:
         if not device_uuids:
             return 0
         async with self.db.session() as s:
-            result = await s.execute(
-                update(DeviceCertificate)
-                .where(
-                    DeviceCertificate.device_uuid.in_(device_uuids),
-                    DeviceCertificate.revoked_at.is_(None),
-                )
-                .values(revoked_at=self.clock())
-                .execution_options(synchronize_session=False)
-            )
-        return int(getattr(result, "rowcount", 0) or 0)
+            return await CertificateRepo(s).revoke_devices(device_uuids, self.clock())
 
     async def device_certificates(self, device_uuid: str) -> list[DeviceCertificate]:
         async with self.db.session() as s:
-            rows = await s.scalars(
-                select(DeviceCertificate)
-                .where(DeviceCertificate.device_uuid == device_uuid)
-                .order_by(DeviceCertificate.issued_at)
-            )
-            return list(rows)
+            return await CertificateRepo(s).of_device(device_uuid)
 
     async def crl_pem(self) -> str:
         ca = await self.authority()
         now = self.clock()
         async with self.db.session() as s:
-            rows = await s.execute(
-                select(DeviceCertificate.serial, DeviceCertificate.revoked_at).where(
-                    DeviceCertificate.revoked_at.is_not(None), DeviceCertificate.not_after > now
-                )
-            )
-            revoked = [(serial, at) for serial, at in rows if at is not None]
+            revoked = await CertificateRepo(s).revoked(now)
         return ca.crl(revoked, now)
 
     async def server_certificate(self, hostnames: Sequence[str]) -> tuple[str, str]:

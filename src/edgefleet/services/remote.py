@@ -8,7 +8,6 @@ from typing import Any, Protocol
 from edgefleet.domain.devices import ConnectionStatus
 from edgefleet.errors import DeviceOfflineError
 from edgefleet.mqtt.messages import ResponseMessage
-from edgefleet.mqtt.relay import GatewayRelay
 from edgefleet.services.fleet import FleetService
 
 DEFAULT_WAIT = 30.0
@@ -16,6 +15,15 @@ DEFAULT_WAIT = 30.0
 
 
 PROPERTIES = "/system/properties"
+
+
+class Requester(Protocol):
+    """Sends one request to a gateway and waits for its answer (mqtt/relay.py
+    ``GatewayRelay.request``); ``GatewayTimeoutError`` on silence."""
+
+    def request(
+        self, device_uuid: str, method: str, resource: str, data: Any = None, *, wait: float
+    ) -> Awaitable[ResponseMessage]: ...
 
 
 class PropertiesReader(Protocol):
@@ -30,7 +38,7 @@ class RemoteService:
     def __init__(
         self,
         fleet: FleetService,
-        relay: GatewayRelay,
+        relay: Requester,
         *,
         read_properties: PropertiesReader | None = None,
     ) -> None:

@@ -12,10 +12,11 @@ from typing import Any
 
 from edgefleet.clock import Clock, utcnow
 from edgefleet.db.engine import Database
-from edgefleet.db.repos.devices import DeviceFilter, DeviceRepo
+from edgefleet.db.repos.devices import DeviceRepo
 from edgefleet.db.repos.groups import GroupRepo
 from edgefleet.db.repos.tasks import TaskRepo
 from edgefleet.db.tables import Execution, ExecutionEvent, Task
+from edgefleet.domain.devicefilter import DeviceFilter
 from edgefleet.domain.firmware import fits
 from edgefleet.domain.query import parse
 from edgefleet.domain.tasks import (
@@ -105,6 +106,15 @@ class TaskView:
         for (_, state), n in self.counts.items():
             out[state] = out.get(state, 0) + n
         return out
+
+
+@dataclass(frozen=True)
+class GroupActivity:
+    """A group's gateways by connection status, its device tasks by state, its newest task."""
+
+    statuses: dict[str, int]
+    states: dict[str, int]
+    latest: TaskView | None
 
 
 FirmwareLookup = Callable[[int], Awaitable[dict[str, Any]]]
@@ -293,6 +303,22 @@ class TaskService:
                 raise TaskNotFoundError(ref)
             counts = (await repo.counts([task.id]))[task.id]
         return TaskView(task, counts)
+
+    async def group_activity(self, group_ids: Sequence[int]) -> dict[int, GroupActivity]:
+        """Each group's counts and newest task with its progress, in a few queries (lighter
+        than the groups' views, which carry every member)."""
+        ids = list(group_ids)
+        async with self.db.session() as s:
+            statuses = await DeviceRepo(s).status_counts(ids)
+            states = await GroupRepo(s).task_counts(ids)
+            repo = TaskRepo(s)
+            latest = await repo.newest_of_groups(ids)
+            counts = await repo.counts([t.id for t in latest])
+        newest = {t.group_id: TaskView(t, counts[t.id]) for t in latest}
+        return {
+            gid: GroupActivity(statuses.get(gid, {}), states.get(gid, {}), newest.get(gid))
+            for gid in ids
+        }
 
     async def list_tasks(
         self,

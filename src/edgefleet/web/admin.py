@@ -18,20 +18,18 @@ from urllib.parse import urlencode, urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from sqlalchemy import select
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
 from edgefleet.api.deps import ContainerDep
 from edgefleet.api.eventviews import decode_cursor, encode_cursor
 from edgefleet.bootstrap import Container
-from edgefleet.db.repos.audit import AuditFilter
-from edgefleet.db.tables import ApiToken, AuditEntry, Device, Event
+from edgefleet.db.tables import ApiToken, AuditEntry, Event
+from edgefleet.domain.audit import AuditFilter
 from edgefleet.domain.auth import TOKEN_DESCRIPTION_MAX, Permission, Role
 from edgefleet.domain.eventfilter import MAX_VALUES, parse_filter
 from edgefleet.domain.events import AlarmState, EventType, Severity
 from edgefleet.domain.limits import INT64_MAX
 from edgefleet.errors import EdgefleetError, ValidationError
+from edgefleet.services.about import database_facts
 from edgefleet.settings import Settings
 from edgefleet.web.i18n import N_, gettext
 from edgefleet.web.views import PAGE_SIZE, Viewer, iso, page, render, viewer_of, when
@@ -43,7 +41,6 @@ EVENT_PARAMS = ("device", "group", "type", "resource", "severity", "alarm", "sin
 AUDIT_PARAMS = ("actor", "action", "outcome", "target")
 AUDIT_OUTCOMES = ("success", "failure", "denied")
 TOKEN_EXPIRY_DAYS = (30, 90, 365)
-MASK = "********"
 
 
 async def fragment_viewer(request: Request, c: Container, permission: Permission) -> Viewer | None:
@@ -119,13 +116,8 @@ def event_row(e: Event, names: dict[str, str]) -> EventRow:
 
 async def device_names(c: Container, uuids: set[str]) -> dict[str, str]:
     """Names of the gateways among ``uuids`` that still exist."""
-    if not uuids:
-        return {}
-    async with c.db.session() as s:
-        found = await s.execute(
-            select(Device.uuid, Device.display_name).where(Device.uuid.in_(sorted(uuids)))
-        )
-        return {uuid: name or uuid for uuid, name in found.all()}
+    found = await c.fleet.display_names(sorted(uuids))
+    return {uuid: name or uuid for uuid, name in found.items()}
 
 
 async def gateways_named(c: Container, values: list[str]) -> list[str]:
@@ -439,30 +431,6 @@ def strip_userinfo(url: str) -> str:
     return f"{parts.scheme}://{host}{parts.path}"
 
 
-def database_facts(s: Settings) -> dict[str, str]:
-    """The database's kind and where it is; never its password or its URL's query."""
-    raw = s.resolved_database_url
-    try:
-        url = make_url(raw)
-    except ArgumentError:
-        return {"kind": raw.split(":", 1)[0] or "unknown", "where": "(not a URL SQLAlchemy reads)"}
-    backend = url.get_backend_name()
-    if backend == "sqlite":
-        return {"kind": "SQLite", "driver": url.drivername, "where": url.database or ":memory:"}
-    where = url.host or "(local socket)"
-    if url.port:
-        where = f"{where}:{url.port}"
-    facts = {
-        "kind": "PostgreSQL" if backend == "postgresql" else backend,
-        "driver": url.drivername,
-        "where": where,
-        "database": url.database or "",
-        "user": url.username or "",
-        "password": MASK if url.password else "(none in the URL)",
-    }
-    return facts
-
-
 def gateway_facts(s: Settings) -> dict[str, Any]:
     public = s.public_url.rstrip("/")
     host = s.mqtt.gateway_host
@@ -502,7 +470,7 @@ async def settings_page(request: Request, c: ContainerDep) -> Response:
         Permission.ADMIN_READ,
         s=s,
         gateway=gateway_facts(s),
-        database=database_facts(s),
+        database=database_facts(s.resolved_database_url),
         storage=storage_facts(s),
         client_id=s.mqtt.client_id or f"edgefleet-{socket.gethostname()}",
         secret_key_source=(

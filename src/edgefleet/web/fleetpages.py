@@ -10,8 +10,8 @@ from fastapi.responses import JSONResponse, Response
 
 from edgefleet.api.deps import ContainerDep
 from edgefleet.bootstrap import Container
-from edgefleet.db.repos.devices import DeviceFilter
 from edgefleet.domain.auth import Permission
+from edgefleet.domain.devicefilter import DeviceFilter
 from edgefleet.domain.eventfilter import EventFilter
 from edgefleet.errors import DeviceNotFoundError
 from edgefleet.web.views import page, page_for, render, session_viewer, viewer_of

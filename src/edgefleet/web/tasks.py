@@ -32,16 +32,13 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from sqlalchemy import func, select
 
 from edgefleet.api.deps import ContainerDep
 from edgefleet.api.inputs import Int32, Offset
 from edgefleet.bootstrap import Container
-from edgefleet.db.repos.devices import DeviceFilter, DeviceRepo
-from edgefleet.db.repos.groups import GroupRepo
-from edgefleet.db.repos.tasks import TaskRepo
 from edgefleet.db.tables import Device, Execution, Group, Task
 from edgefleet.domain.auth import Permission
+from edgefleet.domain.devicefilter import DeviceFilter
 from edgefleet.domain.query import parse
 from edgefleet.domain.tasks import ACTIVE, COMPLETED, TASK_OPEN, TaskKind, TaskState
 from edgefleet.errors import EdgefleetError
@@ -335,32 +332,22 @@ async def reader(request: Request, c: Container) -> Viewer | None:
     return viewer if viewer.principal.can(Permission.FLEET_READ) else None
 
 
-async def groups_by_id(c: Container, ids: Sequence[int]) -> dict[int, Group]:
-    async with c.db.session() as s:
-        return {g.id: g for g in await GroupRepo(s).get_many(list(set(ids)))}
-
-
 async def task_rows(c: Container, views: Sequence[TaskView]) -> list[TaskRow]:
-    groups = await groups_by_id(c, [v.task.group_id for v in views if v.task.group_id is not None])
+    groups = await c.fleet.groups_by_id(
+        [v.task.group_id for v in views if v.task.group_id is not None]
+    )
     return [task_row(v, groups) for v in views]
 
 
 async def group_rows(c: Container, groups: Sequence[Group]) -> list[GroupRow]:
     """Counts of each group, and its newest task with its progress, in a few queries (the
     API's group objects carry every member, too heavy for a page reloaded at each event)."""
-    ids = [g.id for g in groups]
-    async with c.db.session() as s:
-        statuses = await DeviceRepo(s).status_counts(ids)
-        records = await GroupRepo(s).task_counts(ids)
-        newest = select(func.max(Task.id)).where(Task.group_id.in_(ids)).group_by(Task.group_id)
-        latest = list(await s.scalars(select(Task).where(Task.id.in_(newest)))) if ids else []
-        counts = await TaskRepo(s).counts([t.id for t in latest])
-    by_group = {t.group_id: t for t in latest}
+    activity = await c.tasks.group_activity([g.id for g in groups])
     gmap = {g.id: g for g in groups}
     out = []
     for g in groups:
-        sc, tc = statuses.get(g.id, {}), records.get(g.id, {})
-        task = by_group.get(g.id)
+        a = activity[g.id]
+        sc, tc = a.statuses, a.states
         out.append(
             GroupRow(
                 group=g,
@@ -370,7 +357,7 @@ async def group_rows(c: Container, groups: Sequence[Group]) -> list[GroupRow]:
                 active=sum(tc.get(s.value, 0) for s in ACTIVE),
                 completed=sum(tc.get(s.value, 0) for s in COMPLETED),
                 revoked=tc.get(TaskState.REVOKED.value, 0),
-                latest=task_row(TaskView(task, counts[task.id]), gmap) if task else None,
+                latest=task_row(a.latest, gmap) if a.latest else None,
             )
         )
     return out
@@ -381,8 +368,7 @@ async def write_context(c: Container, viewer: Viewer | None) -> dict[str, Any]:
     if viewer is None or not viewer.can_write:
         return {"firmware": [], "all_groups": [], "scopes": SCOPES}
     _, firmware = await c.firmware.list_firmware(offset=0, limit=200)
-    async with c.db.session() as s:
-        _, groups = await GroupRepo(s).page(offset=0, limit=1000)
+    _, groups = await c.fleet.group_rows(offset=0, limit=1000)
     return {"firmware": firmware, "all_groups": groups, "scopes": SCOPES}
 
 
@@ -407,8 +393,7 @@ async def groups_fragment(request: Request, c: ContainerDep, offset: Offset = 0)
     if viewer is None:
         return Response(status_code=401)
     offset = _offset(offset)
-    async with c.db.session() as s:
-        total, groups = await GroupRepo(s).page(offset=offset, limit=PAGE_SIZE)
+    total, groups = await c.fleet.group_rows(offset=offset, limit=PAGE_SIZE)
     rows = await group_rows(c, groups)
     return render(
         request,
@@ -439,7 +424,7 @@ async def group_page(request: Request, c: ContainerDep, ref: str) -> Response:
     if viewer is None:
         return await page(request, c, "groups/detail.html", Permission.FLEET_READ)
     group_id = int(ref) if ref.isdigit() and len(ref) < 10 else -1
-    found = await groups_by_id(c, [group_id])
+    found = await c.fleet.groups_by_id([group_id])
     if group_id not in found:
         return render(request, "groups/missing.html", viewer, status=404, group_id=ref)
     return render(
@@ -457,7 +442,7 @@ async def group_summary(request: Request, c: ContainerDep, group_id: Int32) -> R
     viewer = await reader(request, c)
     if viewer is None:
         return Response(status_code=401)
-    found = await groups_by_id(c, [group_id])
+    found = await c.fleet.groups_by_id([group_id])
     if group_id not in found:
         return render(request, "groups/gone.html", viewer, group_id=group_id)
     return render(
@@ -679,6 +664,5 @@ async def task_executions(
 
 
 async def _names(c: Container, rows: Sequence[Execution]) -> dict[str, str]:
-    async with c.db.session() as s:
-        devices = await DeviceRepo(s).get_many([e.device_uuid for e in rows])
-    return {d.uuid: d.display_name for d in devices if d.display_name}
+    names = await c.fleet.display_names([e.device_uuid for e in rows])
+    return {uuid: name for uuid, name in names.items() if name}

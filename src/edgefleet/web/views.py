@@ -30,8 +30,8 @@ from edgefleet import __version__
 from edgefleet.api.deps import SESSION_COOKIE, ContainerDep
 from edgefleet.api.inputs import Int32
 from edgefleet.bootstrap import Container
-from edgefleet.db.repos.devices import DeviceFilter, DeviceOrder
 from edgefleet.domain.auth import LOCALES, Permission, Principal
+from edgefleet.domain.devicefilter import DeviceFilter, DeviceOrder
 from edgefleet.domain.devices import SORT_KEYS
 from edgefleet.domain.eventfilter import EventFilter
 from edgefleet.domain.events import AlarmState

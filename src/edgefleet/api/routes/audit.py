@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from edgefleet.api.deps import AdminReader, ContainerDep
 from edgefleet.api.inputs import Int64, Timestamp
 from edgefleet.api.schemas import audit_public
-from edgefleet.db.repos.audit import AuditFilter
+from edgefleet.domain.audit import AuditFilter
 
 router = APIRouter(prefix="/api/v1", tags=["audit"])
 

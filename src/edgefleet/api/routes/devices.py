@@ -18,7 +18,7 @@ from edgefleet.api.schemas import (
     device_public,
     selection,
 )
-from edgefleet.db.repos.devices import PARTIAL_KEYS, DeviceFilter, DeviceOrder
+from edgefleet.domain.devicefilter import PARTIAL_KEYS, DeviceFilter, DeviceOrder
 from edgefleet.domain.devices import ConnectionStatus, mac_key, parse_sort
 from edgefleet.domain.limits import INT64_MAX
 from edgefleet.domain.query import parse

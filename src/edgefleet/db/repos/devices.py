@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
@@ -14,11 +13,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from edgefleet.db.fleetquery import to_clause
 from edgefleet.db.tables import Device, DeviceCertificate, DeviceTag, Group
+from edgefleet.domain.devicefilter import DeviceFilter, DeviceOrder
 from edgefleet.domain.devices import indexed_properties
 from edgefleet.domain.query import Node
 from edgefleet.errors import DuplicateError
 
-PARTIAL_KEYS: dict[str, Any] = {
+PARTIAL_COLUMNS: dict[str, Any] = {
     "uuid": Device.uuid,
     "mac": Device.mac,
     "displayName": Device.display_name,
@@ -26,19 +26,7 @@ PARTIAL_KEYS: dict[str, Any] = {
     "defaultRoute": Device.default_route,
     "softwareVersion": Device.software_version,
 }
-"""The keys ThingsPro's ``query`` parameter matches partially (spec ``FilterDevice``)."""
-
-
-@dataclass(frozen=True)
-class DeviceFilter:
-    uuid: str | None = None
-    mac_key: str | None = None
-    serial_number: str | None = None
-    partial: dict[str, str] = field(default_factory=dict)
-    status: str | None = None
-    tag: str | None = None
-    group_id: int | None = None
-    query: Node | None = None
+"""domain/devices.py ``PARTIAL_KEYS`` → columns."""
 
 
 SORT_COLUMNS: dict[str, Any] = {
@@ -56,22 +44,19 @@ fleet. ``group`` sorts by the group's name, gateways without a group last: read 
 group (``DeviceRepo._page_by_group``), each from the index on (group_id, uuid)."""
 
 
-@dataclass(frozen=True)
-class DeviceOrder:
-    key: str = "created"
-    descending: bool = False
+def order_clauses(order: DeviceOrder) -> list[Any]:
+    """The ORDER BY of a gateway list in ``order``."""
 
-    def clauses(self) -> list[Any]:
-        def way(col: Any) -> Any:
-            return col.desc() if self.descending else col.asc()
+    def way(col: Any) -> Any:
+        return col.desc() if order.descending else col.asc()
 
-        if self.key == "group":
-            name = Group.name.is_(None)  # no group: last in both directions
-            return [name, way(Group.name), way(Device.uuid)]
-        col = SORT_COLUMNS[self.key]
-        if self.key == "mac":
-            return [way(col)]
-        return [way(col), way(Device.uuid)]
+    if order.key == "group":
+        name = Group.name.is_(None)  # no group: last in both directions
+        return [name, way(Group.name), way(Device.uuid)]
+    col = SORT_COLUMNS[order.key]
+    if order.key == "mac":
+        return [way(col)]
+    return [way(col), way(Device.uuid)]
 
 
 def _conditions(f: DeviceFilter) -> list[ColumnElement[bool]]:
@@ -83,7 +68,7 @@ def _conditions(f: DeviceFilter) -> list[ColumnElement[bool]]:
     if f.serial_number is not None:
         cond.append(Device.serial_number == f.serial_number)
     for key, value in f.partial.items():
-        cond.append(func.lower(PARTIAL_KEYS[key]).contains(value.lower(), autoescape=True))
+        cond.append(func.lower(PARTIAL_COLUMNS[key]).contains(value.lower(), autoescape=True))
     if f.status is not None:
         cond.append(Device.connection_status == f.status)
     if f.tag is not None:
@@ -139,6 +124,15 @@ class DeviceRepo:
         rows = await self.s.scalars(select(Device).where(Device.uuid.in_(uuids)))
         return list(rows)
 
+    async def display_names(self, uuids: Sequence[str]) -> dict[str, str | None]:
+        """``{uuid: display name}`` of the devices among ``uuids`` that exist."""
+        if not uuids:
+            return {}
+        rows = await self.s.execute(
+            select(Device.uuid, Device.display_name).where(Device.uuid.in_(sorted(uuids)))
+        )
+        return {uuid: name for uuid, name in rows.all()}
+
     async def credentials(self) -> list[tuple[str, str]]:
         """``(uuid, sealed psk)`` of every device, in uuid order."""
         rows = await self.s.execute(select(Device.uuid, Device.psk_encrypted).order_by(Device.uuid))
@@ -184,14 +178,16 @@ class DeviceRepo:
             return await self._page_by_group(cond, offset, limit, order.descending)
         total = await self.s.scalar(select(func.count()).select_from(Device).where(*cond))
         stmt = select(Device).where(*cond)
-        rows = await self.s.scalars(stmt.order_by(*order.clauses()).offset(offset).limit(limit))
+        rows = await self.s.scalars(
+            stmt.order_by(*order_clauses(order)).offset(offset).limit(limit)
+        )
         return int(total or 0), list(rows)
 
     async def _page_by_group(
         self, cond: list[ColumnElement[bool]], offset: int, limit: int, descending: bool
     ) -> tuple[int, list[Device]]:
         """The list sorted by group name (ties by uuid), gateways without a group last, as
-        ``DeviceOrder("group").clauses()`` orders it, without a join that sorts the fleet:
+        ``order_clauses(DeviceOrder("group"))`` orders it, without a join that sorts the fleet:
         the members counted per group, the groups put in order by the database (its
         collation; groups are few beside their members), the groups before the page skipped
         whole, and the page read group by group from the index on (group_id, uuid)."""

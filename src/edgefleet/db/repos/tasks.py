@@ -134,6 +134,15 @@ class TaskRepo:
         )
         return int(total or 0), list(rows)
 
+    async def newest_of_groups(self, group_ids: Sequence[int]) -> list[Task]:
+        """The newest task of each of the groups (none for a group without tasks)."""
+        if not group_ids:
+            return []
+        newest = (
+            select(func.max(Task.id)).where(Task.group_id.in_(group_ids)).group_by(Task.group_id)
+        )
+        return list(await self.s.scalars(select(Task).where(Task.id.in_(newest))))
+
     async def counts(self, task_ids: Sequence[int]) -> dict[int, dict[tuple[int, str], int]]:
         """``{task_id: {(wave, state): n}}``."""
         out: dict[int, dict[tuple[int, str], int]] = {t: {} for t in task_ids}

@@ -28,6 +28,7 @@ from edgefleet.mqtt.brokerconfig.files import owner, render_psk, write_private
 from edgefleet.mqtt.messages import MAX_PACKET_BYTES
 from edgefleet.mqtt.psk import PSK_CIPHERS
 from edgefleet.mqtt.topics import PREFIX
+from edgefleet.pki import TlsMaterial
 from edgefleet.settings import MQTTSettings
 
 BROKER_USER = "mosquitto"
@@ -80,16 +81,6 @@ class MosquittoFiles:
     @property
     def crl(self) -> Path:
         return self.directory / "crl.pem"
-
-
-@dataclass(frozen=True)
-class TlsMaterial:
-    """What the certificate listener needs, all PEM, from the server's CA."""
-
-    ca: str
-    cert: str
-    key: str
-    crl: str
 
 
 def render_conf(files: MosquittoFiles, mqtt: MQTTSettings) -> str:
