@@ -60,9 +60,9 @@ from benchmarks.common import (
     start_simulators,
     wait_for,
 )
+from edgefleet.brokers import aedes
 from edgefleet.db.engine import Database, make_engine
 from edgefleet.db.migrate import upgrade
-from edgefleet.mqtt.brokerconfig import aedes
 from edgefleet.processes import die_with_parent
 from edgefleet.secretbox import SecretBox
 from edgefleet.services.fleet import FleetService

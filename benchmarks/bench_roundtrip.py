@@ -50,9 +50,9 @@ from benchmarks.common import (
 )
 from edgefleet.db.engine import Database, make_engine
 from edgefleet.db.migrate import upgrade
-from edgefleet.mqtt.messages import RequestMessage, ResponseMessage, encode, encode_response
-from edgefleet.mqtt.psk import psk_client_context
-from edgefleet.mqtt.topics import PREFIX
+from edgefleet.protocol.messages import RequestMessage, ResponseMessage, encode, encode_response
+from edgefleet.protocol.psk import psk_client_context
+from edgefleet.protocol.topics import PREFIX
 from edgefleet.secretbox import SecretBox
 from edgefleet.services.fleet import FleetService
 from edgefleet.simulator.fleet import ensure_devices

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.mqtt.brokerconfig.mosquitto import MosquittoFiles
+from edgefleet.brokers.mosquitto import MosquittoFiles
 from edgefleet.settings import MQTTSettings
 
 INSTALL_HINT = (

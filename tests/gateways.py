@@ -10,8 +10,8 @@ import aiomqtt
 
 from edgefleet.bootstrap import Container
 from edgefleet.domain.devicefilter import DeviceFilter
-from edgefleet.mqtt import topics
-from edgefleet.mqtt.messages import EventMessage, decode_client
+from edgefleet.protocol import topics
+from edgefleet.protocol.messages import EventMessage, decode_client
 from edgefleet.services.fleet import Registration
 from edgefleet.simulator.gateway import VirtualGateway
 

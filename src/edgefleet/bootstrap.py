@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 from edgefleet import datadir
+from edgefleet.brokers.embedded import EmbeddedMosquitto
 from edgefleet.db.engine import Database, make_engine, sqlite_file, unpooled_engine
 from edgefleet.db.migrate import current_revision, head_revision, upgrade, upgrade_async
 from edgefleet.db.tables import Task
@@ -18,12 +19,11 @@ from edgefleet.files.local import LocalFileStore
 from edgefleet.files.s3 import S3FileStore, make_client, parse_s3_url
 from edgefleet.files.signing import UrlSigner
 from edgefleet.looplag import LoopLag
-from edgefleet.mqtt import topics
 from edgefleet.mqtt.client import BrokerLink
-from edgefleet.mqtt.embedded import EmbeddedMosquitto
 from edgefleet.mqtt.limits import GatewayRate
 from edgefleet.mqtt.relay import GatewayRelay
 from edgefleet.mqtt.router import InboundRouter
+from edgefleet.protocol import topics
 from edgefleet.secretbox import SecretBox
 from edgefleet.services.accounts import AccountService
 from edgefleet.services.audit import AuditService
@@ -39,7 +39,7 @@ from edgefleet.services.fleet import FleetService
 from edgefleet.services.keys import KeyCache
 from edgefleet.services.notifications import NotificationService
 from edgefleet.services.pki import PkiService, broker_tls
-from edgefleet.services.presence import PresenceService
+from edgefleet.services.presence import PresenceMonitor, PresenceService
 from edgefleet.services.remote import RemoteService
 from edgefleet.services.tasks import TaskService
 from edgefleet.settings import Settings
@@ -50,11 +50,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Messaging:
-    """The server's side of the gateway protocol: broker link, relay, presence, router."""
+    """The server's side of the gateway protocol: broker link, relay, presence (its writer
+    and its monitor), router."""
 
     link: BrokerLink
     relay: GatewayRelay
     presence: PresenceService
+    monitor: PresenceMonitor
     router: InboundRouter
     broker: EmbeddedMosquitto | None
     running: bool = False
@@ -98,10 +100,10 @@ class Container:
         start("loop-lag", self.loop_lag.run)
         start("broker-link", m.link.run)
         start("presence-writer", m.presence.run)
-        if m.router.sweep_interval:
-            start("presence-sweep", m.router.sweep)
-        if m.router.heal_enabled:
-            start("presence-heal", m.router.heal)
+        if m.monitor.sweep_interval:
+            start("presence-sweep", m.monitor.sweep)
+        if m.monitor.heal_enabled:
+            start("presence-heal", m.monitor.heal)
         start("task-engine", self.tasks.engine.run)
         start("task-results", self.tasks.engine.run_results)
         start("event-writer", self.events.run)
@@ -118,6 +120,7 @@ class Container:
         await self.event_log.feed.close()  # ends the live streams
         await self.workers.stop()
         m.running = False
+        await m.monitor.close()
         await m.router.close()
         await self.task_events.close()
         if m.broker is not None:
@@ -157,12 +160,13 @@ def _messaging(
     router = InboundRouter(
         presence,
         relay,
-        sweep_interval=sweep,
         rate=GatewayRate(events.gateway_rate, events.gateway_burst),
         alarm_period=events.gateway_alarm_seconds,
-        heal=events.ingest,
-        workers=workers,
     )
+    monitor = PresenceMonitor(
+        presence, router.probe, sweep_interval=sweep, heal=events.ingest, workers=workers
+    )
+    router.monitor = monitor
     link = BrokerLink(
         host=mqtt.server_host,
         port=mqtt.server_port,
@@ -171,10 +175,10 @@ def _messaging(
         client_id=mqtt.client_id or f"edgefleet-{socket.gethostname()}",
         subscriptions=topics.server_subscriptions(mqtt.shared_group),
         handler=router,
-        on_connect=router.connected,
+        on_connect=monitor.connected,
     )
     holder["link"] = link
-    router.link_up = link.connected
+    monitor.link_up = link.connected
 
     async def clear_retained(topic: str) -> None:
         await link.publish(topic, b"", retain=True)
@@ -193,7 +197,7 @@ def _messaging(
         if mqtt.embedded
         else None
     )
-    return Messaging(link, relay, presence, router, broker)
+    return Messaging(link, relay, presence, monitor, router, broker)
 
 
 def _file_store(settings: Settings, signer: UrlSigner) -> FileStore:
@@ -238,6 +242,7 @@ def _tasks(db: Database, messaging: Messaging, firmware: FirmwareService) -> Tas
 
     engine = TaskEngine(db, messaging.relay.send, resolve=resolve)
     messaging.router.tasks = engine
+    messaging.monitor.tasks = engine
     return TaskService(db, engine, firmware=lookup)
 
 
@@ -261,6 +266,7 @@ def build(settings: Settings, db: Database | None = None) -> Container:
     events = EventService(db, settings.events)
     if settings.events.ingest:
         messaging.router.events = events
+        messaging.monitor.events = events
     egress = Egress.for_networks(settings.events.webhook_allow_networks)
     notifications = NotificationService(db, box, settings.events, egress)
     events.add_hook(notifications.queue_deliveries)

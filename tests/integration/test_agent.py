@@ -23,7 +23,7 @@ from edgefleet.agent import config as cfg
 from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.core import Agent
 from edgefleet.bootstrap import Container
-from edgefleet.mqtt.psk import psk_client_context
+from edgefleet.protocol.psk import psk_client_context
 from tests.gateways import Events, eventually, register
 from tests.unit.test_agent_support import TOKEN, FileServer, serve_files
 

@@ -28,9 +28,9 @@ import aiomqtt
 import httpx
 import pytest
 
-from edgefleet.mqtt.brokerconfig import aedes
-from edgefleet.mqtt.messages import MAX_PACKET_BYTES
-from edgefleet.mqtt.psk import psk_client_context
+from edgefleet.brokers import aedes
+from edgefleet.protocol.messages import MAX_PACKET_BYTES
+from edgefleet.protocol.psk import psk_client_context
 from edgefleet.settings import MQTTSettings
 from edgefleet.simulator.gateway import Behaviour, VirtualGateway
 from tests.brokers import free_port

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from edgefleet.brokers import mosquitto
 from edgefleet.mqtt import client as mqtt_client
-from edgefleet.mqtt.brokerconfig import mosquitto
 from edgefleet.mqtt.client import BrokerLink
 from edgefleet.settings import MQTTSettings
 from tests.brokers import free_port, start_mosquitto

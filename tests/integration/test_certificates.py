@@ -19,7 +19,7 @@ from edgefleet.asgi import create_app
 from edgefleet.bootstrap import Container, build
 from edgefleet.db.engine import Database
 from edgefleet.domain.auth import Role, Scope
-from edgefleet.mqtt import topics
+from edgefleet.protocol import topics
 from edgefleet.services.fleet import Registration
 from edgefleet.settings import MQTTSettings, Settings
 from tests.brokers import free_port, require

@@ -51,9 +51,9 @@ from pydantic import BaseModel
 import edgefleet
 from edgefleet.asgi import create_app
 from edgefleet.bootstrap import build
+from edgefleet.brokers.mosquitto import MosquittoFiles, render_acl, render_conf
 from edgefleet.db.migrate import upgrade_async
 from edgefleet.domain.auth import Role
-from edgefleet.mqtt.brokerconfig.mosquitto import MosquittoFiles, render_acl, render_conf
 from edgefleet.services.fleet import Registration
 from edgefleet.settings import MQTTSettings, Settings
 from tests.brokers import free_port

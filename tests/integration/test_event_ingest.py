@@ -26,7 +26,7 @@ from edgefleet.db.tables import Event
 from edgefleet.domain.events import EventType, NewEvent
 from edgefleet.domain.tasks import TaskKind
 from edgefleet.domain.webhooks import verify
-from edgefleet.mqtt import topics
+from edgefleet.protocol import topics
 from edgefleet.services.tasks import TaskSpec
 from edgefleet.settings import EventSettings, MQTTSettings, Settings
 from tests.brokers import free_port

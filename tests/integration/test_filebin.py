@@ -23,8 +23,8 @@ from edgefleet.db.engine import Database
 from edgefleet.domain.audit import AuditFilter
 from edgefleet.domain.auth import Role, Scope
 from edgefleet.errors import StoredFileNotFoundError
-from edgefleet.mqtt import topics
-from edgefleet.mqtt.messages import RequestMessage, decode_request
+from edgefleet.protocol import topics
+from edgefleet.protocol.messages import RequestMessage, decode_request
 from edgefleet.settings import Settings, StorageSettings
 from tests.conftest import Caller, Callers
 from tests.filestores import FILE_LIMIT, StoreEnv, fetch, problem

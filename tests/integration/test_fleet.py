@@ -97,9 +97,9 @@ async def test_a_second_run_reuses_the_simulated_devices(live: Container) -> Non
 
 
 async def test_gateways_lost_with_a_broker_restart_are_marked_offline(live: Container) -> None:
-    router = live.messaging.router
-    router.grace, router.probe_timeout = 0.5, 2.0
-    router.settle_max = 5.0  # when `back` said "1" before the server subscribed again
+    monitor = live.messaging.monitor
+    monitor.grace, monitor.probe_timeout = 0.5, 2.0
+    monitor.settle_max = 5.0  # when `back` said "1" before the server subscribed again
     creds = await register(live, 4)
     _, gone_tasks = start(live, creds[:3])  # one session each: they will not come back
     back = VirtualGateway(creds[3][0], creds[3][1], "127.0.0.1", live.settings.mqtt.gateway_port)
@@ -116,7 +116,7 @@ async def test_gateways_lost_with_a_broker_restart_are_marked_offline(live: Cont
     await asyncio.gather(*gone_tasks, return_exceptions=True)
 
     async def reconciled() -> bool:
-        return live.messaging.link.connects > connects and router.reconciled.is_set()
+        return live.messaging.link.connects > connects and monitor.reconciled.is_set()
 
     await eventually(reconciled, 30)
 
@@ -132,8 +132,8 @@ async def test_gateways_lost_with_a_broker_restart_are_marked_offline(live: Cont
 async def test_probes_wait_for_the_reconnect_storm(live: Container) -> None:
     """A gateway that comes back a while after the broker restart is not probed (and marked
     offline) before it had its chance: the probes wait until the "1"s have settled."""
-    router, link = live.messaging.router, live.messaging.link
-    router.grace, router.quiet, router.settle_max, router.probe_timeout = 0.5, 1.0, 10.0, 1.0
+    monitor, link = live.messaging.monitor, live.messaging.link
+    monitor.grace, monitor.quiet, monitor.settle_max, monitor.probe_timeout = 0.5, 1.0, 10.0, 1.0
     creds = await register(live, 2)
     late, gone = (
         VirtualGateway(u, k, "127.0.0.1", live.settings.mqtt.gateway_port) for u, k in creds
@@ -157,9 +157,9 @@ async def test_probes_wait_for_the_reconnect_storm(live: Container) -> None:
 
     await eventually(server_back, 30)
     # later than grace + probe timeout: a probe sent at once would have found it silent
-    await asyncio.sleep(router.grace + router.probe_timeout + 1.0)
+    await asyncio.sleep(monitor.grace + monitor.probe_timeout + 1.0)
     again = asyncio.create_task(late.run())
-    await eventually(lambda: _is_set(router.reconciled), 30)
+    await eventually(lambda: _is_set(monitor.reconciled), 30)
     late_now = (await live.fleet.get_device(late.uuid)).device
     assert late_now.connection_status == "online"
     assert late_now.connection_changed_at == since  # never flipped to offline and back
@@ -175,9 +175,9 @@ async def _is_set(event: asyncio.Event) -> bool:
 async def test_a_stale_retained_offline_does_not_unseat_a_connected_gateway(
     live: Container,
 ) -> None:
-    router, link = live.messaging.router, live.messaging.link
-    router.grace, router.probe_timeout = 0.5, 5.0
-    router.settle_max = 1.0  # nobody says "1" here: the broker did not restart
+    monitor, link = live.messaging.monitor, live.messaging.link
+    monitor.grace, monitor.probe_timeout = 0.5, 5.0
+    monitor.settle_max = 1.0  # nobody says "1" here: the broker did not restart
     [(uuid, psk)] = await register(live, 1)
     gw = VirtualGateway(uuid, psk, "127.0.0.1", live.settings.mqtt.gateway_port)
     first = asyncio.create_task(gw.run())
@@ -210,7 +210,7 @@ async def test_a_stale_retained_offline_does_not_unseat_a_connected_gateway(
         pass
 
     async def reconciled() -> bool:
-        return link.connects > connects and router.reconciled.is_set()
+        return link.connects > connects and monitor.reconciled.is_set()
 
     await eventually(reconciled, 30)
     assert (await live.fleet.get_device(uuid)).device.connection_status == "online"

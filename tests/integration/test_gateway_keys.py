@@ -19,11 +19,11 @@ from sqlalchemy import event
 
 from edgefleet.asgi import create_app
 from edgefleet.bootstrap import Container, build
+from edgefleet.brokers.embedded import REWRITE_SECONDS
 from edgefleet.clock import utcnow
 from edgefleet.db.engine import Database
 from edgefleet.db.repos.keys import KeyChangeRepo
 from edgefleet.domain.auth import Role, Scope
-from edgefleet.mqtt.embedded import REWRITE_SECONDS
 from edgefleet.services.fleet import Registration
 from edgefleet.settings import Settings
 from edgefleet.simulator.gateway import VirtualGateway

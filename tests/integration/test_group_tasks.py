@@ -15,7 +15,7 @@ from sqlalchemy import select
 from edgefleet.bootstrap import Container
 from edgefleet.db.tables import Execution
 from edgefleet.domain.tasks import TaskKind
-from edgefleet.mqtt.messages import ResponseMessage
+from edgefleet.protocol.messages import ResponseMessage
 from edgefleet.services.tasks import TaskSpec
 from edgefleet.simulator.gateway import Behaviour, VirtualGateway
 from tests import spec

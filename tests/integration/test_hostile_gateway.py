@@ -35,9 +35,9 @@ from edgefleet.db.engine import Database
 from edgefleet.db.tables import Event, WebhookDelivery
 from edgefleet.domain.events import RATE_LIMITED_RESOURCE
 from edgefleet.errors import ValidationError
-from edgefleet.mqtt import topics
-from edgefleet.mqtt.messages import MAX_MESSAGE_BYTES, MAX_PACKET_BYTES, REASONS
 from edgefleet.mqtt.router import INBOUND, RATE_LIMITED, RETAINED
+from edgefleet.protocol import topics
+from edgefleet.protocol.messages import MAX_MESSAGE_BYTES, MAX_PACKET_BYTES, REASONS
 from edgefleet.settings import EventSettings, MQTTSettings, Settings
 from tests.brokers import free_port, require
 from tests.gateways import eventually, register, start

@@ -218,7 +218,7 @@ print(json.dumps(result))
 CHECKS = r"""
 import importlib.util, json, ssl, sys
 from edgefleet.services.backup import find_pg_tools
-from edgefleet.mqtt.psk import psk_client_context
+from edgefleet.protocol.psk import psk_client_context
 psk_client_context("gateway", "00ff")
 print(json.dumps({
     "python": list(sys.version_info[:2]),

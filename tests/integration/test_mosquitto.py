@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from edgefleet.bootstrap import Container
-from edgefleet.mqtt.brokerconfig import mosquitto
-from edgefleet.mqtt.psk import psk_client_context
-from edgefleet.mqtt.topics import Channel, topic
+from edgefleet.brokers import mosquitto
+from edgefleet.protocol.psk import psk_client_context
+from edgefleet.protocol.topics import Channel, topic
 from edgefleet.services.fleet import Registration
 from edgefleet.settings import MQTTSettings
 from tests.brokers import RunningMosquitto, free_port, require, start_mosquitto
@@ -199,7 +199,7 @@ def _python_313() -> str | None:
 NATIVE_PSK_CLIENT = """
 import json, socket, ssl, sys
 sys.path.insert(0, sys.argv[1])
-from edgefleet.mqtt.psk import psk_client_context
+from edgefleet.protocol.psk import psk_client_context
 port, uuid, psk, version = int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 ctx = psk_client_context(uuid, psk)
 ctx.maximum_version = ctx.minimum_version = getattr(ssl.TLSVersion, version)

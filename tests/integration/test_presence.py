@@ -9,7 +9,7 @@ import pytest
 from edgefleet.bootstrap import Container
 from edgefleet.domain.devicefilter import DeviceFilter
 from edgefleet.domain.eventfilter import EventFilter
-from edgefleet.mqtt import topics
+from edgefleet.protocol import topics
 from tests.brokers import require
 from tests.gateways import count, eventually, register, start
 
@@ -146,10 +146,10 @@ async def test_a_gateway_held_offline_that_speaks_is_probed_and_brought_back_onl
     await eventually(lambda: _true(gw.executed[("get", "/system/properties")] == 1))
     await gw.go_offline()  # a "0" while the connection stays: the stale will
     await eventually(lambda: status("offline"))
-    healed = live.messaging.router.healed
+    healed = live.messaging.monitor.healed
     await gw.emit("post", "/system/alerts", {"severity": "info", "text": "still here"})
     await eventually(lambda: status("online"), 10)
-    assert live.messaging.router.healed == healed + 1
+    assert live.messaging.monitor.healed == healed + 1
     assert gw.executed[("get", "/system/properties")] == 2  # the probe it answered
     await live.events.drained()
     statuses = await live.event_log.query(

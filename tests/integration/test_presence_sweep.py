@@ -39,11 +39,11 @@ async def swept(
         presence_sweep_seconds=sweep_seconds,
     )
     container = build(settings, db=database)
-    router = container.messaging.router
-    router.grace, router.quiet, router.settle_max, router.probe_timeout = 0.2, 0.2, 0.5, 1.0
+    monitor = container.messaging.monitor
+    monitor.grace, monitor.quiet, monitor.settle_max, monitor.probe_timeout = 0.2, 0.2, 0.5, 1.0
     await container.start_messaging()
     await container.messaging.link.wait_connected(10)
-    await asyncio.wait_for(router.reconciled.wait(), 10)
+    await asyncio.wait_for(monitor.reconciled.wait(), 10)
     yield container
     await container.stop_messaging()
 

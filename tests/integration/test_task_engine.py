@@ -18,7 +18,7 @@ from edgefleet.db.repos.devices import DeviceRepo
 from edgefleet.db.tables import Execution
 from edgefleet.domain.tasks import TaskKind, TaskState
 from edgefleet.errors import EdgefleetError
-from edgefleet.mqtt.messages import ResponseMessage
+from edgefleet.protocol.messages import ResponseMessage
 from edgefleet.services.engine import TaskEngine
 from edgefleet.services.tasks import TaskService, TaskSpec
 from tests.gateways import register
@@ -150,9 +150,7 @@ async def test_a_failed_attempt_is_retried_with_a_new_message_id_under_the_retry
 ) -> None:
     [(uuid, _)] = await register(rig.c, 1)
     await rig.online(uuid)
-    await rig.tasks.create(
-        _spec([uuid], apply_policy="retry", retry_times=1, retry_interval=10)
-    )
+    await rig.tasks.create(_spec([uuid], apply_policy="retry", retry_times=1, retry_interval=10))
     await rig.engine.step()
     [first] = rig.gateways.take()
     await rig.answer(first, 500)

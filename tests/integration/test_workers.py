@@ -23,8 +23,8 @@ from edgefleet.db.repos.events import EventRepo
 from edgefleet.db.repos.files import FileRepo
 from edgefleet.db.repos.notifications import NotificationRepo
 from edgefleet.domain.events import EventType, NewEvent
-from edgefleet.mqtt import topics
-from edgefleet.mqtt.messages import EventMessage, encode
+from edgefleet.protocol import topics
+from edgefleet.protocol.messages import EventMessage, encode
 from edgefleet.services import presence as presence_module
 from edgefleet.settings import MQTTSettings, Settings
 from edgefleet.workers import WorkerState
@@ -49,11 +49,11 @@ async def supervised(settings: Settings, database: Database) -> AsyncIterator[Co
     settings.storage.file_ttl_seconds = 4  # expiry every second
     c = build(settings, db=database)
     c.workers.first_delay, c.workers.max_delay, c.workers.healthy_after = 0.05, 0.2, 1.0
-    router = c.messaging.router
-    router.grace, router.quiet, router.settle_max, router.probe_timeout = 0.1, 0.1, 0.3, 1.0
+    monitor = c.messaging.monitor
+    monitor.grace, monitor.quiet, monitor.settle_max, monitor.probe_timeout = 0.1, 0.1, 0.3, 1.0
     await c.start_messaging()
     await c.messaging.link.wait_connected(10)
-    await eventually(lambda: _true(router.reconciled.is_set()))
+    await eventually(lambda: _true(monitor.reconciled.is_set()))
     yield c
     await c.stop_messaging()
 
@@ -121,8 +121,8 @@ async def _reconcile(c: Container, mp: pytest.MonkeyPatch) -> None:
     assert sweep is not None
     await sweep.stop()  # it asks for the same list: the fault is the reconciliation's
     raise_once(mp, c.messaging.presence, "online_uuids")
-    c.messaging.router.connected()  # the sweep waits while a reconciliation runs
-    await eventually(lambda: _true(c.messaging.router.reconciled.is_set()), 10)
+    c.messaging.monitor.connected()  # the sweep waits while a reconciliation runs
+    await eventually(lambda: _true(c.messaging.monitor.reconciled.is_set()), 10)
 
 
 async def _heal(c: Container, mp: pytest.MonkeyPatch) -> None:

@@ -20,7 +20,7 @@ from edgefleet.agent.plugin import (
     Request,
     Route,
 )
-from edgefleet.mqtt.messages import RequestMessage
+from edgefleet.protocol.messages import RequestMessage
 from tests.unit.test_agent_support import agent_config
 
 

@@ -16,7 +16,7 @@ from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.dispatch import Dispatcher
 from edgefleet.agent.handlers import services, syslog, system
 from edgefleet.agent.plugin import AgentContext
-from edgefleet.mqtt.messages import RequestMessage, ResponseMessage
+from edgefleet.protocol.messages import RequestMessage, ResponseMessage
 from tests.unit.test_agent_support import agent_config
 
 

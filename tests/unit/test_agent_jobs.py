@@ -19,7 +19,7 @@ from edgefleet.agent.core import Agent
 from edgefleet.agent.dispatch import Dispatcher
 from edgefleet.agent.handlers import configuration, firmware, jobs, system
 from edgefleet.agent.plugin import AgentContext, Background, JobState
-from edgefleet.mqtt.messages import RequestMessage, ResponseMessage
+from edgefleet.protocol.messages import RequestMessage, ResponseMessage
 from tests.gateways import eventually
 from tests.unit.test_agent_support import TOKEN, FileServer, agent_config, serve_files
 

@@ -12,7 +12,7 @@ import pytest
 from edgefleet.agent.core import Agent
 from edgefleet.agent.plugin import Request, Route
 from edgefleet.agent.state import TaskStore
-from edgefleet.mqtt.messages import RequestMessage, ResponseMessage
+from edgefleet.protocol.messages import RequestMessage, ResponseMessage
 from tests.gateways import eventually
 from tests.unit.test_agent_support import agent_config
 

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edgefleet.domain.broker_access import Action, device_topic_allowed
-from edgefleet.mqtt.topics import PREFIX
+from edgefleet.protocol.topics import PREFIX
 
 U = "58c15905-d3b0-48b4-aa63-b94be0c15b5f"  # fixed: test ids must be equal in every worker
 OTHER = "e7a67db5-5f93-4a59-84b7-4085b491ecb6"

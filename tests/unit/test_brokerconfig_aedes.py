@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.mqtt.brokerconfig.aedes import (
+from edgefleet.brokers.aedes import (
     ENV_NAMES,
     AedesNode,
     AedesOptionError,
     check,
     render_env,
 )
-from edgefleet.mqtt.messages import MAX_PACKET_BYTES
+from edgefleet.protocol.messages import MAX_PACKET_BYTES
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,7 @@ import pytest
 from pyhocon import ConfigFactory, ConfigTree
 
 from edgefleet.api.routes.broker import AuthnBody, AuthzBody
-from edgefleet.mqtt.brokerconfig.emqx import (
+from edgefleet.brokers.emqx import (
     PSK_CIPHERS,
     Cluster,
     Discovery,

@@ -69,6 +69,13 @@ def test_the_tree_keeps_every_contract() -> None:
             "from edgefleet.services import fleet  # noqa",
             "edgefleet.domain.tasks -> edgefleet.services.fleet",
         ),
+        # the wire contract stands alone: the agent and the simulator import it too
+        (
+            "protocol",
+            "edgefleet.protocol.messages",
+            "from edgefleet.domain import devices  # noqa",
+            "edgefleet.protocol.messages -> edgefleet.domain.devices",
+        ),
         # services know no web framework and no transport
         (
             "services",
@@ -81,6 +88,12 @@ def test_the_tree_keeps_every_contract() -> None:
             "edgefleet.services.tasks",
             "from edgefleet.web import tasks  # noqa",
             "edgefleet.services.tasks -> edgefleet.web.tasks",
+        ),
+        (
+            "services",
+            "edgefleet.services.remote",
+            "from edgefleet.mqtt import relay  # noqa",
+            "edgefleet.services.remote -> edgefleet.mqtt.relay",
         ),
         # a transport goes through a service, never to a repository or SQL itself
         (

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgefleet.errors import MessageError
-from edgefleet.mqtt import topics
-from edgefleet.mqtt.messages import (
+from edgefleet.protocol import topics
+from edgefleet.protocol.messages import (
     BAD_STATUS,
     ENCODING,
     INVALID,

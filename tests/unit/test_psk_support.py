@@ -15,7 +15,7 @@ from edgefleet import __version__
 from edgefleet.agent.main import app as agent_app
 from edgefleet.cli.main import app
 from edgefleet.errors import EdgefleetError
-from edgefleet.mqtt.psk import psk_client_context, require_psk
+from edgefleet.protocol.psk import psk_client_context, require_psk
 
 runner = CliRunner()
 

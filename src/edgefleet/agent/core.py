@@ -28,8 +28,8 @@ from edgefleet.agent.dispatch import Dispatcher, Outcome, load_plugins
 from edgefleet.agent.plugin import ENTRY_POINT_GROUP, AgentContext, Background, Job, Route
 from edgefleet.agent.state import TaskStore
 from edgefleet.errors import MessageError
-from edgefleet.mqtt import topics
-from edgefleet.mqtt.messages import (
+from edgefleet.protocol import topics
+from edgefleet.protocol.messages import (
     MAX_MESSAGE_BYTES,
     EventMessage,
     RequestMessage,
@@ -39,7 +39,7 @@ from edgefleet.mqtt.messages import (
     encode_response,
     new_event_id,
 )
-from edgefleet.mqtt.psk import psk_client_context
+from edgefleet.protocol.psk import psk_client_context
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from edgefleet.agent.plugin import (
     Request,
     Route,
 )
-from edgefleet.mqtt.messages import RequestMessage, ResponseMessage
+from edgefleet.protocol.messages import RequestMessage, ResponseMessage
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from edgefleet import __version__
 from edgefleet.agent import config as cfg
 from edgefleet.agent.core import Agent
 from edgefleet.errors import EdgefleetError
-from edgefleet.mqtt.psk import require_psk
+from edgefleet.protocol.psk import require_psk
 
 app = typer.Typer(
     help="edgefleet-agent: the gateway side of edgefleet (ThingsPro remote control).",

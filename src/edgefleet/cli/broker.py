@@ -10,10 +10,10 @@ from pathlib import Path
 import typer
 
 from edgefleet.bootstrap import Container
+from edgefleet.brokers import aedes, emqx, mosquitto
 from edgefleet.cli.common import load_settings, run
 from edgefleet.cli.tokens import create_token
 from edgefleet.domain.auth import Scope
-from edgefleet.mqtt.brokerconfig import aedes, emqx, mosquitto
 from edgefleet.services.pki import broker_tls
 
 app = typer.Typer(help="Generate broker configuration.", no_args_is_help=True)

@@ -15,8 +15,8 @@ from rich.markup import escape
 from edgefleet.bootstrap import Container
 from edgefleet.cli.common import err_console, run
 from edgefleet.errors import EdgefleetError
-from edgefleet.mqtt.psk import require_psk
 from edgefleet.processes import raise_fd_limit
+from edgefleet.protocol.psk import require_psk
 from edgefleet.simulator.fleet import SimulatedFleet, ensure_devices
 from edgefleet.simulator.gateway import Behaviour
 

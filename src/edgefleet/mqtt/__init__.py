@@ -1,2 +1,4 @@
-"""MQTT transport: the ThingsPro remote-control protocol (topics, wire messages), shared by
-the server, the gateway agent and the fleet simulator."""
+"""The server's MQTT transport: one supervised broker link (client.py), the inbound router
+(router.py: each message to its service), the request/response relay to gateways
+(relay.py) and the per-gateway limits (limits.py). The wire contract is protocol/; broker
+management is brokers/."""

@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from edgefleet.errors import GatewayTimeoutError, ValidationError
-from edgefleet.mqtt import topics
-from edgefleet.mqtt.messages import MAX_MESSAGE_BYTES, RequestMessage, ResponseMessage, encode
+from edgefleet.protocol import topics
+from edgefleet.protocol.messages import MAX_MESSAGE_BYTES, RequestMessage, ResponseMessage, encode
 
 log = logging.getLogger(__name__)
 

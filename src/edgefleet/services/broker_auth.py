@@ -12,7 +12,7 @@ import hmac
 from dataclasses import dataclass
 
 from edgefleet.domain.broker_access import Action, device_topic_allowed
-from edgefleet.mqtt import topics
+from edgefleet.protocol import topics
 from edgefleet.services.keys import KeyCache
 
 

@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 from edgefleet.domain.devices import ConnectionStatus
 from edgefleet.errors import DeviceOfflineError
-from edgefleet.mqtt.messages import ResponseMessage
+from edgefleet.protocol.messages import ResponseMessage
 from edgefleet.services.fleet import FleetService
 
 DEFAULT_WAIT = 30.0

@@ -37,8 +37,8 @@ from edgefleet.agent.handlers.system import RebootBody
 from edgefleet.agent.plugin import HandlerError
 from edgefleet.agent.util import FileRef, TransferError, parse
 from edgefleet.errors import MessageError
-from edgefleet.mqtt import topics
-from edgefleet.mqtt.messages import (
+from edgefleet.protocol import topics
+from edgefleet.protocol.messages import (
     EventMessage,
     RequestMessage,
     ResponseMessage,
@@ -47,7 +47,7 @@ from edgefleet.mqtt.messages import (
     encode_response,
     new_event_id,
 )
-from edgefleet.mqtt.psk import psk_client_context
+from edgefleet.protocol.psk import psk_client_context
 
 log = logging.getLogger(__name__)
 

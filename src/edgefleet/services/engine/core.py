@@ -31,7 +31,7 @@ from edgefleet.db.repos.tasks import Claimed, HistoryRow, TaskRepo
 from edgefleet.db.tables import Task
 from edgefleet.domain.tasks import TaskState, Window
 from edgefleet.errors import EdgefleetError, StorageError
-from edgefleet.mqtt.messages import EventMessage, ResponseMessage
+from edgefleet.protocol.messages import EventMessage, ResponseMessage
 from edgefleet.services.engine.attempts import new_message_id
 from edgefleet.services.engine.housekeeping import Housekeeping
 from edgefleet.services.engine.observers import Observers

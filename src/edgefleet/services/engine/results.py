@@ -31,7 +31,7 @@ from edgefleet.domain.tasks import (
     event_progress,
     response_outcome,
 )
-from edgefleet.mqtt.messages import EventMessage, ResponseMessage
+from edgefleet.protocol.messages import EventMessage, ResponseMessage
 from edgefleet.services.batches import BatchWriter
 from edgefleet.services.engine.attempts import Change, finish_attempt
 from edgefleet.services.engine.observers import Observers

@@ -31,9 +31,9 @@ from pathlib import Path
 import aiomqtt
 from prometheus_client import Counter
 
+from edgefleet.brokers import mosquitto
+from edgefleet.brokers.files import write_private
 from edgefleet.errors import EdgefleetError
-from edgefleet.mqtt.brokerconfig import mosquitto
-from edgefleet.mqtt.brokerconfig.files import write_private
 from edgefleet.pki import TlsMaterial
 from edgefleet.processes import die_with_parent, raise_fd_limit
 from edgefleet.settings import MQTTSettings

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from edgefleet.brokers.files import write_private
 from edgefleet.errors import EdgefleetError
-from edgefleet.mqtt.brokerconfig.files import write_private
-from edgefleet.mqtt.messages import MAX_PACKET_BYTES
+from edgefleet.protocol.messages import MAX_PACKET_BYTES
 
 ENV_NAMES = (
     "EDGEFLEET_URL",

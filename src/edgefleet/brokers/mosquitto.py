@@ -23,12 +23,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgefleet.brokers.files import owner, render_psk, write_private
 from edgefleet.errors import EdgefleetError
-from edgefleet.mqtt.brokerconfig.files import owner, render_psk, write_private
-from edgefleet.mqtt.messages import MAX_PACKET_BYTES
-from edgefleet.mqtt.psk import PSK_CIPHERS
-from edgefleet.mqtt.topics import PREFIX
 from edgefleet.pki import TlsMaterial
+from edgefleet.protocol.messages import MAX_PACKET_BYTES
+from edgefleet.protocol.psk import PSK_CIPHERS
+from edgefleet.protocol.topics import PREFIX
 from edgefleet.settings import MQTTSettings
 
 BROKER_USER = "mosquitto"

@@ -44,9 +44,9 @@ from enum import StrEnum
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from edgefleet.brokers.files import owner, render_psk, write_private
 from edgefleet.errors import EdgefleetError
-from edgefleet.mqtt.brokerconfig.files import owner, render_psk, write_private
-from edgefleet.mqtt.messages import MAX_PACKET_BYTES
+from edgefleet.protocol.messages import MAX_PACKET_BYTES
 from edgefleet.settings import MQTTSettings
 
 BROKER_USER = "emqx"
@@ -60,7 +60,7 @@ PSK_CIPHERS = (
     "PSK-AES128-CBC-SHA",
 )
 """The plain PSK suites of EMQX's PSK documentation (the RSA-PSK ones would need a server
-certificate); every gateway's OpenSSL offers them (``kPSK`` in ``mqtt/psk.py``)."""
+certificate); every gateway's OpenSSL offers them (``kPSK`` in ``protocol/psk.py``)."""
 
 AUTHN_BODY = (
     '{username = "${username}", password = "${password}", clientid = "${clientid}", '

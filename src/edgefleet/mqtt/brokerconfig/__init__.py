@@ -1,1 +1,0 @@
-"""Configuration for the brokers edgefleet works with, generated from the database."""
