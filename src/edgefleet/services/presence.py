@@ -266,7 +266,7 @@ class Probe(Protocol):
 
 
 class OnlineSink(Protocol):
-    """Told when a gateway is back online (the task engine, services/engine.py)."""
+    """Told when a gateway is back online (the task engine, services/engine/)."""
 
     def online(self, device_uuid: str) -> None: ...
 
