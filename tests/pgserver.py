@@ -96,8 +96,8 @@ def _binaries() -> tuple[str, str] | None:
         initdb, pg_ctl = os.path.join(bindir, "initdb"), os.path.join(bindir, "pg_ctl")
         if os.path.exists(initdb) and os.path.exists(pg_ctl):
             return initdb, pg_ctl
-    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
-    return (initdb, pg_ctl) if initdb and pg_ctl else None
+    found_initdb, found_pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    return (found_initdb, found_pg_ctl) if found_initdb and found_pg_ctl else None
 
 
 def _start_private(base: Path) -> PostgresServer:

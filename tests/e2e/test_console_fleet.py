@@ -213,7 +213,8 @@ async def test_paging_and_sorting_a_list_of_1000_gateways(console: Console, page
     names = page.locator("tr[data-device]")
 
     async def first_names(n: int = 3) -> list[str]:
-        return (await names.evaluate_all("(rs) => rs.map((r) => r.dataset.name)"))[:n]
+        got: list[str] = await names.evaluate_all("(rs) => rs.map((r) => r.dataset.name)")
+        return got[:n]
 
     await page.get_by_test_id("sort-name").click()
     await expect(page.locator('th[aria-sort="ascending"]')).to_contain_text("Name")

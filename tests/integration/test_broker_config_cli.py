@@ -13,9 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import Result
 from pyhocon import ConfigFactory
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from edgefleet.cli.main import app
 

@@ -452,7 +452,8 @@ async def test_bulk_acknowledge_and_clear_answer_how_many_changed(
         await client.get("/api/v1/events", headers=writer.headers, params={"alarm": "open"})
     ).json()
     assert open_now["data"] == []
-    for body in ({"ids": []}, {}, {"ids": ["x"]}, {"ids": [1], "more": 1}):
+    bodies: list[dict[str, Any]] = [{"ids": []}, {}, {"ids": ["x"]}, {"ids": [1], "more": 1}]
+    for body in bodies:
         r = await client.post("/api/v1/events/clear", headers=writer.headers, json=body)
         assert r.status_code == 422, body
     audit = (

@@ -22,7 +22,7 @@ from tests.conftest import Caller, Callers
 from tests.filestores import StoreEnv
 from tests.gateways import count, eventually
 
-FAST = dict(reboot_delay=0.2, boot_seconds=1.0, firmware_seconds=0.2)
+FAST: dict[str, Any] = dict(reboot_delay=0.2, boot_seconds=1.0, firmware_seconds=0.2)
 
 
 async def _fleet(e: StoreEnv, prefix: str, n: int, behaviour: Behaviour) -> SimulatedFleet:

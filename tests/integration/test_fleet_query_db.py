@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -13,7 +14,7 @@ from edgefleet.domain.devicefilter import DeviceFilter
 from edgefleet.domain.query import parse
 from edgefleet.services.fleet import Registration
 
-FLEET = {
+FLEET: dict[str, tuple[str, dict[str, Any], list[str], dict[str, Any], str | None]] = {
     # name: (mac, properties, tags, attributes, group)
     "a": (
         "00:90:e8:00:00:0a",

@@ -24,7 +24,7 @@ from tests.conftest import Caller
 
 
 async def register(c: Container, names: list[str], tags: tuple[str, ...] = ()) -> list[str]:
-    out = []
+    out: list[str] = []
     for name in names:
         view, _ = await c.fleet.register_device(
             Registration(

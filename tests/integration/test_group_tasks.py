@@ -167,7 +167,8 @@ async def test_an_offline_gateway_gets_the_task_when_it_comes_back(
     task_uuid = r.json()["taskUUID"]
 
     async def first_done() -> bool:
-        return (await _task(live_api, live_writer.headers, task_uuid))["counts"]["SUCCESS"] == 1
+        got = await _task(live_api, live_writer.headers, task_uuid)
+        return bool(got["counts"]["SUCCESS"] == 1)
 
     await eventually(first_done)
     t = await _task(live_api, live_writer.headers, task_uuid)
@@ -292,7 +293,7 @@ async def test_job_relay_answers_at_once_and_keeps_the_result(
                 await live_api.get(f"/api/v1/deviceJobRelay/{job}", headers=live_writer.headers)
             ).json()
         )
-        return got["status"] != "Sent to CG" and got["status"] != "Pending"
+        return bool(got["status"] != "Sent to CG" and got["status"] != "Pending")
 
     await eventually(answered)
     assert got["status"] == "Success from CG" and got["code"] == 200

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid as uuidlib
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 from sqlalchemy import select
@@ -15,7 +16,7 @@ from tests.conftest import Caller
 from tests.integration.test_devices_api import register
 
 
-async def new_group(client: httpx.AsyncClient, h: dict[str, str], name: str) -> dict[str, object]:
+async def new_group(client: httpx.AsyncClient, h: dict[str, str], name: str) -> dict[str, Any]:
     r = await client.post("/api/v1/groups", headers=h, json={"name": name, "description": "d"})
     assert r.status_code == 200, r.text
     return dict(r.json())

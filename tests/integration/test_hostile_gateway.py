@@ -58,11 +58,11 @@ def _sample(name: str, **labels: str) -> float:
 def _inbound() -> Counter[tuple[str, str]]:
     # read from the counter itself, not the registry: a registry read collects every metric
     # (the process collector reads /proc), and the waits below poll this every 50 ms
-    got: Counter[tuple[str, str]] = Counter({(c, o): 0.0 for c in CHANNELS for o in OUTCOMES})
+    got: Counter[tuple[str, str]] = Counter({(c, o): 0 for c in CHANNELS for o in OUTCOMES})
     for family in INBOUND.collect():
         for s in family.samples:
             if s.name == "edgefleet_mqtt_messages_total":
-                got[(s.labels["channel"], s.labels["outcome"])] = s.value
+                got[(s.labels["channel"], s.labels["outcome"])] = int(s.value)
     return got
 
 

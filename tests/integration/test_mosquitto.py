@@ -10,7 +10,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -37,7 +37,7 @@ async def devices(container: Container) -> dict[str, tuple[str, str]]:
 @pytest.fixture
 async def broker(
     container: Container, devices: dict[str, tuple[str, str]], tmp_path: Path
-) -> Iterator[RunningMosquitto]:
+) -> AsyncIterator[RunningMosquitto]:
     mqtt = MQTTSettings(gateway_host="127.0.0.1", gateway_port=free_port(), server_port=free_port())
     # not under tmp_path: its parents are private to root, and a broker started as root
     # drops to the mosquitto user, who must reach the directory

@@ -147,7 +147,7 @@ async def test_pause_resume_and_rate_limit(
     uuid = r.json()["uuid"]
 
     async def two() -> bool:
-        return (await _get(live_api, live_writer.headers, uuid))["counts"]["SUCCESS"] == 2
+        return bool((await _get(live_api, live_writer.headers, uuid))["counts"]["SUCCESS"] == 2)
 
     await eventually(two)
     await asyncio.sleep(2.5)  # a few ticks: no more this minute

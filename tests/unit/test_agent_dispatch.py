@@ -61,7 +61,7 @@ DISPATCHER = Dispatcher(
         Route("put", "/things/{name}/parts/{part}", echo),
         Route("post", "/boom", boom),
         Route("post", "/refuse", refuse),
-        Route("get", "/wrong", wrong),  # type: ignore[arg-type]
+        Route("get", "/wrong", wrong),
         Route("post", "/job", with_job),
     ]
 )

@@ -14,7 +14,7 @@ OTHER = "e7a67db5-5f93-4a59-84b7-4085b491ecb6"
 OWN = f"$ThingsPro/devices/{U}"
 
 level = st.text(
-    alphabet=st.characters(blacklist_characters="/+#\x00", blacklist_categories=("Cs",)),
+    alphabet=st.characters(blacklist_characters="/+#\x00", blacklist_categories=["Cs"]),
     min_size=1,
     max_size=12,
 )

@@ -23,9 +23,9 @@ from edgefleet.brokers.emqx import (
     K8sAddressType,
     check,
     render_conf,
-    render_psk,
     render_psk_sync_erl,
 )
+from edgefleet.brokers.files import render_psk
 from edgefleet.settings import MQTTSettings
 
 ROOT = Path(__file__).resolve().parents[2]

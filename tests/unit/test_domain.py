@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy import String
 
 from edgefleet.db.tables import Device
 from edgefleet.domain.auth import (
@@ -103,6 +104,8 @@ def test_indexed_properties_fit_their_columns_whatever_a_gateway_reports() -> No
     }
     got = indexed_properties(reported)
     for column, value in got.items():
-        assert len(value) <= INDEXED_LENGTHS[column] == Device.__table__.c[column].type.length
+        column_type = Device.__table__.c[column].type
+        assert isinstance(column_type, String)
+        assert len(value) <= INDEXED_LENGTHS[column] == column_type.length
     assert got["default_route"] == "wwan0.1234567890"
     assert got["model_name"].startswith("UC-8112-LX-CG")

@@ -112,7 +112,7 @@ def test_recorded_response_and_event_decode() -> None:
 
 
 def test_request_encoding_matches_the_original() -> None:
-    req = RequestMessage(method="GET", resource="/system/properties", task_id="t-1")  # type: ignore[arg-type]
+    req = RequestMessage(method="GET", resource="/system/properties", task_id="t-1")
     assert json.loads(encode(req)) == {
         "method": "get",
         "resource": "/system/properties",
@@ -162,7 +162,7 @@ TASK_IDS = _text(min_size=1, max_size=64)
 
 @given(METHODS, RESOURCES, JSON, TASK_IDS)
 def test_requests_round_trip(method: str, resource: str, data: object, task_id: str) -> None:
-    req = RequestMessage(method=method, resource=resource, data=data, task_id=task_id)  # type: ignore[arg-type]
+    req = RequestMessage(method=method, resource=resource, data=data, task_id=task_id)
     assert decode_request(encode(req)) == req
 
 
@@ -189,7 +189,7 @@ def test_responses_round_trip(
         resource=resource,
         data=data,
         task_id=task_id,
-        code=code,  # type: ignore[arg-type]
+        code=code,
         id=msg_id,
         sign=sign,
     )
@@ -198,7 +198,7 @@ def test_responses_round_trip(
 
 @given(METHODS, RESOURCES, JSON, st.none() | st.integers(100, 599))
 def test_events_round_trip(method: str, resource: str, data: object, code: int | None) -> None:
-    ev = EventMessage(method=method, resource=resource, data=data, code=code)  # type: ignore[arg-type]
+    ev = EventMessage(method=method, resource=resource, data=data, code=code)
     assert decode_client(encode(ev)) == ev
 
 
@@ -297,7 +297,7 @@ def test_an_empty_message_is_not_json() -> None:
 
 
 def test_an_answer_too_large_for_the_protocol_becomes_a_413() -> None:
-    small = ResponseMessage(method="get", resource="/a", task_id="t", code=200, data="x")  # type: ignore[arg-type]
+    small = ResponseMessage(method="get", resource="/a", task_id="t", code=200, data="x")
     assert decode_client(encode_response(small)) == small
     big = small.model_copy(update={"data": "x" * MAX_MESSAGE_BYTES})
     sent = decode_client(encode_response(big))

@@ -58,7 +58,7 @@ async def test_a_loop_that_raises_is_logged_once_counted_and_restarted(
     assert logged[0].exc_info is not None and isinstance(logged[0].exc_info[1], RuntimeError)
     assert workers.ready
     await workers.stop()
-    assert worker.state is WorkerState.STOPPED
+    assert worker.state is WorkerState.STOPPED  # type: ignore[comparison-overlap]  # changed by stop()
 
 
 async def test_a_loop_that_returns_fails_unless_it_may_end() -> None:
