@@ -158,8 +158,8 @@ async def _file_expiry(c: Container, mp: pytest.MonkeyPatch) -> None:
 
 
 async def _dispatcher(c: Container, mp: pytest.MonkeyPatch) -> None:
-    raise_once(mp, c.notifications, "_round")
-    c.notifications._wake.set()
+    raise_once(mp, c.notifications.dispatcher, "_round")
+    c.notifications.dispatcher.wake()
 
 
 async def _webhook_retention(c: Container, mp: pytest.MonkeyPatch) -> None:

@@ -1,5 +1,5 @@
 """Webhook rules: subscription and delivery states, endpoint validation, the bodies we send,
-their signature, and the retry schedule. No I/O here (services/notifications.py sends).
+their signature, and the retry schedule. No I/O here (services/notifications/ sends).
 
 A subscription (the original's *notification*) ties one notifiable event type to one
 http(s) endpoint. Each event of that type becomes one *delivery*: a JSON body fixed when the
