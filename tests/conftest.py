@@ -75,6 +75,20 @@ async def _open_database(
     return Database(make_engine(url)), url, name
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test marked ``postgresql_only`` runs on PostgreSQL alone: its SQLite variant is
+    deselected at collection (and counted as deselected), never skipped at run time."""
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        sqlite = callspec is not None and callspec.params.get("_session_database") == "sqlite"
+        (drop if sqlite and item.get_closest_marker("postgresql_only") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 @pytest.fixture(scope="session", params=BACKENDS)
 async def _session_database(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
