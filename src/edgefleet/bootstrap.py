@@ -173,6 +173,7 @@ def _messaging(
         username=mqtt.server_username,
         password=password,
         client_id=mqtt.client_id or f"edgefleet-{socket.gethostname()}",
+        clean_session=mqtt.clean_session,
         subscriptions=topics.server_subscriptions(mqtt.shared_group),
         handler=router,
         on_connect=monitor.connected,

@@ -122,6 +122,12 @@ class MQTTSettings(BaseModel):
     """Start and supervise a Mosquitto; false means connect to ``server_host:server_port``."""
     client_id: str = ""
     """The server's MQTT client id; empty means ``edgefleet-<hostname>``. Unique per instance."""
+    clean_session: bool = False
+    """False: the broker keeps the server's session (subscriptions, what it has not
+    acknowledged) while it is away, and it resumes where it left off, which suits an id that
+    stays (one server, a fixed ``client_id``). True: the broker drops the session when the
+    server disconnects; for ids that change with every replacement (Kubernetes pods, auto-scaled
+    instances named by their host), whose sessions would otherwise pile up on the broker."""
     psk_hint: str = "edgefleet"
     cert_port: int = Field(default=0, ge=0, le=65535)
     """A second gateway listener for X.509 client certificates from the server's CA

@@ -99,3 +99,66 @@ async def test_the_link_sends_without_nagle_delay_when_connected() -> None:
         await asyncio.gather(run, return_exceptions=True)
         broker.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.mark.parametrize("clean_session", [False, True])
+async def test_clean_session_decides_whether_the_broker_holds_messages_while_away(
+    clean_session: bool,
+) -> None:
+    """mqtt.clean_session: false, the broker keeps the session of an id that disconnects and
+    hands over what arrived meanwhile; true (pods and instances whose id dies with them), it
+    keeps nothing, so no session of a replaced pod is left behind on the broker."""
+    mqtt = MQTTSettings(gateway_host="127.0.0.1", gateway_port=free_port(), server_port=free_port())
+    directory = Path(tempfile.mkdtemp(prefix="edgefleet-link-"))
+    files = mosquitto.MosquittoFiles(directory)
+    password = "server-password-for-tests"
+    mosquitto.write_all(files, mqtt, password, [])
+    topic = "$ThingsPro/devices/{}/status"
+    received: list[bytes] = []
+    after = asyncio.Event()
+
+    async def keep(_topic: str, payload: bytes, *_: object) -> None:
+        received.append(payload)
+        if payload == b"after":
+            after.set()
+
+    def link(client_id: str, clean: bool) -> BrokerLink:
+        return BrokerLink(
+            host="127.0.0.1",
+            port=mqtt.server_port,
+            username=mqtt.server_username,
+            password=password,
+            client_id=client_id,
+            clean_session=clean,
+            subscriptions=[topic.format("+")],
+            handler=keep,
+        )
+
+    async def up(lk: BrokerLink) -> asyncio.Task[None]:
+        task = asyncio.create_task(lk.run())
+        await asyncio.wait_for(lk.connected.wait(), 15)
+        return task
+
+    async def down(task: asyncio.Task[None]) -> None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    broker = start_mosquitto(files, mqtt, password)
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        publisher = link("edgefleet-publisher", True)
+        publisher.subscriptions = []
+        tasks.append(await up(publisher))
+        server = await up(link("edgefleet-pod-a", clean_session))
+        await down(server)
+        await publisher.publish(topic.format("u1"), b"while-away", qos=1)
+        tasks.append(await up(link("edgefleet-pod-a", clean_session)))
+        await publisher.publish(topic.format("u1"), b"after", qos=1)
+        await asyncio.wait_for(after.wait(), 15)
+        # a resumed session delivers what it queued first, before anything newer
+        assert received == ([b"after"] if clean_session else [b"while-away", b"after"])
+    finally:
+        for task in tasks:
+            await down(task)
+        broker.stop()
+        shutil.rmtree(directory, ignore_errors=True)

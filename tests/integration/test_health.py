@@ -73,15 +73,25 @@ async def test_readyz_follows_the_broker_connection(live: Container) -> None:
         assert broker is not None and broker.pid is not None
         os.kill(broker.pid, signal.SIGKILL)  # the supervisor restarts it
 
+        web_during_outage: list[httpx.Response] = []
+
         async def not_ready() -> bool:
-            return (await c.get("/readyz")).status_code == 503
+            if (await c.get("/readyz")).status_code != 503:
+                return False
+            # the console's and the API's readiness reports the broker and stays ready
+            web_during_outage.append(await c.get("/readyz/web"))
+            return web_during_outage[-1].json().get("broker") == {"connected": False}
 
         await eventually(not_ready, 10)
+        r = web_during_outage[-1]
+        assert r.status_code == 200, r.text
+        assert r.json()["checks"] == {"database": True, "workers": True}
 
         async def ready() -> bool:
             return (await c.get("/readyz")).status_code == 200
 
         await eventually(ready, 30)
+        assert (await c.get("/readyz/web")).json()["broker"] == {"connected": True}
 
 
 async def test_an_unknown_path_is_a_404_problem_not_a_server_error(

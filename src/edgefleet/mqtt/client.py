@@ -129,6 +129,7 @@ class BrokerLink:
         username: str,
         password: str,
         client_id: str,
+        clean_session: bool = False,
         subscriptions: Sequence[str],
         handler: Handler,
         on_connect: Callable[[], None] | None = None,
@@ -139,6 +140,7 @@ class BrokerLink:
         self.host, self.port = host, port
         self.username, self.password = username, password
         self.client_id = client_id
+        self.clean_session = clean_session
         self.subscriptions = list(subscriptions)
         self.handler = handler
         self.on_connect = on_connect
@@ -179,7 +181,7 @@ class BrokerLink:
             password=self.password,
             identifier=self.client_id,
             keepalive=self.keepalive,
-            clean_session=False,
+            clean_session=self.clean_session,
             max_queued_outgoing_messages=MAX_QUEUED,
             max_inflight_messages=MAX_INFLIGHT,
         ) as client:
