@@ -47,7 +47,12 @@ REGIONS = ["us-east-1", "us-west-2", "eu-central-1", "ap-northeast-1"]
 # What moto's CloudFormation cannot create, found by running the template against it (moto 5):
 # these types are skipped with "No Moto CloudFormation support", and a network load balancer
 # comes out as an application one (its Type is ignored), so its TCP listeners are refused.
-MOTO_UNSUPPORTED_TYPES = {"AWS::SecretsManager::Secret", "AWS::S3::BucketPolicy"}
+MOTO_UNSUPPORTED_TYPES = {
+    "AWS::SecretsManager::Secret",
+    "AWS::S3::BucketPolicy",
+    "AWS::CloudWatch::Alarm",
+    "AWS::SNS::Subscription",
+}
 MOTO_UNSUPPORTED_NLB = {"GatewayLoadBalancer", "InternalLoadBalancer"}
 
 Node = Any
@@ -279,8 +284,13 @@ def test_instance_roles_have_no_wildcards(template: dict[str, Any]) -> None:
             for action in _listed(st["Action"]):
                 assert "*" not in action and not action.startswith("iam:"), action
             if "*" in _listed(st["Resource"]):
-                # only a read-only call without resource-level permissions may name "*"
-                assert _listed(st["Action"]) == ["ec2:DescribeInstances"], st
+                # only calls without resource-level permissions may name "*": read-only ones,
+                # and metrics held to the stack's namespace by a condition
+                actions = _listed(st["Action"])
+                assert actions in (["ec2:DescribeInstances"], ["ec2:DescribeTags"]) or (
+                    actions == ["cloudwatch:PutMetricData"]
+                    and st["Condition"] == {"StringEquals": {"cloudwatch:namespace": "edgefleet"}}
+                ), st
     server = {s["Sid"]: s for s in _statements(template["Resources"]["ServerRole"])}
     assert refs(server["FilesBucket"]["Resource"]) == {"FilesBucket"}
     assert refs(server["FilesObjects"]["Resource"]) == {"FilesBucket"}
@@ -313,7 +323,7 @@ def test_amis_come_from_ssm_public_parameters(template: dict[str, Any]) -> None:
         p = template["Parameters"][name]
         assert p["Type"] == "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>"
         assert p["Default"].startswith("/aws/service/")
-    assert "Mappings" not in template
+    assert set(template.get("Mappings", {})) == {"DatabaseStorage"}  # no AMI table
     assert not re.search(r"\bami-[0-9a-f]{8,}", TEMPLATE.read_text())
 
 
@@ -330,7 +340,7 @@ def test_load_balancers(template: dict[str, Any]) -> None:
     redirect = res["HttpRedirectListener"]["Properties"]
     assert redirect["Port"] == 80
     assert redirect["DefaultActions"][0]["RedirectConfig"]["Protocol"] == "HTTPS"
-    assert res["ServerTargetGroup"]["Properties"]["HealthCheckPath"] == "/readyz"
+    assert res["ServerTargetGroup"]["Properties"]["HealthCheckPath"] == "/readyz/web"
     hidden = res["InternalPathsRule"]["Properties"]["Conditions"][0]["PathPatternConfig"]
     assert "/metrics" in hidden["Values"] and "/api/v1/broker/*" in hidden["Values"]
     nlb = res["GatewayLoadBalancer"]["Properties"]
@@ -575,7 +585,10 @@ def test_server_wrapper_gives_edgefleet_production_settings(
         == "value-of-EDGEFLEET_MQTT__SERVER_PASSWORD"
     )
     assert settings.secret_key.get_secret_value() == "value-of-EDGEFLEET_SECRET_KEY"
-    assert settings.mqtt.client_id == "edgefleet-fleet-test"  # fixed: a new instance resumes
+    # each instance its own id (edgefleet-<host name>), a session that ends with it, and a
+    # share of the gateways' messages
+    assert settings.mqtt.client_id == "" and settings.mqtt.clean_session is True
+    assert settings.mqtt.shared_group == "servers"
     # X-Forwarded-For is believed from the ALB's subnets only
     assert settings.http.trusted_proxies == [
         SAMPLE["PublicSubnetA.CidrBlock"],
@@ -743,6 +756,168 @@ def test_psk_sync_copies_keys_and_closes_deleted_gateways(
     ]
 
 
+# ------------------------------------------------------------------------------ servers, storage
+
+
+def test_two_or_more_servers_updated_one_at_a_time_and_replaced_when_not_ready(
+    template: dict[str, Any],
+) -> None:
+    count = template["Parameters"]["ServerInstances"]
+    assert count["Type"] == "Number" and count["MinValue"] >= 2 and count["Default"] >= 2
+    group = template["Resources"]["ServerGroup"]
+    props = group["Properties"]
+    for key in ("MinSize", "MaxSize", "DesiredCapacity"):
+        assert props[key] == {"Ref": "ServerInstances"}, key
+    assert group["CreationPolicy"]["ResourceSignal"]["Count"] == {"Ref": "ServerInstances"}
+    rolling = group["UpdatePolicy"]["AutoScalingRollingUpdate"]
+    # one replaced at a time, each waited for, and at least one serving throughout
+    assert 1 <= rolling["MinInstancesInService"] < count["MinValue"]
+    assert rolling["MaxBatchSize"] == 1 and rolling["WaitOnResourceSignals"] is True
+    # a wedged server (event loop stuck, database gone) fails the ALB's check and is replaced
+    assert props["HealthCheckType"] == "ELB"
+    assert {r["Ref"] for r in props["TargetGroupARNs"]} >= {"ServerTargetGroup"}
+    path = template["Resources"]["ServerTargetGroup"]["Properties"]["HealthCheckPath"]
+    from edgefleet.api.routes import health
+
+    served = {getattr(r, "path", None) for r in health.router.routes}
+    assert path in served and path == "/readyz/web"
+    script = _user_data(template, "ServerLaunchTemplate")
+    # the grace period covers the install; the signal waits for readiness
+    assert props["HealthCheckGracePeriod"] >= 900
+    ready = script.index("retry curl -fsS -o /dev/null http://127.0.0.1:8080/readyz/web")
+    assert ready < script.rindex("signal SUCCESS")
+    # each server its own MQTT client id (its host name), a clean session the broker drops
+    # when the instance goes, and a shared group that splits the gateways' messages
+    env = _aws_json(template)["env"]
+    assert "EDGEFLEET_MQTT__CLIENT_ID" not in env
+    assert env["EDGEFLEET_MQTT__CLEAN_SESSION"] == "true"
+    assert env["EDGEFLEET_MQTT__SHARED_GROUP"]
+
+
+def test_database_storage_limit_follows_the_initial_size(template: dict[str, Any]) -> None:
+    """MaxAllocatedStorage for every size the parameter allows: 5 times it, at most RDS's
+    65536 GiB, and (RDS's rule) at least 10 % above the allocation; before, a fixed 100 failed
+    every size from 91 GiB."""
+    param = template["Parameters"]["DatabaseStorageGiB"]
+    sizes = [int(v) for v in param["AllowedValues"]]
+    assert int(param["Default"]) in sizes
+    assert min(sizes) == 20 and max(sizes) == 16384  # gp3's smallest, the old parameter's largest
+    table = template["Mappings"]["DatabaseStorage"]
+    assert sorted(int(k) for k in table) == sorted(sizes)
+    for size in sizes:
+        limits = table[str(size)]
+        most = limits["MaxGiB"]
+        assert most == min(5 * size, 65536), size
+        assert most * 10 >= size * 11 and most <= 65536, size
+        assert limits["AlarmFreeBytes"] == size * 2**30 // 10, size
+    db = template["Resources"]["Database"]["Properties"]
+    assert db["AllocatedStorage"] == {"Ref": "DatabaseStorageGiB"}
+    lookup = {"Fn::FindInMap": ["DatabaseStorage", {"Ref": "DatabaseStorageGiB"}, "MaxGiB"]}
+    assert db["MaxAllocatedStorage"] == lookup
+    alarm = template["Resources"]["DatabaseFreeStorageAlarm"]["Properties"]
+    assert alarm["Threshold"] == {
+        "Fn::FindInMap": ["DatabaseStorage", {"Ref": "DatabaseStorageGiB"}, "AlarmFreeBytes"]
+    }
+
+
+# ------------------------------------------------------------------------------ logs, alarms
+
+
+def _agent_config(template: dict[str, Any]) -> dict[str, Any]:
+    value = template["Resources"]["CloudWatchAgentConfig"]["Properties"]["Value"]["Fn::Sub"]
+    names = {"ServerLogGroup": "/edgefleet/fleet-test/server"}
+    names["ServerMetricsLogGroup"] = "/edgefleet/fleet-test/metrics"
+    text = re.sub(r"\$\{!", "${", re.sub(r"\$\{(\w+)\}", lambda m: names[m.group(1)], value))
+    config: dict[str, Any] = json.loads(text)
+    return config
+
+
+def test_cloudwatch_agent_ships_the_servers_logs_and_metrics(template: dict[str, Any]) -> None:
+    from prometheus_client import REGISTRY
+
+    import edgefleet.looplag
+    import edgefleet.services.events  # noqa: F401 - registers the event metrics
+
+    config = _agent_config(template)
+    script = _user_data(template, "ServerLaunchTemplate")
+    unit = _heredoc(script, "cat > /etc/systemd/system/edgefleet.service <<'UNIT'", "UNIT")
+    log_file = re.search(r"^StandardOutput=append:(\S+)$", unit, re.M)
+    assert log_file and "StandardError=inherit" in unit
+    shipped = {f["file_path"]: f for f in config["logs"]["logs_collected"]["files"]["collect_list"]}
+    assert set(shipped) == {log_file.group(1), "/var/log/edgefleet-bootstrap.log"}
+    assert {f["log_group_name"] for f in shipped.values()} == {"/edgefleet/fleet-test/server"}
+    assert re.search(rf"^{re.escape(log_file.group(1))} .*\{{$", script, re.M)  # logrotate
+    # the server's gauges the alarms read, scraped from its /metrics with the stack's label
+    prometheus = config["logs"]["metrics_collected"]["prometheus"]
+    (declaration,) = prometheus["emf_processor"]["metric_declaration"]
+    assert declaration["dimensions"] == [["Stack"]]
+    selected = {sel.strip("^$") for sel in declaration["metric_selectors"]}
+    gauges = {
+        m.name for m in REGISTRY.collect() if m.type == "gauge" and m.name.startswith("edgefleet_")
+    }
+    assert selected == {"edgefleet_events_queued", "edgefleet_loop_lag_seconds"}
+    assert selected <= gauges, "the agent picks gauges the server exports"
+    scrape_file = "/opt/aws/amazon-cloudwatch-agent/etc/prometheus.yaml"
+    scrape = _heredoc(script, f"cat > {scrape_file}", "CONF")
+    assert prometheus["prometheus_config_path"] == scrape_file
+    assert '"127.0.0.1:8080"' in scrape and 'Stack: "$STACK"' in scrape
+    assert "job_name: edgefleet" in scrape and declaration["label_matcher"] == "^edgefleet$"
+    assert 'amazon-cloudwatch-agent-ctl -a fetch-config -m ec2 -s -c "ssm:$AGENT_CONFIG"' in script
+    # the agent may write there and nowhere else
+    server = {s["Sid"]: s for s in _statements(template["Resources"]["ServerRole"])}
+    assert refs(server["ShipLogs"]["Resource"]) == {"ServerLogGroup", "ServerMetricsLogGroup"}
+    assert refs(server["AgentConfig"]["Resource"]) == {"CloudWatchAgentConfig"}
+    assert config["metrics"]["namespace"] == prometheus["emf_processor"]["metric_namespace"]
+
+
+def test_alarms_on_readiness_5xx_event_lag_disk_and_database(template: dict[str, Any]) -> None:
+    alarms = resources(template, "AWS::CloudWatch::Alarm")
+    watched: dict[tuple[str, str], dict[str, Any]] = {}
+    for name, alarm in alarms.items():
+        props = alarm["Properties"]
+        assert props["AlarmActions"] == [{"Ref": "AlarmTopic"}], name
+        metrics = (
+            [props]
+            if "MetricName" in props
+            else [m["MetricStat"]["Metric"] for m in props["Metrics"] if "MetricStat" in m]
+        )
+        for m in metrics:
+            watched[(m["Namespace"], m["MetricName"])] = props
+    config = _agent_config(template)
+    ns = config["metrics"]["namespace"]
+    assert set(watched) == {
+        ("AWS/ApplicationELB", "UnHealthyHostCount"),  # a server fails /readyz/web
+        ("AWS/ApplicationELB", "HealthyHostCount"),  # none passes
+        ("AWS/ApplicationELB", "RequestCount"),  # the 5xx rate's denominator
+        ("AWS/ApplicationELB", "HTTPCode_Target_5XX_Count"),
+        ("AWS/ApplicationELB", "HTTPCode_ELB_5XX_Count"),
+        (ns, "edgefleet_events_queued"),  # event lag
+        (ns, "edgefleet_loop_lag_seconds"),  # a wedged event loop
+        (ns, "disk_used_percent"),
+        ("AWS/RDS", "CPUUtilization"),
+        ("AWS/RDS", "FreeStorageSpace"),
+    }
+    for key in ((ns, "edgefleet_events_queued"), (ns, "edgefleet_loop_lag_seconds")):
+        assert watched[key]["Dimensions"] == [{"Name": "Stack", "Value": {"Ref": "AWS::StackName"}}]
+    # the disk metric: the agent's aggregate per group, under the dimension the alarm names
+    assert config["metrics"]["aggregation_dimensions"] == [["AutoScalingGroupName"]]
+    assert watched[(ns, "disk_used_percent")]["Dimensions"] == [
+        {"Name": "AutoScalingGroupName", "Value": {"Ref": "ServerGroup"}}
+    ]
+    assert "disk" in config["metrics"]["metrics_collected"]
+    for key in (("AWS/RDS", "CPUUtilization"), ("AWS/RDS", "FreeStorageSpace")):
+        assert watched[key]["Dimensions"] == [
+            {"Name": "DBInstanceIdentifier", "Value": {"Ref": "Database"}}
+        ]
+    rate = template["Resources"]["Http5xxRateAlarm"]["Properties"]
+    (expression,) = [m for m in rate["Metrics"] if m.get("ReturnData")]
+    ids = {m["Id"] for m in rate["Metrics"]} - {expression["Id"]}
+    assert set(re.findall(r"\b(?:requests|target5xx|elb5xx)\b", expression["Expression"])) == ids
+    subscription = template["Resources"]["AlarmSubscription"]
+    assert subscription["Condition"] == "HasAlarmEmail"
+    assert subscription["Properties"]["Endpoint"] == {"Ref": "AlarmEmail"}
+
+
 # ------------------------------------------------------------------------------ moto
 
 
@@ -825,9 +1000,12 @@ def test_what_moto_cannot_create(template: dict[str, Any]) -> None:
     assert types_missing - {"AWS::ElasticLoadBalancingV2::LoadBalancer"} == MOTO_UNSUPPORTED_TYPES
     assert {n for n in missing if n in MOTO_UNSUPPORTED_NLB} == MOTO_UNSUPPORTED_NLB
     _, dropped = supported_part(template)
-    # left out: the secrets, the bucket policy, the NLBs, and what needs them
+    # left out: the secrets, the bucket policy, the NLBs, the alarms (test_moto_takes_the_alarms
+    # puts them through the CloudWatch API), and what needs them
     assert dropped == {
         *resources(template, "AWS::SecretsManager::Secret"),
+        *resources(template, "AWS::CloudWatch::Alarm"),
+        "AlarmSubscription",
         "FilesBucketPolicy",
         "GatewayLoadBalancer",
         "GatewayListener",
@@ -933,7 +1111,7 @@ def test_moto_creates_the_supported_part(moto_stack: dict[str, Any]) -> None:
     assert listeners[443]["Protocol"] == "HTTPS"
     assert listeners[80]["DefaultActions"][0]["RedirectConfig"]["StatusCode"] == "HTTP_301"
     (tg,) = elb.describe_target_groups(TargetGroupArns=[ids["ServerTargetGroup"]])["TargetGroups"]
-    assert tg["HealthCheckPath"] == "/readyz"
+    assert tg["HealthCheckPath"] == "/readyz/web"
 
 
 def test_moto_bucket_encrypted_and_private(
@@ -969,3 +1147,63 @@ def test_moto_bucket_encrypted_and_private(
         json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])["Statement"][0]["Effect"]
         == "Deny"
     )
+
+
+def test_moto_creates_the_agent_configuration_and_log_groups(
+    moto_stack: dict[str, Any], template: dict[str, Any]
+) -> None:
+    assert moto_stack["stack"]["StackStatus"] == "CREATE_COMPLETE"
+    ep, ids = moto_stack["endpoint"], moto_stack["ids"]
+    stack = moto_stack["stack"]["StackName"]
+    name = ids["CloudWatchAgentConfig"]
+    assert name == f"/edgefleet/{stack}/cloudwatch-agent"
+    value = boto3.client("ssm", endpoint_url=ep).get_parameter(Name=name)["Parameter"]["Value"]
+    config = json.loads(value)  # what the agent fetches parses, the log groups named in it
+    files = config["logs"]["logs_collected"]["files"]["collect_list"]
+    assert {f["log_group_name"] for f in files} == {f"/edgefleet/{stack}/server"}
+    assert config["metrics"]["append_dimensions"]["InstanceId"] == "${aws:InstanceId}"
+    groups = boto3.client("logs", endpoint_url=ep).describe_log_groups(
+        logGroupNamePrefix=f"/edgefleet/{stack}/"
+    )["logGroups"]
+    assert {g["logGroupName"]: g.get("retentionInDays") for g in groups} == {
+        f"/edgefleet/{stack}/server": 30,
+        f"/edgefleet/{stack}/metrics": 7,
+    }
+
+
+def test_moto_takes_the_alarms(moto_stack: dict[str, Any], template: dict[str, Any]) -> None:
+    """moto's CloudFormation skips alarms: each goes through the CloudWatch API instead, with
+    the template's properties (references replaced by sample values), and comes back."""
+    ep = moto_stack["endpoint"]
+    cw = boto3.client("cloudwatch", endpoint_url=ep)
+    sample = {
+        "AlarmTopic": "arn:aws:sns:us-east-1:123456789012:alarms",
+        "Database": "fleet-db",
+        "ServerGroup": "fleet-ServerGroup-1",
+        "AWS::StackName": "fleet",
+    }
+
+    def resolve(node: Node) -> Node:
+        if isinstance(node, dict):
+            if set(node) == {"Ref"}:
+                return sample[node["Ref"]]
+            if set(node) == {"Fn::GetAtt"}:
+                return f"app/{node['Fn::GetAtt'][0]}/0123456789abcdef"
+            if set(node) == {"Fn::FindInMap"}:
+                table, _, key = node["Fn::FindInMap"]
+                default = template["Parameters"]["DatabaseStorageGiB"]["Default"]
+                return template["Mappings"][table][str(default)][key]
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(x) for x in node]
+        return node
+
+    alarms = resources(template, "AWS::CloudWatch::Alarm")
+    for name, alarm in alarms.items():
+        props = resolve(alarm["Properties"])
+        cw.put_metric_alarm(AlarmName=f"{moto_stack['stack']['StackName']}-{name}", **props)
+    listed = cw.describe_alarms(AlarmNamePrefix=moto_stack["stack"]["StackName"] + "-")
+    got = {a["AlarmName"].rsplit("-", 1)[1]: a for a in listed["MetricAlarms"]}
+    assert set(got) == set(alarms)
+    assert got["DatabaseFreeStorageAlarm"]["Threshold"] == 20 * 2**30 // 10
+    assert got["Http5xxRateAlarm"]["Metrics"][0]["Expression"].startswith("IF(requests")
