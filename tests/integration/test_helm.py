@@ -11,6 +11,9 @@ No Kubernetes cluster runs here: nothing is installed. What is checked:
   while the HPA scales the web pods, every Secret reference resolves, the probes hit routes
   the FastAPI app serves, nothing runs as root, the environment is made of real settings
   that ``Settings`` accepts in production mode, the image tag follows the project version;
+  the Ingress routes every public route and none of /metrics, /api/v1/broker/*, the probes;
+  each role's pods spread by anti-affinity and kept by a disruption budget; pods whose MQTT
+  id dies with them ask for a clean session;
 - the refusals: a missing required value, events pods > 1 without a shared group, values
   the schema rejects, each with its message.
 helm comes from scripts/install-helm.sh (`make test` runs it) into .tools/bin; a missing tool
@@ -135,6 +138,25 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         {
             "podDisruptionBudget": {"enabled": False},
             "serviceAccount": {"create": False, "name": "edgefleet-s3"},
+        },
+    ),
+    "required-anti-affinity": _merged(REQUIRED, {"podAntiAffinity": "required"}),
+    "own-affinity": _merged(
+        REQUIRED,
+        {
+            "affinity": {
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [
+                            {
+                                "matchExpressions": [
+                                    {"key": "pool", "operator": "In", "values": ["edge"]}
+                                ]
+                            }
+                        ]
+                    }
+                }
+            }
         },
     ),
 }
@@ -562,11 +584,10 @@ def test_ingress_sends_the_public_host_to_the_web_service(helm_home: Path) -> No
     (rule,) = ingress["spec"]["rules"]
     assert rule["host"] == "fleet.example.com"  # config.publicUrl's host
     assert ingress["spec"]["tls"] == [{"hosts": ["fleet.example.com"], "secretName": "fleet-tls"}]
-    (path,) = rule["http"]["paths"]
-    assert (path["path"], path["pathType"]) == ("/", "Prefix")
-    backend = path["backend"]["service"]
-    service = _one(docs, "Service", backend["name"])
-    assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
+    for path in rule["http"]["paths"]:
+        backend = path["backend"]["service"]
+        service = _one(docs, "Service", backend["name"])
+        assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
     assert ingress["metadata"]["annotations"] == {
         "nginx.ingress.kubernetes.io/proxy-body-size": "600m"
     }
@@ -708,7 +729,7 @@ async def test_probes_hit_paths_the_app_serves(helm_home: Path, tmp_path: Path) 
     )
     try:
         app = create_app(container)
-        live, ready = app.url_path_for("health.live"), app.url_path_for("health.ready")
+        live, ready = app.url_path_for("health.live"), app.url_path_for("health.ready_web")
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://pod") as client:
             for path in (live, ready):
@@ -814,3 +835,116 @@ def test_values_schema_rejects_what_production_would_refuse(
     assert result.returncode != 0, "rendered anyway"
     assert "values don't meet the specifications of the schema" in result.stderr, result.stderr
     assert where in result.stderr, result.stderr
+
+
+# --- exposure, spreading, broker sessions ---------------------------------------------------------
+
+INTERNAL_PREFIXES = ("/metrics", "/api/v1/broker", "/healthz", "/readyz")
+"""Routes for the cluster only: no authentication (/metrics, the probes) or the brokers'."""
+
+
+def _app_paths(tmp_path: Path) -> set[str]:
+    """Every path the app serves (routes and mounts), prefixes included."""
+    container = build(
+        Settings(
+            data_dir=tmp_path,
+            database_url=f"sqlite+aiosqlite:///{tmp_path / 'edgefleet.db'}",
+            secret_key="test-secret-key-not-for-production",
+            mqtt=MQTTSettings(embedded=False),
+        )
+    )
+    app = create_app(container)
+
+    def walk(routes: list[Any]) -> Iterator[str]:
+        for r in routes:
+            if hasattr(r, "original_router"):  # an included router (FastAPI ≥ 0.120)
+                yield from walk(r.original_router.routes)
+            elif hasattr(r, "path"):
+                yield r.path
+
+    return set(walk(app.routes))
+
+
+def _ingress_matches(paths: list[dict[str, Any]], url: str) -> bool:
+    for p in paths:
+        if p["pathType"] == "Exact" and url == p["path"]:
+            return True
+        prefix = p["path"].rstrip("/")
+        if p["pathType"] == "Prefix" and (url == prefix or url.startswith(prefix + "/")):
+            return True
+    return False
+
+
+def test_ingress_exposes_the_public_routes_and_not_metrics_or_broker_hooks(
+    helm_home: Path, tmp_path: Path
+) -> None:
+    (ingress,) = _all(_render(helm_home, VALUE_SETS["ingress"]), "Ingress")
+    (rule,) = ingress["spec"]["rules"]
+    paths = rule["http"]["paths"]
+    assert {p["pathType"] for p in paths} <= {"Exact", "Prefix"}  # no controller-specific type
+    served = _app_paths(tmp_path)
+    internal = {p for p in served if p.startswith(INTERNAL_PREFIXES)}
+    assert {"/metrics", "/api/v1/broker/authn", "/api/v1/broker/psk-file"} <= internal
+    for url in sorted(internal):
+        # a route template's own text, and a concrete URL under it
+        for probe in (url, url.replace("{", "x").replace("}", "") + "/x"):
+            assert not _ingress_matches(paths, probe), f"{probe} reachable through the Ingress"
+    unreachable = [u for u in sorted(served - internal) if not _ingress_matches(paths, u)]
+    assert not unreachable, f"public routes missing from templates/ingress.yaml: {unreachable}"
+    assert len(served - internal) > 50  # the walk found the routers' routes
+
+
+def _pod_spec(docs: list[dict[str, Any]], role: str) -> dict[str, Any]:
+    spec: dict[str, Any] = _deployment(docs, role)["spec"]["template"]["spec"]
+    return spec
+
+
+def test_pods_of_a_role_spread_over_nodes_and_a_budget_keeps_them(helm_home: Path) -> None:
+    docs = _render(helm_home, REQUIRED)
+    for role in ("web", "events"):
+        labels = _deployment(docs, role)["spec"]["template"]["metadata"]["labels"]
+        anti = _pod_spec(docs, role)["affinity"]["podAntiAffinity"]
+        terms = anti["preferredDuringSchedulingIgnoredDuringExecution"]
+        keys = [t["podAffinityTerm"]["topologyKey"] for t in terms]
+        assert keys == ["kubernetes.io/hostname", "topology.kubernetes.io/zone"], role
+        for t in terms:
+            selector = t["podAffinityTerm"]["labelSelector"]["matchLabels"]
+            # the role's own pods, not the other role's
+            assert _matches(selector, labels) and selector["app.kubernetes.io/component"] == role
+        budget = _one(docs, "PodDisruptionBudget", f"{FULLNAME}-{role}")
+        assert budget["spec"]["maxUnavailable"] == 1
+        assert _matches(budget["spec"]["selector"]["matchLabels"], labels)
+    assert _deployment(docs, "web")["spec"]["replicas"] >= 2  # a drain leaves one serving
+    docs = _render(helm_home, VALUE_SETS["required-anti-affinity"])
+    (term,) = _pod_spec(docs, "web")["affinity"]["podAntiAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "web"
+    own = VALUE_SETS["own-affinity"]["affinity"]
+    assert _pod_spec(_render(helm_home, VALUE_SETS["own-affinity"]), "web")["affinity"] == own
+    none = _render(helm_home, _merged(REQUIRED, {"podAntiAffinity": "none"}))
+    assert "affinity" not in _pod_spec(none, "web")
+    refused = _template(helm_home, _merged(REQUIRED, {"podAntiAffinity": "sometimes"}))
+    assert refused.returncode != 0 and "podAntiAffinity" in refused.stderr
+
+
+@pytest.mark.parametrize("value_set", ["required-only", "events-shared-group"])
+def test_pods_named_afresh_leave_no_broker_session_behind(helm_home: Path, value_set: str) -> None:
+    """A pod whose MQTT client id is its name (a new one at each replacement) asks for a clean
+    session, which the broker drops when it disconnects; the one events pod keeps a fixed id
+    and a persistent session that its successor resumes."""
+    values = VALUE_SETS[value_set]
+    docs = _render(helm_home, values)
+    for role in ("web", "events"):
+        env = _env(_deployment(docs, role))
+        fixed = role == "events" and values.get("events", {}).get("replicaCount", 1) == 1
+        if fixed:
+            assert env["EDGEFLEET_MQTT__CLIENT_ID"]["value"] == f"{FULLNAME}-events"
+            assert "EDGEFLEET_MQTT__CLEAN_SESSION" not in env
+            assert _deployment(docs, role)["spec"]["strategy"]["type"] == "Recreate"
+        else:
+            assert "EDGEFLEET_MQTT__CLIENT_ID" not in env, role  # edgefleet-<pod name>
+            assert env["EDGEFLEET_MQTT__CLEAN_SESSION"]["value"] == "true", role
+            value = env["EDGEFLEET_MQTT__CLEAN_SESSION"]["value"]
+            assert MQTTSettings.model_validate({"clean_session": value}).clean_session is True
