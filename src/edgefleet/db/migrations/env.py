@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from alembic import context
 from alembic.autogenerate.api import AutogenContext
-from sqlalchemy import pool
+from sqlalchemy import pool, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -15,6 +15,11 @@ from edgefleet.db.tables import Base, UTCDateTime
 
 config = context.config
 target_metadata = Base.metadata
+
+MIGRATION_LOCK = 0x6564676566_6C74  # "edgeflt": one PostgreSQL advisory lock for migrations
+"""Held for the migration's transaction: servers that migrate at once (several instances
+starting together) take turns, and each later one finds the schema current, instead of all
+creating the same tables and all but one failing."""
 
 
 def _render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | Literal[False]:
@@ -33,6 +38,9 @@ def _run(connection: Connection) -> None:
         render_item=_render_item,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # before alembic reads the current revision: a waiter then reads the new one
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         context.run_migrations()
 
 
