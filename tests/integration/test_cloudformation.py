@@ -415,7 +415,7 @@ def _user_data(t: dict[str, Any], launch_template: str) -> str:
                 (part["Fn::Sub"], {}) if isinstance(part["Fn::Sub"], str) else part["Fn::Sub"]
             )
             out.append(_sub(text, local))
-    return sep.join(out)
+    return str(sep).join(out)
 
 
 def _heredoc(script: str, opener: str, end: str) -> str:
@@ -491,7 +491,10 @@ def _server_script(template: dict[str, Any], name: str) -> str:
 
 def _aws_json(template: dict[str, Any]) -> dict[str, Any]:
     script = _user_data(template, "ServerLaunchTemplate")
-    return json.loads(_heredoc(script, "cat > /etc/edgefleet/aws.json <<'JSON'", "JSON"))
+    doc: dict[str, Any] = json.loads(
+        _heredoc(script, "cat > /etc/edgefleet/aws.json <<'JSON'", "JSON")
+    )
+    return doc
 
 
 class _Exec(Exception):
@@ -926,15 +929,16 @@ def _moto_types() -> set[str]:
     from moto.core.common_models import CloudFormationModel
 
     def walk(cls: type) -> list[type]:
-        out = []
-        for sub in cls.__subclasses__():
-            out += [sub, *walk(sub)]
+        out: list[type] = []
+        children: list[type] = cls.__subclasses__()
+        for child in children:
+            out += [child, *walk(child)]
         return out
 
     found = set()
     for cls in walk(CloudFormationModel):
         try:
-            found.add(cls.cloudformation_type())
+            found.add(cls.cloudformation_type())  # type: ignore[attr-defined]
         except NotImplementedError:
             pass
     return found

@@ -80,7 +80,7 @@ async def test_readyz_follows_the_broker_connection(live: Container) -> None:
                 return False
             # the console's and the API's readiness reports the broker and stays ready
             web_during_outage.append(await c.get("/readyz/web"))
-            return web_during_outage[-1].json().get("broker") == {"connected": False}
+            return bool(web_during_outage[-1].json().get("broker") == {"connected": False})
 
         await eventually(not_ready, 10)
         r = web_during_outage[-1]
