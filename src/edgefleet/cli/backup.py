@@ -1,5 +1,5 @@
 """``edgefleet backup`` and ``edgefleet restore``: the database and the file store in one
-archive (see services/backup.py and docs/backup.md)."""
+archive (see services/backup/ and docs/backup.md)."""
 
 from __future__ import annotations
 
