@@ -278,6 +278,7 @@ def test_aedes_writes_the_env_file(cli_env: Path) -> None:
         "PSK_HINT": "edgefleet",
         "HEALTH_PORT": "9100",
         "PSK_REFRESH_SECONDS": "5",
+        "PSK_FULL_SECONDS": "600",
         "HEARTBEAT_SECONDS": "1",
         "MAX_PACKET_BYTES": "263168",  # the protocol's limit, not an option
     }
