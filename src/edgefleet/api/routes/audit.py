@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query
 
 from edgefleet.api.deps import AdminReader, ContainerDep
 from edgefleet.api.inputs import Int64, Timestamp
-from edgefleet.api.responses import reply
-from edgefleet.api.responses.audit import AuditList
+from edgefleet.api.schemas import audit_public
 from edgefleet.domain.audit import AuditFilter
-from edgefleet.presenters.audit import audit_public
 
 router = APIRouter(prefix="/api/v1", tags=["audit"])
 
 
-@router.get("/audit", name="audit.list", response_model=AuditList)
+@router.get("/audit", name="audit.list")
 async def list_audit(
     c: ContainerDep,
     _: AdminReader,
@@ -30,7 +28,7 @@ async def list_audit(
         Int64 | None, Query(description="the nextCursor of the previous page")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-) -> Response:
+) -> dict[str, Any]:
     entries = await c.audit.query(
         AuditFilter(
             actor=actor,
@@ -44,4 +42,4 @@ async def list_audit(
         limit,
     )
     next_cursor = entries[-1].id if len(entries) == limit else None
-    return reply({"data": [audit_public(e) for e in entries], "nextCursor": next_cursor})
+    return {"data": [audit_public(e) for e in entries], "nextCursor": next_cursor}

@@ -17,15 +17,13 @@ logged with their reason, never with the password.
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgefleet.api.deps import ContainerDep, require
-from edgefleet.api.responses import reply
-from edgefleet.api.responses.service import Authn, Authz, Psk
 from edgefleet.domain.auth import Permission, Principal
 from edgefleet.domain.broker_access import Action
 from edgefleet.errors import DeviceNotFoundError
@@ -56,8 +54,8 @@ class AuthzBody(BaseModel):
     action: Action
 
 
-@router.post("/authn", name="broker.authn", response_model=Authn)
-async def authenticate(c: ContainerDep, _: BrokerCaller, body: AuthnBody) -> Response:
+@router.post("/authn", name="broker.authn")
+async def authenticate(c: ContainerDep, _: BrokerCaller, body: AuthnBody) -> dict[str, Any]:
     result = await c.broker_auth.authenticate(
         username=body.username,
         password=body.password,
@@ -72,23 +70,23 @@ async def authenticate(c: ContainerDep, _: BrokerCaller, body: AuthnBody) -> Res
             body.peerhost,
             result.reason,
         )
-    return reply({"result": "allow" if result.allow else "deny", "is_superuser": result.superuser})
+    return {"result": "allow" if result.allow else "deny", "is_superuser": result.superuser}
 
 
-@router.post("/authz", name="broker.authz", response_model=Authz)
-async def authorize(c: ContainerDep, _: BrokerCaller, body: AuthzBody) -> Response:
+@router.post("/authz", name="broker.authz")
+async def authorize(c: ContainerDep, _: BrokerCaller, body: AuthzBody) -> dict[str, str]:
     ok = await c.broker_auth.authorize(username=body.username, topic=body.topic, action=body.action)
     if not ok:
         log.info("broker authz denied: user=%s %s %s", body.username, body.action, body.topic)
-    return reply({"result": "allow" if ok else "deny"})
+    return {"result": "allow" if ok else "deny"}
 
 
-@router.get("/psk/{identity}", name="broker.psk", response_model=Psk)
-async def psk(c: ContainerDep, _: BrokerCaller, identity: str) -> Response:
+@router.get("/psk/{identity}", name="broker.psk")
+async def psk(c: ContainerDep, _: BrokerCaller, identity: str) -> dict[str, str]:
     key = await c.broker_auth.device_key(identity)
     if key is None:
         raise DeviceNotFoundError(identity)
-    return reply({"identity": identity, "psk": key})
+    return {"identity": identity, "psk": key}
 
 
 @router.get(

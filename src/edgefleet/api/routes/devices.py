@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Request, Response
+from fastapi import APIRouter, Body, Query, Request
 
 from edgefleet.api.deps import ContainerDep, FleetReader, FleetWriter, audit_target
 from edgefleet.api.errors import CompatRoute
 from edgefleet.api.inputs import Int32, Offset, parse_json
-from edgefleet.api.responses import reply
-from edgefleet.api.responses.devices import DeviceCreated, DeviceList, DevicePsk, DevicePublic
 from edgefleet.api.schemas import (
     DeviceCreate,
     DevicesUpdate,
     DeviceUpdate,
     Exact,
     SelectedFrom,
+    device_public,
     selection,
 )
 from edgefleet.domain.devicefilter import PARTIAL_KEYS, DeviceFilter, DeviceOrder
@@ -24,7 +23,6 @@ from edgefleet.domain.devices import ConnectionStatus, mac_key, parse_sort
 from edgefleet.domain.limits import INT64_MAX
 from edgefleet.domain.query import parse
 from edgefleet.errors import ValidationError
-from edgefleet.presenters.devices import device_public
 from edgefleet.services.fleet import Registration, Selection
 
 router = APIRouter(prefix="/api/v1", tags=["devices"], route_class=CompatRoute)
@@ -65,7 +63,7 @@ def _legacy_query(raw: str) -> tuple[dict[str, str], int | None, int | None]:
     return partial, number("offset"), number("limit")
 
 
-@router.get("/devices", name="devices.list", response_model=DeviceList)
+@router.get("/devices", name="devices.list")
 async def list_devices(
     c: ContainerDep,
     _: FleetReader,
@@ -88,7 +86,7 @@ async def list_devices(
             "default); a leading - sorts descending"
         ),
     ] = "created",
-) -> Response:
+) -> dict[str, Any]:
     key, descending = parse_sort(sort)
     partial: dict[str, str] = {}
     if query:
@@ -109,20 +107,18 @@ async def list_devices(
     page = await c.fleet.list_devices(
         f, offset=offset, limit=limit, order=DeviceOrder(key, descending)
     )
-    return reply(
-        {
-            "count": page.total,
-            "limit": limit,
-            "offset": offset,
-            "data": [device_public(v) for v in page.items],
-        }
-    )
+    return {
+        "count": page.total,
+        "limit": limit,
+        "offset": offset,
+        "data": [device_public(v) for v in page.items],
+    }
 
 
-@router.post("/devices", name="devices.create", response_model=DeviceCreated)
+@router.post("/devices", name="devices.create")
 async def register_device(
     request: Request, c: ContainerDep, _: FleetWriter, body: DeviceCreate
-) -> Response:
+) -> dict[str, Any]:
     view, psk = await c.fleet.register_device(
         Registration(
             display_name=body.displayName or body.mac,
@@ -135,7 +131,7 @@ async def register_device(
         )
     )
     audit_target(request, "device", view.device.uuid)
-    return reply({**device_public(view), "psk": psk})
+    return {**device_public(view), "psk": psk}
 
 
 @router.delete("/devices", name="devices.delete_many")
@@ -152,9 +148,9 @@ async def delete_devices(
     return deleted
 
 
-@router.get("/devices/{uuid}", name="devices.get", response_model=DevicePublic)
-async def get_device(c: ContainerDep, _: FleetReader, uuid: str) -> Response:
-    return reply(device_public(await c.fleet.get_device(uuid)))
+@router.get("/devices/{uuid}", name="devices.get")
+async def get_device(c: ContainerDep, _: FleetReader, uuid: str) -> dict[str, Any]:
+    return device_public(await c.fleet.get_device(uuid))
 
 
 @router.delete("/devices/{uuid}", name="devices.delete")
@@ -182,10 +178,10 @@ async def update_devices(
     return changed
 
 
-@extra.patch("/devices/{uuid}", name="devices.update", response_model=DevicePublic)
+@extra.patch("/devices/{uuid}", name="devices.update")
 async def update_device(
     request: Request, c: ContainerDep, _: FleetWriter, uuid: str, body: DeviceUpdate
-) -> Response:
+) -> dict[str, Any]:
     audit_target(request, "device", uuid)
     view = await c.fleet.update_device(
         uuid,
@@ -194,12 +190,14 @@ async def update_device(
         tags=body.tags,
         attributes=body.attributes,
     )
-    return reply(device_public(view))
+    return device_public(view)
 
 
-@extra.post("/devices/{uuid}/psk", name="devices.rotate_psk", response_model=DevicePsk)
-async def rotate_psk(request: Request, c: ContainerDep, _: FleetWriter, uuid: str) -> Response:
+@extra.post("/devices/{uuid}/psk", name="devices.rotate_psk")
+async def rotate_psk(
+    request: Request, c: ContainerDep, _: FleetWriter, uuid: str
+) -> dict[str, str]:
     """A new pre-shared key for the gateway, shown once; the old one stops working at once
     (brokers close the gateway's session), so configure the gateway with this one."""
     audit_target(request, "device", uuid)
-    return reply({"uuid": uuid, "psk": await c.fleet.rotate_psk(uuid)})
+    return {"uuid": uuid, "psk": await c.fleet.rotate_psk(uuid)}

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
 from edgefleet.api.deps import (
@@ -19,11 +19,14 @@ from edgefleet.api.deps import (
     audit_target,
     credential_holds,
 )
+from edgefleet.api.eventviews import (
+    EventIds,
+    decode_cursor,
+    encode_cursor,
+    event_public,
+    summary_public,
+)
 from edgefleet.api.inputs import Int64
-from edgefleet.api.responses import reply
-from edgefleet.api.responses.events import Changed, EventList, EventPublic, EventSummaryPublic
-from edgefleet.api.responses.service import TEXT
-from edgefleet.api.schemas import EventIds
 from edgefleet.domain.auth import Permission
 from edgefleet.domain.eventfilter import (
     EventFilter,
@@ -33,7 +36,6 @@ from edgefleet.domain.eventfilter import (
     parse_time,
 )
 from edgefleet.errors import ValidationError
-from edgefleet.presenters.events import decode_cursor, encode_cursor, event_public, summary_public
 from edgefleet.services.eventlog import EventLog, StreamRequest
 
 router = APIRouter(prefix="/api/v1", tags=["events"])
@@ -91,19 +93,19 @@ async def _page(c: EventLog, f: EventFilter, cursor: str | None, limit: int) -> 
     }
 
 
-@router.get("/events", name="events.list", response_model=EventList)
+@router.get("/events", name="events.list")
 async def list_events(
     c: ContainerDep,
     _: FleetReader,
     f: Filter,
     cursor: Annotated[str | None, Query(description="the 'next' of the previous page")] = None,
     limit: int = DEFAULT_LIMIT,
-) -> Response:
+) -> dict[str, Any]:
     """Events newest first; ``next`` is the cursor of the following page (null at the end)."""
-    return reply(await _page(c.event_log, f, cursor, limit))
+    return await _page(c.event_log, f, cursor, limit)
 
 
-@router.get("/devices/{uuid}/events", name="events.device_list", response_model=EventList)
+@router.get("/devices/{uuid}/events", name="events.device_list")
 async def list_device_events(
     c: ContainerDep,
     _: FleetReader,
@@ -111,38 +113,33 @@ async def list_device_events(
     f: Filter,
     cursor: str | None = None,
     limit: int = DEFAULT_LIMIT,
-) -> Response:
+) -> dict[str, Any]:
     """One gateway's events (also those of a gateway deleted since), as ``/events``."""
     device = parse_device_uuid(uuid)
     devices = frozenset({device}) & f.devices if f.devices is not None else frozenset({device})
-    return reply(await _page(c.event_log, dataclasses.replace(f, devices=devices), cursor, limit))
+    return await _page(c.event_log, dataclasses.replace(f, devices=devices), cursor, limit)
 
 
-@router.get("/events/summary", name="events.summary", response_model=EventSummaryPublic)
+@router.get("/events/summary", name="events.summary")
 async def event_summary(
     c: ContainerDep,
     _: FleetReader,
     since: Annotated[str | None, Query(description="default: 24 hours before until")] = None,
     until: Annotated[str | None, Query(description="default: now")] = None,
-) -> Response:
+) -> dict[str, Any]:
     """Events per type in a range, and the alarms open now (what the console's bell shows)."""
     start = parse_time(since, "since") if since else None
     end = parse_time(until, "until") if until else None
     if start is not None and end is not None and start >= end:
         raise ValidationError("since must be before until")
-    return reply(summary_public(await c.event_log.summary(start, end)))
+    return summary_public(await c.event_log.summary(start, end))
 
 
 @router.get(
     "/events/stream",
     name="events.stream",
     response_class=StreamingResponse,
-    responses={
-        200: {
-            "content": {"text/event-stream": TEXT},
-            "description": "id, event (the type) and data (an Event as JSON) per event",
-        }
-    },
+    responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def event_stream(
     request: Request,
@@ -204,40 +201,42 @@ async def _frames(
             yield "".join(parts).encode()
 
 
-@router.get("/events/{id}", name="events.get", response_model=EventPublic)
-async def get_event(c: ContainerDep, _: FleetReader, id: Int64) -> Response:
-    return reply(event_public(await c.event_log.get(id)))
+@router.get("/events/{id}", name="events.get")
+async def get_event(c: ContainerDep, _: FleetReader, id: Int64) -> dict[str, Any]:
+    return event_public(await c.event_log.get(id))
 
 
-@router.post("/events/acknowledge", name="events.acknowledge_many", response_model=Changed)
+@router.post("/events/acknowledge", name="events.acknowledge_many")
 async def acknowledge_events(
     request: Request, c: ContainerDep, who: FleetWriter, body: EventIds
-) -> Response:
+) -> dict[str, int]:
     """Acknowledge the alarms among ``ids``; answers how many changed."""
     audit_target(request, "event", ",".join(map(str, body.ids))[:64])
-    return reply({"changed": await c.event_log.acknowledge_many(body.ids, who.email)})
+    return {"changed": await c.event_log.acknowledge_many(body.ids, who.email)}
 
 
-@router.post("/events/clear", name="events.clear_many", response_model=Changed)
+@router.post("/events/clear", name="events.clear_many")
 async def clear_events(
     request: Request, c: ContainerDep, who: FleetWriter, body: EventIds
-) -> Response:
+) -> dict[str, int]:
     """Clear the open alarms among ``ids``; answers how many changed."""
     audit_target(request, "event", ",".join(map(str, body.ids))[:64])
-    return reply({"changed": await c.event_log.clear_many(body.ids, who.email)})
+    return {"changed": await c.event_log.clear_many(body.ids, who.email)}
 
 
-@router.post("/events/{id}/acknowledge", name="events.acknowledge", response_model=EventPublic)
+@router.post("/events/{id}/acknowledge", name="events.acknowledge")
 async def acknowledge_event(
     request: Request, c: ContainerDep, who: FleetWriter, id: Int64
-) -> Response:
+) -> dict[str, Any]:
     """Acknowledge an alarm (409 if the event is not one); a second time keeps the first."""
     audit_target(request, "event", id)
-    return reply(event_public(await c.event_log.acknowledge(id, who.email)))
+    return event_public(await c.event_log.acknowledge(id, who.email))
 
 
-@router.post("/events/{id}/clear", name="events.clear", response_model=EventPublic)
-async def clear_event(request: Request, c: ContainerDep, who: FleetWriter, id: Int64) -> Response:
+@router.post("/events/{id}/clear", name="events.clear")
+async def clear_event(
+    request: Request, c: ContainerDep, who: FleetWriter, id: Int64
+) -> dict[str, Any]:
     """Clear an alarm, acknowledging it too if nobody had (409 if the event is not one)."""
     audit_target(request, "event", id)
-    return reply(event_public(await c.event_log.clear(id, who.email)))
+    return event_public(await c.event_log.clear(id, who.email))

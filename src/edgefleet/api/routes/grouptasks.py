@@ -10,27 +10,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgefleet.api.deps import ContainerDep, FleetReader, FleetWriter, audit_target
 from edgefleet.api.errors import CompatRoute
 from edgefleet.api.inputs import Int32, Int64, Offset, Timestamp
-from edgefleet.api.responses import reply
-from edgefleet.api.responses.groups import GroupPublic
-from edgefleet.api.responses.tasks import (
-    ExecutionList,
-    RelayJob,
-    RelayJobCreated,
-    TaskList,
-    TaskPublic,
-)
 from edgefleet.api.routes.tasks import Payload
-from edgefleet.api.taskviews import executions_page
+from edgefleet.api.schemas import group_public, page
+from edgefleet.api.taskviews import executions_page, relay_job_public, task_public
 from edgefleet.domain.tasks import RETRY_INTERVAL, TaskKind, TaskState
-from edgefleet.presenters.groups import group_public
-from edgefleet.presenters.pages import page
-from edgefleet.presenters.tasks import relay_job_public, task_public
 from edgefleet.services.tasks import TaskSpec
 
 router = APIRouter(prefix="/api/v1", tags=["remote tasks"], route_class=CompatRoute)
@@ -82,10 +72,10 @@ class JobRelayCreate(BaseModel):
     _times = field_validator("expiresAt", mode="before")(_time)
 
 
-@router.post("/groupTasks", name="groupTasks.create", response_model=GroupPublic)
+@router.post("/groupTasks", name="groupTasks.create")
 async def create_group_task(
     request: Request, c: ContainerDep, who: FleetWriter, body: GroupTaskCreate
-) -> Response:
+) -> dict[str, Any]:
     p = body.payload
     view = await c.tasks.create(
         TaskSpec(
@@ -106,10 +96,10 @@ async def create_group_task(
         )
     )
     audit_target(request, "task", view.task.uuid)
-    return reply(group_public(await c.fleet.get_group(body.groupId)))
+    return group_public(await c.fleet.get_group(body.groupId))
 
 
-@router.get("/groupTasks", name="groupTasks.list", response_model=TaskList)
+@router.get("/groupTasks", name="groupTasks.list")
 async def list_group_tasks(
     c: ContainerDep,
     _: FleetReader,
@@ -117,21 +107,19 @@ async def list_group_tasks(
     state: Annotated[list[str], Query()] = [],  # noqa: B006 - FastAPI reads, never mutates
     offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
-) -> Response:
+) -> dict[str, Any]:
     total, views = await c.tasks.list_tasks(
         kinds=GROUP, group_id=groupId, states=state, offset=offset, limit=limit
     )
-    return reply(page(total, offset, limit, [task_public(v) for v in views]))
+    return page(total, offset, limit, [task_public(v) for v in views])
 
 
-@router.get("/groupTasks/{uuid}", name="groupTasks.get", response_model=TaskPublic)
-async def get_group_task(c: ContainerDep, _: FleetReader, uuid: str) -> Response:
-    return reply(task_public(await c.tasks.get(uuid, kinds=GROUP)))
+@router.get("/groupTasks/{uuid}", name="groupTasks.get")
+async def get_group_task(c: ContainerDep, _: FleetReader, uuid: str) -> dict[str, Any]:
+    return task_public(await c.tasks.get(uuid, kinds=GROUP))
 
 
-@router.get(
-    "/groupTasks/{uuid}/executions", name="groupTasks.executions", response_model=ExecutionList
-)
+@router.get("/groupTasks/{uuid}/executions", name="groupTasks.executions")
 async def group_task_executions(
     c: ContainerDep,
     _: FleetReader,
@@ -139,38 +127,33 @@ async def group_task_executions(
     state: Annotated[list[TaskState], Query()] = [],  # noqa: B006
     offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> Response:
-    return reply(await executions_page(c.tasks, uuid, GROUP, state, offset, limit))
+) -> dict[str, Any]:
+    return await executions_page(c.tasks, uuid, GROUP, state, offset, limit)
 
 
-@router.post("/groupTasks/{uuid}/revoke", name="groupTasks.revoke", response_model=TaskPublic)
-@router.delete("/groupTasks/{uuid}", name="groupTasks.delete", response_model=TaskPublic)
+@router.post("/groupTasks/{uuid}/revoke", name="groupTasks.revoke")
+@router.delete("/groupTasks/{uuid}", name="groupTasks.delete")
 async def revoke_group_task(
     request: Request, c: ContainerDep, _: FleetWriter, uuid: str
-) -> Response:
-    """``DELETE revokes too: the records stay, as the original counted them in
+) -> dict[str, Any]:
+    """``DELETE`` revokes too: the records stay, as the original counted them in
     ``revokedCount``."""
     audit_target(request, "task", uuid)
-    return reply(task_public(await c.tasks.revoke(uuid, kinds=GROUP)))
+    return task_public(await c.tasks.revoke(uuid, kinds=GROUP))
 
 
-@router.post("/groupTasks/{uuid}/rerun", name="groupTasks.rerun", response_model=TaskPublic)
+@router.post("/groupTasks/{uuid}/rerun", name="groupTasks.rerun")
 async def rerun_group_task(
     request: Request, c: ContainerDep, _: FleetWriter, uuid: str
-) -> Response:
+) -> dict[str, Any]:
     audit_target(request, "task", uuid)
-    return reply(task_public(await c.tasks.rerun_failed(uuid, kinds=GROUP)))
+    return task_public(await c.tasks.rerun_failed(uuid, kinds=GROUP))
 
 
-@router.post(
-    "/deviceJobRelay",
-    name="deviceJobRelay.create",
-    status_code=201,
-    response_model=RelayJobCreated,
-)
+@router.post("/deviceJobRelay", name="deviceJobRelay.create", status_code=201)
 async def create_job_relay(
     request: Request, c: ContainerDep, who: FleetWriter, body: JobRelayCreate
-) -> Response:
+) -> JSONResponse:
     """Queue one request for one gateway; an offline gateway gets it when it reconnects,
     unless the job expires first (default 1 h)."""
     p = body.payload
@@ -187,10 +170,10 @@ async def create_job_relay(
         )
     )
     audit_target(request, "device", body.deviceUUID)
-    return reply({"deviceUUID": body.deviceUUID, "taskId": view.task.id}, 201)
+    return JSONResponse({"deviceUUID": body.deviceUUID, "taskId": view.task.id}, status_code=201)
 
 
-@router.get("/deviceJobRelay/{id}", name="deviceJobRelay.get", response_model=RelayJob)
-async def get_job_relay(c: ContainerDep, _: FleetReader, id: Int64) -> Response:
+@router.get("/deviceJobRelay/{id}", name="deviceJobRelay.get")
+async def get_job_relay(c: ContainerDep, _: FleetReader, id: Int64) -> dict[str, Any]:
     task, execution = await c.tasks.relay_job(id)
-    return reply(relay_job_public(task, execution))
+    return relay_job_public(task, execution)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Any
+
+from fastapi import APIRouter, Request
 
 from edgefleet.api.deps import (
     AdminReader,
@@ -15,36 +17,39 @@ from edgefleet.api.deps import (
     session_secret,
 )
 from edgefleet.api.inputs import Int32
-from edgefleet.api.responses import reply
-from edgefleet.api.responses.users import Me, PasswordChanged, UserCreated, UserPublic
-from edgefleet.api.schemas import PasswordChange, Preferences, UserCreate, UserUpdate
-from edgefleet.presenters.users import user_public
+from edgefleet.api.schemas import (
+    PasswordChange,
+    Preferences,
+    UserCreate,
+    UserUpdate,
+    user_public,
+)
 
 router = APIRouter(prefix="/api/v1", tags=["users"])
 
 
-@router.get("/users/me", name="users.me", response_model=Me)
-async def me(c: ContainerDep, p: AnyPrincipal) -> Response:
+@router.get("/users/me", name="users.me")
+async def me(c: ContainerDep, p: AnyPrincipal) -> dict[str, Any]:
     out = user_public(await c.accounts.get_user(p.user_id))
     out["permissions"] = sorted(perm.value for perm in p.permissions)
     out["via"] = {"kind": p.kind.value, "scope": p.scope.value if p.scope else None}
-    return reply(out)
+    return out
 
 
-@router.patch("/users/me", name="users.preferences", response_model=UserPublic)
+@router.patch("/users/me", name="users.preferences")
 async def set_preferences(
     request: Request, c: ContainerDep, p: LoggedIn, body: Preferences
-) -> Response:
+) -> dict[str, Any]:
     """One's own preferences: the console's language (``locale``: ``en``, ``zh_TW``, or
     empty for the browser's)."""
     audit_target(request, "user", p.user_id)
-    return reply(user_public(await c.accounts.set_locale(p.user_id, body.locale)))
+    return user_public(await c.accounts.set_locale(p.user_id, body.locale))
 
 
-@router.put("/users/me/password", name="users.change_password", response_model=PasswordChanged)
+@router.put("/users/me/password", name="users.change_password")
 async def change_password(
     request: Request, c: ContainerDep, p: LoggedIn, body: PasswordChange
-) -> Response:
+) -> dict[str, Any]:
     """Throttled as logins are. Ends every other session of the user (API tokens stay:
     revoke them at ``/api/v1/tokens``) and says how many."""
     audit_target(request, "user", p.user_id)
@@ -55,35 +60,35 @@ async def change_password(
         ip=client_ip(request),
         keep_session=session_secret(request),
     )
-    return reply({"otherSessionsEnded": ended})
+    return {"otherSessionsEnded": ended}
 
 
-@router.get("/users", name="users.list", response_model=list[UserPublic])
-async def list_users(c: ContainerDep, _: AdminReader) -> Response:
-    return reply([user_public(u) for u in await c.accounts.list_users()])
+@router.get("/users", name="users.list")
+async def list_users(c: ContainerDep, _: AdminReader) -> list[dict[str, Any]]:
+    return [user_public(u) for u in await c.accounts.list_users()]
 
 
-@router.post("/users", name="users.create", response_model=UserCreated, status_code=201)
+@router.post("/users", name="users.create", status_code=201)
 async def create_user(
     request: Request, c: ContainerDep, _: AdminWriter, body: UserCreate
-) -> Response:
+) -> dict[str, Any]:
     user, generated = await c.accounts.create_user(body.email, body.password, body.role)
     audit_target(request, "user", user.id)
     out = user_public(user)
     if generated is not None:
         out["oneTimePassword"] = generated
-    return reply(out, 201)
+    return out
 
 
-@router.patch("/users/{user_id}", name="users.update", response_model=UserPublic)
+@router.patch("/users/{user_id}", name="users.update")
 async def update_user(
     request: Request, c: ContainerDep, _: AdminWriter, user_id: Int32, body: UserUpdate
-) -> Response:
+) -> dict[str, Any]:
     audit_target(request, "user", user_id)
     user = await c.accounts.update_user(
         user_id, role=body.role, disabled=body.disabled, password=body.password
     )
-    return reply(user_public(user))
+    return user_public(user)
 
 
 @router.delete("/users/{user_id}", name="users.delete", status_code=204)
