@@ -21,13 +21,18 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from benchmarks.common import fresh_database, latency, report, start_server, throughput
-from edgefleet.bootstrap import build
+from benchmarks.common import (
+    api_token,
+    fresh_database,
+    latency,
+    report,
+    start_server,
+    throughput,
+)
 from edgefleet.db.migrate import upgrade_async
-from edgefleet.domain.auth import Principal, PrincipalKind, Role, Scope, permissions_for
+from edgefleet.domain.auth import Scope
 from edgefleet.domain.devices import indexed_properties
 from edgefleet.secretbox import SecretBox
-from edgefleet.settings import Settings
 
 DEVICES = int(os.environ.get("BENCH_DEVICES", "100000"))
 MODELS = ["UC-8112-LX-CG", "UC-8112A-ME-T-LX", "UC-2112-LX", "UC-3111-T-US-LX", "UC-8220-T-LX"]
@@ -134,32 +139,13 @@ async def seed(url: str, n: int, statuses: list[str] = STATUSES) -> float:
     return elapsed
 
 
-async def token_for(url: str, data_dir: Path) -> str:
-    container = build(Settings(database_url=url, data_dir=data_dir, secret_key=SECRET))
-    try:
-        user, _ = await container.accounts.create_user(
-            "bench@example.com", "bench-password-1", Role.OPERATOR
-        )
-        owner = Principal(
-            PrincipalKind.SESSION,
-            user.id,
-            user.email,
-            Role.OPERATOR,
-            permissions_for(Role.OPERATOR),
-        )
-        _, secret = await container.accounts.create_token(owner, "bench", Scope.READ)
-        return secret
-    finally:
-        await container.close()
-
-
 async def main() -> None:
     url = await fresh_database("edgefleet_bench")
     await upgrade_async(url)
     seconds = await seed(url, DEVICES)
     print(f"seeded {DEVICES} devices by COPY in {seconds:.2f} s ({DEVICES / seconds:,.0f} rows/s)")
     with tempfile.TemporaryDirectory() as tmp:
-        token = await token_for(url, Path(tmp))
+        token = await api_token(url, Path(tmp), SECRET, Scope.READ)
         server = start_server(url, Path(tmp), {"EDGEFLEET_SECRET_KEY": SECRET})
         try:
             h = {"mx-api-token": token}

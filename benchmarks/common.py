@@ -257,6 +257,12 @@ async def start_simulators(
 
 async def writer_token(url: str, data_dir: Path, secret: str) -> str:
     """An operator's read-write API token, made in the database ``url`` (server key ``secret``)."""
+    return await api_token(url, data_dir, secret, Scope.READ_WRITE)
+
+
+async def api_token(url: str, data_dir: Path, secret: str, scope: Scope) -> str:
+    """An operator's API token of ``scope``, made in the database ``url`` (server key
+    ``secret``)."""
     container = build(Settings(database_url=url, data_dir=data_dir, secret_key=secret))
     try:
         user, _ = await container.accounts.create_user(
@@ -269,7 +275,7 @@ async def writer_token(url: str, data_dir: Path, secret: str) -> str:
             Role.OPERATOR,
             permissions_for(Role.OPERATOR),
         )
-        _, token = await container.accounts.create_token(owner, "bench", Scope.READ_WRITE)
+        _, token = await container.accounts.create_token(owner, "bench", scope)
         return token
     finally:
         await container.close()
