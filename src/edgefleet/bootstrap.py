@@ -11,7 +11,7 @@ from typing import Any
 from edgefleet import datadir
 from edgefleet.brokers.embedded import EmbeddedMosquitto
 from edgefleet.db.engine import Database, make_engine, sqlite_file, unpooled_engine
-from edgefleet.db.migrate import current_revision, head_revision, upgrade, upgrade_async
+from edgefleet.db.migrate import Verdict, schema_state, upgrade, upgrade_async
 from edgefleet.db.tables import Task
 from edgefleet.errors import StorageError
 from edgefleet.files import FileStore
@@ -303,10 +303,12 @@ def build(settings: Settings, db: Database | None = None) -> Container:
     )
 
 
-def migrate(settings: Settings) -> None:
-    """Prepare the data directory and bring the schema up to date (``edgefleet migrate``)."""
+def migrate(settings: Settings) -> str:
+    """Prepare the data directory and bring the schema up to date (``edgefleet migrate``);
+    what was done, in a sentence (a newer schema that runs with this code is left as it is)."""
     datadir.prepare(settings, sqlite_file(settings.resolved_database_url))
-    upgrade(settings.resolved_database_url)
+    state = upgrade(settings.resolved_database_url)
+    return state.explain() if state is not None else "database schema is up to date"
 
 
 async def prepare_schema(container: Container, *, migrate: bool | None = None) -> None:
@@ -315,11 +317,12 @@ async def prepare_schema(container: Container, *, migrate: bool | None = None) -
     if migrate is None:
         migrate = settings.is_sqlite
     if migrate:
-        await upgrade_async(settings.resolved_database_url)
+        state = await upgrade_async(settings.resolved_database_url)
+        if state is not None:
+            log.warning("%s", state.explain())
         return
-    current = await current_revision(container.db.engine)
-    if current != head_revision():
-        raise StorageError(
-            f"database schema is at {current or 'nothing'}, this edgefleet needs "
-            f"{head_revision()}: run `edgefleet migrate` first"
-        )
+    state = await schema_state(container.db.engine)
+    if state.verdict is Verdict.AHEAD_COMPATIBLE:
+        log.warning("%s", state.explain())  # a rollback: the next release's schema
+    elif state.verdict is not Verdict.CURRENT:
+        raise StorageError(state.explain())

@@ -72,8 +72,11 @@ def migrate() -> None:
     """Bring the database schema up to date (Alembic)."""
     from edgefleet.bootstrap import migrate as migrate_schema
 
-    migrate_schema(load_settings())
-    typer.echo("database schema is up to date")
+    try:
+        typer.echo(migrate_schema(load_settings()))
+    except EdgefleetError as exc:  # a schema newer than this code that does not run with it
+        err_console.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(2) from exc
 
 
 def _check_port(host: str, port: int) -> None:
