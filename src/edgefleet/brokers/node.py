@@ -33,8 +33,10 @@ import os
 import random
 import shutil
 import signal
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import httpx
@@ -269,7 +271,8 @@ class BrokerNode:
         async with httpx.AsyncClient(base_url=cfg.server_url, timeout=HTTP_TIMEOUT) as client:
             while not self._stopping.is_set():
                 try:
-                    await self.sync_once(client)
+                    if not await self._unless_stopped(self.sync_once(client)):
+                        break
                 except httpx.HTTPError as exc:
                     failures += 1
                     self._report(
@@ -303,6 +306,24 @@ class BrokerNode:
                     delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
+
+    async def _unless_stopped(self, work: Coroutine[Any, Any, object]) -> bool:
+        """Run ``work`` unless :meth:`stop` comes first (then cancel it: a server that does not
+        answer must not hold up SIGTERM); whether it ran to its end."""
+        task = asyncio.ensure_future(work)
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if task.cancelled():
+            return False
+        task.result()
+        return True
 
     # --- the broker -------------------------------------------------------------------
 
@@ -395,25 +416,22 @@ class BrokerNode:
         """Run Mosquitto until :meth:`stop`, restarting it (with a growing delay) when it
         exits; then stop it."""
         binary = find_mosquitto()
-        await self._tried.wait()
+        if not await self._unless_stopped(self._tried.wait()):
+            return
         delay = 0.5
         try:
             while not self._stopping.is_set():
                 await self._spawn(binary)
-                assert self._proc is not None
+                proc = self._proc
+                assert proc is not None
                 started = asyncio.get_running_loop().time()
-                waiter = asyncio.ensure_future(self._proc.wait())
-                stopper = asyncio.ensure_future(self._stopping.wait())
-                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                stopper.cancel()
-                if self._stopping.is_set():
-                    waiter.cancel()
+                if not await self._unless_stopped(proc.wait()):
                     break
                 if asyncio.get_running_loop().time() - started > 30:
                     delay = 0.5
                 log.error(
                     "Mosquitto exited with %s (see %s); restarting in %.1f s",
-                    self._proc.returncode,
+                    proc.returncode,
                     self.files.log,
                     delay,
                 )
