@@ -82,7 +82,7 @@ class Tier:
             *("--server-password-file", str(self.secrets / "server.password")),
             *("--gateway-host", "127.0.0.1", "--gateway-port", str(node.gateway_port)),
             *("--server-host", "127.0.0.1", "--server-port", str(node.server_port)),
-            *("--sync-seconds", "0.3"),
+            *("--sync-seconds", "0.3", "--full-seconds", "1"),
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
         with node.log.open("ab") as out:
@@ -217,14 +217,17 @@ async def test_keys_reach_every_node_and_a_deleted_gateway_is_closed_and_refused
 ) -> None:
     a = await register(tier.api, "a", "0090e8000001")
     await eventually(lambda: on_every_node(tier, *a, True), "a connects on every node", 15)
-    # nothing changes: the nodes keep asking, but neither rewrite nor reload
+    # nothing changes: the nodes keep asking (the changes since their cursor, and the whole
+    # file by its ETag now and then: 304), but neither rewrite nor reload
     reloads = [n.broker_log().count("Reloading config.") for n in tier.nodes]
-    asked = _answers("changes")
+    asked, unchanged = _answers("changes"), _answers("unchanged")
 
     async def asked_again() -> bool:
-        return _answers("changes") >= asked + 3 * len(tier.nodes)
+        return _answers("changes") >= asked + 3 * len(tier.nodes) and _answers(
+            "unchanged"
+        ) >= unchanged + len(tier.nodes)
 
-    await eventually(asked_again, "every node asked three more times", 15)
+    await eventually(asked_again, "the nodes asked for changes and checked the ETag", 15)
     assert [n.broker_log().count("Reloading config.") for n in tier.nodes] == reloads
     for n in tier.nodes:
         assert (n.directory / "psk.txt").read_text() == f"{a[0]}:{a[1]}\n"
