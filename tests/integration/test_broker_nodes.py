@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -25,10 +26,12 @@ from pathlib import Path
 import aiomqtt
 import httpx
 import pytest
+import typer
 from prometheus_client import REGISTRY
 
 from edgefleet.asgi import create_app
 from edgefleet.bootstrap import Container
+from edgefleet.cli.node import broker_node
 from edgefleet.domain.auth import Role, Scope
 from edgefleet.protocol.psk import psk_client_context
 from edgefleet.protocol.topics import Channel, topic
@@ -323,3 +326,39 @@ async def test_a_node_keeps_serving_its_last_keys_while_the_server_is_unreachabl
     await eventually(lambda: connects(restarted, *a), "the restarted node serves a", 30)
     assert "kept from the last run" in restarted.output()
     assert all(n.proc is not None and n.proc.poll() is None for n in tier.nodes)
+
+
+# --- the systemd unit ------------------------------------------------------------------------
+
+UNIT = Path(__file__).resolve().parents[2] / "deploy" / "systemd" / "edgefleet-broker-node.service"
+
+
+def _exec_start() -> list[str]:
+    text = UNIT.read_text().replace("\\\n", " ")
+    line = next(x for x in text.splitlines() if x.startswith("ExecStart="))
+    return shlex.split(line.removeprefix("ExecStart="))
+
+
+def test_the_systemd_unit_runs_broker_node_with_options_it_has() -> None:
+    app = typer.Typer()
+    app.command()(broker_node)
+    options = {o for p in typer.main.get_command(app).params for o in p.opts}
+    argv = _exec_start()
+    assert argv[:3] == ["/opt/edgefleet/bin/edgefleet", "broker-node", "--run"]
+    used = {a for a in argv if a.startswith("--")}
+    assert used <= options, used - options
+    required = {"--server-url", "--token-file", "--server-password-file"}
+    assert required <= used
+
+
+def test_the_systemd_unit_passes_systemd_analyze(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    unit = tmp_path / UNIT.name
+    edgefleet = Path(sys.executable).parent / "edgefleet"
+    unit.write_text(UNIT.read_text().replace("/opt/edgefleet/bin/edgefleet", str(edgefleet)))
+    done = subprocess.run(
+        [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and not done.stderr.strip(), done.stderr
