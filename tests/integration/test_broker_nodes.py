@@ -318,6 +318,17 @@ async def test_a_node_keeps_serving_its_last_keys_while_the_server_is_unreachabl
 
     await eventually(noticed, "every node says it cannot reach the server", 15)
     assert await on_every_node(tier, *a, True)
+    # the node's Mosquitto dies: the node starts another, which serves the same keys
+    dying = tier.nodes[1]
+    pid = int((dying.directory / "mosquitto.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+
+    async def restarted_broker() -> bool:
+        if "Mosquitto exited with -9" not in dying.output():
+            return False
+        return await connects(dying, *a)
+
+    await eventually(restarted_broker, "the node restarts its Mosquitto", 30)
     # a node restarted meanwhile starts from the store it wrote last
     restarted = tier.nodes[0]
     assert restarted.proc is not None

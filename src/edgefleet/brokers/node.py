@@ -203,6 +203,10 @@ class BrokerNode:
         self._stopping = asyncio.Event()
         self._tried = asyncio.Event()
         """Set after the first attempt to sync: the broker starts with what it gave."""
+        self._unwritten = False
+        """The store holds changes not yet in the file (a write or reload that failed)."""
+        self._kick: set[str] = set()
+        """Gateways whose sessions are still to be closed."""
 
     # --- configuration ----------------------------------------------------------------
 
@@ -254,14 +258,22 @@ class BrokerNode:
             answer = parse_sync(r.text)
             change = self.store.apply(answer)
             self.cursor = answer.cursor
-        if not change.changed:
+        self._kick |= change.gone
+        if not (change.changed or self._unwritten):
             return False
-        await asyncio.to_thread(
-            write_private, self.files.psk, self.store.text(), user=mosquitto.BROKER_USER
-        )
+        self._unwritten = True  # until written and signalled: retried at the next answer
+        try:
+            await asyncio.to_thread(
+                write_private, self.files.psk, self.store.text(), user=mosquitto.BROKER_USER
+            )
+            reloaded = await self.reload()
+        except OSError as exc:
+            raise BrokerNodeError(f"could not write {self.files.psk}: {exc.strerror}") from exc
+        self._unwritten = False
         log.info("PSK store updated: %d gateway key(s)", len(self.store.keys))
-        if await self.reload() and change.gone:
-            await self.kick(sorted(change.gone))
+        kick, self._kick = sorted(self._kick), set()
+        if reloaded and kick:  # no broker running: no sessions to close
+            await self.kick(kick)
         return True
 
     async def sync_forever(self) -> None:
