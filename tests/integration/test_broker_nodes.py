@@ -31,12 +31,14 @@ from prometheus_client import REGISTRY
 
 from edgefleet.asgi import create_app
 from edgefleet.bootstrap import Container
+from edgefleet.brokers.node import BrokerNode, NodeConfig
 from edgefleet.cli.node import broker_node
 from edgefleet.domain.auth import Role, Scope
 from edgefleet.protocol.psk import psk_client_context
 from edgefleet.protocol.topics import Channel, topic
 from edgefleet.services.keys import SYNC_ANSWERS
-from tests.brokers import free_port, require
+from edgefleet.settings import MQTTSettings
+from tests.brokers import free_port, require, start_mosquitto
 from tests.conftest import Callers
 from tests.httpserver import bound_socket, serving
 from tests.processes import eventually
@@ -337,6 +339,50 @@ async def test_a_node_keeps_serving_its_last_keys_while_the_server_is_unreachabl
     await eventually(lambda: connects(restarted, *a), "the restarted node serves a", 30)
     assert "kept from the last run" in restarted.output()
     assert all(n.proc is not None and n.proc.poll() is None for n in tier.nodes)
+
+
+async def test_mosquittos_log_is_rotated_and_reopened_past_its_size(base: Path) -> None:
+    mqtt = MQTTSettings(gateway_host="127.0.0.1", gateway_port=free_port(), server_port=free_port())
+    config = NodeConfig(
+        server_url="http://127.0.0.1:9",
+        token="unused",
+        directory=base / "node",
+        mqtt=mqtt,
+        server_password=SERVER_PASSWORD,
+        log_max_bytes=1,
+    )
+    node = BrokerNode(config)
+    node.write_config()
+    broker = start_mosquitto(node.files, mqtt, SERVER_PASSWORD)  # as a node without --run
+    try:
+
+        async def started() -> bool:
+            return _has_content(node.files.log)
+
+        await eventually(started, "Mosquitto logs its start", 10)
+        assert node.rotate_log()
+        old = node.files.log.with_name("mosquitto.log.1")
+        assert "mosquitto version" in old.read_text()
+
+        async def reopened() -> bool:  # SIGHUP: Mosquitto opens a new log and writes to it
+            return node.files.log.exists()
+
+        await eventually(reopened, "Mosquitto opens a new log", 10)
+        async with aiomqtt.Client(
+            "127.0.0.1", mqtt.server_port, username=SERVER_USER, password=SERVER_PASSWORD
+        ):
+            pass
+
+        async def written() -> bool:
+            return "New client connected" in node.files.log.read_text()
+
+        await eventually(written, "the new log is written to", 10)
+    finally:
+        broker.stop()
+
+
+def _has_content(path: Path) -> bool:
+    return path.exists() and path.stat().st_size > 0
 
 
 # --- the systemd unit ------------------------------------------------------------------------

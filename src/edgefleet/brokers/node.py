@@ -20,6 +20,9 @@ keeps the PSK store equal to the server's by asking ``GET /api/v1/broker/psk-fil
   Mosquitto), the node retries with a growing, jittered delay, and logs once per change of
   state. A node restarted meanwhile starts from the store it wrote last.
 
+Mosquitto's log (a line per connection) is moved aside past ``log_max_bytes`` and the broker
+signalled to open a new one, so a node that runs for months does not fill its disk.
+
 With ``run_broker`` the node also starts Mosquitto, restarts it when it exits and stops it on
 SIGTERM, so one service (systemd unit, container command) is the whole node.
 """
@@ -78,6 +81,8 @@ class NodeConfig:
     sync_seconds: float = 5.0
     full_seconds: float = 600.0
     max_retry_seconds: float = 60.0
+    log_max_bytes: int = 64 * 1024 * 1024
+    """Mosquitto's log (a line per connection) is rotated past this size: one old file kept."""
 
     @property
     def files(self) -> mosquitto.MosquittoFiles:
@@ -312,6 +317,7 @@ class BrokerNode:
                         len(self.store.keys),
                     )
                 self._tried.set()
+                self.rotate_log()
                 delay = cfg.sync_seconds
                 if failures:
                     delay = min(cfg.max_retry_seconds, cfg.sync_seconds * 2 ** min(failures, 16))
@@ -372,6 +378,27 @@ class BrokerNode:
                 if RELOADED in f.read():
                     return True
         log.warning("Mosquitto did not confirm the reload within %.0f s", RELOAD_WAIT)
+        return True
+
+    def rotate_log(self) -> bool:
+        """Past ``log_max_bytes``, move Mosquitto's log to ``<log>.1`` (replacing the one there)
+        and signal the broker, which opens a new one on SIGHUP; whether it did."""
+        log_file = self.files.log
+        try:
+            if log_file.stat().st_size <= self.config.log_max_bytes:
+                return False
+        except FileNotFoundError:
+            return False
+        pid = self._pid()
+        if pid is None:
+            return False
+        try:
+            log_file.replace(log_file.with_name(log_file.name + ".1"))
+            os.kill(pid, signal.SIGHUP)
+        except (OSError, ProcessLookupError) as exc:
+            log.warning("could not rotate %s: %s", log_file, exc)
+            return False
+        log.info("rotated %s (kept as %s.1)", log_file, log_file.name)
         return True
 
     async def kick(self, identities: list[str]) -> None:
