@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -28,10 +29,11 @@ import httpx
 import pytest
 import typer
 from prometheus_client import REGISTRY
+from typer.testing import CliRunner
 
 from edgefleet.asgi import create_app
 from edgefleet.bootstrap import Container
-from edgefleet.brokers.node import BrokerNode, NodeConfig
+from edgefleet.brokers.node import KICKER, BrokerNode, NodeConfig
 from edgefleet.cli.node import broker_node
 from edgefleet.domain.auth import Role, Scope
 from edgefleet.protocol.psk import psk_client_context
@@ -61,6 +63,8 @@ class Node:
     gateway_port: int
     server_port: int
     log: Path
+    hashed: bool = False
+    """Given the server's password as a mosquitto_passwd hash (--server-passwd-file)."""
     proc: subprocess.Popen[bytes] | None = None
 
     def output(self) -> str:
@@ -84,7 +88,11 @@ class Tier:
             *(sys.executable, "-m", "edgefleet.cli.main", "broker-node", "--run"),
             *("--server-url", self.url, "--dir", str(node.directory)),
             *("--token-file", str(self.secrets / "broker.token")),
-            *("--server-password-file", str(self.secrets / "server.password")),
+            *(
+                ("--server-passwd-file", str(self.secrets / "server.passwd"))
+                if node.hashed
+                else ("--server-password-file", str(self.secrets / "server.password"))
+            ),
             *("--gateway-host", "127.0.0.1", "--gateway-port", str(node.gateway_port)),
             *("--server-host", "127.0.0.1", "--server-port", str(node.server_port)),
             *("--sync-seconds", "0.3", "--full-seconds", "1"),
@@ -122,13 +130,24 @@ def base() -> Iterator[Path]:
 
 
 @pytest.fixture
-async def tier(container: Container, base: Path) -> AsyncIterator[Tier]:
+def server_passwd(base: Path) -> Path:
+    """The server user's hash, made where the password is (here: by the test) with
+    mosquitto_passwd, for a node given --server-passwd-file: that node never sees the password."""
+    secrets = base / "secrets"
+    secrets.mkdir(mode=0o700)
+    path = secrets / "server.passwd"
+    path.write_text(f"{SERVER_USER}:{SERVER_PASSWORD}\n")
+    subprocess.run([require("mosquitto_passwd"), "-U", str(path)], check=True)
+    return path
+
+
+@pytest.fixture
+async def tier(container: Container, base: Path, server_passwd: Path) -> AsyncIterator[Tier]:
     require("mosquitto")
     callers = Callers(container)
     broker = await callers.token(Role.ADMIN, Scope.BROKER)
     writer = await callers.token(Role.OPERATOR, Scope.READ_WRITE)
-    secrets = base / "secrets"
-    secrets.mkdir(mode=0o700)
+    secrets = server_passwd.parent
     (secrets / "broker.token").write_text(broker.headers["mx-api-token"] + "\n")
     (secrets / "server.password").write_text(SERVER_PASSWORD + "\n")
     stack = contextlib.AsyncExitStack()
@@ -137,7 +156,7 @@ async def tier(container: Container, base: Path) -> AsyncIterator[Tier]:
     async with httpx.AsyncClient(base_url=url, headers=writer.headers, timeout=30) as api:
         t = Tier(url, secrets, api, stop_server=stack)
         t.nodes = [
-            Node(f"n{i}", base / f"n{i}", free_port(), free_port(), base / f"n{i}.out")
+            Node(f"n{i}", base / f"n{i}", free_port(), free_port(), base / f"n{i}.out", i == 3)
             for i in (1, 2, 3)
         ]
         try:
@@ -261,13 +280,19 @@ async def test_keys_reach_every_node_and_a_deleted_gateway_is_closed_and_refused
             return f"closed the session of gateway {a[0]}" in n.output()
 
         await eventually(kicked, f"{n.name} says it closed a's session", 10)
-        takeover = f"Client {a[0]} already connected, closing old connection."
-        assert n.broker_log().count(takeover) == 1, tier.diagnosis()
+        # taken over once, by the node's own user on the server listener
+        takeover = re.findall(
+            rf"Client {a[0]} already connected, closing old connection\.\n"
+            rf"\d+: New client connected from \S+ as {a[0]} \(.*u'([^']+)'\)",
+            n.broker_log(),
+        )
+        assert takeover == [KICKER], tier.diagnosis()
     # no secret in what the nodes logged
     token = (tier.secrets / "broker.token").read_text().strip()
     for n in tier.nodes:
         for secret in (token, SERVER_PASSWORD, a[1]):
             assert secret not in n.output()
+        assert SERVER_PASSWORD not in (n.directory / "passwd").read_text()
 
 
 async def test_a_gateways_key_cannot_pose_as_another_gateway_nor_use_its_topics_on_any_node(
@@ -385,6 +410,27 @@ def _has_content(path: Path) -> bool:
     return path.exists() and path.stat().st_size > 0
 
 
+@pytest.mark.parametrize("given", [(), ("password", "passwd")])
+def test_the_node_takes_the_servers_credential_once(
+    base: Path, server_passwd: Path, given: tuple[str, ...]
+) -> None:
+    (base / "token").write_text("t\n")
+    (base / "password").write_text("p\n")
+    args = ["--server-url", "http://127.0.0.1:9", "--token-file", str(base / "token")]
+    args += ["--dir", str(base / "node")]
+    if "password" in given:
+        args += ["--server-password-file", str(base / "password")]
+    if "passwd" in given:
+        args += ["--server-passwd-file", str(server_passwd)]
+    app = typer.Typer()
+    app.command()(broker_node)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    said = " ".join(re.sub("[│╭╮╰╯─]", " ", result.output).split())  # rich's error box
+    assert "give the server's MQTT credential once" in said
+    assert not (base / "node").exists()
+
+
 # --- the systemd unit ------------------------------------------------------------------------
 
 UNIT = Path(__file__).resolve().parents[2] / "deploy" / "systemd" / "edgefleet-broker-node.service"
@@ -404,7 +450,7 @@ def test_the_systemd_unit_runs_broker_node_with_options_it_has() -> None:
     assert argv[:3] == ["/opt/edgefleet/bin/edgefleet", "broker-node", "--run"]
     used = {a for a in argv if a.startswith("--")}
     assert used <= options, used - options
-    required = {"--server-url", "--token-file", "--server-password-file"}
+    required = {"--server-url", "--token-file", "--server-passwd-file"}
     assert required <= used
 
 

@@ -18,6 +18,7 @@ from edgefleet.brokers.node import (
     SyncAnswerError,
     parse_psk_file,
     parse_sync,
+    server_hash,
 )
 from edgefleet.settings import MQTTSettings
 
@@ -205,3 +206,13 @@ async def test_a_refused_token_or_an_unreachable_server_keeps_the_store(
             await node.sync_once(client)
         assert "Xk9" not in err.value.message
     assert node.files.psk.read_text() == f"{A}:01\n"
+
+
+def test_the_server_users_hash_is_taken_from_a_mosquitto_password_file() -> None:
+    text = "other:$7$101$abc$def\nedgefleet-server:$7$101$salt$hash\n"
+    assert server_hash(text, "edgefleet-server") == "$7$101$salt$hash"
+    with pytest.raises(BrokerNodeError, match="no line for edgefleet-server"):
+        server_hash("other:$7$101$abc$def\n", "edgefleet-server")
+    with pytest.raises(BrokerNodeError, match="not a mosquitto_passwd hash") as err:
+        server_hash("edgefleet-server:plain-password\n", "edgefleet-server")
+    assert "plain-password" not in err.value.message

@@ -15,7 +15,8 @@ keeps the PSK store equal to the server's by asking ``GET /api/v1/broker/psk-fil
 - Mosquitto re-reads its PSK file on SIGHUP but keeps the sessions it has: a gateway whose key
   was deleted or replaced would stay connected (its ACL still confines it to its own topics).
   So its session is then closed by taking over its client id on the server listener, as the
-  embedded broker does; its reconnection meets the new store and fails;
+  embedded broker does (with the node's own user, whose random password is made at each
+  start); its reconnection meets the new store and fails;
 - the server unreachable, or refusing the token: the last store is kept (and served by
   Mosquitto), the node retries with a growing, jittered delay, and logs once per change of
   state. A node restarted meanwhile starts from the store it wrote last.
@@ -34,6 +35,7 @@ import contextlib
 import logging
 import os
 import random
+import secrets
 import shutil
 import signal
 from collections.abc import Coroutine
@@ -57,6 +59,9 @@ RELOADED = b"Reloading config."
 """What Mosquitto logs (level "information") when a SIGHUP makes it re-read its files."""
 RELOAD_WAIT = 5.0
 HTTP_TIMEOUT = 10.0
+KICKER = "edgefleet-node"
+"""The node's own MQTT user, with which it closes revoked gateways' sessions; the ACL gives it
+no gateway's topics."""
 _HEX = frozenset("0123456789abcdefABCDEF")
 
 
@@ -76,8 +81,11 @@ class NodeConfig:
     token: str
     directory: Path
     mqtt: MQTTSettings
-    server_password: str
-    """The server's MQTT password; written to the password file hashed by mosquitto_passwd."""
+    server_password: str = ""
+    """The server's MQTT password, hashed into the password file by mosquitto_passwd; or"""
+    server_password_hash: str = ""
+    """its hash made elsewhere by mosquitto_passwd (``$7$…``): the node never holds the
+    password itself. One of the two."""
     sync_seconds: float = 5.0
     full_seconds: float = 600.0
     max_retry_seconds: float = 60.0
@@ -184,6 +192,20 @@ class KeyStore:
         return render_psk(sorted(self.keys.items()))
 
 
+def server_hash(passwd_text: str, username: str) -> str:
+    """The hash of ``username`` in a Mosquitto password file (``user:$7$…`` lines made by
+    ``mosquitto_passwd``)."""
+    for line in passwd_text.splitlines():
+        user, sep, hashed = line.strip().partition(":")
+        if sep and user == username:
+            if not hashed.startswith(("$6$", "$7$")):
+                raise BrokerNodeError(
+                    f"the password file's line for {username} is not a mosquitto_passwd hash"
+                )
+            return hashed
+    raise BrokerNodeError(f"the password file has no line for {username}")
+
+
 def find_mosquitto() -> str:
     path = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
     if path is None:
@@ -212,6 +234,9 @@ class BrokerNode:
         """The store holds changes not yet in the file (a write or reload that failed)."""
         self._kick: set[str] = set()
         """Gateways whose sessions are still to be closed."""
+        self._kicker_password = secrets.token_urlsafe(32)
+        """The node's own user on the server listener, to close sessions (made anew at each
+        start, never shown): the node needs not know the server's password."""
 
     # --- configuration ----------------------------------------------------------------
 
@@ -226,9 +251,15 @@ class BrokerNode:
             log.warning("ignoring the PSK store left in %s: %s", self.files.psk, exc)
             kept = {}
         self.store = KeyStore(kept)
-        mosquitto.write_all(
-            self.files, self.config.mqtt, self.config.server_password, sorted(kept.items())
-        )
+        cfg = self.config
+        mosquitto.write_all(self.files, cfg.mqtt, None, sorted(kept.items()))
+        plain = {KICKER: self._kicker_password}
+        hashed = {}
+        if cfg.server_password_hash:
+            hashed[cfg.mqtt.server_username] = cfg.server_password_hash
+        else:
+            plain[cfg.mqtt.server_username] = cfg.server_password
+        mosquitto.write_passwd(self.files, plain, hashed)
         if kept:
             log.info("starting with the %d gateway key(s) kept from the last run", len(kept))
 
@@ -410,8 +441,8 @@ class BrokerNode:
                 async with aiomqtt.Client(
                     _local(mqtt.server_host),
                     mqtt.server_port,
-                    username=mqtt.server_username,
-                    password=self.config.server_password,
+                    username=KICKER,
+                    password=self._kicker_password,
                     identifier=identity,
                     clean_session=True,
                     timeout=5,

@@ -36,13 +36,23 @@ def broker_node(
         help="A file holding a broker-scope API token (`edgefleet tokens create --scope broker`).",
     ),
     server_password_file: Path = typer.Option(
-        ...,
+        None,
         "--server-password-file",
         exists=True,
         dir_okay=False,
         readable=True,
         help="A file holding the server's MQTT password (EDGEFLEET_MQTT__SERVER_PASSWORD); "
         "written to the node's password file hashed by mosquitto_passwd.",
+    ),
+    server_passwd_file: Path = typer.Option(
+        None,
+        "--server-passwd-file",
+        exists=True,
+        dir_okay=False,
+        readable=True,
+        help="Instead of --server-password-file: a Mosquitto password file with the server "
+        "user's hash (`mosquitto_passwd -c FILE edgefleet-server`, made elsewhere): the node "
+        "never holds the password.",
     ),
     directory: Path = typer.Option(
         Path("/var/lib/edgefleet-broker-node"),
@@ -95,12 +105,34 @@ def broker_node(
         psk_hint=psk_hint,
         embedded=False,
     )
+    if (server_password_file is None) == (server_passwd_file is None):
+        raise typer.BadParameter(
+            "give the server's MQTT credential once: --server-password-file FILE (the "
+            "password) or --server-passwd-file FILE (its mosquitto_passwd hash)",
+            param_hint="--server-password-file",
+        )
+    if server_username == node.KICKER:
+        raise typer.BadParameter(
+            f"{node.KICKER} is the node's own user; the server needs another",
+            param_hint="--server-username",
+        )
+    password, password_hash = "", ""
+    if server_password_file is not None:
+        password = _secret(server_password_file, "--server-password-file")
+    else:
+        try:
+            password_hash = node.server_hash(
+                _secret(server_passwd_file, "--server-passwd-file"), server_username
+            )
+        except EdgefleetError as exc:
+            raise typer.BadParameter(exc.message, param_hint="--server-passwd-file") from exc
     config = node.NodeConfig(
         server_url=server_url.rstrip("/"),
         token=_secret(token_file, "--token-file"),
         directory=directory,
         mqtt=mqtt,
-        server_password=_secret(server_password_file, "--server-password-file"),
+        server_password=password,
+        server_password_hash=password_hash,
         sync_seconds=sync_seconds,
         full_seconds=full_seconds,
     )
