@@ -236,7 +236,7 @@ class BrokerNode:
         """Gateways whose sessions are still to be closed."""
         self._kicker_password = secrets.token_urlsafe(32)
         """The node's own user on the server listener, to close sessions (made anew at each
-        start, never shown): the node needs not know the server's password."""
+        start, never shown): the node need not know the server's password."""
 
     # --- configuration ----------------------------------------------------------------
 
