@@ -108,6 +108,19 @@ def test_the_tree_keeps_every_contract() -> None:
             "from sqlalchemy import select  # noqa",
             "edgefleet.api.routes.devices -> sqlalchemy",
         ),
+        # presenters shape answers for the API, the console and the CLI: none of theirs
+        (
+            "presenters",
+            "edgefleet.presenters.devices",
+            "from edgefleet.api import deps  # noqa",
+            "edgefleet.presenters.devices -> edgefleet.api.deps",
+        ),
+        (
+            "presenters",
+            "edgefleet.presenters.tasks",
+            "import fastapi  # noqa",
+            "edgefleet.presenters.tasks -> fastapi",
+        ),
     ],
 )
 def test_a_crossed_layer_breaks_its_contract(

@@ -20,7 +20,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from edgefleet.api.deps import ContainerDep
-from edgefleet.api.eventviews import decode_cursor, encode_cursor
 from edgefleet.bootstrap import Container
 from edgefleet.db.tables import ApiToken, AuditEntry, Event
 from edgefleet.domain.audit import AuditFilter
@@ -29,6 +28,7 @@ from edgefleet.domain.eventfilter import MAX_VALUES, parse_filter
 from edgefleet.domain.events import AlarmState, EventType, Severity
 from edgefleet.domain.limits import INT64_MAX
 from edgefleet.errors import EdgefleetError, ValidationError
+from edgefleet.presenters.events import decode_cursor, encode_cursor
 from edgefleet.services.about import database_facts
 from edgefleet.settings import Settings
 from edgefleet.web.i18n import N_, gettext
