@@ -324,9 +324,10 @@ def self_url(path: str, **params: Any) -> str:
 # --- reading ----------------------------------------------------------------------------------
 
 
-async def reader(request: Request, c: Container) -> Viewer | None:
-    """The viewer if they may read the fleet now (no password to change first), else None."""
-    viewer = await viewer_of(request, c)
+async def reader(request: Request, c: Container, *, for_page: bool = False) -> Viewer | None:
+    """The viewer if they may read the fleet now (no password to change first), else None
+    (``for_page``: see ``session_viewer``)."""
+    viewer = await viewer_of(request, c, for_page=for_page)
     if viewer is None or viewer.principal.must_change_password:
         return None
     return viewer if viewer.principal.can(Permission.FLEET_READ) else None
@@ -420,7 +421,7 @@ async def group_summary_context(c: Container, group: Group) -> dict[str, Any]:
 
 @router.get("/groups/{ref}")
 async def group_page(request: Request, c: ContainerDep, ref: str) -> Response:
-    viewer = await reader(request, c)
+    viewer = await reader(request, c, for_page=True)
     if viewer is None:
         return await page(request, c, "groups/detail.html", Permission.FLEET_READ)
     group_id = int(ref) if ref.isdigit() and len(ref) < 10 else -1
@@ -600,7 +601,7 @@ async def task_summary_context(c: Container, view: TaskView) -> dict[str, Any]:
 
 @router.get("/tasks/{uuid}")
 async def task_page(request: Request, c: ContainerDep, uuid: str) -> Response:
-    viewer = await reader(request, c)
+    viewer = await reader(request, c, for_page=True)
     if viewer is None:
         return await page(request, c, "tasks/detail.html", Permission.FLEET_READ)
     view = await _task(c, uuid)
