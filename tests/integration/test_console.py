@@ -23,8 +23,7 @@ from edgefleet.db.tables import Event
 from edgefleet.domain.auth import Role
 from edgefleet.domain.events import EventType, NewEvent
 from edgefleet.services.fleet import Registration
-from edgefleet.web import admin, fleetpages, views
-from edgefleet.web import tasks as taskpages
+from edgefleet.web import console
 from tests.conftest import Callers
 
 VENDOR = Path(__file__).parents[2] / "src" / "edgefleet" / "web" / "static" / "vendor"
@@ -287,8 +286,8 @@ async def test_an_account_on_its_one_time_password_reads_nothing_through_the_con
     csrf = r.json()["csrfToken"]
     paths = [
         route.path.format(**params)
-        for module in (views, taskpages, admin, fleetpages)
-        for route in module.router.routes
+        for router in console.PAGES
+        for route in router.routes
         if isinstance(route, APIRoute) and route.path not in ("/console/login", "/console/password")
     ]
     fragments = [p for p in paths if p.startswith("/console/fragments/")]

@@ -98,9 +98,9 @@ def test_the_tree_keeps_every_contract() -> None:
         # a transport goes through a service, never to a repository or SQL itself
         (
             "transports",
-            "edgefleet.web.tasks",
+            "edgefleet.web.tasks.groups",
             "from edgefleet.db.repos.groups import GroupRepo  # noqa",
-            "edgefleet.web.tasks -> edgefleet.db.repos.groups",
+            "edgefleet.web.tasks.groups -> edgefleet.db.repos.groups",
         ),
         (
             "transports",

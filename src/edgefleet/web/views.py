@@ -148,6 +148,17 @@ async def viewer_of(request: Request, c: Container, *, for_page: bool = False) -
     return viewer
 
 
+async def fragment_viewer(
+    request: Request, c: Container, permission: Permission, *, for_page: bool = False
+) -> Viewer | None:
+    """The viewer of a fragment (or, ``for_page``, of a whole page: see ``session_viewer``),
+    when logged in, done with the one-time password, and allowed."""
+    viewer = await viewer_of(request, c, for_page=for_page)
+    if viewer is None or viewer.principal.must_change_password:
+        return None
+    return viewer if viewer.principal.can(permission) else None
+
+
 def to_login(request: Request) -> RedirectResponse:
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return RedirectResponse(f"/console/login?next={quote(target)}", status_code=303)
