@@ -30,7 +30,7 @@ def test_the_extraction_sees_templates_python_and_scripts() -> None:
     }
     assert "The console has no page at <code>%(url)s</code>." in console  # {% trans %}
     assert "%(num)s group" in console  # ngettext in a template
-    assert "No gateway is named %(name)s." in console  # web/admin.py
+    assert "No gateway is named %(name)s." in console  # web/admin/events.py
     assert "device_offline" in console  # web/terms.py
     assert "Select gateways first" in scripts  # devices.js t()
     assert "{n} gateway selected" in scripts  # devices.js tn()

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI
 
-from edgefleet.web import admin, fleetpages, views
+from edgefleet.web import fleetpages, views
+from edgefleet.web.admin import audit, events, settings, tokens, users
 from edgefleet.web.tasks import groups, tasks
 
 PAGES: tuple[APIRouter, ...] = (
     views.router,
     groups.router,
     tasks.router,
-    admin.router,
+    events.router,
+    tokens.router,
+    users.router,
+    audit.router,
+    settings.router,
     fleetpages.router,
 )
 """The routers of every console page and fragment under ``/console``, in matching order."""
