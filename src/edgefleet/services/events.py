@@ -144,9 +144,6 @@ class EventService:
 
     # --- wiring -----------------------------------------------------------------------------
 
-    def add_hook(self, hook: Hook) -> None:
-        self._hooks.append(hook)
-
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
