@@ -76,6 +76,26 @@ def test_the_tree_keeps_every_contract() -> None:
             "from edgefleet.domain import devices  # noqa",
             "edgefleet.protocol.messages -> edgefleet.domain.devices",
         ),
+        # the gateway side's shared request handling knows neither the agent nor the server
+        (
+            "gateway",
+            "edgefleet.gateway.handlers",
+            "from edgefleet.agent import plugin  # noqa",
+            "edgefleet.gateway.handlers -> edgefleet.agent.plugin",
+        ),
+        (
+            "gateway",
+            "edgefleet.gateway.routing",
+            "from edgefleet.mqtt import relay  # noqa",
+            "edgefleet.gateway.routing -> edgefleet.mqtt.relay",
+        ),
+        # and the server knows nothing of the gateway side
+        (
+            "server",
+            "edgefleet.services.fleet",
+            "from edgefleet.gateway import routing  # noqa",
+            "edgefleet.services.fleet -> edgefleet.gateway.routing",
+        ),
         # services know no web framework and no transport
         (
             "services",

@@ -28,6 +28,8 @@ from pydantic import (
     model_validator,
 )
 
+from edgefleet.gateway.bodies import explain
+
 DEFAULT_CONFIG_PATH = Path("/etc/edgefleet-agent/config.json")
 CONFIG_ENV = "EDGEFLEET_AGENT_CONFIG"
 
@@ -195,16 +197,6 @@ class AgentConfig(BaseModel):
 
 def default_config_path() -> Path:
     return Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
-
-
-def explain(exc: ValidationError) -> str:
-    """A pydantic error as one line."""
-    parts = []
-    for e in exc.errors():
-        where = ".".join(str(p) for p in e["loc"])
-        msg = str(e["msg"]).removeprefix("Value error, ")
-        parts.append(f"{where}: {msg}" if where else msg)
-    return "; ".join(parts).replace("\n", " ")
 
 
 def validate(doc: dict[str, Any]) -> AgentConfig:

@@ -11,53 +11,31 @@ import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from edgefleet.agent.config import explain
-from edgefleet.agent.plugin import HandlerError
+from edgefleet.gateway.bodies import FileRef, TransferError, parse
+from edgefleet.gateway.routing import HandlerError
 
 log = logging.getLogger(__name__)
 
-M = TypeVar("M", bound=BaseModel)
-
-
-# --- request bodies --------------------------------------------------------------------------
-
-
-def parse(model: type[M], data: Any) -> M:
-    """``data`` as ``model``, or a 400 answer naming what is wrong."""
-    try:
-        return model.model_validate({} if data is None else data)
-    except ValidationError as exc:
-        raise HandlerError(400, explain(exc)) from None
-
-
-class FileRef(BaseModel):
-    """A file to fetch (``UrlInfo`` of the gateway API), with optional checks."""
-
-    model_config = ConfigDict(extra="allow")
-
-    url: str = Field(min_length=1, max_length=4096)
-    headers: dict[str, str] = Field(default_factory=dict)
-    size: int | None = Field(default=None, ge=0)
-    sha256: str | None = None
-
-    @field_validator("url")
-    @classmethod
-    def _http(cls, v: str) -> str:
-        if not re.match(r"(?i)https?://[^/\s]+", v):
-            raise ValueError("must be an http(s) URL")
-        return v
-
-    @field_validator("sha256")
-    @classmethod
-    def _digest(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", v):
-            raise ValueError("must be 64 hex digits")
-        return v.lower() if v else v
+__all__ = [
+    "CommandResult",
+    "Downloaded",
+    "FileRef",
+    "Progress",
+    "TransferError",
+    "UploadTarget",
+    "download",
+    "expand",
+    "parse",
+    "prune",
+    "run_command",
+    "upload",
+    "upload_into",
+]
 
 
 class UploadTarget(BaseModel):
@@ -133,12 +111,6 @@ async def _kill(proc: asyncio.subprocess.Process) -> None:
 
 
 # --- transfers -------------------------------------------------------------------------------
-
-
-class TransferError(Exception):
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 Progress = Callable[[int, int | None], Awaitable[None]]

@@ -1,7 +1,8 @@
 """One virtual gateway: a real MQTT client with its own PSK identity.
 
 It connects as a ThingsPro gateway does (client id = uuid, retained will ``0``, ``1`` on
-connect), answers requests on its ``server`` topic from a small resource table, and never
+connect), answers requests on its ``server`` topic with the handlers it shares with the
+agent (``edgefleet.gateway``: this gateway is their host, in memory), and never
 runs the same ``task_id`` twice (a redelivered request gets the first answer again).
 
 Long-running requests behave as on a real gateway (docs/protocol.md, "Long-running requests"):
@@ -23,20 +24,28 @@ import random
 import socket
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 import httpx
 
-from edgefleet.agent.handlers.configuration import ImportBody
-from edgefleet.agent.handlers.firmware import FAIL, SUCCESS, FirmwareBody
-from edgefleet.agent.handlers.system import RebootBody
-from edgefleet.agent.plugin import HandlerError
-from edgefleet.agent.util import FileRef, TransferError, parse
 from edgefleet.errors import MessageError
+from edgefleet.gateway import handlers
+from edgefleet.gateway.bodies import FileRef, TransferError
+from edgefleet.gateway.handlers import SUCCESS
+from edgefleet.gateway.host import Fetched, GatewayHost, Progress
+from edgefleet.gateway.jobs import Background, JobState
+from edgefleet.gateway.routing import (
+    HandlerError,
+    HostRoute,
+    Job,
+    Outcome,
+    Reply,
+    Request,
+    Router,
+    respond,
+)
 from edgefleet.protocol import topics
 from edgefleet.protocol.messages import (
     EventMessage,
@@ -57,10 +66,10 @@ SANJI_REBOOT_DELAY = 3.0
 DOWNLOAD_TIMEOUT = 600.0
 OUTBOX_LIMIT = 100
 """Events kept while disconnected (a job's progress and result), sent after the next connect."""
-FIRMWARE = "/system/firmware"
-TASKS = "/system/tasks/"
+SIGN = ("simulator",)
 
-Progress = Callable[[int, int | None], Awaitable[None]]
+ROUTER: Router[HostRoute[GatewayHost]] = Router(handlers.ROUTES)
+"""One table for every simulated gateway: the gateway is the host its handlers run on."""
 
 
 def download_client(max_connections: int = 100) -> httpx.AsyncClient:
@@ -138,14 +147,6 @@ class Behaviour:
 
 
 @dataclass
-class Job:
-    """A long-running job started by the request ``task_id``."""
-
-    kind: str
-    task: asyncio.Task[None]
-
-
-@dataclass
 class VirtualGateway:
     uuid: str
     psk: str
@@ -173,12 +174,9 @@ class VirtualGateway:
         self.upgrades = 0
         """Firmware upgrades that succeeded (``failed_upgrades``: ended with FW_UPGRADE_FAIL)."""
         self.failed_upgrades = 0
-        self.cancelled = 0
-        """Jobs stopped by ``delete /system/tasks/{task_id}``."""
-        self.jobs: dict[str, Job] = {}
-        """Long jobs that may still be cancelled, by the task_id of the request that started
-        them (a job leaves when its result is being sent)."""
-        self._job_tasks: set[asyncio.Task[None]] = set()
+        self.background = Background(REMEMBERED_TASKS)
+        """Long jobs (a reboot in its delay, a firmware upgrade), by the task_id of the request
+        that started them."""
         self._answers: OrderedDict[str, ResponseMessage] = OrderedDict()
         self._client: aiomqtt.Client | None = None
         self._started = time.monotonic()
@@ -238,7 +236,7 @@ class VirtualGateway:
                 raise
         except asyncio.CancelledError:
             if not self._serving:
-                self._stop_jobs()
+                self.background.stop_others()
             raise
 
     async def serve(self, stop: asyncio.Event | None = None) -> None:
@@ -288,7 +286,7 @@ class VirtualGateway:
                         pass
         finally:
             self._serving = False
-            tasks = self._stop_jobs()
+            tasks = self.background.stop_others()
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _misbehave(self, stop: asyncio.Event) -> None:
@@ -323,6 +321,16 @@ class VirtualGateway:
                     return
                 self.events += 1
 
+    @property
+    def cancelled(self) -> int:
+        """Jobs stopped by ``delete /system/tasks/{task_id}``."""
+        return self.background.cancelled
+
+    @property
+    def jobs(self) -> dict[str, JobState]:
+        """Long jobs still running, by the task_id of the request that started them."""
+        return self.background.task_ids()
+
     # --- requests ------------------------------------------------------------------------------
 
     async def _answer(self, client: aiomqtt.Client, payload: bytes) -> None:
@@ -333,11 +341,12 @@ class VirtualGateway:
             return
         self.requests += 1
         response = self._answers.get(request.task_id)
-        job: Coroutine[Any, Any, None] | None = None
+        jobs: list[Job] = []
         if response is None:
             if self.behaviour.latency:
                 await asyncio.sleep(self.behaviour.latency)
-            response, job = await self._handle(request)
+            outcome = await self.execute(request)
+            response, jobs = outcome.response, outcome.deferred
             self.executed[(request.method, request.resource)] += 1
             self._answers[request.task_id] = response
             if len(self._answers) > REMEMBERED_TASKS:
@@ -347,81 +356,34 @@ class VirtualGateway:
                 self._topic(topics.Channel.CLIENT), encode_response(response), qos=1
             )
         finally:  # started once the answer is out (or lost with the connection), never before
-            if job is not None:
-                self._start(request, job)
+            kind = request.resource.split("?")[0]
+            for job in jobs:
+                name = f"gw:{self.uuid}:{kind}:{request.task_id}"
+                self.background.spawn(job(), name=name, task_id=request.task_id)
 
-    def _start(self, request: RequestMessage, work: Coroutine[Any, Any, None]) -> None:
-        kind = request.resource.split("?")[0]
-        task = asyncio.create_task(work, name=f"gw:{self.uuid}:{kind}:{request.task_id}")
-        job = Job(kind, task)
-        self.jobs[request.task_id] = job
-        self._job_tasks.add(task)
-
-        def done(t: asyncio.Task[None]) -> None:
-            self._job_tasks.discard(t)
-            if self.jobs.get(request.task_id) is job:
-                del self.jobs[request.task_id]
-            if not t.cancelled() and t.exception() is not None:
-                log.error("gateway %s: job %s failed", self.uuid, kind, exc_info=t.exception())
-
-        task.add_done_callback(done)
-
-    def _finished(self, task_id: str) -> None:
-        """The job of ``task_id`` is past cancelling (its result is being sent)."""
-        self.jobs.pop(task_id, None)
-
-    def _stop_jobs(self) -> list[asyncio.Task[None]]:
-        """Cancel every job but the caller's; return them (to await)."""
-        me = asyncio.current_task()
-        tasks = [t for t in self._job_tasks if t is not me]
-        for t in tasks:
-            t.cancel()
-        return tasks
-
-    async def _handle(
-        self, request: RequestMessage
-    ) -> tuple[ResponseMessage, Coroutine[Any, Any, None] | None]:
-        job: Coroutine[Any, Any, None] | None = None
-        try:
-            code, data, job = await self._route(request)
-        except HandlerError as exc:
-            code, data = exc.code, {"message": exc.message}
-        response = ResponseMessage(
-            task_id=request.task_id,
-            code=code,
-            method=request.method,
-            resource=request.resource,
-            data=data,
-            id=self.rng.randrange(655350),
-            sign=["simulator"],
-        )
-        return response, job
-
-    async def _route(
-        self, request: RequestMessage
-    ) -> tuple[int, Any, Coroutine[Any, Any, None] | None]:
-        method, path = request.method, urlsplit(request.resource).path
+    async def execute(self, request: RequestMessage) -> Outcome:
+        """The answer to ``request`` by the shared handlers, with this gateway as their host
+        (or a simulated failure), and the jobs to start once it is sent."""
         if self.rng.random() < self.behaviour.failure_rate:
-            return 500, {"message": "simulated failure"}, None
-        if method == "get" and path == "/system/properties":
-            return 200, self.properties, None
-        if method == "get" and path.startswith("/system/properties/"):
-            key = path.rsplit("/", 1)[1]
-            if key in self.properties:
-                return 200, self.properties[key], None
-        elif method == "get" and path == "/system/status":
-            return 200, self._status(), None
-        elif method == "post" and path == "/system/reboot":
-            return self._reboot_request(request)
-        elif method == "post" and path == FIRMWARE:
-            return self._firmware_request(request)
-        elif method == "put" and path == "/system/import":
-            return await self._import_request(request)
-        elif method == "delete" and path.startswith(TASKS) and path.count("/") == 3:
-            return await self._cancel_request(unquote(path[len(TASKS) :]))
-        return 404, {"message": "Resource not found"}, None
+            failure = respond(request, 500, {"message": "simulated failure"}, SIGN, self.rng)
+            return Outcome(failure, [])
+        return await ROUTER.answer(request, self._call, SIGN, self.rng)
 
-    def _status(self) -> dict[str, Any]:
+    async def _call(self, route: HostRoute[GatewayHost], request: Request) -> Reply:
+        return await route.handler(self, request)
+
+    # --- the host of the shared handlers (edgefleet.gateway.host) ------------------------------
+
+    progress_every = 25
+    progress_start = 0
+
+    def answered(self, task_id: str) -> bool:
+        return task_id in self._answers
+
+    def system_properties(self) -> dict[str, Any]:
+        return self.properties
+
+    async def system_status(self) -> dict[str, Any]:
         return {
             "hostname": f"sim-{self.uuid[:8]}",
             "version": self.properties.get("softwareVersion", ""),
@@ -430,99 +392,42 @@ class VirtualGateway:
             "memoryUsage": round(self.rng.uniform(20, 60), 1),
         }
 
-    def _running(self, kind: str) -> bool:
-        return any(j.kind == kind for j in self.jobs.values())
-
-    def _reboot_delay(self, asked: float | None) -> float:
+    def reboot_delay(self, asked: float | None) -> float:
         if self.behaviour.reboot_delay is not None:
             return self.behaviour.reboot_delay
         return SANJI_REBOOT_DELAY if asked is None else asked
 
-    def _reboot_request(
-        self, request: RequestMessage
-    ) -> tuple[int, Any, Coroutine[Any, Any, None] | None]:
-        body = parse(RebootBody, request.data)
-        if self._running("/system/reboot"):
-            raise HandlerError(409, "a reboot is already pending")
-        return 200, {}, self._reboot_later(request.task_id, self._reboot_delay(body.delay))
+    def reboot_accepted(self, delay: float) -> dict[str, Any]:
+        return {}  # as Sanji
 
-    def _firmware_request(
-        self, request: RequestMessage
-    ) -> tuple[int, Any, Coroutine[Any, Any, None] | None]:
-        body = parse(FirmwareBody, request.data)
-        if self._running(FIRMWARE):
-            raise HandlerError(409, "a firmware upgrade is already running")
-        answer = {"status": "accepted", "delay": body.delay, "url": body.file.url}
-        return 200, answer, self._upgrade(request.task_id, body)
+    async def fetch_firmware(self, ref: FileRef, progress: Progress) -> Fetched:
+        size, digest = await self._fetch(ref, progress)
+        return Fetched(size, digest)
 
-    async def _import_request(
-        self, request: RequestMessage
-    ) -> tuple[int, Any, Coroutine[Any, Any, None] | None]:
-        body = parse(ImportBody, request.data)
-        if body.scopes is None:
-            raise HandlerError(400, "scopes is required")
-        if not body.scopes:
-            return 200, {"message": "no selected scopes."}, None
+    async def install_firmware(self, got: Fetched, task_id: str) -> dict[str, Any]:
+        await asyncio.sleep(self.behaviour.firmware_seconds)
+        if self.rng.random() < self.behaviour.firmware_failure_rate:
+            raise TransferError("simulated install failure")
+        return {}
+
+    def firmware_ended(self, result: dict[str, Any]) -> None:
+        if result["code"] != SUCCESS:
+            self.failed_upgrades += 1
+            return
+        self.upgrades += 1
+        self._next_version = result["version"] or self._next_version
+
+    def firmware_reboot_delay(self) -> float | None:
+        return 0.0
+
+    async def import_config(
+        self, ref: FileRef, scopes: list[str]
+    ) -> tuple[dict[str, Any], float | None]:
         try:
-            size, digest = await self._fetch(body.file)
+            size, digest = await self._fetch(ref)
         except TransferError as exc:
             raise HandlerError(400, exc.message) from None
-        answer = {"scopes": body.scopes, "size": size, "sha256": digest}
-        return 200, answer, self._reboot_later(request.task_id, self._reboot_delay(None))
-
-    async def _cancel_request(
-        self, task_id: str
-    ) -> tuple[int, Any, Coroutine[Any, Any, None] | None]:
-        job = self.jobs.get(task_id)
-        if job is not None:
-            job.task.cancel()
-            await asyncio.wait([job.task], timeout=10)
-            self.cancelled += 1
-            return 200, {"cancelled": True, "task_id": task_id}, None
-        if task_id in self._answers:
-            return 409, {"message": "already finished"}, None
-        return 404, {"message": f"no task {task_id} is known here"}, None
-
-    # --- long jobs -----------------------------------------------------------------------------
-
-    async def _reboot_later(self, task_id: str, delay: float) -> None:
-        await asyncio.sleep(delay)
-        self._finished(task_id)
-        await self.reboot()
-
-    async def _upgrade(self, task_id: str, body: FirmwareBody) -> None:
-        await asyncio.sleep(body.delay)
-        step = 0  # quarters reported; 0 % is sent first
-
-        async def progress(done: int, total: int | None) -> None:  # at 0, 25, 50, 75, 100 %
-            nonlocal step
-            pct = min(100, done * 100 // total) if total else 0
-            if total and pct // 25 > step:
-                step = pct // 25
-                await self._progress(pct, done, total)
-
-        try:
-            await self._progress(0, 0, body.file.size)
-            size, digest = await self._fetch(body.file, progress)
-            if step < 4:
-                await self._progress(100 if size else None, size, size or None)
-            await asyncio.sleep(self.behaviour.firmware_seconds)
-            if self.rng.random() < self.behaviour.firmware_failure_rate:
-                raise TransferError("simulated install failure")
-        except TransferError as exc:
-            self._finished(task_id)
-            self.failed_upgrades += 1
-            await self._report("put", FIRMWARE, {"code": FAIL, "reason": exc.message}, 500)
-            return
-        self._finished(task_id)
-        self.upgrades += 1
-        self._next_version = body.version or self._next_version
-        result = {"code": SUCCESS, "version": body.version or "", "sha256": digest, "size": size}
-        await self._report("put", FIRMWARE, result)
-        await self.reboot()
-
-    async def _progress(self, pct: int | None, done: int, total: int | None) -> None:
-        await self._report("put", FIRMWARE, {"progress": pct, "downloaded": done, "total": total})
+        return {"scopes": scopes, "size": size, "sha256": digest}, self.reboot_delay(None)
 
     async def _fetch(self, ref: FileRef, progress: Progress | None = None) -> tuple[int, str]:
         if self.http is not None:
@@ -535,8 +440,8 @@ class VirtualGateway:
         DISCONNECT (the broker publishes the will ``0``); :meth:`serve` comes back after
         ``boot_seconds`` with the version a firmware upgrade installed."""
         self.reboots += 1
-        await asyncio.gather(*self._stop_jobs(), return_exceptions=True)
-        await self._report("put", "/system/reboot", {"code": "REBOOTING"})
+        await asyncio.gather(*self.background.stop_others(), return_exceptions=True)
+        await self.report("put", "/system/reboot", {"code": "REBOOTING"})
         self._outbox.clear()  # what was not sent is lost with the reboot
         if self._next_version is not None:
             self.properties["softwareVersion"] = self._next_version
@@ -548,7 +453,7 @@ class VirtualGateway:
 
     # --- publishing ----------------------------------------------------------------------------
 
-    async def _report(self, method: str, resource: str, data: Any, code: int = 200) -> None:
+    async def report(self, method: str, resource: str, data: Any, code: int = 200) -> None:
         """An event of a job: published now, or kept for the next connection."""
         event = EventMessage(
             method=method, resource=resource, data=data, code=code, event_id=new_event_id()

@@ -14,7 +14,6 @@ its scopes are whatever paths the host's owner chose.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import io
 import json
@@ -30,9 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from edgefleet.agent.handlers.system import reboot_later
+from edgefleet.agent.handlers.system import Machine
 from edgefleet.agent.plugin import AgentContext, HandlerError, Reply, Request, Route
 from edgefleet.agent.util import (
     FileRef,
@@ -43,6 +40,8 @@ from edgefleet.agent.util import (
     prune,
     upload_into,
 )
+from edgefleet.gateway import handlers
+from edgefleet.gateway.routing import bind
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +63,6 @@ class Applied:
 
 class ExportBody(UploadTarget):
     scopes: list[str] | None = None
-
-
-class ImportBody(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    file: FileRef
-    scopes: list[str] | None = Field(default=None)
 
 
 def _rel(p: Path) -> PurePosixPath:
@@ -156,17 +148,11 @@ def apply_archive(
         shutil.rmtree(staging, ignore_errors=True)
 
 
-class Configuration:
-    def __init__(self, ctx: AgentContext) -> None:
-        self.ctx = ctx
+class ImportMachine(Machine):
+    """The machine as the shared import handler's host: the archive is applied to the files
+    of the configured scopes."""
 
-    def routes(self) -> Iterable[Route]:
-        return [
-            Route("post", "/system/export", self.export),
-            Route("put", "/system/import", self.import_),
-        ]
-
-    def _scopes(self, names: list[str] | None) -> dict[str, list[Path]]:
+    def scopes(self, names: list[str] | None) -> dict[str, list[Path]]:
         configured = self.ctx.config.configScopes
         if names is None:
             return dict(configured)
@@ -175,45 +161,16 @@ class Configuration:
             raise HandlerError(400, f"unknown scopes {unknown}; configured: {sorted(configured)}")
         return {n: configured[n] for n in names}
 
-    async def export(self, req: Request) -> Reply:
-        body = parse(ExportBody, req.data)
-        scopes = self._scopes(body.scopes)
-        directory = self.ctx.path("exports")
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        dest = directory / f"config-{stamp}-{os.getpid()}-{time.monotonic_ns() % 10**6}.tar.gz"
-        manifest = {
-            "deviceUUID": self.ctx.config.deviceUUID,
-            "created": stamp,
-            "scopes": {k: [str(p) for p in v] for k, v in scopes.items()},
-        }
-        entries = await asyncio.to_thread(build_archive, dest, scopes, manifest)
-        prune(directory, "config-*.tar.gz", KEEP_EXPORTS)
-        digest = await asyncio.to_thread(lambda: hashlib.sha256(dest.read_bytes()).hexdigest())
-        out: dict[str, Any] = {
-            "path": str(dest),
-            "size": dest.stat().st_size,
-            "sha256": digest,
-            "entries": entries,
-            "scopes": sorted(scopes),
-        }
-        await upload_into(
-            out, self.ctx.http, body.url, body.headers, dest, self.ctx.config.downloadTimeout
-        )
-        return 200, out
-
-    async def import_(self, req: Request) -> Reply:
-        body = parse(ImportBody, req.data)
-        if body.scopes is None:
-            raise HandlerError(400, "scopes is required")
-        if not body.scopes:
-            return 200, {"message": "no selected scopes."}
-        selected = self._scopes(body.scopes)
+    async def import_config(
+        self, ref: FileRef, scopes: list[str]
+    ) -> tuple[dict[str, Any], float | None]:
+        selected = self.scopes(scopes)
         directory = self.ctx.path("imports")
         archive = directory / "import.tar.gz"
         try:
             await download(
                 self.ctx.http,
-                body.file,
+                ref,
                 archive,
                 max_bytes=self.ctx.config.maxDownloadBytes,
                 time_limit=self.ctx.config.downloadTimeout,
@@ -240,11 +197,48 @@ class Configuration:
             "files": applied.files,
             "skipped": applied.skipped,
         }
-        if self.ctx.config.rebootAfterImport:
-            delay = self.ctx.config.rebootDelay
-            out["rebootDelay"] = delay
-            req.after_reply(functools.partial(reboot_later, self.ctx, req.task_id, delay))
+        if not self.ctx.config.rebootAfterImport:
+            return out, None
+        out["rebootDelay"] = delay = self.ctx.config.rebootDelay
+        return out, delay
+
+
+class Configuration:
+    def __init__(self, ctx: AgentContext) -> None:
+        self.ctx = ctx
+        self.machine = ImportMachine(ctx)
+
+    def routes(self) -> Iterable[Route]:
+        return [Route("post", "/system/export", self.export), *bind(self.machine, handlers.IMPORT)]
+
+    async def export(self, req: Request) -> Reply:
+        body = parse(ExportBody, req.data)
+        scopes = self.machine.scopes(body.scopes)
+        directory = self.ctx.path("exports")
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        dest = directory / f"config-{stamp}-{os.getpid()}-{time.monotonic_ns() % 10**6}.tar.gz"
+        manifest = {
+            "deviceUUID": self.ctx.config.deviceUUID,
+            "created": stamp,
+            "scopes": {k: [str(p) for p in v] for k, v in scopes.items()},
+        }
+        entries = await asyncio.to_thread(build_archive, dest, scopes, manifest)
+        prune(directory, "config-*.tar.gz", KEEP_EXPORTS)
+        digest = await asyncio.to_thread(lambda: hashlib.sha256(dest.read_bytes()).hexdigest())
+        out: dict[str, Any] = {
+            "path": str(dest),
+            "size": dest.stat().st_size,
+            "sha256": digest,
+            "entries": entries,
+            "scopes": sorted(scopes),
+        }
+        await upload_into(
+            out, self.ctx.http, body.url, body.headers, dest, self.ctx.config.downloadTimeout
+        )
         return 200, out
+
+    async def import_(self, req: Request) -> Reply:
+        return await handlers.import_config(self.machine, req)
 
 
 def plugin(ctx: AgentContext) -> Iterable[Route]:

@@ -2,7 +2,7 @@
 
 An edgefleet extension (a ThingsPro gateway answers it 404 like any unknown resource). The
 work of a request is what its handler registered with ``after_reply``: a reboot waiting for
-its delay, a firmware download. Answers:
+its delay, a firmware download. Answers (the shared handler, ``edgefleet.gateway.handlers``):
 
     200 {"cancelled": true, "task_id": …}   it was running and is stopped; nothing more is
                                             sent for it (no result event)
@@ -14,34 +14,23 @@ its delay, a firmware download. Answers:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 
-from edgefleet.agent.plugin import AgentContext, HandlerError, JobState, Reply, Request, Route
+from edgefleet.agent.handlers.system import Machine
+from edgefleet.agent.plugin import AgentContext, Route
+from edgefleet.gateway import handlers
+from edgefleet.gateway.handlers import FINISHED
+from edgefleet.gateway.routing import bind
 
-log = logging.getLogger(__name__)
-
-FINISHED = "already finished"
+__all__ = ["FINISHED", "Jobs", "plugin"]
 
 
 class Jobs:
     def __init__(self, ctx: AgentContext) -> None:
-        self.ctx = ctx
+        self.machine = Machine(ctx)
 
     def routes(self) -> Iterable[Route]:
-        return [Route("delete", "/system/tasks/{task_id}", self.cancel)]
-
-    async def cancel(self, req: Request) -> Reply:
-        task_id = req.params["task_id"]
-        state = await self.ctx.background.cancel(task_id)
-        if state is JobState.RUNNING:
-            log.warning("task %s cancelled (by task %s)", task_id, req.task_id)
-            return 200, {"cancelled": True, "task_id": task_id}
-        if state is JobState.COMMITTED:
-            raise HandlerError(409, self.ctx.background.reason(task_id))
-        if state is JobState.ENDED or self.ctx.answered(task_id):
-            raise HandlerError(409, FINISHED)
-        raise HandlerError(404, f"no task {task_id} is known here")
+        return bind(self.machine, handlers.JOBS)
 
 
 def plugin(ctx: AgentContext) -> Iterable[Route]:

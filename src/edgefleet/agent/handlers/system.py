@@ -4,15 +4,16 @@ Properties come from Linux itself (/proc, /sys, /etc/os-release, the socket laye
 ``uuid.getnode``); the configuration's ``properties`` override or add keys (a gateway's
 modelName or serialNumber is often not readable from /sys).
 
-A reboot answers first and runs ``rebootCommand`` after its delay; until then it may be
-cancelled (``DELETE /system/tasks/{task_id}``). Firmware and import reboot the same way.
+The requests are answered by the shared handlers (``edgefleet.gateway.handlers``, as on the
+simulator) with this machine as their host. A reboot answers first and runs ``rebootCommand``
+after its delay; until then it may be cancelled (``DELETE /system/tasks/{task_id}``). Firmware
+and import reboot the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fcntl
-import functools
 import logging
 import platform
 import shutil
@@ -24,11 +25,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from edgefleet import __version__
-from edgefleet.agent.plugin import AgentContext, HandlerError, Reply, Request, Route
-from edgefleet.agent.util import parse, run_command
+from edgefleet.agent.plugin import AgentContext, Background, Route
+from edgefleet.agent.util import run_command
+from edgefleet.gateway import handlers
+from edgefleet.gateway.routing import bind
 
 log = logging.getLogger(__name__)
 
@@ -185,84 +186,61 @@ async def status(version: str, sample: float = 0.2) -> dict[str, Any]:
     }
 
 
-# --- reboot ----------------------------------------------------------------------------------
+# --- the machine as the shared handlers' host ------------------------------------------------
 
 
-class RebootBody(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class Machine:
+    """The machine the agent runs on, as the shared system and jobs handlers see it
+    (:class:`edgefleet.gateway.host.SystemHost`); the firmware and configuration plug-ins
+    extend it."""
 
-    delay: float | None = Field(default=None, ge=0, le=3600)
+    def __init__(self, ctx: AgentContext) -> None:
+        self.ctx = ctx
 
+    @property
+    def background(self) -> Background:
+        return self.ctx.background
 
-REBOOTING = "rebooting: can no longer be cancelled"
+    def answered(self, task_id: str) -> bool:
+        return self.ctx.answered(task_id)
 
+    async def report(self, method: str, resource: str, data: Any, code: int = 200) -> None:
+        await self.ctx.emit(method, resource, data, code)
 
-async def reboot(ctx: AgentContext, task_id: str) -> None:
-    """Announce ``REBOOTING`` and run ``rebootCommand`` (``REBOOT_FAIL`` if it fails); from
-    here the job of ``task_id`` can no longer be cancelled. Shared by reboot, firmware, import."""
-    ctx.background.commit(task_id, REBOOTING)
-    argv = ctx.config.rebootCommand
-    log.warning("rebooting: %s", " ".join(argv))
-    await ctx.emit("put", "/system/reboot", {"code": "REBOOTING"})
-    result = await run_command(argv, ctx.config.commandTimeout)
-    if not result.ok:
-        log.error("reboot command %s", result.explain())
-        await ctx.emit(
-            "put",
-            "/system/reboot",
-            {"code": "REBOOT_FAIL", "reason": f"reboot command {result.explain()}"},
-            500,
-        )
+    def system_properties(self) -> dict[str, Any]:
+        return properties(self.ctx.config.properties)
 
+    async def system_status(self) -> dict[str, Any]:
+        return await status(str(self.system_properties().get("softwareVersion", "")))
 
-async def reboot_later(ctx: AgentContext, task_id: str, delay: float | None = None) -> None:
-    """:func:`reboot` after ``delay`` s (default ``rebootDelay``), cancellable until then."""
-    await asyncio.sleep(ctx.config.rebootDelay if delay is None else delay)
-    await reboot(ctx, task_id)
+    def reboot_delay(self, asked: float | None) -> float:
+        return self.ctx.config.rebootDelay if asked is None else asked
+
+    def reboot_accepted(self, delay: float) -> dict[str, Any]:
+        return {"delay": delay}
+
+    async def reboot(self) -> None:
+        """Announce ``REBOOTING`` and run ``rebootCommand`` (``REBOOT_FAIL`` if it fails)."""
+        argv = self.ctx.config.rebootCommand
+        log.warning("rebooting: %s", " ".join(argv))
+        await self.ctx.emit("put", "/system/reboot", {"code": "REBOOTING"})
+        result = await run_command(argv, self.ctx.config.commandTimeout)
+        if not result.ok:
+            log.error("reboot command %s", result.explain())
+            await self.ctx.emit(
+                "put",
+                "/system/reboot",
+                {"code": "REBOOT_FAIL", "reason": f"reboot command {result.explain()}"},
+                500,
+            )
 
 
 class System:
     def __init__(self, ctx: AgentContext) -> None:
-        self.ctx = ctx
-        self.pending: str | None = None
-        """The task_id of the latest accepted reboot (pending while its job runs)."""
+        self.machine = Machine(ctx)
 
     def routes(self) -> Iterable[Route]:
-        return [
-            Route("get", "/system/properties", self.get_properties),
-            Route("get", "/system/properties/{key}", self.get_property),
-            Route("get", "/system/status", self.get_status),
-            Route("post", "/system/reboot", self.reboot),
-        ]
-
-    def properties(self) -> dict[str, Any]:
-        return properties(self.ctx.config.properties)
-
-    async def get_properties(self, req: Request) -> Reply:
-        return 200, self.properties()
-
-    async def get_property(self, req: Request) -> Reply:
-        props = self.properties()
-        key = req.params["key"]
-        if key not in props:
-            raise HandlerError(404, "Resource not found")
-        return 200, props[key]
-
-    async def get_status(self, req: Request) -> Reply:
-        doc = await status(str(self.properties().get("softwareVersion", "")))
-        if req.query.get("fields"):
-            wanted = {f.strip() for f in req.query["fields"].split(",")}
-            doc = {k: v for k, v in doc.items() if k in wanted}
-        return 200, doc
-
-    async def reboot(self, req: Request) -> Reply:
-        body = parse(RebootBody, req.data)
-        if self.ctx.background.active(self.pending):
-            raise HandlerError(409, "a reboot is already pending")
-        delay = self.ctx.config.rebootDelay if body.delay is None else body.delay
-        self.pending = req.task_id
-        req.after_reply(functools.partial(reboot_later, self.ctx, req.task_id, delay))
-        return 200, {"delay": delay}
+        return bind(self.machine, handlers.SYSTEM)
 
 
 def plugin(ctx: AgentContext) -> Iterable[Route]:
