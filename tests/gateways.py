@@ -63,6 +63,8 @@ class Events:
 
     def __init__(self) -> None:
         self.items: list[tuple[str, EventMessage]] = []
+        self.answers: list[tuple[str, str]] = []
+        """(uuid, task_id) of the answers that went by."""
         self.subscribed = asyncio.Event()
 
     async def watch(self, live: Container) -> None:
@@ -78,8 +80,20 @@ class Events:
             async for message in client.messages:
                 assert isinstance(message.payload, bytes)
                 decoded = decode_client(message.payload)
+                uuid = topics.parse(message.topic.value)[0]
                 if isinstance(decoded, EventMessage):
-                    self.items.append((topics.parse(message.topic.value)[0], decoded))
+                    self.items.append((uuid, decoded))
+                else:
+                    self.answers.append((uuid, decoded.task_id))
+
+    async def caught_up(self, uuid: str, task_id: str) -> None:
+        """Wait until the answer to ``task_id`` from ``uuid`` went by: a gateway publishes on
+        one topic, delivered in order, so every event it sent before that answer is here too."""
+
+        async def seen() -> bool:
+            return (uuid, task_id) in self.answers
+
+        await eventually(seen)
 
     def of(self, uuid: str, resource: str) -> list[tuple[int | None, Any]]:
         return [(e.code, e.data) for u, e in self.items if u == uuid and e.resource == resource]

@@ -190,7 +190,11 @@ async def test_a_sha256_mismatch_or_a_failed_install_fails_without_a_reboot(
         "code": "FW_UPGRADE_FAIL",
         "reason": "simulated install failure",
     }
-    await asyncio.sleep(FAST.boot_seconds + 0.5)  # long enough for a reboot to show
+
+    async def ended() -> bool:  # the job is over: a reboot after its result would be in it
+        return gw.jobs == {}
+
+    await eventually(ended)
     assert gw.reboots == 0 and gw.sessions == 1 and gw.failed_upgrades == 2
     assert gw.properties["softwareVersion"] == PROPS["softwareVersion"]
     assert events.of(gw.uuid, "/system/reboot") == []
@@ -229,7 +233,8 @@ async def test_a_running_firmware_job_is_cancelled_and_reports_nothing_more(
     r = await relay.request(gw.uuid, "delete", "/system/tasks/rb-1", wait=10)
     assert r.code == 200 and r.data == {"cancelled": True, "task_id": "rb-1"}
 
-    await asyncio.sleep(1.0)
+    await relay.request(gw.uuid, "get", "/system/properties", wait=10, task_id="after")
+    await events.caught_up(gw.uuid, "after")  # what the gateway sent before is in
     assert events.firmware_results(gw.uuid) == [] and events.of(gw.uuid, "/system/reboot") == []
     assert gw.reboots == 0 and gw.sessions == 1 and gw.cancelled == 2
     assert gw.executed[("delete", "/system/tasks/fw-1")] == 2  # c-1 once, then the 409
@@ -253,7 +258,8 @@ async def test_a_redelivered_firmware_request_runs_once(
     # after the reboot the gateway still knows the task: answered again, not run again
     third = await relay.request(gw.uuid, "post", "/system/firmware", data, wait=10, task_id="fw")
     assert third == first
-    await asyncio.sleep(0.5)
+    await relay.request(gw.uuid, "get", "/system/properties", wait=10, task_id="after")
+    await events.caught_up(gw.uuid, "after")  # a second run's events would be in
     assert gw.executed[("post", "/system/firmware")] == 1 and gw.upgrades == 1
     assert len(events.firmware_results(gw.uuid)) == 1
     assert [r for r in file_server.requests if r[1] == "/files/fw-2.5.0.img"] == [
