@@ -27,8 +27,11 @@ class Counting:
     def __init__(self, path: Path, gate: asyncio.Event | None = None) -> None:
         self.path = path
         self.gate = gate
+        self.entered = asyncio.Event()
+        """Set when a run has started (and waits for ``gate``)."""
 
     async def handle(self, r: Request) -> tuple[int, Any]:
+        self.entered.set()
         if self.gate is not None:
             await self.gate.wait()
         with self.path.open("a") as f:
@@ -74,7 +77,8 @@ async def test_a_redelivery_while_running_waits_for_the_same_answer(tmp_path: Pa
     async with agent.prepared():
         one = asyncio.create_task(agent.execute(req("slow")))
         two = asyncio.create_task(agent.execute(req("slow")))
-        await asyncio.sleep(0.05)
+        # one runs the handler; two, started in the same turn of the loop, waits for it
+        await asyncio.wait_for(counting.entered.wait(), 10)
         assert not one.done() and not two.done()
         gate.set()
         (a, ran), (b, waited) = await asyncio.gather(one, two)
@@ -118,8 +122,12 @@ def test_the_store_keeps_only_the_newest_tasks(tmp_path: Path) -> None:
 async def test_a_disabled_agent_stays_idle_until_stopped(tmp_path: Path) -> None:
     agent = Agent(agent_config(tmp_path, enable=False))
     task = asyncio.create_task(agent.run())
-    await asyncio.sleep(0.2)
-    assert not task.done() and agent.connections == 0
+
+    async def prepared() -> bool:  # from here it connects at once, or waits to be stopped
+        return agent.dispatcher is not None
+
+    await eventually(prepared)
+    assert not task.done() and agent.attempts == 0 and agent.connections == 0
     agent.stop()
     await asyncio.wait_for(task, 10)
     assert agent.connections == 0
