@@ -1,6 +1,8 @@
-"""Copy deploy/install.sh into the AWS user data (deploy/aws/edgefleet.yaml), which carries it
-verbatim as the here-document written to /usr/local/sbin/edgefleet-install: run after editing
-the script (tests/integration/test_cloudformation.py fails while the two differ)."""
+"""Copy the files the AWS user data (deploy/aws/edgefleet.yaml) carries verbatim into it, each
+as the body of the here-documents that write it: deploy/install.sh (to
+/usr/local/sbin/edgefleet-install, on the servers and the broker nodes) and
+deploy/systemd/edgefleet-broker-node.service (on the broker nodes). Run after editing one of
+them (tests/integration/test_cloudformation.py fails while a copy differs)."""
 
 from __future__ import annotations
 
@@ -9,19 +11,39 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "deploy" / "aws" / "edgefleet.yaml"
-OPENER = re.compile(r"^( *)cat > /usr/local/sbin/edgefleet-install <<'SH'\n", re.M)
+EMBEDDED = {
+    # the file, where the user data writes it, the here-document's end word
+    REPO / "deploy" / "install.sh": ("/usr/local/sbin/edgefleet-install", "SH"),
+    REPO / "deploy" / "systemd" / "edgefleet-broker-node.service": (
+        "/etc/systemd/system/edgefleet-broker-node.service",
+        "UNIT",
+    ),
+}
+
+
+def embed(text: str, source: Path, target: str, word: str) -> str:
+    """``text`` with the body of every here-document writing ``target`` replaced by ``source``."""
+    opener = re.compile(rf"^( *)cat > {re.escape(target)} <<'{word}'\n", re.M)
+    content = source.read_text()
+    out, pos, found = [], 0, 0
+    for m in opener.finditer(text):
+        if m.start() < pos:
+            continue
+        indent = m.group(1)
+        end = text.index(f"\n{indent}{word}\n", m.end() - 1)
+        body = "".join(indent + line if line.strip() else "\n" for line in content.splitlines(True))
+        out += [text[pos : m.end()], body.rstrip("\n")]
+        pos, found = end, found + 1
+    if not found:
+        raise SystemExit(f"{TEMPLATE}: no here-document for {target}")
+    return "".join(out) + text[pos:]
 
 
 def main() -> None:
     text = TEMPLATE.read_text()
-    m = OPENER.search(text)
-    if m is None:
-        raise SystemExit(f"{TEMPLATE}: no here-document for /usr/local/sbin/edgefleet-install")
-    indent = m.group(1)
-    end = text.index(f"\n{indent}SH\n", m.end())
-    script = (REPO / "deploy" / "install.sh").read_text()
-    body = "".join(indent + line if line.strip() else "\n" for line in script.splitlines(True))
-    TEMPLATE.write_text(text[: m.end()] + body.rstrip("\n") + text[end:])
+    for source, (target, word) in EMBEDDED.items():
+        text = embed(text, source, target, word)
+    TEMPLATE.write_text(text)
 
 
 if __name__ == "__main__":
