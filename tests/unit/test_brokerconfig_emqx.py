@@ -1,10 +1,8 @@
 """EMQX 5.8 configuration: parsed by a real HOCON parser, keys as each option asks, bad
-combinations refused, and the same settings as the AWS template's broker nodes."""
+combinations refused."""
 
 from __future__ import annotations
 
-import re
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,6 @@ from edgefleet.brokers.emqx import (
 from edgefleet.brokers.files import render_psk
 from edgefleet.settings import MQTTSettings
 
-ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "ef_abc-DEF_123"
 MQTT = MQTTSettings(
     gateway_host="0.0.0.0", gateway_port=8883, server_host="10.1.2.3", server_port=1883
@@ -261,55 +258,3 @@ def test_psk_file_and_sync_script() -> None:
     assert "binary:decode_hex(Hex)" in erl  # EMQX would take the hex text as the key
     assert "mria:dirty_write(emqx_psk" in erl and "mria:dirty_delete(emqx_psk" in erl
     assert "emqx_cm:kick_session(Id)" in erl
-
-
-# ---------------------------------------------------------------- agreement with deploy/aws
-
-
-def _cfn_emqx_conf() -> ConfigTree:
-    """The emqx.conf the AWS template's broker nodes write, its shell variables filled in."""
-    text = (ROOT / "deploy/aws/edgefleet.yaml").read_text()
-    opening = "cat > /etc/emqx/emqx.conf.new <<EOF\n"
-    start = text.index(opening) + len(opening)
-    end = re.compile(r"^\s*EOF$", re.M).search(text, start)
-    assert end is not None
-    body = textwrap.dedent(text[start : end.start()]).replace("\\${", "${")
-    body = re.sub(r"\$\(derive \w+\)", "derived", body)
-    fill = {
-        "SEEDS": '"emqx@10.0.0.1"',
-        "TOKEN": TOKEN,
-        "HOOKS_URL": "http://nlb:8080/api/v1/broker",
-    }
-    body = re.sub(r"\$(\w+)", lambda m: fill.get(m.group(1), m.group(1).lower()), body)
-    return ConfigFactory.parse_string(body)
-
-
-def test_the_same_gateway_listener_and_hooks_as_the_aws_template() -> None:
-    theirs = _cfn_emqx_conf()
-    ours = parse(node(hooks_url="http://nlb:8080/api/v1/broker"), STATIC)
-    for key in (
-        "listeners.ssl.default.enable_authn",
-        "listeners.ssl.default.ssl_options",
-        "listeners.ws.default.enable",
-        "listeners.wss.default.enable",
-        "psk_authentication.enable",
-        "mqtt.max_packet_size",
-        "zones.server.mqtt",
-        "authorization.no_match",
-        "authorization.deny_action",
-        "authorization.cache",
-        "cluster.discovery_strategy",
-        "cluster.autoclean",
-        "node.data_dir",
-    ):
-        assert _plain(ours[key]) == _plain(theirs[key]), key
-    for ours_hook, theirs_hook in (
-        (ours["authentication"][0], theirs["authentication"][0]),
-        (ours["authorization.sources"][0], theirs["authorization.sources"][0]),
-    ):
-        assert _plain(ours_hook) == _plain(theirs_hook)
-    # where they differ on purpose: the template binds the server's listener on every
-    # address at 1883 and sets up an API key for its REST calls; this command follows the
-    # settings and disconnects deleted gateways from inside emqx eval
-    assert theirs["listeners.tcp.default.bind"] == "0.0.0.0:1883"
-    assert "init_file" not in theirs["psk_authentication"]
