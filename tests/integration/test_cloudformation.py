@@ -843,6 +843,36 @@ def test_broker_node_runs_the_shipped_unit_and_registers_itself(template: dict[s
     assert '"in sync with %s' in (ROOT / "src" / "edgefleet" / "brokers" / "node.py").read_text()
 
 
+def test_broker_node_unit_with_the_drop_in_passes_systemd_analyze(
+    template: dict[str, Any], tmp_path: Path
+) -> None:
+    """The unit and its drop-in as systemd loads them together (the drop-in from the unit's
+    .d directory on the unit path)."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    script = _user_data(template, "BrokerLaunchTemplate")
+    edgefleet = str(Path(sys.executable).parent / "edgefleet")
+    unit = tmp_path / "edgefleet-broker-node.service"
+    unit.write_text(
+        _heredoc(script, f"cat > /etc/systemd/system/{unit.name} <<'UNIT'", "UNIT").replace(
+            "/opt/edgefleet/bin/edgefleet", edgefleet
+        )
+    )
+    drop_in = tmp_path / f"{unit.name}.d" / Path(DROP_IN).name
+    drop_in.parent.mkdir()
+    drop_in.write_text(
+        _heredoc(script, f"cat > {DROP_IN} <<'UNIT'", "UNIT").replace(
+            "/opt/edgefleet/bin/edgefleet", edgefleet
+        )
+    )
+    env = {**os.environ, "SYSTEMD_UNIT_PATH": f"{tmp_path}:"}
+    done = subprocess.run(
+        [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+
+
 @pytest.mark.xfail(
     "--advertise" not in _broker_node_options(),
     reason="broker-node --name/--advertise not landed yet",
