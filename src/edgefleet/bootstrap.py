@@ -152,7 +152,10 @@ def build(settings: Settings, db: Database | None = None) -> Container:
     box = SecretBox(settings.resolved_secret_key())
     workers = Workers()
     accounts = AccountService(
-        db, settings.login, timedelta(seconds=settings.http.session_ttl_seconds)
+        db,
+        settings.login,
+        timedelta(seconds=settings.http.session_ttl_seconds),
+        broker_token=settings.broker_token.get_secret_value(),
     )
     audit = AuditService(db)
     keys = KeyCache(db, box)

@@ -231,6 +231,9 @@ class ConsoleSettings(BaseModel):
         return v
 
 
+BROKER_TOKEN_MIN_LENGTH = 32
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="EDGEFLEET_",
@@ -244,6 +247,10 @@ class Settings(BaseSettings):
     """SQLAlchemy async URL; empty means a SQLite file in ``data_dir``."""
     secret_key: SecretStr = SecretStr("")
     """Encrypts secrets at rest (device PSKs); empty means a key file in ``data_dir``."""
+    broker_token: SecretStr = SecretStr("")
+    """A broker-scope credential the broker nodes send in ``mx-api-token``, provisioned
+    here so that no one has to create and copy a token; accepted on ``/api/v1/broker/``
+    only. Empty: none (nodes use a broker-scope API token made with ``edgefleet token``)."""
     admin_email: str = "admin@localhost"
     log_level: str = "INFO"
     log_format: LogFormat = LogFormat.CONSOLE
@@ -271,6 +278,17 @@ class Settings(BaseSettings):
                 raise ValueError(f"EDGEFLEET_CONFIG names {config_file!r}, which is not a file")
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
         return tuple(sources)
+
+    @field_validator("broker_token")
+    @classmethod
+    def _long_broker_token(cls, v: SecretStr) -> SecretStr:
+        token = v.get_secret_value().strip()
+        if token and len(token) < BROKER_TOKEN_MIN_LENGTH:
+            raise ValueError(
+                f"broker_token (EDGEFLEET_BROKER_TOKEN) must have at least "
+                f"{BROKER_TOKEN_MIN_LENGTH} characters (e.g. `openssl rand -hex 32`), or be empty"
+            )
+        return SecretStr(token)
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from edgefleet.settings import Settings, is_secret_name
+from edgefleet.settings import MASK, Settings, is_secret_name
 
 
 def test_embedded_defaults_use_sqlite_in_the_data_dir(
@@ -202,4 +204,22 @@ def test_trusted_proxies_are_empty_by_default_and_listed_with_commas(
     assert Settings().http.trusted_proxies == ["10.0.0.5", "fd00::/8"]
     monkeypatch.setenv("EDGEFLEET_HTTP__TRUSTED_PROXIES", "*")
     with pytest.raises(ValueError, match="not an IP address or network"):
+        Settings()
+
+
+def test_broker_token_is_off_by_default_and_shown_masked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings().broker_token.get_secret_value() == ""
+    token = secrets.token_hex(20)
+    monkeypatch.setenv("EDGEFLEET_BROKER_TOKEN", f"{token}\n")
+    s = Settings()
+    assert s.broker_token.get_secret_value() == token
+    assert s.masked()["broker_token"] == MASK
+    assert token not in str(s.masked())
+
+
+def test_a_short_broker_token_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEFLEET_BROKER_TOKEN", "x" * 31)
+    with pytest.raises(ValidationError, match=r"broker_token .* at least 32 characters"):
         Settings()

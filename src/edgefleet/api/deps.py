@@ -15,12 +15,16 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from edgefleet.bootstrap import Container
-from edgefleet.domain.auth import Permission, Principal, PrincipalKind
+from edgefleet.domain.auth import Permission, Principal, PrincipalKind, Scope
 from edgefleet.errors import AuthenticationError, AuthError, PermissionDeniedError, StorageError
 
 SESSION_COOKIE = "edgefleet_session"
 CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+BROKER_PREFIX = "/api/v1/broker/"
+"""The only routes a broker-scope credential is accepted on (API token or the provisioned
+``broker_token``): elsewhere it is refused before any handler, even one that needs no
+permission (``/users/me``)."""
 PASSWORD_CHANGE_PATHS = frozenset(
     {"/api/v1/users/me", "/api/v1/users/me/password", "/api/v1/auth/logout"}
 )
@@ -85,6 +89,8 @@ async def _resolve(request: Request, container: Container) -> Principal:
 async def current_principal(request: Request, container: ContainerDep) -> Principal:
     principal = await _resolve(request, container)
     request.state.principal = principal
+    if principal.scope is Scope.BROKER and not request.url.path.startswith(BROKER_PREFIX):
+        raise PermissionDeniedError(f"a broker token is accepted only under {BROKER_PREFIX}")
     if principal.must_change_password and request.url.path not in PASSWORD_CHANGE_PATHS:
         raise PermissionDeniedError(
             "this account uses a one-time password: change it first (PUT /api/v1/users/me/password)"

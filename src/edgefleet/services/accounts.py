@@ -14,6 +14,7 @@ back.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import math
 import secrets
@@ -29,6 +30,7 @@ from edgefleet.db.repos.accounts import LoginFailureRepo, SessionRepo, TokenRepo
 from edgefleet.db.tables import ApiToken, Session, User
 from edgefleet.domain.auth import (
     LOCALES,
+    SCOPE_PERMISSIONS,
     TOKEN_DESCRIPTION_MAX,
     Principal,
     PrincipalKind,
@@ -77,6 +79,18 @@ through another instance takes effect here within this many seconds.
 AUTH_CACHE_MAX = 10_000
 
 
+PROVISIONED_BROKER = Principal(
+    kind=PrincipalKind.TOKEN,
+    user_id=0,
+    email="",
+    role=Role.ADMIN,
+    permissions=SCOPE_PERMISSIONS[Scope.BROKER],
+    scope=Scope.BROKER,
+    token_id=0,
+)
+"""Who calls with the provisioned broker token: the broker scope's permissions, no user."""
+
+
 @dataclass(frozen=True)
 class LoginResult:
     secret: str
@@ -102,8 +116,11 @@ class AccountService:
         session_ttl: timedelta,
         clock: Clock = utcnow,
         passwords: PasswordHasher | None = None,
+        broker_token: str = "",
     ) -> None:
         self.db = db
+        # only its hash is kept, compared in constant time (see principal_for_token)
+        self._broker_token_key = secret_hash(broker_token) if broker_token else ""
         self.login_settings = login
         self.session_ttl = session_ttl
         self.clock = clock
@@ -437,8 +454,13 @@ class AccountService:
         return principal, session.csrf_token
 
     async def principal_for_token(self, secret: str) -> Principal | None:
-        """The principal behind an API token, or None when unknown, revoked or expired."""
+        """The principal behind an API token, or None when unknown, revoked or expired.
+
+        The provisioned broker token (``broker_token`` setting) is one too: a broker-scope
+        principal of no user (``token:0`` in the audit log)."""
         key = secret_hash(secret)
+        if self._broker_token_key and hmac.compare_digest(key, self._broker_token_key):
+            return PROVISIONED_BROKER
         cached = self._token_cache.get(key)
         if cached is not None and cached[0] > time.monotonic():
             expires = cached[1].expires_at
