@@ -66,7 +66,6 @@ NON_SETTING_ENV = {
 
 REQUIRED: dict[str, Any] = {
     "config": {"publicUrl": "https://fleet.example.com"},
-    "mqtt": {"host": "emqx.broker.svc.cluster.local"},
     "storage": {"url": "s3://edgefleet-files/fleet"},
     "secrets": {
         "secretKey": "test-secret-key-0123456789",
@@ -74,7 +73,8 @@ REQUIRED: dict[str, Any] = {
         "mqttPassword": "test-mqtt-password",
     },
 }
-"""The values an install must give (no defaults in values.yaml)."""
+"""The values an install must give (no defaults in values.yaml); the broker tier is the chart's."""
+EXTERNAL_HOST = "emqx.broker.svc.cluster.local"
 
 
 def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -97,9 +97,31 @@ def _without(values: dict[str, Any], dotted: str) -> dict[str, Any]:
     return out
 
 
+def _external(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with a broker outside the chart (EMQX) in place of the broker tier."""
+    return _merged(values, {"broker": {"enabled": False}, "mqtt": {"host": EXTERNAL_HOST}})
+
+
 EXISTING = {**_without(REQUIRED, "secrets"), "secrets": {"existingSecret": "edgefleet-prod"}}
+BROKER_TOKEN = "given-broker-token-0123456789abcdef"
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "required-only": REQUIRED,
+    "external-broker": _external(REQUIRED),
+    "one-broker-node": _merged(REQUIRED, {"broker": {"replicas": 1}}),
+    "five-broker-nodes-given-token": _merged(
+        REQUIRED,
+        {
+            "broker": {
+                "replicas": 5,
+                "gatewayService": {
+                    "externalTrafficPolicy": "Cluster",
+                    "loadBalancerSourceRanges": ["198.51.100.0/24"],
+                    "annotations": {"service.beta.kubernetes.io/aws-load-balancer-type": "nlb"},
+                },
+            },
+            "secrets": {"brokerToken": BROKER_TOKEN},
+        },
+    ),
     "hpa": _merged(REQUIRED, {"web": {"autoscaling": {"enabled": True, "maxReplicas": 8}}}),
     "existing-secret": EXISTING,
     "ingress": _merged(
@@ -113,11 +135,11 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             }
         },
     ),
-    "events-shared-group": _merged(
-        REQUIRED, {"events": {"replicaCount": 3}, "mqtt": {"sharedGroup": "edgefleet"}}
+    "events-shared-group": _external(
+        _merged(REQUIRED, {"events": {"replicaCount": 3}, "mqtt": {"sharedGroup": "edgefleet"}})
     ),
     "s3-keys-and-extras": _merged(
-        REQUIRED,
+        _external(REQUIRED),
         {
             "secrets": {
                 "s3AccessKeyId": "AKIDEXAMPLE",
@@ -370,14 +392,20 @@ def test_values_yaml_follows_its_schema_and_gives_no_secret() -> None:
     secrets = values["secrets"]
     assert set(secrets) == {
         "existingSecret", "secretKey", "databaseUrl", "mqttPassword", "s3AccessKeyId",
-        "s3SecretAccessKey",
+        "s3SecretAccessKey", "brokerToken",
     }  # fmt: skip
     assert all(v == "" for v in secrets.values()), f"values.yaml must give no secret: {secrets}"
     # what only the operator knows is required too, not guessed
     assert values["config"]["publicUrl"] == values["mqtt"]["host"] == values["storage"]["url"] == ""
-    # nothing generated either: a key made at `helm template` time would differ at each render
+    # nothing generated either (a key made at `helm template` time would differ at each
+    # render), but the broker token: made once and kept by a lookup of the release's Secret
     for template in (CHART / "templates").iterdir():
-        assert "randAlpha" not in template.read_text(), template.name
+        if template.name != "_helpers.tpl":
+            assert "randAlpha" not in template.read_text(), template.name
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    token = helpers.split('define "edgefleet.brokerToken"')[1].split("{{- define ")[0]
+    assert helpers.count("randAlpha") == token.count("randAlpha") == 1
+    assert 'lookup "v1" "Secret"' in token
 
 
 # --- versions and image --------------------------------------------------------------------------
@@ -538,7 +566,7 @@ def test_selectors_pick_each_roles_pods_and_the_service_only_web(
     docs = _render(helm_home, VALUE_SETS[value_set])
     pods = {
         d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"]
-        for d in [*_all(docs, "Deployment"), *_all(docs, "Job")]
+        for d in [*_all(docs, "Deployment"), *_all(docs, "Job"), *_all(docs, "StatefulSet")]
     }
     for role in ("web", "events"):
         deployment = _deployment(docs, role)
@@ -558,7 +586,9 @@ def test_selectors_pick_each_roles_pods_and_the_service_only_web(
     assert port["name"] == "http" and port["targetPort"] in web_ports
     pdbs = _all(docs, "PodDisruptionBudget")
     if VALUE_SETS[value_set].get("podDisruptionBudget", {}).get("enabled", True):
-        assert {d["metadata"]["name"] for d in pdbs} == {f"{FULLNAME}-web", f"{FULLNAME}-events"}
+        assert {d["metadata"]["name"] for d in pdbs} == {
+            f"{FULLNAME}-web", f"{FULLNAME}-events", f"{FULLNAME}-broker",
+        }  # fmt: skip
         for pdb in pdbs:
             selected = [
                 n
@@ -572,6 +602,8 @@ def test_selectors_pick_each_roles_pods_and_the_service_only_web(
     expected = VALUE_SETS[value_set].get("serviceAccount", {}).get("name") or FULLNAME
     for role in ("web", "events"):
         assert _deployment(docs, role)["spec"]["template"]["spec"]["serviceAccountName"] == expected
+    broker = _one(docs, "StatefulSet", f"{FULLNAME}-broker")
+    assert broker["spec"]["template"]["spec"]["serviceAccountName"] == expected
     assert accounts == ({FULLNAME} if expected == FULLNAME else set())
 
 
@@ -607,13 +639,16 @@ def test_every_secret_reference_resolves(helm_home: Path, value_set: str) -> Non
         assert not secrets, "no Secret of the chart's when the operator brings one"
     else:
         assert set(secrets) == {FULLNAME, f"{FULLNAME}-migrate"}
+    broker = _broker_enabled(values)
     for role in ("web", "events"):
         deployment = _deployment(docs, role)
         env = _env(deployment)
         for name in (
             "EDGEFLEET_SECRET_KEY", "EDGEFLEET_DATABASE_URL", "EDGEFLEET_MQTT__SERVER_PASSWORD",
+            *(["EDGEFLEET_BROKER_TOKEN"] if broker else []),
         ):  # fmt: skip
             assert "secretKeyRef" in env[name]["valueFrom"], f"{role}: {name} must be a secret"
+        assert ("EDGEFLEET_BROKER_TOKEN" in env) == broker
         for entry in env.values():
             ref = entry.get("valueFrom", {}).get("secretKeyRef")
             if ref is None:
@@ -638,10 +673,20 @@ def test_every_secret_reference_resolves(helm_home: Path, value_set: str) -> Non
         assert data["mqtt-password"] == given["mqttPassword"]
         assert data.get("s3-access-key-id") == given.get("s3AccessKeyId")
         assert data.get("s3-secret-access-key") == given.get("s3SecretAccessKey")
+        if not broker:
+            assert "broker-token" not in data
+        elif given.get("brokerToken"):
+            assert data["broker-token"] == given["brokerToken"]
+        else:  # made at install (helm template cannot look a kept one up)
+            assert re.fullmatch(r"[A-Za-z0-9]{48}", data["broker-token"])
         # no secret in plain sight: not in the ConfigMap, not inline in any env
         rendered = json.dumps([d for d in docs if d["kind"] != "Secret"])
         for value in data.values():
             assert value not in rendered
+
+
+def _broker_enabled(values: dict[str, Any]) -> bool:
+    return bool(values.get("broker", {}).get("enabled", True))
 
 
 def test_config_and_secret_changes_roll_the_pods(helm_home: Path) -> None:
@@ -656,6 +701,10 @@ def test_config_and_secret_changes_roll_the_pods(helm_home: Path) -> None:
     assert config["checksum/secret"] == before["checksum/secret"]
     assert secret["checksum/secret"] != before["checksum/secret"]
     assert secret["checksum/config"] == before["checksum/config"]
+    # a given broker token rolls them too; a generated one (kept by upgrades) does not count
+    token = annotations(_merged(REQUIRED, {"secrets": {"brokerToken": BROKER_TOKEN}}))
+    assert token["checksum/secret"] != before["checksum/secret"]
+    assert annotations(REQUIRED)["checksum/secret"] == before["checksum/secret"]
 
 
 def _pod_environment(docs: list[dict[str, Any]], workload: dict[str, Any]) -> dict[str, str]:
@@ -677,9 +726,22 @@ def _pod_environment(docs: list[dict[str, Any]], workload: dict[str, Any]) -> di
     return env
 
 
+NODES_SETTING = "EDGEFLEET_MQTT__NODES"
+"""The servers' list of broker nodes, ``name=host:port,…`` (mqtt.nodes, from the nodes branch)."""
+
+
+def _expected_nodes(replicas: int) -> str:
+    headless = f"{FULLNAME}-broker-headless.{NAMESPACE}.svc"
+    return ",".join(f"broker-{i}={FULLNAME}-broker-{i}.{headless}:18830" for i in range(replicas))
+
+
 @pytest.mark.parametrize(
-    "value_set", ["required-only", "s3-keys-and-extras", "events-shared-group"]
-)
+    "value_set",
+    [
+        "required-only", "external-broker", "s3-keys-and-extras", "events-shared-group",
+        "five-broker-nodes-given-token",
+    ],
+)  # fmt: skip
 def test_environment_is_real_settings_accepted_in_production(
     helm_home: Path, value_set: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -688,8 +750,18 @@ def test_environment_is_real_settings_accepted_in_production(
         if name.startswith("EDGEFLEET_"):
             monkeypatch.delenv(name)
     dockerfile_env = dict(re.findall(r"(EDGEFLEET_[A-Z_]+)=(\S+)", DOCKERFILE.read_text()))
+    values = VALUE_SETS[value_set]
+    broker = _broker_enabled(values)
+    replicas = values.get("broker", {}).get("replicas", 3)
     for workload in (_deployment(docs, "web"), _deployment(docs, "events"), _job(docs)):
         env = _pod_environment(docs, workload)
+        if broker:
+            assert env[NODES_SETTING] == _expected_nodes(replicas)
+            assert "EDGEFLEET_MQTT__SERVER_HOST" not in env
+        else:
+            assert NODES_SETTING not in env
+        if not _is_setting(NODES_SETTING):  # before the nodes branch is merged: not yet a
+            env.pop(NODES_SETTING, None)  # setting here (its format is checked above)
         unknown = [n for n in env if n.startswith("EDGEFLEET_") and not _is_setting(n)]
         assert not unknown, f"not edgefleet settings (src/edgefleet/settings.py): {unknown}"
         assert {n for n in env if not n.startswith("EDGEFLEET_")} <= NON_SETTING_ENV
@@ -699,7 +771,12 @@ def test_environment_is_real_settings_accepted_in_production(
             s = Settings()  # production: refuses SQLite, no key, insecure cookies
         assert s.environment == "production"
         assert s.resolved_database_url.startswith("postgresql+asyncpg://")
-        assert s.mqtt.embedded is False and s.mqtt.server_host == REQUIRED["mqtt"]["host"]
+        assert s.mqtt.embedded is False
+        if not broker:
+            assert s.mqtt.server_host == EXTERNAL_HOST
+        elif _is_setting(NODES_SETTING):
+            nodes = s.mqtt.model_dump()["nodes"]
+            assert nodes == _expected_nodes(replicas).split(",")
         assert s.storage.url.startswith("s3://")
         assert s.http.host == "0.0.0.0" and s.http.public_url == REQUIRED["config"]["publicUrl"]
         # X-Forwarded-* believed from the cluster's private ranges, not from anyone ("*")
@@ -708,6 +785,8 @@ def test_environment_is_real_settings_accepted_in_production(
         )
         if workload["kind"] == "Deployment":
             assert s.mqtt.server_password.get_secret_value(), "a generated password per pod"
+            token = s.broker_token.get_secret_value()
+            assert (len(token) >= 32) if broker else not token
             role = workload["metadata"]["labels"]["app.kubernetes.io/component"]
             assert s.events.ingest is (role == "events")
             ports = {p["name"]: p["containerPort"] for p in _container(workload)["ports"]}
@@ -751,12 +830,19 @@ async def test_probes_hit_paths_the_app_serves(helm_home: Path, tmp_path: Path) 
         assert probes["readinessProbe"]["path"] == ready
 
 
-@pytest.mark.parametrize("value_set", ["required-only", "existing-secret"])
+BROKER_MOUNTS = {
+    "/tmp": "emptyDir",
+    "/var/lib/edgefleet-broker-node": "emptyDir",  # the node's files, made at each start
+    "/run/secrets/edgefleet": "secret",  # the broker token and the server's MQTT password
+}
+
+
+@pytest.mark.parametrize("value_set", ["required-only", "existing-secret", "external-broker"])
 def test_containers_run_as_non_root_on_a_read_only_root(helm_home: Path, value_set: str) -> None:
     image_user = re.findall(r"^USER (\d+)", DOCKERFILE.read_text(), re.M)[-1]
     docs = _render(helm_home, VALUE_SETS[value_set])
-    workloads = [*_all(docs, "Deployment"), *_all(docs, "Job")]
-    assert len(workloads) == 3
+    workloads = [*_all(docs, "Deployment"), *_all(docs, "Job"), *_all(docs, "StatefulSet")]
+    assert len(workloads) == (4 if _broker_enabled(VALUE_SETS[value_set]) else 3)
     for workload in workloads:
         pod = workload["spec"]["template"]["spec"]
         name = workload["metadata"]["name"]
@@ -770,11 +856,21 @@ def test_containers_run_as_non_root_on_a_read_only_root(helm_home: Path, value_s
             assert sc["readOnlyRootFilesystem"] is True, name
             assert sc["capabilities"] == {"drop": ["ALL"]}, name
             assert "runAsUser" not in sc or sc["runAsUser"] != 0
-            # the one writable place: /tmp, an emptyDir
-            mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
-            assert list(mounts) == ["/tmp"], name
+            # the one writable place: /tmp, an emptyDir (and a broker node's files)
+            mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
             volumes = {v["name"]: v for v in pod["volumes"]}
-            assert "emptyDir" in volumes[mounts["/tmp"]]
+            if workload["kind"] == "StatefulSet":
+                kinds = {path: next(k for k in volumes[m["name"]] if k != "name")
+                         for path, m in mounts.items()}  # fmt: skip
+                assert kinds == BROKER_MOUNTS, name
+                assert mounts["/run/secrets/edgefleet"]["readOnly"] is True
+                # the secret files are readable by the image's group, and no one else
+                assert str(pod["securityContext"]["fsGroup"]) == image_user
+                secret = volumes[mounts["/run/secrets/edgefleet"]["name"]]["secret"]
+                assert secret["defaultMode"] == 0o440
+            else:
+                assert list(mounts) == ["/tmp"], name
+                assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
             assert c["resources"]["limits"]["memory"], name
 
 
@@ -788,7 +884,19 @@ def test_containers_run_as_non_root_on_a_read_only_root(helm_home: Path, value_s
         (_without(REQUIRED, "secrets.databaseUrl"), "secrets.databaseUrl is required"),
         (_without(REQUIRED, "secrets.mqttPassword"), "secrets.mqttPassword is required"),
         (_without(REQUIRED, "config.publicUrl"), "config.publicUrl is required"),
-        (_without(REQUIRED, "mqtt.host"), "mqtt.host is required"),
+        (_without(_external(REQUIRED), "mqtt.host"), "mqtt.host is required with broker.enabled"),
+        (
+            _merged(REQUIRED, {"mqtt": {"host": EXTERNAL_HOST}}),
+            "mqtt.host names a broker outside the chart, while broker.enabled",
+        ),
+        (
+            _merged(REQUIRED, {"broker": {"replicas": 0}}),
+            "broker.replicas must be at least 1 while broker.enabled",
+        ),
+        (
+            _merged(EXISTING, {"secrets": {"brokerToken": BROKER_TOKEN}}),
+            "secrets.existingSecret is set: leave the other secrets.* values empty",
+        ),
         (_without(REQUIRED, "storage.url"), "storage.url is required"),
         (
             _merged(REQUIRED, {"secrets": {"s3AccessKeyId": "AKID"}}),
@@ -804,7 +912,8 @@ def test_containers_run_as_non_root_on_a_read_only_root(helm_home: Path, value_s
         ),
     ],
     ids=[
-        "secret-key", "database-url", "mqtt-password", "public-url", "mqtt-host", "storage-url",
+        "secret-key", "database-url", "mqtt-password", "public-url", "mqtt-host",
+        "mqtt-host-and-broker-tier", "no-broker-node", "existing-and-broker-token", "storage-url",
         "half-s3-keys", "existing-and-inline-secrets", "env-overrides-the-chart",
     ],
 )  # fmt: skip
@@ -825,8 +934,21 @@ def test_missing_or_contradictory_values_fail_with_a_clear_message(
         ({"storage": {"url": "file:///srv/files"}}, "/storage/url"),
         ({"mqtt": {"sharedGroup": "no spaces"}}, "/mqtt/sharedGroup"),
         ({"events": {"replicaCount": 0}}, "/events/replicaCount"),
+        ({"secrets": {"brokerToken": "x" * 31}}, "/secrets/brokerToken"),
+        ({"broker": {"replica": 3}}, "/broker"),  # a typo: replicas
+        ({"broker": {"gatewayService": {"type": "ExternalName"}}}, "/broker/gatewayService/type"),
     ],
-    ids=["unknown-key", "plain-http", "sqlite", "local-files", "bad-group", "no-events-pod"],
+    ids=[
+        "unknown-key",
+        "plain-http",
+        "sqlite",
+        "local-files",
+        "bad-group",
+        "no-events-pod",
+        "short-broker-token",
+        "broker-typo",
+        "gateway-service-type",
+    ],
 )
 def test_values_schema_rejects_what_production_would_refuse(
     helm_home: Path, extra: dict[str, Any], where: str
@@ -948,3 +1070,164 @@ def test_pods_named_afresh_leave_no_broker_session_behind(helm_home: Path, value
             assert env["EDGEFLEET_MQTT__CLEAN_SESSION"]["value"] == "true", role
             value = env["EDGEFLEET_MQTT__CLEAN_SESSION"]["value"]
             assert MQTTSettings.model_validate({"clean_session": value}).clean_session is True
+
+
+# --- the broker tier -----------------------------------------------------------------------------
+
+
+def _broker(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return _one(docs, "StatefulSet", f"{FULLNAME}-broker")
+
+
+def _option_names(command: str) -> set[str]:
+    return {o for p in _cli_command(command).params for o in getattr(p, "opts", [])}
+
+
+@pytest.mark.parametrize("replicas", [1, 3, 5])
+def test_broker_tier_is_a_statefulset_of_nodes_the_servers_name_one_by_one(
+    helm_home: Path, replicas: int
+) -> None:
+    values = _merged(REQUIRED, {"broker": {"replicas": replicas}})
+    docs = _render(helm_home, values)
+    broker = _broker(docs)
+    spec = broker["spec"]
+    assert spec["replicas"] == replicas and spec["podManagementPolicy"] == "Parallel"
+    labels = spec["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/component"] == "broker"
+    # each pod's own DNS name: <pod>.<headless service>.<namespace>.svc
+    headless = _one(docs, "Service", spec["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None"
+    assert _matches(headless["spec"]["selector"], labels)
+    (listener,) = headless["spec"]["ports"]
+    container = _container(broker)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert listener["targetPort"] == "mqtt-server" and ports["mqtt-server"] == listener["port"]
+    expected = _expected_nodes(replicas)
+    assert [n.split("=")[1] for n in expected.split(",")] == [
+        f"{broker['metadata']['name']}-{i}.{spec['serviceName']}.{NAMESPACE}.svc:{listener['port']}"
+        for i in range(replicas)
+    ]
+    config = _one(docs, "ConfigMap", FULLNAME)["data"]
+    assert config[NODES_SETTING] == expected
+    assert config["EDGEFLEET_MQTT__EMBEDDED"] == "false"
+    assert "EDGEFLEET_MQTT__SERVER_HOST" not in config
+    # the gateways' way in: a TCP load balancer on 8883 over every broker pod, nothing else
+    gateway = _one(docs, "Service", f"{FULLNAME}-broker")
+    assert gateway["spec"]["type"] == "LoadBalancer"
+    assert gateway["spec"]["externalTrafficPolicy"] == "Local"
+    assert gateway["spec"]["ports"] == [
+        {"name": "mqtts", "port": 8883, "targetPort": "mqtts", "protocol": "TCP"}
+    ]
+    assert ports["mqtts"] == 8883
+    assert _matches(gateway["spec"]["selector"], labels)
+    others = [*_all(docs, "Deployment"), *_all(docs, "Job")]
+    for service in (gateway, headless):
+        assert not [d for d in others if _matches(service["spec"]["selector"], _labels_of(d))], (
+            "a broker Service selects server pods"
+        )
+    # kept through voluntary disruptions, spread over nodes and zones
+    budget = _one(docs, "PodDisruptionBudget", f"{FULLNAME}-broker")
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert _matches(budget["spec"]["selector"]["matchLabels"], labels)
+    terms = spec["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert [t["podAffinityTerm"]["topologyKey"] for t in terms] == [
+        "kubernetes.io/hostname", "topology.kubernetes.io/zone",
+    ]  # fmt: skip
+    for t in terms:
+        selector = t["podAffinityTerm"]["labelSelector"]["matchLabels"]
+        assert _matches(selector, labels) and selector["app.kubernetes.io/component"] == "broker"
+    required = _broker(_render(helm_home, _merged(values, {"podAntiAffinity": "required"})))
+    (term,) = required["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert term["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "broker"
+    assert container["resources"]["requests"]["cpu"] and container["resources"]["limits"]["memory"]
+
+
+def _labels_of(workload: dict[str, Any]) -> dict[str, str]:
+    labels: dict[str, str] = workload["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def test_broker_pods_run_the_node_command_with_file_credentials_and_no_database(
+    helm_home: Path,
+) -> None:
+    docs = _render(helm_home, REQUIRED)
+    broker = _broker(docs)
+    container = _container(broker)
+    args = container["args"]
+    assert container["image"] == _container(_deployment(docs, "web"))["image"]
+    assert args[:2] == ["broker-node", "--run"]
+    options = [a for a in args if a.startswith("--")]
+    assert set(options) <= _option_names("broker-node"), "options `edgefleet broker-node` lacks"
+
+    def option(name: str) -> str:
+        value: str = args[args.index(name) + 1]
+        return value
+
+    # keys from the web Service, inside the cluster
+    service = _one(docs, "Service", FULLNAME)
+    assert option("--server-url") == (
+        f"http://{FULLNAME}.{NAMESPACE}.svc:{service['spec']['ports'][0]['port']}"
+    )
+    assert option("--server-username") == "edgefleet-server"
+    assert option("--gateway-port") == "8883" and option("--server-port") == "18830"
+    # the credentials as files of the release's Secret: the broker token and the server's MQTT
+    # password; nothing else of it (no database URL, no server key)
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in broker["spec"]["template"]["spec"]["volumes"]}
+    (credentials,) = [n for n, v in volumes.items() if "secret" in v]
+    secret = volumes[credentials]["secret"]
+    assert secret["secretName"] == FULLNAME
+    files = {i["path"]: i["key"] for i in secret["items"]}
+    assert files == {"broker-token": "broker-token", "mqtt-password": "mqtt-password"}
+    assert option("--token-file") == f"{mounts[credentials]}/broker-token"
+    assert option("--server-password-file") == f"{mounts[credentials]}/mqtt-password"
+    data = _one(docs, "Secret", FULLNAME)["data"]
+    assert set(files.values()) <= set(data)
+    assert "env" not in container and "envFrom" not in container
+    rendered = json.dumps(broker)
+    for value in data.values():
+        assert base64.b64decode(value).decode() not in rendered, "a secret inlined"
+    assert "DATABASE" not in rendered and "database-url" not in rendered
+    # the server accepts the same token (EDGEFLEET_BROKER_TOKEN, from the same key)
+    for role in ("web", "events"):
+        ref = _env(_deployment(docs, role))["EDGEFLEET_BROKER_TOKEN"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": FULLNAME, "key": "broker-token"}
+    # the operator's Secret, when there is one, by the same keys
+    existing = _broker(_render(helm_home, EXISTING))
+    (volume,) = [v for v in existing["spec"]["template"]["spec"]["volumes"] if "secret" in v]
+    assert volume["secret"]["secretName"] == EXISTING["secrets"]["existingSecret"]
+    # probes on the gateway listener (the node serves no HTTP)
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["tcpSocket"] == {"port": "mqtts"}, probe
+
+
+def test_broker_tier_off_leaves_the_external_broker_path(helm_home: Path) -> None:
+    docs = _render(helm_home, VALUE_SETS["external-broker"])
+    assert not _all(docs, "StatefulSet")
+    names = {d["metadata"]["name"] for d in docs}
+    assert not {n for n in names if "broker" in n}, names
+    config = _one(docs, "ConfigMap", FULLNAME)["data"]
+    assert NODES_SETTING not in config
+    assert config["EDGEFLEET_MQTT__SERVER_HOST"] == EXTERNAL_HOST
+    assert config["EDGEFLEET_MQTT__SERVER_PORT"] == "18830"
+    assert "broker-token" not in _one(docs, "Secret", FULLNAME)["data"]
+    # replicas are not looked at then
+    off = _merged(VALUE_SETS["external-broker"], {"broker": {"replicas": 0}})
+    assert _template(helm_home, off).returncode == 0
+
+
+def test_gateway_service_takes_the_operators_load_balancer_settings(helm_home: Path) -> None:
+    values = VALUE_SETS["five-broker-nodes-given-token"]
+    docs = _render(helm_home, values)
+    gateway = _one(docs, "Service", f"{FULLNAME}-broker")
+    given = values["broker"]["gatewayService"]
+    assert gateway["metadata"]["annotations"] == given["annotations"]
+    assert gateway["spec"]["externalTrafficPolicy"] == "Cluster"
+    assert gateway["spec"]["loadBalancerSourceRanges"] == ["198.51.100.0/24"]
+    cluster_ip = _merged(REQUIRED, {"broker": {"gatewayService": {"type": "ClusterIP"}}})
+    gateway = _one(_render(helm_home, cluster_ip), "Service", f"{FULLNAME}-broker")
+    assert gateway["spec"]["type"] == "ClusterIP" and "externalTrafficPolicy" not in gateway["spec"]

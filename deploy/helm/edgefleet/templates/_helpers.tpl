@@ -119,13 +119,20 @@ exists). Role settings (ingest, shared group, client id) are in the Deployments.
   "EDGEFLEET_HTTP__PUBLIC_URL" (required "config.publicUrl is required: the https:// URL browsers and gateways reach the server at" $c.publicUrl)
   "EDGEFLEET_HTTP__COOKIE_SECURE" "true"
   "EDGEFLEET_MQTT__EMBEDDED" "false"
-  "EDGEFLEET_MQTT__SERVER_HOST" (required "mqtt.host is required: the broker's address inside the cluster" .Values.mqtt.host)
-  "EDGEFLEET_MQTT__SERVER_PORT" (toString .Values.mqtt.port)
   "EDGEFLEET_MQTT__SERVER_USERNAME" .Values.mqtt.username
   "EDGEFLEET_MQTT__GATEWAY_PORT" (toString .Values.mqtt.gatewayPort)
   "EDGEFLEET_STORAGE__URL" (required "storage.url is required: s3://bucket/prefix (pods share no disk)" .Values.storage.url)
   "EDGEFLEET_HTTP__TRUSTED_PROXIES" $c.trustedProxies
 }}
+{{- if .Values.broker.enabled }}
+{{- if .Values.mqtt.host }}
+{{- fail "mqtt.host names a broker outside the chart, while broker.enabled runs the chart's own: give one (broker.enabled=false for mqtt.host)" }}
+{{- end }}
+{{- $_ := set $env "EDGEFLEET_MQTT__NODES" (include "edgefleet.brokerNodes" .) }}
+{{- else }}
+{{- $_ := set $env "EDGEFLEET_MQTT__SERVER_HOST" (required "mqtt.host is required with broker.enabled=false: the broker's address inside the cluster" .Values.mqtt.host) }}
+{{- $_ := set $env "EDGEFLEET_MQTT__SERVER_PORT" (toString .Values.mqtt.port) }}
+{{- end }}
 {{- with $c.adminEmail }}{{ $_ := set $env "EDGEFLEET_ADMIN_EMAIL" . }}{{ end }}
 {{- with .Values.mqtt.gatewayHost }}{{ $_ := set $env "EDGEFLEET_MQTT__GATEWAY_HOST" . }}{{ end }}
 {{- with .Values.storage.s3EndpointUrl }}{{ $_ := set $env "EDGEFLEET_STORAGE__S3_ENDPOINT_URL" . }}{{ end }}
@@ -144,4 +151,92 @@ exists). Role settings (ingest, shared group, client id) are in the Deployments.
 - name: tmp
   emptyDir:
     sizeLimit: {{ .Values.tmpSizeLimit }}
+{{- end }}
+
+{{/*
+The broker tier's nodes as the servers name them (EDGEFLEET_MQTT__NODES): each pod of the
+StatefulSet by its stable name under the headless Service, at its server listener:
+broker-0=<fullname>-broker-0.<fullname>-broker-headless.<namespace>.svc:18830,…
+*/}}
+{{- define "edgefleet.brokerNodes" -}}
+{{- $fullname := include "edgefleet.fullname" . }}
+{{- $replicas := int .Values.broker.replicas }}
+{{- if lt $replicas 1 }}
+{{- fail "broker.replicas must be at least 1 while broker.enabled (gateways need a node to connect to); set broker.enabled=false and mqtt.host for a broker outside the chart" }}
+{{- end }}
+{{- $nodes := list }}
+{{- range $i := until $replicas }}
+{{- $nodes = append $nodes (printf "broker-%d=%s-broker-%d.%s-broker-headless.%s.svc:%d" $i $fullname $i $fullname $.Release.Namespace (int $.Values.broker.serverPort)) }}
+{{- end }}
+{{- join "," $nodes }}
+{{- end }}
+
+{{/*
+The broker token (EDGEFLEET_BROKER_TOKEN on the servers, --token-file on the broker pods): the
+one given (secrets.brokerToken), else the one the release's Secret already holds (kept across
+upgrades), else a new random one. `helm template` cannot look the Secret up: give
+secrets.brokerToken (or secrets.existingSecret) when rendering for GitOps.
+*/}}
+{{- define "edgefleet.brokerToken" -}}
+{{- if .Values.secrets.brokerToken }}
+{{- .Values.secrets.brokerToken }}
+{{- else }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "edgefleet.fullname" .) }}
+{{- $kept := "" }}
+{{- if $existing }}{{ $kept = index ($existing.data | default dict) "broker-token" | default "" }}{{ end }}
+{{- if $kept }}
+{{- $kept | b64dec }}
+{{- else }}
+{{- randAlphaNum 48 }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Pod anti-affinity for one component's pods (.component) of the release (.root), by the
+values podAntiAffinity (preferred, required, none) and affinity (replaces it when given).
+*/}}
+{{- define "edgefleet.affinity" -}}
+{{- $v := .root.Values }}
+{{- if $v.affinity -}}
+affinity:
+  {{- toYaml $v.affinity | nindent 2 }}
+{{- else if ne $v.podAntiAffinity "none" -}}
+# one component's pods on different nodes (and zones when they can), so that losing a node
+# leaves the others serving
+affinity:
+  podAntiAffinity:
+    {{- if eq $v.podAntiAffinity "required" }}
+    requiredDuringSchedulingIgnoredDuringExecution:
+      - topologyKey: kubernetes.io/hostname
+        labelSelector:
+          matchLabels:
+            {{- include "edgefleet.selectorLabels" .root | nindent 12 }}
+            app.kubernetes.io/component: {{ .component }}
+    {{- else }}
+    preferredDuringSchedulingIgnoredDuringExecution:
+      - weight: 100
+        podAffinityTerm:
+          topologyKey: kubernetes.io/hostname
+          labelSelector:
+            matchLabels:
+              {{- include "edgefleet.selectorLabels" .root | nindent 14 }}
+              app.kubernetes.io/component: {{ .component }}
+      - weight: 50
+        podAffinityTerm:
+          topologyKey: topology.kubernetes.io/zone
+          labelSelector:
+            matchLabels:
+              {{- include "edgefleet.selectorLabels" .root | nindent 14 }}
+              app.kubernetes.io/component: {{ .component }}
+    {{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+What rolls the pods when a secret the chart makes changes: its given values. Not a generated
+broker token, which would differ at each `helm template` and is kept across upgrades anyway.
+*/}}
+{{- define "edgefleet.secretChecksum" -}}
+{{- printf "%s\n%s" (include "edgefleet.secretData" .) .Values.secrets.brokerToken | sha256sum }}
 {{- end }}
