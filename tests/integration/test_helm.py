@@ -135,6 +135,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             }
         },
     ),
+    "events-by-lease": _merged(REQUIRED, {"events": {"replicaCount": 2}}),
     "events-shared-group": _external(
         _merged(REQUIRED, {"events": {"replicaCount": 3}, "mqtt": {"sharedGroup": "edgefleet"}})
     ),
@@ -515,7 +516,8 @@ def test_events_are_ingested_by_the_events_role_only(helm_home: Path, value_set:
         assert events["EDGEFLEET_MQTT__SHARED_GROUP"]["value"] == group
     else:
         assert "EDGEFLEET_MQTT__SHARED_GROUP" not in events
-        assert replicas == 1
+        # several events pods split the broker tier's nodes by leases instead
+        assert replicas == 1 or _broker_enabled(values)
     spec = _deployment(docs, "events")["spec"]
     assert spec["replicas"] == replicas
     if replicas == 1:
@@ -529,9 +531,16 @@ def test_events_are_ingested_by_the_events_role_only(helm_home: Path, value_set:
 
 
 def test_more_than_one_events_pod_without_a_shared_group_is_refused(helm_home: Path) -> None:
-    result = _template(helm_home, _merged(REQUIRED, {"events": {"replicaCount": 2}}))
+    """Without the broker tier; with it, the events pods share its nodes out by leases, and a
+    shared group (which its Mosquitto nodes cannot serve for `$` topics) is refused."""
+    result = _template(helm_home, _external(_merged(REQUIRED, {"events": {"replicaCount": 2}})))
     assert result.returncode != 0
     assert "events.replicaCount > 1 needs mqtt.sharedGroup" in result.stderr, result.stderr
+    assert _template(helm_home, VALUE_SETS["events-by-lease"]).returncode == 0
+    grouped = _merged(REQUIRED, {"mqtt": {"sharedGroup": "edgefleet"}})
+    result = _template(helm_home, grouped)
+    assert result.returncode != 0
+    assert "the broker tier's Mosquitto nodes have none" in result.stderr, result.stderr
 
 
 def test_web_deployment_has_no_replicas_while_the_hpa_scales_it(helm_home: Path) -> None:
@@ -1051,7 +1060,7 @@ def test_pods_of_a_role_spread_over_nodes_and_a_budget_keeps_them(helm_home: Pat
     assert refused.returncode != 0 and "podAntiAffinity" in refused.stderr
 
 
-@pytest.mark.parametrize("value_set", ["required-only", "events-shared-group"])
+@pytest.mark.parametrize("value_set", ["required-only", "events-shared-group", "events-by-lease"])
 def test_pods_named_afresh_leave_no_broker_session_behind(helm_home: Path, value_set: str) -> None:
     """A pod whose MQTT client id is its name (a new one at each replacement) asks for a clean
     session, which the broker drops when it disconnects; the one events pod keeps a fixed id
