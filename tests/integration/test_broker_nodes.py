@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -29,17 +30,19 @@ import httpx
 import pytest
 import typer
 from prometheus_client import REGISTRY
+from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from edgefleet.asgi import create_app
-from edgefleet.bootstrap import Container
+from edgefleet.bootstrap import Container, build
 from edgefleet.brokers.node import KICKER, BrokerNode, NodeConfig
 from edgefleet.cli.node import broker_node
+from edgefleet.db.engine import Database
 from edgefleet.domain.auth import Role, Scope
 from edgefleet.protocol.psk import psk_client_context
 from edgefleet.protocol.topics import Channel, topic
 from edgefleet.services.keys import SYNC_ANSWERS
-from edgefleet.settings import MQTTSettings
+from edgefleet.settings import MQTTSettings, Settings
 from tests.brokers import free_port, require, start_mosquitto
 from tests.conftest import Callers
 from tests.httpserver import bound_socket, serving
@@ -465,3 +468,36 @@ def test_the_systemd_unit_passes_systemd_analyze(tmp_path: Path) -> None:
         [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+
+
+async def test_a_node_follows_the_server_with_its_provisioned_broker_token(
+    settings: Settings, database: Database, base: Path, server_passwd: Path
+) -> None:
+    """The Helm chart's setup: no token created; the server's EDGEFLEET_BROKER_TOKEN is the
+    node's --token-file, the server's MQTT password its --server-password-file."""
+    require("mosquitto")
+    token = secrets.token_urlsafe(32)
+    container = build(settings.model_copy(update={"broker_token": SecretStr(token)}), db=database)
+    writer = await Callers(container).token(Role.OPERATOR, Scope.READ_WRITE)
+    files = server_passwd.parent
+    (files / "broker.token").write_text(token + "\n")
+    (files / "server.password").write_text(SERVER_PASSWORD + "\n")
+    sock = bound_socket()
+    async with (
+        serving(create_app(container), sock) as url,
+        httpx.AsyncClient(base_url=url, headers=writer.headers, timeout=30) as api,
+    ):
+        tier = Tier(url, files, api)
+        node = Node("n1", base / "n1", free_port(), free_port(), base / "n1.out")
+        tier.nodes = [node]
+        tier.start(node)
+        try:
+            await eventually(lambda: server_connects(node), "n1 accepts the server", 30)
+            a = await register(api, "a", "0090e8000001")
+            await eventually(lambda: connects(node, *a), "a connects through n1", 15)
+        finally:
+            assert node.proc is not None
+            code = await asyncio.to_thread(_stop, node.proc)
+    sock.close()
+    assert code == 0, tier.diagnosis()
+    assert token not in node.output()
