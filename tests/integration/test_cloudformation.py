@@ -676,7 +676,8 @@ def test_server_wrapper_gives_edgefleet_production_settings(
     secrets = FakeSecrets(
         {
             conf["db"]["secret"]: json.dumps({"username": "edgefleet", "password": password}),
-            **{arn: f"value-of-{name}" for name, arn in conf["secrets"].items()},
+            # each long enough for any setting (EDGEFLEET_BROKER_TOKEN: 32 characters at least)
+            **{arn: f"value-of-{name}-in-aws" for name, arn in conf["secrets"].items()},
         }
     )
     captured: dict[str, Any] = {}
@@ -718,15 +719,12 @@ def test_server_wrapper_gives_edgefleet_production_settings(
     assert not getattr(settings.mqtt, "nodes", [])
     assert (
         settings.mqtt.server_password.get_secret_value()
-        == "value-of-EDGEFLEET_MQTT__SERVER_PASSWORD"
+        == "value-of-EDGEFLEET_MQTT__SERVER_PASSWORD-in-aws"
     )
-    assert settings.secret_key.get_secret_value() == "value-of-EDGEFLEET_SECRET_KEY"
+    assert settings.secret_key.get_secret_value() == "value-of-EDGEFLEET_SECRET_KEY-in-aws"
     # the token the nodes send: the generated secret, given to the servers as it is
     assert conf["secrets"]["EDGEFLEET_BROKER_TOKEN"] == _sub("${BrokerTokenSecret}", {})
-    assert (
-        settings.broker_token.get_secret_value()  # type: ignore[attr-defined]
-        == "value-of-EDGEFLEET_BROKER_TOKEN"
-    )
+    assert settings.broker_token.get_secret_value() == "value-of-EDGEFLEET_BROKER_TOKEN-in-aws"
     # each instance its own MQTT id (edgefleet-<host name>)
     assert settings.mqtt.client_id == ""
     # X-Forwarded-For is believed from the ALB's subnets only
