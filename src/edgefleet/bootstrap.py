@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from edgefleet.files.signing import UrlSigner
 from edgefleet.looplag import LoopLag
 from edgefleet.mqtt.client import BrokerLink
 from edgefleet.mqtt.limits import GatewayRate
+from edgefleet.mqtt.nodes import NodeLinks
 from edgefleet.mqtt.relay import GatewayRelay
 from edgefleet.mqtt.router import InboundRouter
 from edgefleet.protocol import topics
@@ -37,6 +39,7 @@ from edgefleet.services.events import EventService, TaskEvents
 from edgefleet.services.files import FileService, FirmwareService
 from edgefleet.services.fleet import FleetService
 from edgefleet.services.keys import KeyCache
+from edgefleet.services.nodes import NodeLeases
 from edgefleet.services.notifications import NotificationService
 from edgefleet.services.pki import PkiService, broker_tls
 from edgefleet.services.presence import PresenceMonitor, PresenceService
@@ -51,7 +54,11 @@ log = logging.getLogger(__name__)
 @dataclass
 class Messaging:
     """The server's side of the gateway protocol: broker link, relay, presence (its writer
-    and its monitor), router."""
+    and its monitor), router.
+
+    With broker nodes (``mqtt.nodes``), ``nodes`` holds the links to them and ``leases``
+    (on the instances that ingest) the leases on their streams; ``link`` is then not
+    started."""
 
     link: BrokerLink
     relay: GatewayRelay
@@ -59,7 +66,16 @@ class Messaging:
     monitor: PresenceMonitor
     router: InboundRouter
     broker: EmbeddedMosquitto | None
+    nodes: NodeLinks | None = None
+    leases: NodeLeases | None = None
     running: bool = False
+
+    def connected(self) -> bool:
+        """The server can reach gateways: its broker link is up (with broker nodes: the
+        publishing link of at least one node)."""
+        if self.nodes is not None:
+            return self.nodes.connected()
+        return self.link.connected.is_set()
 
 
 @dataclass
@@ -98,7 +114,12 @@ class Container:
         start = self.workers.start
         start("gateway-keys", self.keys.run)
         start("loop-lag", self.loop_lag.run)
-        start("broker-link", m.link.run)
+        if m.nodes is not None:
+            m.nodes.start()
+            if m.leases is not None:
+                start("broker-leases", m.leases.run)
+        else:
+            start("broker-link", m.link.run)
         start("presence-writer", m.presence.run)
         if m.monitor.sweep_interval:
             start("presence-sweep", m.monitor.sweep)
@@ -139,6 +160,7 @@ def _messaging(
     password = settings.mqtt_server_password()
     presence = PresenceService(db)
     holder: dict[str, BrokerLink] = {}
+    instance = mqtt.client_id or f"edgefleet-{socket.gethostname()}"
 
     async def publish(topic: str, payload: bytes) -> None:
         await holder["link"].publish(topic, payload)
@@ -172,7 +194,7 @@ def _messaging(
         port=mqtt.server_port,
         username=mqtt.server_username,
         password=password,
-        client_id=mqtt.client_id or f"edgefleet-{socket.gethostname()}",
+        client_id=instance,
         clean_session=mqtt.clean_session,
         subscriptions=topics.server_subscriptions(mqtt.shared_group),
         handler=router,
@@ -181,8 +203,39 @@ def _messaging(
     holder["link"] = link
     monitor.link_up = link.connected
 
-    async def clear_retained(topic: str) -> None:
-        await link.publish(topic, b"", retain=True)
+    nodes: NodeLinks | None = None
+    leases: NodeLeases | None = None
+    if mqtt.partitioned:
+        nodes = NodeLinks(
+            instance=instance,
+            username=mqtt.server_username,
+            password=password,
+            workers=workers,
+            consume=lambda name: functools.partial(router, node=name),
+            answers=router.answers,
+            dead=monitor.node_dead,
+            on_consumer_connect=monitor.connected,
+            grace=mqtt.node_grace_seconds,
+            dns=mqtt.nodes_dns,
+        )
+        nodes.configure(mqtt.broker_nodes)
+        relay.nodes = nodes
+        monitor.scope = lambda: nodes.consumed if nodes is not None else []
+        monitor.link_up = nodes.consumers_up
+        if events.ingest:  # the others publish only
+            leases = NodeLeases(
+                db,
+                instance,
+                lambda: nodes.names if nodes is not None else [],
+                gained=nodes.gained,
+                lost=nodes.lost,
+            )
+
+    async def clear_retained(topic: str, node: str | None) -> None:
+        if nodes is not None and node is not None:
+            await nodes.publish(node, topic, b"", retain=True)
+        else:
+            await link.publish(topic, b"", retain=True)
 
     router.clear_retained = clear_retained
     broker = (
@@ -198,7 +251,7 @@ def _messaging(
         if mqtt.embedded
         else None
     )
-    return Messaging(link, relay, presence, monitor, router, broker)
+    return Messaging(link, relay, presence, monitor, router, broker, nodes, leases)
 
 
 def _file_store(settings: Settings, signer: UrlSigner) -> FileStore:
