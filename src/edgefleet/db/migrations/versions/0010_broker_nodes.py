@@ -35,18 +35,19 @@ def upgrade() -> None:
         sa.Column("seen_at", sa.DateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_server_instances")),
     )
-    with op.batch_alter_table("devices", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("broker_node", sa.String(length=255), nullable=True))
-        batch_op.create_index(
-            "ix_devices_broker_node_connection_status",
-            ["broker_node", "connection_status"],
-            unique=False,
-        )
+    # plain ALTER TABLEs, not a batch: SQLite adds and drops a column in place, and a batch
+    # would copy the table without its expression index (0008), which it cannot reflect
+    op.add_column("devices", sa.Column("broker_node", sa.String(length=255), nullable=True))
+    op.create_index(
+        "ix_devices_broker_node_connection_status",
+        "devices",
+        ["broker_node", "connection_status"],
+        unique=False,
+    )
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("devices", schema=None) as batch_op:
-        batch_op.drop_index("ix_devices_broker_node_connection_status")
-        batch_op.drop_column("broker_node")
+    op.drop_index("ix_devices_broker_node_connection_status", table_name="devices")
+    op.drop_column("devices", "broker_node")
     op.drop_table("server_instances")
     op.drop_table("broker_leases")
