@@ -432,7 +432,9 @@ class DeviceRepo:
                 broker_node=bindparam("node"),
                 connection_changed_at=case(
                     (t.connection_status == bindparam("st"), t.connection_changed_at),
-                    else_=bindparam("at"),
+                    # typed: in a CASE the column's type (naive UTC on the way in) is not
+                    # inferred
+                    else_=bindparam("at", type_=t.connection_changed_at.type),
                 ),
             ),
             [{"u": u, "st": st, "node": node, "at": at} for u, st, node in rows],
