@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -342,6 +343,7 @@ async def test_two_instances_share_three_nodes_and_survive_the_death_of_each(
             for i in cut_off:  # gone with no word (their wills die with the node)
                 runs[i].cancel()
             await asyncio.gather(*(runs[i] for i in cut_off), return_exceptions=True)
+            node_killed = datetime.now(UTC)
             tier.nodes[victim].proc.send_signal(signal.SIGKILL)
             tier.nodes[victim].proc.wait()
 
@@ -352,40 +354,45 @@ async def test_two_instances_share_three_nodes_and_survive_the_death_of_each(
             placed = await nodes_of()
             assert all(placed[u] != victim for u in moved)
             assert all(gws[i].sessions == 2 for i in on_victim if uuids[i] in moved)
+            assert all(g.sessions == 1 for i, g in enumerate(gws) if i not in on_victim)
             # each reconnection: one property request
             assert all(g.executed[PROPERTIES] == g.sessions for g in gws)
             r = await api.get("/api/v1/events", params={"type": "device_offline", "limit": 1000})
-            assert sorted(e["deviceUUID"] for e in r.json()["data"]) == sorted(stranded)
+            offline = r.json()["data"]
+            assert sorted(e["deviceUUID"] for e in offline) == sorted(stranded)
+            # not before the grace
+            grace_over = node_killed + timedelta(seconds=GRACE)
+            assert all(datetime.fromisoformat(e["at"]) >= grace_over for e in offline), offline
 
-            # kill -9 an instance: its leases move within 15 s, and what its nodes received
-            # meanwhile reaches the other
+            # kill -9 an instance that consumes a live node: its leases move to the other
+            # within 15 s, and what its nodes received meanwhile reaches the other
             held = await leases()
             alive = [n for n in tier.nodes if n != victim]
-            b_nodes = {n for n in alive if held.get(n) == "edgefleet-b"}
-            if not b_nodes:  # b held only the dead node: a takes the living ones anyway
-                b_nodes = set()
-            assert b.proc is not None
-            b.proc.send_signal(signal.SIGKILL)
-            b.proc.wait()
-            killed = time.monotonic()
+            dying, survivor = (b, a) if any(held[n] == "edgefleet-b" for n in alive) else (a, b)
+            orphaned = {n for n in alive if held[n] == f"edgefleet-{dying.name}"}
             leaving = next(
-                (i for i, u in enumerate(uuids) if placed[u] in b_nodes and u not in stranded),
-                None,
+                i for i, u in enumerate(uuids) if placed[u] in orphaned and u not in stranded
             )
-            if leaving is not None:
-                await gws[leaving].go_offline()  # queued in the node's session for its consumer
+            assert dying.proc is not None
+            dying.proc.send_signal(signal.SIGKILL)
+            dying.proc.wait()
+            killed = time.monotonic()
+            await gws[leaving].go_offline()  # queued in the node's session for its consumer
 
-            async def moved_to_a() -> bool:
+            async def moved_over() -> bool:
                 held = await leases()
-                return all(held.get(n) == "edgefleet-a" for n in alive)
+                return all(held.get(n) == f"edgefleet-{survivor.name}" for n in alive)
 
-            await eventually(moved_to_a, "every live node's lease with a", 20)
+            await eventually(moved_over, f"every live node's lease with {survivor.name}", 20)
             assert time.monotonic() - killed <= 15
-            if leaving is not None:
-                gone = uuids[leaving]
+            gone = uuids[leaving]
+            async with httpx.AsyncClient(base_url=survivor.url, headers=h, timeout=60) as api2:
 
                 async def left() -> bool:
-                    return gone not in await online()
+                    r = await api2.get(
+                        "/api/v1/events", params={"type": "device_offline", "limit": 1000}
+                    )
+                    return gone in {e["deviceUUID"] for e in r.json()["data"]}
 
                 await eventually(left, "the status sent while no one consumed, recorded", 30)
         except AssertionError as exc:

@@ -136,6 +136,9 @@ async def test_a_status_through_a_broker_node_records_the_node(container: Contai
     assert (moved.connection_status, moved.broker_node) == ("online", "m2")
     assert moved.connection_changed_at == first.connection_changed_at
     assert await container.fleet.presence(a) == ("online", "m2")
+    presence.apply_status(a, False, "m1")  # its will, published late by the node it left
+    await _written(presence)
+    assert await container.fleet.presence(a) == ("online", "m2")
     assert await presence.online_uuids(["m1"]) == [b]
     assert await presence.node_lost("m1") == [b]
     assert await container.fleet.presence(b) == ("offline", "m1")

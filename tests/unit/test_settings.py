@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from edgefleet.settings import Settings, is_secret_name
+from edgefleet.domain.nodes import BrokerNode
+from edgefleet.settings import MQTTSettings, Settings, is_secret_name
 
 
 def test_embedded_defaults_use_sqlite_in_the_data_dir(
@@ -203,3 +205,45 @@ def test_trusted_proxies_are_empty_by_default_and_listed_with_commas(
     monkeypatch.setenv("EDGEFLEET_HTTP__TRUSTED_PROXIES", "*")
     with pytest.raises(ValueError, match="not an IP address or network"):
         Settings()
+
+
+def test_broker_nodes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEFLEET_MQTT__EMBEDDED", "false")
+    monkeypatch.setenv("EDGEFLEET_MQTT__NODES", "m1=10.0.0.11:18830, m-2=[fd00::2]:1883")
+    mqtt = Settings().mqtt
+    assert mqtt.partitioned
+    assert mqtt.broker_nodes == [
+        BrokerNode("m1", "10.0.0.11", 18830),
+        BrokerNode("m-2", "fd00::2", 1883),
+    ]
+    monkeypatch.setenv("EDGEFLEET_MQTT__NODES", '["m1=a.example:1"]')
+    assert Settings().mqtt.broker_nodes == [BrokerNode("m1", "a.example", 1)]
+
+
+def test_no_broker_nodes_is_the_single_broker_link() -> None:
+    mqtt = Settings().mqtt
+    assert mqtt.nodes == [] and mqtt.nodes_dns == "" and not mqtt.partitioned
+
+
+@pytest.mark.parametrize(
+    ("nodes", "says"),
+    [
+        (["M1=h:1"], "lower-case"),
+        (["m1=h"], "host:port"),
+        (["m1=h:0"], "port"),
+        (["h:1"], "name=host:port"),
+        (["m1=h:1", "m1=g:2"], "unique"),
+    ],
+)
+def test_bad_broker_nodes_are_refused(nodes: list[str], says: str) -> None:
+    with pytest.raises(ValidationError, match=says):
+        MQTTSettings(embedded=False, nodes=nodes)
+
+
+def test_broker_nodes_are_refused_beside_the_embedded_broker() -> None:
+    with pytest.raises(ValidationError, match="embedded"):
+        MQTTSettings(nodes=["m1=h:1"])
+    with pytest.raises(ValidationError, match="embedded"):
+        MQTTSettings(nodes_dns="brokers.internal:18830")
+    with pytest.raises(ValidationError, match="port"):
+        MQTTSettings(embedded=False, nodes_dns="brokers.internal")

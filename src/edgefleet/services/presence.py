@@ -204,7 +204,9 @@ class PresenceService:
             async with self.db.session() as s:
                 repo = DeviceRepo(s)
                 await repo.set_statuses(rows, self.clock())
-                await repo.set_statuses_on_nodes(on_nodes, self.clock())
+                await repo.set_statuses_on_nodes(
+                    on_nodes, self.clock(), online=ConnectionStatus.ONLINE.value
+                )
         self.written += len(batch)
         WRITTEN.labels("status").inc(len(batch))
 

@@ -411,11 +411,13 @@ class DeviceRepo:
         )
 
     async def set_statuses_on_nodes(
-        self, rows: Sequence[tuple[str, str, str]], at: datetime
+        self, rows: Sequence[tuple[str, str, str]], at: datetime, *, online: str
     ) -> None:
         """Set ``(uuid, status, broker node)`` triples in the same one UPDATE: the node is
         recorded with the status; a row already in that status keeps its change time, and a
-        row already so (status and node) is not written."""
+        row already so (status and node) is not written. A status other than ``online``
+        through a node the gateway has left (its will, published there late) is ignored: the
+        gateway said ``online`` through another node since."""
         if not rows:
             return
         table = cast(Table, Device.__table__)
@@ -426,6 +428,9 @@ class DeviceRepo:
                 t.uuid == bindparam("u"),
                 (t.connection_status != bindparam("st"))
                 | t.broker_node.is_distinct_from(bindparam("node")),
+                (bindparam("st") == online)
+                | t.broker_node.is_(None)
+                | (t.broker_node == bindparam("node")),
             )
             .values(
                 connection_status=bindparam("st"),
