@@ -92,6 +92,8 @@ class NodeLinks:
         """Set while every consumer link held here is connected (the presence monitor
         judges a silence only then)."""
         self.consumers_up.set()
+        self.resolved = asyncio.Event()
+        """Set once DNS has answered (``dns``)."""
 
     # --- the nodes ------------------------------------------------------------------------
 
@@ -147,6 +149,7 @@ class NodeLinks:
                 addresses = sorted({str(info[4][0]) for info in infos})
                 self._found = [BrokerNode(dns_node_name(a), a, port) for a in addresses]
                 self._apply()
+                self.resolved.set()
             await asyncio.sleep(DNS_INTERVAL)
 
     def connected(self) -> bool:
