@@ -1,6 +1,6 @@
 """The broker tier of independent nodes (``mqtt.nodes``, docs/scaling.md): three Mosquitto
 nodes behind nginx's TCP proxy, two ``edgefleet serve`` instances on PostgreSQL that share
-the nodes by lease, simulated gateways.
+the nodes by lease, 300 simulated gateways (the issue's figure).
 
 Each connect costs one presence write and one property request in all, events are stored
 once, a group task reaches each gateway once, a request answered through a node another
@@ -42,7 +42,7 @@ from tests.processes import STREAM_MODULE, edgefleet_cli, eventually, fresh_data
 
 SECRET = "broker-nodes-test-secret-key-not-for-production"
 PASSWORD = "broker-nodes-server-password"
-N = 30
+N = 300
 GRACE = 5
 PROPERTIES = ("get", "/system/properties")
 
@@ -264,7 +264,7 @@ async def test_two_instances_share_three_nodes_and_survive_the_death_of_each(
             creds = []
             for i in range(N):
                 r = await api.post(
-                    "/api/v1/devices", json={"displayName": f"g{i}", "mac": f"0090e83000{i:02x}"}
+                    "/api/v1/devices", json={"displayName": f"g{i}", "mac": f"0090e830{i:04x}"}
                 )
                 assert r.status_code == 200, r.text
                 creds.append((r.json()["uuid"], r.json()["psk"]))
