@@ -44,12 +44,18 @@ async def test_a_request_goes_to_the_gateways_node_else_where_it_was_heard_else_
     nodes.configure([BrokerNode("m1", "127.0.0.1", 1), BrokerNode("m2", "127.0.0.1", 2)])
     nodes.start()
     try:
+        for name in ("m1", "m2"):  # as if connected (nothing listens there)
+            nodes.link(name).connected.set()
         assert nodes.targets("gw", "m2") == ["m2"]
         assert nodes.targets("gw", None) == ["m1", "m2"]
         assert nodes.targets("gw", "gone") == ["m1", "m2"]  # a node no longer listed
         nodes.heard["gw"] = "m1"
         assert nodes.targets("gw", None) == ["m1"]
         assert nodes.targets("gw", "m2") == ["m2"]  # the database's word first
+        nodes.link("m2").connected.clear()  # m2 is down: its gateways are moving
+        assert nodes.targets("gw", "m2") == ["m1"]
+        nodes.link("m1").connected.clear()
+        assert nodes.targets("gw", "m2") == ["m1", "m2"]
     finally:
         await workers.stop()
 

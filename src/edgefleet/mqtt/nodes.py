@@ -162,13 +162,13 @@ class NodeLinks:
     # --- publishing -----------------------------------------------------------------------
 
     def targets(self, device_uuid: str, node: str | None) -> list[str]:
-        """The nodes to send a gateway's request to: its node if known here, else the one it
-        was last heard through, else every node (it is on one at most)."""
-        if node is not None and node in self._nodes:
-            return [node]
-        heard = self.heard.get(device_uuid)
-        if heard is not None and heard in self._nodes:
-            return [heard]
+        """The nodes to send a gateway's request to: its node if known here and reachable,
+        else the one it was last heard through (if reachable), else every node (it is on
+        one at most): a node that is down is stale news, its gateways are moving."""
+        for candidate in (node, self.heard.get(device_uuid)):
+            if candidate is not None and candidate in self._nodes:
+                if self._nodes[candidate].link.connected.is_set():
+                    return [candidate]
         return self.names
 
     async def publish(self, node: str, topic: str, payload: bytes, *, retain: bool = False) -> None:
