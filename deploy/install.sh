@@ -8,7 +8,9 @@
 #   install.sh [--package SPEC] [--postgresql-client N|none] [--mosquitto] [--prefix DIR]
 #     --package SPEC          a wheel file, an https URL of one, or a requirement (edgefleet)
 #     --postgresql-client N   default 17, Debian 13's; none: no client
-#     --mosquitto             for the embedded broker of a single-host `edgefleet serve`
+#     --mosquitto             for the embedded broker of a single-host `edgefleet serve`,
+#                             or a broker node (`edgefleet broker-node --run`; with
+#                             --postgresql-client none, see deploy/systemd/)
 #     --prefix DIR            the venv (/opt/edgefleet), whose bin/ holds `edgefleet`
 set -euo pipefail
 
@@ -53,7 +55,8 @@ done
 retry apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${packages[@]}"
 
 if [ "$mosquitto" = true ] && [ -d /run/systemd/system ]; then
-  # edgefleet starts and supervises a Mosquitto of its own: Debian's service is not needed
+  # edgefleet (serve, or broker-node --run) starts and supervises a Mosquitto of its own:
+  # Debian's service is not needed
   systemctl disable --now mosquitto.service
 fi
 

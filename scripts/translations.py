@@ -4,11 +4,12 @@
     .venv/bin/python -m scripts.translations --check   # what the test suite checks
 
 Extracts every message of the console with Babel (templates through Jinja2's extractor,
-web/*.py with gettext/ngettext/N_, static/*.js with t/tn into the ``console_js`` domain),
-writes the templates (``locale/<domain>.pot``), merges them into each language's .po (new
-messages come untranslated, gone ones are dropped) and compiles the .mo beside them. The .mo
-are committed, so an installed package has them without any build step. ``--check`` fails
-when a message has no translation (or a fuzzy one) or a .mo is not its .po compiled.
+web/**.py (its packages too) with gettext/ngettext/N_, static/*.js with t/tn into the
+``console_js`` domain), writes the templates (``locale/<domain>.pot``), merges them into each
+language's .po (new messages come untranslated, gone ones are dropped) and compiles the .mo
+beside them. The .mo are committed, so an installed package has them without any build step.
+``--check`` fails when a message has no translation (or a fuzzy one) or a .mo is not its .po
+compiled.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ TRANSLATED = [locale for locale in LOCALES if locale != DEFAULT]
 PY_KEYWORDS = {"_": None, "gettext": None, "ngettext": (1, 2), "N_": None}
 JS_KEYWORDS = {"t": None, "tn": (1, 2)}
 METHODS = {
-    DOMAIN: [("templates/**.html", "jinja2"), ("*.py", "python")],
+    DOMAIN: [("templates/**.html", "jinja2"), ("**.py", "python")],
     JS_DOMAIN: [("static/*.js", "javascript")],
 }
 OPTIONS = {"templates/**.html": {"extensions": "jinja2.ext.i18n", "newstyle_gettext": "true"}}

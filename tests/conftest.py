@@ -28,6 +28,7 @@ from edgefleet.db.migrate import upgrade_async
 from edgefleet.db.tables import Base
 from edgefleet.domain.auth import Role, Scope
 from edgefleet.settings import HTTPSettings, MQTTSettings, Settings
+from tests.answers import checked_client
 from tests.brokers import free_port
 from tests.filestores import FileBackend, StoreEnv, serve
 from tests.gateways import Events
@@ -158,9 +159,9 @@ async def live(settings: Settings, database: Database) -> AsyncIterator[Containe
 
 @pytest.fixture
 async def client(container: Container) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(container)
-    transport = httpx.ASGITransport(app=app, client=("198.51.100.7", 40000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+    async with checked_client(
+        create_app(container), "http://testserver", ("198.51.100.7", 40000)
+    ) as c:
         yield c
 
 
@@ -270,8 +271,7 @@ async def events(live: Container) -> AsyncIterator[Events]:
 @pytest.fixture
 async def live_api(live: Container) -> AsyncIterator[httpx.AsyncClient]:
     """An API client of the app around the ``live`` container."""
-    transport = httpx.ASGITransport(app=create_app(live))
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+    async with checked_client(create_app(live)) as client:
         yield client
 
 

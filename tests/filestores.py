@@ -16,6 +16,7 @@ from edgefleet.asgi import create_app
 from edgefleet.bootstrap import Container
 from edgefleet.db.tables import File
 from edgefleet.settings import Settings, StorageSettings
+from tests.answers import checked_client
 from tests.httpserver import serving
 from tests.s3server import REGION, S3Server
 
@@ -71,8 +72,8 @@ async def serve(
 ) -> AsyncIterator[StoreEnv]:
     app = create_app(container)
     async with serving(app, sock) as base_url:
-        transport = httpx.ASGITransport(app=app, client=("198.51.100.7", 40000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as api:
+        client = ("198.51.100.7", 40000)
+        async with checked_client(app, "http://testserver", client) as api:
             yield StoreEnv(container, api, base_url, backend)
 
 

@@ -7,16 +7,19 @@ Each test waits for conditions (Playwright's auto-waiting ``expect``), never for
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
 import httpx
-from playwright.async_api import Page, expect
+from playwright.async_api import Page, Route, expect
 
+from edgefleet.db.tables import Event
 from edgefleet.domain.auth import Role, Scope
 from edgefleet.domain.eventfilter import EventFilter
 from edgefleet.domain.events import AlarmState, EventType
 from edgefleet.domain.tasks import TaskKind
+from edgefleet.services.fleet import Registration
 from edgefleet.services.tasks import TaskSpec
 from tests.e2e.conftest import Console
 from tests.e2e.harness import Account, log_in, settle
@@ -222,6 +225,39 @@ async def test_an_offline_alarm_is_acknowledged_on_the_events_page(
     await expect(page.locator("[data-unacknowledged]")).to_have_count(0)
     stored = await c.event_log.get(alarm.id)
     assert stored.acked_by == console.operator.email
+
+
+async def test_an_event_stored_while_the_stream_connects_still_comes_live(
+    console: Console, page: Page
+) -> None:
+    """The page's stream starts after the newest event the page was rendered with: an event
+    stored before the stream is subscribed (held back here until it is stored) is replayed.
+    Without that the page missed it and never refreshed (a race the offline alarm test lost
+    now and then: the gateway's crash came before the stream of the page had subscribed)."""
+    c = console.c
+    stored = asyncio.Event()
+
+    async def held(route: Route) -> None:
+        await stored.wait()
+        await route.continue_()
+
+    await page.route("**/api/v1/events/stream*", held)
+    await log_in(page, console.operator, next="/console/events")
+    await mark(page)
+    view, _ = await c.fleet.register_device(Registration(display_name="gw", mac="0090e8000001"))
+
+    async def registered() -> list[Event]:
+        found = await c.event_log.query(EventFilter(), before_id=None, limit=10)
+        return [e for e in found if e.device_uuid == view.device.uuid]
+
+    async def any_registered() -> bool:
+        return bool(await registered())
+
+    await eventually(any_registered, 10)
+    stored.set()
+    (event,) = await registered()
+    await expect(page.get_by_test_id(f"event-{event.id}")).to_be_visible()  # came in live
+    await not_reloaded(page)
 
 
 # --- API tokens -----------------------------------------------------------------------------------

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import httpx
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
 
+from edgefleet.bootstrap import Container
+from edgefleet.domain.audit import AuditFilter
 from edgefleet.domain.auth import Role
+from edgefleet.services.audit import Actor
 from tests.conftest import Caller, Callers
 from tests.integration.test_devices_api import register
 
@@ -60,3 +65,25 @@ async def test_audit_is_admin_only_and_paginates(
     ).json()
     ids = [e["id"] for e in page1["data"] + page2["data"]]
     assert len(ids) == 5 and ids == sorted(ids, reverse=True)
+
+
+async def test_an_audit_entry_is_one_statement_without_a_transaction(
+    container: Container,
+) -> None:
+    """Every write request records an entry: one INSERT committing by itself (one round
+    trip), not BEGIN, INSERT and COMMIT."""
+    statements: list[tuple[str, str | None]] = []
+    engine = container.db.engine.sync_engine
+
+    def executed(conn: Connection, _cursor: object, sql: str, *_: object) -> None:
+        isolation = conn.get_execution_options().get("isolation_level")
+        statements.append((sql.split()[0].upper(), isolation))
+
+    event.listen(engine, "before_cursor_execute", executed)
+    try:
+        await container.audit.record(Actor("cli", "", "ops"), "devices.delete", outcome="success")
+    finally:
+        event.remove(engine, "before_cursor_execute", executed)
+    assert statements == [("INSERT", "AUTOCOMMIT")]
+    kept = await container.audit.query(AuditFilter(action="devices.delete"), 10)
+    assert [(e.actor_name, e.outcome) for e in kept] == [("ops", "success")]

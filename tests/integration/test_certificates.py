@@ -22,6 +22,7 @@ from edgefleet.domain.auth import Role, Scope
 from edgefleet.protocol import topics
 from edgefleet.services.fleet import Registration
 from edgefleet.settings import MQTTSettings, Settings
+from tests.answers import checked_client
 from tests.brokers import free_port, require
 from tests.conftest import Caller, Callers
 from tests.gateways import eventually
@@ -110,9 +111,8 @@ async def _publish_with_cert(c: Container, d: Path, uuid: str) -> tuple[int, str
 async def _certificate_files(c: Container, uuid: str, d: Path) -> None:
     """What a gateway does: make a key, send a CSR, keep the certificate and the CA."""
     key = ec.generate_private_key(ec.SECP256R1())  # made on the gateway, never sent
-    transport = httpx.ASGITransport(app=create_app(c))
     writer = await Callers(c).token(Role.OPERATOR, Scope.READ_WRITE)
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as api:
+    async with checked_client(create_app(c)) as api:
         r = await api.post(
             URL.format(uuid), json={"csr": make_csr(uuid, key)}, headers=writer.headers
         )

@@ -8,18 +8,22 @@ import hashlib
 import json
 import re
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.routing import APIRoute
+from sqlalchemy import func, select
 
 from edgefleet.asgi import create_app
 from edgefleet.bootstrap import Container
+from edgefleet.db.repos.events import EventRepo
+from edgefleet.db.tables import Event
 from edgefleet.domain.auth import Role
+from edgefleet.domain.events import EventType, NewEvent
 from edgefleet.services.fleet import Registration
-from edgefleet.web import admin, fleetpages, views
-from edgefleet.web import tasks as taskpages
+from edgefleet.web import console
 from tests.conftest import Callers
 
 VENDOR = Path(__file__).parents[2] / "src" / "edgefleet" / "web" / "static" / "vendor"
@@ -68,6 +72,46 @@ async def test_a_one_time_password_leads_to_the_password_page(
     assert "Choose your password" in page
     # no fragment that would be refused (401 sends a browser to the login page), no live stream
     assert "hx-get" not in page and "data-live" not in page and "data-logout" in page
+
+
+LIVE_AFTER = re.compile(r'<body [^>]*data-live="1" data-live-after="(\d+)"')
+
+
+async def test_a_page_starts_its_live_stream_after_the_newest_event_it_was_rendered_with(
+    container: Container, browser: httpx.AsyncClient
+) -> None:
+    """console.js opens the page's event stream with ``after`` = the page's data-live-after:
+    an event stored between the page's rendering and the stream's subscription is replayed,
+    not lost (the page would not refresh for it)."""
+
+    async def newest() -> int:
+        async with container.db.session() as s:
+            return int(await s.scalar(select(func.coalesce(func.max(Event.id), 0))) or 0)
+
+    await _log_in(container, browser, Role.VIEWER)
+    empty = (await browser.get("/console/events")).text
+    assert (m := LIVE_AFTER.search(empty)) and int(m[1]) == await newest() == 0
+    view, _ = await container.fleet.register_device(
+        Registration(display_name="pump-7", mac="0090e8000007")
+    )
+    group = (await container.fleet.create_group("pumps")).group
+    async with container.db.session() as s:
+        stored = await EventRepo(s).insert(
+            [NewEvent(EventType.GATEWAY_EVENT, datetime.now(UTC), text=f"e{i}") for i in range(3)]
+        )
+    pages = [
+        "/console/", "/console/devices", "/console/events", "/console/groups", "/console/tasks",
+        f"/console/devices/{view.device.uuid}", f"/console/groups/{group.id}", "/console/nowhere",
+    ]  # fmt: skip
+    # (no event writer runs in this container: the registration's own event is not stored)
+    assert await newest() == stored[-1].id
+    for path in pages:
+        r = await browser.get(path)
+        assert r.status_code in (200, 404), path
+        m = LIVE_AFTER.search(r.text)
+        assert m is not None and int(m[1]) == stored[-1].id, path
+    # a fragment has no stream of its own: it reads no event id
+    assert "data-live" not in (await browser.get("/console/fragments/devices")).text
 
 
 async def test_a_viewer_is_offered_no_write_control_and_an_operator_is(
@@ -242,8 +286,8 @@ async def test_an_account_on_its_one_time_password_reads_nothing_through_the_con
     csrf = r.json()["csrfToken"]
     paths = [
         route.path.format(**params)
-        for module in (views, taskpages, admin, fleetpages)
-        for route in module.router.routes
+        for router in console.PAGES
+        for route in router.routes
         if isinstance(route, APIRoute) and route.path not in ("/console/login", "/console/password")
     ]
     fragments = [p for p in paths if p.startswith("/console/fragments/")]

@@ -14,6 +14,7 @@ from edgefleet.bootstrap import Container
 from edgefleet.domain.auth import Role, Scope
 from edgefleet.simulator.gateway import Behaviour
 from tests import spec
+from tests.answers import checked_client
 from tests.conftest import Callers
 from tests.gateways import PROPS, count, eventually, register, start
 
@@ -22,8 +23,7 @@ URL = "/api/v1/deviceTasks"
 
 @pytest.fixture
 async def api(live: Container) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(live))
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+    async with checked_client(create_app(live)) as client:
         yield client
 
 

@@ -195,6 +195,8 @@ PAYLOADS = st.one_of(
     # around the protocol's limit, still within the broker's packet limit: the server says
     st.integers(MAX_MESSAGE_BYTES - 16, MAX_MESSAGE_BYTES + 512).map(_sized),
 )
+
+
 class Batch(list[tuple[str, bytes]]):
     """The messages of one example, shown short: hypothesis replays a failing example with the
     repr of its arguments, and a full one (up to 16 payloads of 256 KiB) is refused as too large,

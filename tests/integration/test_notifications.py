@@ -30,6 +30,7 @@ from edgefleet.domain.events import EventType, NewEvent
 from edgefleet.domain.webhooks import REFUSED, UNREACHABLE, verify
 from edgefleet.settings import EventSettings, Settings
 from tests import spec
+from tests.answers import checked_client
 from tests.conftest import Caller, Callers
 from tests.gateways import eventually
 from tests.receivers import Names, Receiver, RecordingNetwork, receiving
@@ -123,8 +124,7 @@ async def running(
         asyncio.create_task(c.notifications.run(), name="test-webhook-dispatcher"),
     ]
     try:
-        transport = httpx.ASGITransport(app=create_app(c))
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as api:
+        async with checked_client(create_app(c)) as api:
             writer = await Callers(c).token(Role.OPERATOR, Scope.READ_WRITE)
             yield Env(c, api, writer)
     finally:

@@ -98,15 +98,28 @@ def test_the_tree_keeps_every_contract() -> None:
         # a transport goes through a service, never to a repository or SQL itself
         (
             "transports",
-            "edgefleet.web.tasks",
+            "edgefleet.web.tasks.groups",
             "from edgefleet.db.repos.groups import GroupRepo  # noqa",
-            "edgefleet.web.tasks -> edgefleet.db.repos.groups",
+            "edgefleet.web.tasks.groups -> edgefleet.db.repos.groups",
         ),
         (
             "transports",
             "edgefleet.api.routes.devices",
             "from sqlalchemy import select  # noqa",
             "edgefleet.api.routes.devices -> sqlalchemy",
+        ),
+        # presenters shape answers for the API, the console and the CLI: none of theirs
+        (
+            "presenters",
+            "edgefleet.presenters.devices",
+            "from edgefleet.api import deps  # noqa",
+            "edgefleet.presenters.devices -> edgefleet.api.deps",
+        ),
+        (
+            "presenters",
+            "edgefleet.presenters.tasks",
+            "import fastapi  # noqa",
+            "edgefleet.presenters.tasks -> fastapi",
         ),
     ],
 )

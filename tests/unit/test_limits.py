@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from edgefleet import jsontree
 from edgefleet.db.engine import load_json
 from edgefleet.domain.limits import (
     CUT,
@@ -20,6 +21,8 @@ from edgefleet.domain.limits import (
     text_problem,
     utc_time,
 )
+from edgefleet.errors import MessageError
+from edgefleet.protocol import messages
 
 
 def nested(levels: int) -> Any:
@@ -119,3 +122,25 @@ def test_stored_json_reads_non_finite_as_null_and_cuts_deep_documents() -> None:
 def test_storable_text_replaces_what_no_database_keeps() -> None:
     assert storable("a\x00b\ud800c😀") == "a\ufffdb\ufffdc😀"
     assert text_problem(storable("x\udfff\x00")) is None
+
+
+@pytest.mark.parametrize(
+    ("doc", "code"),
+    [
+        ({"a": [1, "x\x00"]}, "nul"),
+        ({"k\ud800": 1}, "surrogate"),
+        ({"a": {"b": float("inf")}}, "number"),
+        ({"n": -(2**63) - 1}, "number"),
+        (nested(MAX_JSON_DEPTH + 1), "too_deep"),
+    ],
+)
+def test_the_api_and_the_gateway_protocol_refuse_the_same_json(doc: Any, code: str) -> None:
+    """One set of rules (jsontree): what a REST body may not hold, a gateway's message may
+    not either, and the protocol names it by the same code (its metric label)."""
+    assert json_problem(doc) is not None
+    found = jsontree.problem(doc)
+    assert found is not None and found.code == code
+    with pytest.raises(MessageError) as refused:
+        messages._check_tree(doc)
+    assert refused.value.reason == code
+    assert json_problem({"a": [doc]}) is not None  # and anywhere inside a document

@@ -1,4 +1,4 @@
-"""The console's translations are complete: every message in the templates, web/*.py and the
+"""The console's translations are complete: every message in the templates, web/**.py and the
 browser scripts is in each language's catalogue with a translation, and the committed .mo are
 those catalogues compiled (scripts/translations.py; Babel's own extractors)."""
 
@@ -21,7 +21,7 @@ def test_every_console_string_is_translated_and_compiled() -> None:
 
 def test_the_extraction_sees_templates_python_and_scripts() -> None:
     """The check above is only as good as the extraction: it must find strings of each kind
-    (a template's {% trans %} block, a plural, web/*.py, a script's t() and tn())."""
+    (a template's {% trans %} block, a plural, web/**.py, a script's t() and tn())."""
     console = {
         m.id if isinstance(m.id, str) else m.id[0]: m for m in translations.extract(i18n.DOMAIN)
     }
@@ -30,7 +30,7 @@ def test_the_extraction_sees_templates_python_and_scripts() -> None:
     }
     assert "The console has no page at <code>%(url)s</code>." in console  # {% trans %}
     assert "%(num)s group" in console  # ngettext in a template
-    assert "No gateway is named %(name)s." in console  # web/admin.py
+    assert "No gateway is named %(name)s." in console  # web/admin/events.py
     assert "device_offline" in console  # web/terms.py
     assert "Select gateways first" in scripts  # devices.js t()
     assert "{n} gateway selected" in scripts  # devices.js tn()

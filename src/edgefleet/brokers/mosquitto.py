@@ -19,7 +19,7 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,11 +163,12 @@ def write_crl(files: MosquittoFiles, crl_pem: str) -> None:
 def write_all(
     files: MosquittoFiles,
     mqtt: MQTTSettings,
-    server_password: str,
+    server_password: str | None,
     psk_entries: Iterable[tuple[str, str]],
     tls: TlsMaterial | None = None,
 ) -> None:
-    """Write the whole configuration; ``mosquitto -c files.conf`` then runs it."""
+    """Write the whole configuration; ``mosquitto -c files.conf`` then runs it. With
+    ``server_password`` None the caller writes the password file (:func:`write_passwd`)."""
     if mqtt.cert_port and tls is None:
         raise BrokerConfigError("the certificate listener needs the CA's material")
     if not files.directory.exists():  # an existing directory keeps its mode and owner
@@ -183,7 +184,17 @@ def write_all(
         _write(files.server_cert, tls.cert)
         _write(files.server_key, tls.key)
         write_crl(files, tls.crl)
-    _write(files.passwd, f"{mqtt.server_username}:{server_password}\n")
+    if server_password is not None:
+        write_passwd(files, {mqtt.server_username: server_password})
+
+
+def write_passwd(
+    files: MosquittoFiles, plain: Mapping[str, str], hashed: Mapping[str, str] | None = None
+) -> None:
+    """The password file: ``plain`` passwords hashed by ``mosquitto_passwd``, then the
+    ``hashed`` ones (``user → $7$…``, already made by ``mosquitto_passwd``) as they are
+    (``mosquitto_passwd -U`` would hash a hash again)."""
+    _write(files.passwd, "".join(f"{user}:{password}\n" for user, password in plain.items()))
     tool = shutil.which("mosquitto_passwd")
     if tool is None:
         raise BrokerConfigError("mosquitto_passwd not found: install Debian's mosquitto package")
@@ -192,6 +203,9 @@ def write_all(
         subprocess.run([tool, "-U", str(files.passwd)], check=True, capture_output=True)  # noqa: S603
     except subprocess.CalledProcessError as exc:
         raise BrokerConfigError(f"mosquitto_passwd failed: {exc.stderr.decode().strip()}") from exc
+    if hashed:
+        made = files.passwd.read_text()
+        _write(files.passwd, made + "".join(f"{u}:{h}\n" for u, h in hashed.items()))
 
 
 def reload(files: MosquittoFiles) -> bool:

@@ -6,12 +6,12 @@ import sys
 
 import typer
 
-from edgefleet.api.schemas import device_public
 from edgefleet.bootstrap import Container
 from edgefleet.cli.common import JsonOption, cli_actor, emit, err_console, run
 from edgefleet.domain.devicefilter import DeviceFilter
 from edgefleet.domain.devices import ConnectionStatus
 from edgefleet.domain.query import parse
+from edgefleet.presenters.devices import device_public
 from edgefleet.services.fleet import Registration
 
 app = typer.Typer(help="Manage gateways.", no_args_is_help=True)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from edgefleet.api.schemas import group_public
 from edgefleet.bootstrap import Container
 from edgefleet.cli.common import JsonOption, cli_actor, emit, run
+from edgefleet.presenters.groups import group_public
 
 app = typer.Typer(help="Manage groups.", no_args_is_help=True)
 

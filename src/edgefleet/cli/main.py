@@ -15,7 +15,17 @@ from types import FrameType
 import typer
 
 from edgefleet import __version__
-from edgefleet.cli import backup, broker, devices, events, groups, simulate, tokens, users
+from edgefleet.cli import (
+    backup,
+    broker,
+    devices,
+    events,
+    groups,
+    node,
+    simulate,
+    tokens,
+    users,
+)
 from edgefleet.cli.common import err_console, load_settings, run
 from edgefleet.errors import EdgefleetError
 from edgefleet.processes import freeze_heap
@@ -50,6 +60,7 @@ app.add_typer(devices.app, name="devices")
 app.add_typer(groups.app, name="groups")
 app.add_typer(events.app, name="events")
 app.add_typer(broker.app, name="broker-config")
+app.command("broker-node")(node.broker_node)
 app.command("simulate")(simulate.simulate)
 app.command("backup")(backup.backup)
 app.command("restore")(backup.restore)
@@ -72,8 +83,11 @@ def migrate() -> None:
     """Bring the database schema up to date (Alembic)."""
     from edgefleet.bootstrap import migrate as migrate_schema
 
-    migrate_schema(load_settings())
-    typer.echo("database schema is up to date")
+    try:
+        typer.echo(migrate_schema(load_settings()))
+    except EdgefleetError as exc:  # a schema newer than this code that does not run with it
+        err_console.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(2) from exc
 
 
 def _check_port(host: str, port: int) -> None:

@@ -6,12 +6,12 @@ from datetime import datetime, timedelta
 
 import typer
 
-from edgefleet.api.schemas import token_public
 from edgefleet.bootstrap import Container
 from edgefleet.cli.common import JsonOption, cli_actor, emit, err_console, run
 from edgefleet.cli.users import _by_email
 from edgefleet.db.tables import ApiToken
 from edgefleet.domain.auth import Principal, PrincipalKind, Role, Scope, permissions_for
+from edgefleet.presenters.users import token_public
 
 app = typer.Typer(help="Manage API tokens.", no_args_is_help=True)
 COLUMNS = ("id", "prefix", "description", "scope", "userId", "expiresAt", "revokedAt", "lastUsedAt")

@@ -6,12 +6,12 @@ import sys
 
 import typer
 
-from edgefleet.api.schemas import user_public
 from edgefleet.bootstrap import Container
 from edgefleet.cli.common import JsonOption, cli_actor, emit, err_console, run
 from edgefleet.db.tables import User
 from edgefleet.domain.auth import Role
 from edgefleet.errors import NotFoundError
+from edgefleet.presenters.users import user_public
 
 app = typer.Typer(help="Manage users and roles.", no_args_is_help=True)
 COLUMNS = ("id", "email", "role", "disabled", "mustChangePassword", "lastLoginAt")

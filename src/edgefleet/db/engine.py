@@ -19,6 +19,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -109,6 +110,18 @@ def _stale_table(exc: StaleDataError) -> str:
     return f"the {words[1]} row" if len(words) >= 3 else "the row"
 
 
+def _unavailable(exc: Exception) -> StorageError | None:
+    """A lost or refused connection as ``StorageError``; None for any other database error,
+    which goes on as it is (a bug, or a constraint the caller maps)."""
+    if (
+        isinstance(exc, DBAPIError)
+        and not exc.connection_invalidated
+        and not isinstance(exc, OperationalError)
+    ):
+        return None
+    return StorageError(f"database unavailable: {exc.__class__.__name__}")
+
+
 class Database:
     """Opens transactions; repositories work inside the ``AsyncSession`` it yields."""
 
@@ -134,13 +147,22 @@ class Database:
                 f"{_stale_table(exc)} was deleted by another request meanwhile"
             ) from exc
         except (OperationalError, DBAPIError, OSError) as exc:
-            if (
-                isinstance(exc, DBAPIError)
-                and not exc.connection_invalidated
-                and not isinstance(exc, OperationalError)
-            ):
+            if (unavailable := _unavailable(exc)) is None:
                 raise
-            raise StorageError(f"database unavailable: {exc.__class__.__name__}") from exc
+            raise unavailable from exc
+
+    @asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[AsyncConnection]:
+        """A connection without a transaction: each statement commits by itself, in one round
+        trip (a session's BEGIN and COMMIT are two more). For one statement whose effect
+        stands alone: an append (an audit entry), a read of one value."""
+        try:
+            async with self.engine.connect() as conn:
+                yield await conn.execution_options(isolation_level="AUTOCOMMIT")
+        except (OperationalError, DBAPIError, OSError) as exc:
+            if (unavailable := _unavailable(exc)) is None:
+                raise
+            raise unavailable from exc
 
     async def ping(self) -> bool:
         try:

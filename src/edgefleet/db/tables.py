@@ -493,3 +493,15 @@ class DeliveryAttempt(Base):
     status_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str] = mapped_column(String(500), default="")
     duration_ms: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class SchemaCompat(Base):
+    """Which code each schema revision runs with (expand/contract, db/migrate.py): written by
+    every migration from 0010 on, read by a server older than the schema it finds."""
+
+    __tablename__ = "schema_compat"
+
+    revision: Mapped[str] = mapped_column(String(32), primary_key=True)
+    oldest_code: Mapped[str] = mapped_column(String(32))
+    """The oldest code (its head revision) that runs on this schema: the previous head for an
+    expand migration (adds only), the revision itself for a contract one (drops or renames)."""

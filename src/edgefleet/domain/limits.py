@@ -11,7 +11,7 @@ PostgreSQL are given the same values and neither can fail on them.
   taken from a range's end, never overflows (``9999-12-31T23:59:59-14:00`` is past the end).
 - **JSON** is standard JSON (no NaN or Infinity, no number beyond a double, integers within
   ``INT64``, which is what SQLite's JSON functions keep exact) nested at most
-  ``MAX_JSON_DEPTH`` levels.
+  ``MAX_JSON_DEPTH`` levels: the rules of ``jsontree``, shared with the gateway protocol.
 
 Rules only: the HTTP layer (``api/inputs.py``) turns a broken rule into a 400/422 naming the
 field. ``prune`` is the other side: JSON read back from the database deeper than
@@ -21,39 +21,33 @@ page that shows it.
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from edgefleet import jsontree
+
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+INT64_MIN, INT64_MAX = jsontree.INT64_MIN, jsontree.INT64_MAX
 
 EARLIEST = datetime(2, 1, 1, tzinfo=UTC)
 LATEST = datetime(9998, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 
-MAX_JSON_DEPTH = 32
+MAX_JSON_DEPTH = jsontree.MAX_DEPTH
 """Levels of objects and arrays a JSON document sent to the API may nest (``{"a": 1}`` is 1)."""
 SHOWN_JSON_DEPTH = 64
 """Levels of stored JSON shown; deeper parts are replaced by ``CUT``."""
 CUT = "(cut: nested too deep)"
 
-Path = tuple[str | int, ...]
+Path = jsontree.Path
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def text_problem(value: str) -> str | None:
     """Why ``value`` cannot be stored as text, or None."""
-    if "\x00" in value:
-        return "contains a NUL character (\\u0000)"
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return "contains a lone UTF-16 surrogate, which is not a character"
-    return None
+    found = jsontree.text_problem(value)
+    return None if found is None else found.text
 
 
 def storable(text: str) -> str:
@@ -63,39 +57,12 @@ def storable(text: str) -> str:
 
 
 def json_problem(doc: Any) -> tuple[Path, str] | None:
-    """The first place in a parsed JSON document that breaks the rules, and why; or None.
-
-    Walks without recursion, so any depth the parser produced is inspected safely.
-    """
-    stack: list[tuple[Any, Path]] = [(doc, ())]
-    while stack:
-        value, path = stack.pop()
-        if isinstance(value, str):
-            reason = text_problem(value)
-            if reason:
-                return path, reason
-        elif isinstance(value, bool) or value is None:
-            continue
-        elif isinstance(value, int):
-            if not INT64_MIN <= value <= INT64_MAX:
-                return path, f"integer outside {INT64_MIN}..{INT64_MAX}"
-        elif isinstance(value, float):
-            if not math.isfinite(value):
-                return path, "number is not finite (NaN, Infinity or beyond a double)"
-        elif isinstance(value, dict | list):
-            if len(path) >= MAX_JSON_DEPTH:
-                return path, f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
-            items: Sequence[tuple[str | int, Any]]
-            if isinstance(value, dict):
-                for key in value:
-                    reason = text_problem(key)
-                    if reason:
-                        return path, f"a key {reason}"
-                items = list(value.items())
-            else:
-                items = list(enumerate(value))
-            stack.extend((child, (*path, key)) for key, child in reversed(items))
-    return None
+    """The first place in a parsed JSON document that breaks the rules (``jsontree``), and
+    why; or None."""
+    if jsontree.problem(doc, MAX_JSON_DEPTH) is None:  # the usual case: no paths kept
+        return None
+    found = jsontree.located(doc, MAX_JSON_DEPTH)
+    return None if found is None else (found.path, found.text)
 
 
 def utc_time(at: datetime) -> datetime:

@@ -74,21 +74,24 @@ class InboundRouter:
         *,
         rate: GatewayRate | None = None,
         alarm_period: float = 300.0,
+        tasks: TaskSink | None = None,
+        events: EventService | None = None,
+        clear_retained: Callable[[str, str | None], Awaitable[None]] | None = None,
     ) -> None:
+        """``tasks``: the task engine, told answers nobody waits for, events and properties.
+        ``events``: where gateway events and status changes are stored (and their MQTT
+        deliveries acknowledged once stored). ``clear_retained``: publish an empty retained
+        message to a topic (through the broker node it came from, with broker nodes)."""
         self.presence = presence
         self.relay = relay
         self._refreshing: set[asyncio.Task[bool]] = set()
         self._refresh_ids: dict[str, str] = {}
         self.monitor: PresenceMonitor | None = None
-        """Set by the composition root: the presence rules, told what gateways say."""
-        self.tasks: TaskSink | None = None
-        """Set by the composition root once the task engine exists."""
-        self.events: EventService | None = None
-        """Set by the composition root: gateway events and status changes are stored there
-        (and their MQTT deliveries acknowledged once stored)."""
-        self.clear_retained: Callable[[str, str | None], Awaitable[None]] | None = None
-        """Set by the composition root: publish an empty retained message to a topic (on a
-        broker node, with broker nodes)."""
+        """Set by the composition root (the monitor probes through this router): the presence
+        rules, told what gateways say."""
+        self.tasks = tasks
+        self.events = events
+        self.clear_retained = clear_retained
         self.rate = rate if rate is not None else GatewayRate(0, 1)
         self.alarm_period = alarm_period
         self._alarmed: dict[str, float] = {}

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from edgefleet import jsontree
 from edgefleet.errors import MessageError
 
 MAX_MESSAGE_BYTES = 256 * 1024
@@ -34,7 +34,7 @@ MAX_PACKET_BYTES = MAX_MESSAGE_BYTES + 1024
 """The largest MQTT packet every generated broker configuration accepts: a message of
 ``MAX_MESSAGE_BYTES`` with its topic and headers. A client that sends a larger one is
 disconnected by the broker before the payload is read (docs/protocol.md)."""
-MAX_DEPTH = 32
+MAX_DEPTH = jsontree.MAX_DEPTH
 """Arrays and objects nested deeper are refused (a gateway's data is a few levels deep)."""
 MIN_INT, MAX_INT = -(2**63), 2**63 - 1
 """Integers outside a signed 64-bit integer are refused."""
@@ -46,10 +46,10 @@ TOO_LARGE = "too_large"
 ENCODING = "encoding"
 NOT_JSON = "not_json"
 NOT_OBJECT = "not_object"
-TOO_DEEP = "too_deep"
-NUL = "nul"
-SURROGATE = "surrogate"
-NUMBER = "number"
+TOO_DEEP = jsontree.TOO_DEEP
+NUL = jsontree.NUL
+SURROGATE = jsontree.SURROGATE
+NUMBER = jsontree.NUMBER
 INVALID = "invalid"
 BAD_STATUS = "bad_status"
 REASONS = frozenset(
@@ -57,7 +57,6 @@ REASONS = frozenset(
     | {BAD_STATUS}
 )
 
-_SURROGATES = re.compile("[\ud800-\udfff]")
 _INT_DIGITS = len(str(MAX_INT))
 
 Method = Literal["get", "post", "put", "delete"]
@@ -160,28 +159,13 @@ def _constant(name: str) -> float:
     raise MessageError(f"{name} is not a JSON number", NUMBER)
 
 
-def _check_text(text: str) -> None:
-    if "\x00" in text:
-        raise MessageError("a string holds a NUL character (\\u0000)", NUL)
-    if not text.isascii() and _SURROGATES.search(text):
-        raise MessageError("a string holds a lone surrogate (\\ud800-\\udfff)", SURROGATE)
-
-
 def _check_tree(doc: Any) -> None:
-    """Depth, and the text of every key and string, without recursion."""
-    stack: list[tuple[Any, int]] = [(doc, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise MessageError(f"JSON nested deeper than {MAX_DEPTH} levels", TOO_DEEP)
-        items = value.items() if isinstance(value, dict) else enumerate(value)
-        for key, item in items:
-            if isinstance(key, str):
-                _check_text(key)
-            if isinstance(item, str):
-                _check_text(item)
-            elif isinstance(item, dict | list):
-                stack.append((item, depth + 1))
+    """Depth, and the text of every key and string (``jsontree``, the API's rules too)."""
+    found = jsontree.problem(doc, MAX_DEPTH)
+    if found is not None:
+        raise MessageError(
+            found.text if found.code == TOO_DEEP else f"a value {found.text}", found.code
+        )
 
 
 def _load(payload: bytes) -> dict[str, Any]:

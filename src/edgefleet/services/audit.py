@@ -50,7 +50,7 @@ class AuditService:
         detail: dict[str, Any] | None = None,
     ) -> None:
         # what a client sent is recorded as far as it can be stored, even when it was refused
-        entry = AuditEntry(
+        entry = dict(
             at=self.clock(),
             actor_type=actor.type,
             actor_id=storable(actor.id),
@@ -65,8 +65,9 @@ class AuditService:
         )
         queue = self._anonymous if actor.type == "anonymous" else contextlib.nullcontext()
         try:
-            async with queue, self.db.session() as s:
-                await AuditRepo(s).add(entry)
+            # one INSERT committing by itself: one round trip, not BEGIN, INSERT and COMMIT
+            async with queue, self.db.autocommit() as conn:
+                await AuditRepo(conn).add(entry)
         except StorageError:
             # The change itself is already committed; say loudly that its record is missing.
             log.error("audit entry lost: %s %s by %s", action, target_id, actor.name)

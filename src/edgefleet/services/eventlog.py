@@ -71,6 +71,13 @@ class EventLog:
             raise NotFoundError(f"event {event_id} not found")
         return row
 
+    async def newest_id(self) -> int:
+        """The id of the newest stored event (0 when there is none): where a page that
+        renders now starts its live stream (``after``), so no event is lost in between."""
+        async with self.db.session() as s:
+            ids = await EventRepo(s).newest_ids(1)
+        return ids[0] if ids else 0
+
     async def summary(
         self, since: datetime | None = None, until: datetime | None = None
     ) -> EventSummary:

@@ -114,15 +114,26 @@ class _Item:
 
 
 class EventService:
-    def __init__(self, db: Database, settings: EventSettings, clock: Clock = utcnow) -> None:
+    def __init__(
+        self,
+        db: Database,
+        settings: EventSettings,
+        clock: Clock = utcnow,
+        *,
+        hooks: Sequence[Hook] = (),
+        listeners: Sequence[Listener] = (),
+    ) -> None:
+        """``hooks`` run in each batch's transaction, after the service's own (an alarm's
+        clearing); ``listeners`` are told each committed batch (the live event feed adds
+        itself with ``add_listener``)."""
         self.db = db
         self.settings = settings
         self.clock = clock
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(settings.queue_size)
         self._side: deque[_Item] = deque()
         self._side_ready = asyncio.Event()
-        self._hooks: list[Hook] = [self._clear_alarms]
-        self._listeners: list[Listener] = []
+        self._hooks: list[Hook] = [self._clear_alarms, *hooks]
+        self._listeners: list[Listener] = list(listeners)
         self._recent: OrderedDict[str, None] = OrderedDict()
         self._in_hand = 0
         self._idle = asyncio.Event()
@@ -132,9 +143,6 @@ class EventService:
         self._batches = BatchWriter(db, "event-writer", first_delay=0.25, max_delay=5.0)
 
     # --- wiring -----------------------------------------------------------------------------
-
-    def add_hook(self, hook: Hook) -> None:
-        self._hooks.append(hook)
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)

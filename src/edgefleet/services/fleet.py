@@ -132,11 +132,18 @@ returns (so the server's key cache knows a new key before its gateway is told it
 
 
 class FleetService:
-    def __init__(self, db: Database, box: SecretBox, clock: Clock = utcnow) -> None:
+    def __init__(
+        self,
+        db: Database,
+        box: SecretBox,
+        clock: Clock = utcnow,
+        *,
+        credential_listeners: Sequence[CredentialListener] = (),
+    ) -> None:
         self.db = db
         self.box = box
         self.clock = clock
-        self.credential_listeners: list[CredentialListener] = []
+        self.credential_listeners = list(credential_listeners)
 
     def _credentials_changed(self, change: CredentialChange) -> None:
         for listener in self.credential_listeners:

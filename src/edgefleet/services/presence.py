@@ -347,7 +347,11 @@ class PresenceMonitor:
         sweep_interval: float = 0.0,
         heal: bool = True,
         workers: Workers | None = None,
+        tasks: OnlineSink | None = None,
+        events: EventService | None = None,
     ) -> None:
+        """``tasks``: the task engine, told each gateway found online. ``events``: where the
+        status changes found are stored."""
         self.presence = presence
         self.probe = probe
         self.grace = grace
@@ -375,16 +379,15 @@ class PresenceMonitor:
         """Loop time of each gateway's latest live ``0``."""
         self.healed = 0
         self.reconciled = asyncio.Event()
-        self.tasks: OnlineSink | None = None
-        """Set by the composition root once the task engine exists."""
-        self.events: EventService | None = None
-        """Set by the composition root: the status changes found are stored there."""
+        self.tasks = tasks
+        self.events = events
         self.scope: Callable[[], Sequence[str]] | None = None
         """Set by the composition root with broker nodes: the nodes this instance consumes.
         The reconciliation and the sweep judge only the gateways held online on them."""
         self.link_up: asyncio.Event | None = None
-        """Set by the composition root: the broker link's ``connected`` flag. A probe that
-        times out while it is clear judges nothing (the request may never have left)."""
+        """Set by the composition root (the link tells this monitor it connected): the broker
+        link's ``connected`` flag. A probe that times out while it is clear judges nothing
+        (the request may never have left)."""
 
     # --- what the router hears ----------------------------------------------------------
 

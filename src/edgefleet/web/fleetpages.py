@@ -63,7 +63,8 @@ async def device_context(c: Container, uuid: str) -> dict[str, Any] | None:
 
 @router.get("/devices/{uuid}")
 async def device_page(request: Request, c: ContainerDep, uuid: str) -> Response:
-    viewer = await session_viewer(request, c)  # page_for sends a one-time password away
+    # page_for sends a one-time password away
+    viewer = await session_viewer(request, c, for_page=True)
     if (
         viewer is None
         or viewer.principal.must_change_password

@@ -93,6 +93,9 @@ class Viewer:
 
     principal: Principal
     csrf: str
+    live_after: int | None = None
+    """On a page: the newest event id when it was rendered, where its live stream starts (the
+    events stored while the stream connects are replayed, not lost); None on a fragment."""
 
     @property
     def can_write(self) -> bool:
@@ -114,10 +117,16 @@ def use_language(request: Request, principal: Principal | None) -> str:
     return locale
 
 
-async def session_viewer(request: Request, c: Container) -> Viewer | None:
+async def session_viewer(
+    request: Request, c: Container, *, for_page: bool = False
+) -> Viewer | None:
     """The console session's user, even one who must still change a one-time password:
     only for the password page and for choosing where ``page`` sends a visitor. Also sets
-    the request's language (the user's, else the browser's)."""
+    the request's language (the user's, else the browser's).
+
+    ``for_page``: the request renders a whole page (not a fragment), whose live stream starts
+    after ``live_after``; read first, before the page's rows and its fragments, so an event
+    stored after they were read is always replayed to the page."""
     cookie = request.cookies.get(SESSION_COOKIE)
     found = await c.accounts.principal_for_session(cookie) if cookie else None
     if found is None:
@@ -125,17 +134,29 @@ async def session_viewer(request: Request, c: Container) -> Viewer | None:
         return None
     principal, csrf = found
     use_language(request, principal)
-    return Viewer(principal, csrf)
+    live = for_page and not principal.must_change_password and principal.can(Permission.FLEET_READ)
+    return Viewer(principal, csrf, await c.event_log.newest_id() if live else None)
 
 
-async def viewer_of(request: Request, c: Container) -> Viewer | None:
+async def viewer_of(request: Request, c: Container, *, for_page: bool = False) -> Viewer | None:
     """The console session's user, or None: not logged in, the session ended, or the
     account still on its one-time password (the API refuses such an account everything
     but the password change, and so does every page and fragment built on this)."""
-    viewer = await session_viewer(request, c)
+    viewer = await session_viewer(request, c, for_page=for_page)
     if viewer is None or viewer.principal.must_change_password:
         return None
     return viewer
+
+
+async def fragment_viewer(
+    request: Request, c: Container, permission: Permission, *, for_page: bool = False
+) -> Viewer | None:
+    """The viewer of a fragment (or, ``for_page``, of a whole page: see ``session_viewer``),
+    when logged in, done with the one-time password, and allowed."""
+    viewer = await viewer_of(request, c, for_page=for_page)
+    if viewer is None or viewer.principal.must_change_password:
+        return None
+    return viewer if viewer.principal.can(permission) else None
 
 
 def to_login(request: Request) -> RedirectResponse:
@@ -168,7 +189,8 @@ async def page(
     request: Request, c: Container, name: str, permission: Permission, **context: Any
 ) -> Response:
     """A page for a logged-in user with ``permission``; the login page otherwise."""
-    return await page_for(request, c, await session_viewer(request, c), name, permission, **context)
+    viewer = await session_viewer(request, c, for_page=True)
+    return await page_for(request, c, viewer, name, permission, **context)
 
 
 async def page_for(
@@ -179,7 +201,7 @@ async def page_for(
     permission: Permission,
     **context: Any,
 ) -> Response:
-    """As :func:`page`, for a viewer already found (with :func:`session_viewer`)."""
+    """As :func:`page`, for a viewer already found (with :func:`session_viewer`, ``for_page``)."""
     if viewer is None:
         return to_login(request)
     if viewer.principal.must_change_password:
@@ -206,7 +228,7 @@ async def login_page(request: Request, next: str = "/console/") -> HTMLResponse:
 
 @router.get("/password")
 async def password_page(request: Request, c: ContainerDep) -> Response:
-    viewer = await session_viewer(request, c)
+    viewer = await session_viewer(request, c, for_page=True)
     if viewer is None:
         return to_login(request)
     return render(request, "password.html", viewer)
@@ -316,7 +338,8 @@ async def devices_page(
     page: int = 1,
     size: int = PAGE_SIZE,
 ) -> Response:
-    viewer = await session_viewer(request, c)  # page_for sends a one-time password away
+    # page_for sends a one-time password away
+    viewer = await session_viewer(request, c, for_page=True)
     groups: list[Any] = []
     if viewer is not None and viewer.can_write and not viewer.principal.must_change_password:
         _, views_ = await c.fleet.list_groups(offset=0, limit=1000)
@@ -390,5 +413,6 @@ async def devices_fragment(
 @fallback.get("/{rest:path}")
 async def not_found(request: Request, c: ContainerDep, rest: str) -> Response:
     """An unknown console URL: a page saying so (with the menu when logged in), not JSON."""
-    viewer = await viewer_of(request, c)  # none for an account on its one-time password
+    # none for an account on its one-time password
+    viewer = await viewer_of(request, c, for_page=True)
     return render(request, "not_found.html", viewer, status=404, url=request.url.path)

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
 from edgefleet.api.deps import AdminReader, ContainerDep
 from edgefleet.api.inputs import Int64, Timestamp
-from edgefleet.api.schemas import audit_public
+from edgefleet.api.responses import reply
+from edgefleet.api.responses.audit import AuditList
 from edgefleet.domain.audit import AuditFilter
+from edgefleet.presenters.audit import audit_public
 
 router = APIRouter(prefix="/api/v1", tags=["audit"])
 
 
-@router.get("/audit", name="audit.list")
+@router.get("/audit", name="audit.list", response_model=AuditList)
 async def list_audit(
     c: ContainerDep,
     _: AdminReader,
@@ -28,7 +30,7 @@ async def list_audit(
         Int64 | None, Query(description="the nextCursor of the previous page")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-) -> dict[str, Any]:
+) -> Response:
     entries = await c.audit.query(
         AuditFilter(
             actor=actor,
@@ -42,4 +44,4 @@ async def list_audit(
         limit,
     )
     next_cursor = entries[-1].id if len(entries) == limit else None
-    return {"data": [audit_public(e) for e in entries], "nextCursor": next_cursor}
+    return reply({"data": [audit_public(e) for e in entries], "nextCursor": next_cursor})

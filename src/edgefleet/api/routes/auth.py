@@ -14,8 +14,12 @@ from edgefleet.api.deps import (
     session_secret,
 )
 from edgefleet.api.errors import CompatRoute
-from edgefleet.api.schemas import LoginBody, iso_time, user_public
+from edgefleet.api.responses import reply
+from edgefleet.api.responses.users import ApiLogin, ConsoleLogin
+from edgefleet.api.schemas import LoginBody
 from edgefleet.domain.auth import PrincipalKind
+from edgefleet.presenters.times import iso_time
+from edgefleet.presenters.users import user_public
 
 compat = APIRouter(prefix="/api/v1", tags=["auth"], route_class=CompatRoute)
 router = APIRouter(prefix="/api/v1", tags=["auth"])
@@ -25,19 +29,21 @@ def _login_actor(request: Request, email: str) -> None:
     request.state.audit_actor = email
 
 
-@compat.post("/auth/local", name="auth.login_api")
-async def login_api(request: Request, c: ContainerDep, body: LoginBody) -> dict[str, Any]:
+@compat.post("/auth/local", name="auth.login_api", response_model=ApiLogin)
+async def login_api(request: Request, c: ContainerDep, body: LoginBody) -> Response:
     """``{email, password}`` → ``{token}``; send it as ``Authorization: Bearer <token>``."""
     _login_actor(request, body.email)
     result = await c.accounts.login(body.email, body.password, client_ip(request))
-    return {
-        "token": result.secret,
-        "expiresAt": iso_time(result.expires_at),
-        "mustChangePassword": result.user.must_change_password,
-    }
+    return reply(
+        {
+            "token": result.secret,
+            "expiresAt": iso_time(result.expires_at),
+            "mustChangePassword": result.user.must_change_password,
+        }
+    )
 
 
-@router.post("/auth/login", name="auth.login_console")
+@router.post("/auth/login", name="auth.login_console", response_model=ConsoleLogin)
 async def login_console(
     request: Request, response: Response, c: ContainerDep, body: LoginBody
 ) -> dict[str, Any]:

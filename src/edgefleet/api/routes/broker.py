@@ -17,13 +17,15 @@ logged with their reason, never with the password.
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgefleet.api.deps import ContainerDep, require
+from edgefleet.api.responses import reply
+from edgefleet.api.responses.service import Authn, Authz, Psk
 from edgefleet.domain.auth import Permission, Principal
 from edgefleet.domain.broker_access import Action
 from edgefleet.errors import DeviceNotFoundError
@@ -54,8 +56,8 @@ class AuthzBody(BaseModel):
     action: Action
 
 
-@router.post("/authn", name="broker.authn")
-async def authenticate(c: ContainerDep, _: BrokerCaller, body: AuthnBody) -> dict[str, Any]:
+@router.post("/authn", name="broker.authn", response_model=Authn)
+async def authenticate(c: ContainerDep, _: BrokerCaller, body: AuthnBody) -> Response:
     result = await c.broker_auth.authenticate(
         username=body.username,
         password=body.password,
@@ -70,23 +72,23 @@ async def authenticate(c: ContainerDep, _: BrokerCaller, body: AuthnBody) -> dic
             body.peerhost,
             result.reason,
         )
-    return {"result": "allow" if result.allow else "deny", "is_superuser": result.superuser}
+    return reply({"result": "allow" if result.allow else "deny", "is_superuser": result.superuser})
 
 
-@router.post("/authz", name="broker.authz")
-async def authorize(c: ContainerDep, _: BrokerCaller, body: AuthzBody) -> dict[str, str]:
+@router.post("/authz", name="broker.authz", response_model=Authz)
+async def authorize(c: ContainerDep, _: BrokerCaller, body: AuthzBody) -> Response:
     ok = await c.broker_auth.authorize(username=body.username, topic=body.topic, action=body.action)
     if not ok:
         log.info("broker authz denied: user=%s %s %s", body.username, body.action, body.topic)
-    return {"result": "allow" if ok else "deny"}
+    return reply({"result": "allow" if ok else "deny"})
 
 
-@router.get("/psk/{identity}", name="broker.psk")
-async def psk(c: ContainerDep, _: BrokerCaller, identity: str) -> dict[str, str]:
+@router.get("/psk/{identity}", name="broker.psk", response_model=Psk)
+async def psk(c: ContainerDep, _: BrokerCaller, identity: str) -> Response:
     key = await c.broker_auth.device_key(identity)
     if key is None:
         raise DeviceNotFoundError(identity)
-    return {"identity": identity, "psk": key}
+    return reply({"identity": identity, "psk": key})
 
 
 @router.get(

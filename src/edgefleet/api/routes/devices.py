@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Body, Query, Request
+from fastapi import APIRouter, Body, Query, Request, Response
 
 from edgefleet.api.deps import ContainerDep, FleetReader, FleetWriter, audit_target
 from edgefleet.api.errors import CompatRoute
 from edgefleet.api.inputs import Int32, Offset, parse_json
+from edgefleet.api.responses import reply
+from edgefleet.api.responses.devices import DeviceCreated, DeviceList, DevicePsk, DevicePublic
 from edgefleet.api.schemas import (
     DeviceCreate,
     DevicesUpdate,
     DeviceUpdate,
     Exact,
     SelectedFrom,
-    device_public,
     selection,
 )
 from edgefleet.domain.devicefilter import PARTIAL_KEYS, DeviceFilter, DeviceOrder
@@ -23,6 +24,7 @@ from edgefleet.domain.devices import ConnectionStatus, mac_key, parse_sort
 from edgefleet.domain.limits import INT64_MAX
 from edgefleet.domain.query import parse
 from edgefleet.errors import ValidationError
+from edgefleet.presenters.devices import device_public
 from edgefleet.services.fleet import Registration, Selection
 
 router = APIRouter(prefix="/api/v1", tags=["devices"], route_class=CompatRoute)
@@ -63,7 +65,7 @@ def _legacy_query(raw: str) -> tuple[dict[str, str], int | None, int | None]:
     return partial, number("offset"), number("limit")
 
 
-@router.get("/devices", name="devices.list")
+@router.get("/devices", name="devices.list", response_model=DeviceList)
 async def list_devices(
     c: ContainerDep,
     _: FleetReader,
@@ -86,7 +88,7 @@ async def list_devices(
             "default); a leading - sorts descending"
         ),
     ] = "created",
-) -> dict[str, Any]:
+) -> Response:
     key, descending = parse_sort(sort)
     partial: dict[str, str] = {}
     if query:
@@ -107,18 +109,20 @@ async def list_devices(
     page = await c.fleet.list_devices(
         f, offset=offset, limit=limit, order=DeviceOrder(key, descending)
     )
-    return {
-        "count": page.total,
-        "limit": limit,
-        "offset": offset,
-        "data": [device_public(v) for v in page.items],
-    }
+    return reply(
+        {
+            "count": page.total,
+            "limit": limit,
+            "offset": offset,
+            "data": [device_public(v) for v in page.items],
+        }
+    )
 
 
-@router.post("/devices", name="devices.create")
+@router.post("/devices", name="devices.create", response_model=DeviceCreated)
 async def register_device(
     request: Request, c: ContainerDep, _: FleetWriter, body: DeviceCreate
-) -> dict[str, Any]:
+) -> Response:
     view, psk = await c.fleet.register_device(
         Registration(
             display_name=body.displayName or body.mac,
@@ -131,7 +135,7 @@ async def register_device(
         )
     )
     audit_target(request, "device", view.device.uuid)
-    return {**device_public(view), "psk": psk}
+    return reply({**device_public(view), "psk": psk})
 
 
 @router.delete("/devices", name="devices.delete_many")
@@ -148,9 +152,9 @@ async def delete_devices(
     return deleted
 
 
-@router.get("/devices/{uuid}", name="devices.get")
-async def get_device(c: ContainerDep, _: FleetReader, uuid: str) -> dict[str, Any]:
-    return device_public(await c.fleet.get_device(uuid))
+@router.get("/devices/{uuid}", name="devices.get", response_model=DevicePublic)
+async def get_device(c: ContainerDep, _: FleetReader, uuid: str) -> Response:
+    return reply(device_public(await c.fleet.get_device(uuid)))
 
 
 @router.delete("/devices/{uuid}", name="devices.delete")
@@ -178,10 +182,10 @@ async def update_devices(
     return changed
 
 
-@extra.patch("/devices/{uuid}", name="devices.update")
+@extra.patch("/devices/{uuid}", name="devices.update", response_model=DevicePublic)
 async def update_device(
     request: Request, c: ContainerDep, _: FleetWriter, uuid: str, body: DeviceUpdate
-) -> dict[str, Any]:
+) -> Response:
     audit_target(request, "device", uuid)
     view = await c.fleet.update_device(
         uuid,
@@ -190,14 +194,12 @@ async def update_device(
         tags=body.tags,
         attributes=body.attributes,
     )
-    return device_public(view)
+    return reply(device_public(view))
 
 
-@extra.post("/devices/{uuid}/psk", name="devices.rotate_psk")
-async def rotate_psk(
-    request: Request, c: ContainerDep, _: FleetWriter, uuid: str
-) -> dict[str, str]:
+@extra.post("/devices/{uuid}/psk", name="devices.rotate_psk", response_model=DevicePsk)
+async def rotate_psk(request: Request, c: ContainerDep, _: FleetWriter, uuid: str) -> Response:
     """A new pre-shared key for the gateway, shown once; the old one stops working at once
     (brokers close the gateway's session), so configure the gateway with this one."""
     audit_target(request, "device", uuid)
-    return {"uuid": uuid, "psk": await c.fleet.rotate_psk(uuid)}
+    return reply({"uuid": uuid, "psk": await c.fleet.rotate_psk(uuid)})

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from edgefleet.api.deps import (
@@ -19,14 +19,11 @@ from edgefleet.api.deps import (
     audit_target,
     credential_holds,
 )
-from edgefleet.api.eventviews import (
-    EventIds,
-    decode_cursor,
-    encode_cursor,
-    event_public,
-    summary_public,
-)
 from edgefleet.api.inputs import Int64
+from edgefleet.api.responses import reply
+from edgefleet.api.responses.events import Changed, EventList, EventPublic, EventSummaryPublic
+from edgefleet.api.responses.service import TEXT
+from edgefleet.api.schemas import EventIds
 from edgefleet.domain.auth import Permission
 from edgefleet.domain.eventfilter import (
     EventFilter,
@@ -36,6 +33,7 @@ from edgefleet.domain.eventfilter import (
     parse_time,
 )
 from edgefleet.errors import ValidationError
+from edgefleet.presenters.events import decode_cursor, encode_cursor, event_public, summary_public
 from edgefleet.services.eventlog import EventLog, StreamRequest
 
 router = APIRouter(prefix="/api/v1", tags=["events"])
@@ -93,19 +91,19 @@ async def _page(c: EventLog, f: EventFilter, cursor: str | None, limit: int) -> 
     }
 
 
-@router.get("/events", name="events.list")
+@router.get("/events", name="events.list", response_model=EventList)
 async def list_events(
     c: ContainerDep,
     _: FleetReader,
     f: Filter,
     cursor: Annotated[str | None, Query(description="the 'next' of the previous page")] = None,
     limit: int = DEFAULT_LIMIT,
-) -> dict[str, Any]:
+) -> Response:
     """Events newest first; ``next`` is the cursor of the following page (null at the end)."""
-    return await _page(c.event_log, f, cursor, limit)
+    return reply(await _page(c.event_log, f, cursor, limit))
 
 
-@router.get("/devices/{uuid}/events", name="events.device_list")
+@router.get("/devices/{uuid}/events", name="events.device_list", response_model=EventList)
 async def list_device_events(
     c: ContainerDep,
     _: FleetReader,
@@ -113,33 +111,38 @@ async def list_device_events(
     f: Filter,
     cursor: str | None = None,
     limit: int = DEFAULT_LIMIT,
-) -> dict[str, Any]:
+) -> Response:
     """One gateway's events (also those of a gateway deleted since), as ``/events``."""
     device = parse_device_uuid(uuid)
     devices = frozenset({device}) & f.devices if f.devices is not None else frozenset({device})
-    return await _page(c.event_log, dataclasses.replace(f, devices=devices), cursor, limit)
+    return reply(await _page(c.event_log, dataclasses.replace(f, devices=devices), cursor, limit))
 
 
-@router.get("/events/summary", name="events.summary")
+@router.get("/events/summary", name="events.summary", response_model=EventSummaryPublic)
 async def event_summary(
     c: ContainerDep,
     _: FleetReader,
     since: Annotated[str | None, Query(description="default: 24 hours before until")] = None,
     until: Annotated[str | None, Query(description="default: now")] = None,
-) -> dict[str, Any]:
+) -> Response:
     """Events per type in a range, and the alarms open now (what the console's bell shows)."""
     start = parse_time(since, "since") if since else None
     end = parse_time(until, "until") if until else None
     if start is not None and end is not None and start >= end:
         raise ValidationError("since must be before until")
-    return summary_public(await c.event_log.summary(start, end))
+    return reply(summary_public(await c.event_log.summary(start, end)))
 
 
 @router.get(
     "/events/stream",
     name="events.stream",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={
+        200: {
+            "content": {"text/event-stream": TEXT},
+            "description": "id, event (the type) and data (an Event as JSON) per event",
+        }
+    },
 )
 async def event_stream(
     request: Request,
@@ -201,42 +204,40 @@ async def _frames(
             yield "".join(parts).encode()
 
 
-@router.get("/events/{id}", name="events.get")
-async def get_event(c: ContainerDep, _: FleetReader, id: Int64) -> dict[str, Any]:
-    return event_public(await c.event_log.get(id))
+@router.get("/events/{id}", name="events.get", response_model=EventPublic)
+async def get_event(c: ContainerDep, _: FleetReader, id: Int64) -> Response:
+    return reply(event_public(await c.event_log.get(id)))
 
 
-@router.post("/events/acknowledge", name="events.acknowledge_many")
+@router.post("/events/acknowledge", name="events.acknowledge_many", response_model=Changed)
 async def acknowledge_events(
     request: Request, c: ContainerDep, who: FleetWriter, body: EventIds
-) -> dict[str, int]:
+) -> Response:
     """Acknowledge the alarms among ``ids``; answers how many changed."""
     audit_target(request, "event", ",".join(map(str, body.ids))[:64])
-    return {"changed": await c.event_log.acknowledge_many(body.ids, who.email)}
+    return reply({"changed": await c.event_log.acknowledge_many(body.ids, who.email)})
 
 
-@router.post("/events/clear", name="events.clear_many")
+@router.post("/events/clear", name="events.clear_many", response_model=Changed)
 async def clear_events(
     request: Request, c: ContainerDep, who: FleetWriter, body: EventIds
-) -> dict[str, int]:
+) -> Response:
     """Clear the open alarms among ``ids``; answers how many changed."""
     audit_target(request, "event", ",".join(map(str, body.ids))[:64])
-    return {"changed": await c.event_log.clear_many(body.ids, who.email)}
+    return reply({"changed": await c.event_log.clear_many(body.ids, who.email)})
 
 
-@router.post("/events/{id}/acknowledge", name="events.acknowledge")
+@router.post("/events/{id}/acknowledge", name="events.acknowledge", response_model=EventPublic)
 async def acknowledge_event(
     request: Request, c: ContainerDep, who: FleetWriter, id: Int64
-) -> dict[str, Any]:
+) -> Response:
     """Acknowledge an alarm (409 if the event is not one); a second time keeps the first."""
     audit_target(request, "event", id)
-    return event_public(await c.event_log.acknowledge(id, who.email))
+    return reply(event_public(await c.event_log.acknowledge(id, who.email)))
 
 
-@router.post("/events/{id}/clear", name="events.clear")
-async def clear_event(
-    request: Request, c: ContainerDep, who: FleetWriter, id: Int64
-) -> dict[str, Any]:
+@router.post("/events/{id}/clear", name="events.clear", response_model=EventPublic)
+async def clear_event(request: Request, c: ContainerDep, who: FleetWriter, id: Int64) -> Response:
     """Clear an alarm, acknowledging it too if nobody had (409 if the event is not one)."""
     audit_target(request, "event", id)
-    return event_public(await c.event_log.clear(id, who.email))
+    return reply(event_public(await c.event_log.clear(id, who.email)))

@@ -10,16 +10,18 @@ or to any caller who may read the fleet. Errors are problem+json.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from edgefleet.api.bodylimit import streams_upload
 from edgefleet.api.deps import ContainerDep, FleetWriter, audit_target, current_principal
 from edgefleet.api.inputs import Int64
 from edgefleet.api.multipart import receive_form
+from edgefleet.api.responses import reply
+from edgefleet.api.responses.service import BINARY, StoredFile
 from edgefleet.domain.auth import Permission
 from edgefleet.errors import PermissionDeniedError, ValidationError
 from edgefleet.services.files import FileKind
@@ -46,9 +48,7 @@ _UPLOAD_DOC = {
 
 
 @streams_upload
-async def upload(
-    request: Request, c: ContainerDep, p: FleetWriter
-) -> dict[str, Any] | list[dict[str, Any]]:
+async def upload(request: Request, c: ContainerDep, p: FleetWriter) -> Response:
     form = await receive_form(
         request, c.files, max_files=MAX_FILES, kind=FileKind.FILEBIN, created_by=p.email
     )
@@ -63,7 +63,7 @@ async def upload(
         for u in form.files
     ]
     audit_target(request, "file", form.files[0].file.key.split("/", 1)[0])
-    return out[0] if len(out) == 1 else out
+    return reply(out[0] if len(out) == 1 else out)
 
 
 for _mount in ("/api/v1/filebin", "/filebin"):  # ours, and the original's FILEBIN_PATH
@@ -74,11 +74,23 @@ for _mount in ("/api/v1/filebin", "/filebin"):  # ours, and the original's FILEB
             methods=[_method],
             name="filebin.upload",
             openapi_extra=_UPLOAD_DOC,
+            response_model=StoredFile | list[StoredFile],
+            response_description="one file: its reference; several: one each",
         )
 
 
-@router.get("/api/v1/filebin/download/{key:path}", name="filebin.download")
-@router.get("/filebin/download/{key:path}", name="filebin.download")
+@router.get(
+    "/api/v1/filebin/download/{key:path}",
+    name="filebin.download",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/octet-stream": BINARY}}},
+)
+@router.get(
+    "/filebin/download/{key:path}",
+    name="filebin.download",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/octet-stream": BINARY}}},
+)
 async def download(
     request: Request,
     c: ContainerDep,

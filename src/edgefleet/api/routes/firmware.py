@@ -6,16 +6,19 @@ repeated; none means any model), ``notes``. Writes need fleet:write and are audi
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 
 from edgefleet.api.bodylimit import streams_upload
 from edgefleet.api.deps import ContainerDep, FleetReader, FleetWriter, audit_target
 from edgefleet.api.inputs import Int32, Offset
 from edgefleet.api.multipart import receive_form
-from edgefleet.api.schemas import firmware_public, page
+from edgefleet.api.responses import reply
+from edgefleet.api.responses.firmware import FirmwareList, FirmwarePublic
 from edgefleet.errors import ValidationError
+from edgefleet.presenters.firmware import firmware_public
+from edgefleet.presenters.pages import page
 from edgefleet.services.files import FileKind
 
 router = APIRouter(prefix="/api/v1", tags=["firmware"])
@@ -44,9 +47,15 @@ _CREATE_DOC = {
 }
 
 
-@router.post("/firmware", name="firmware.create", status_code=201, openapi_extra=_CREATE_DOC)
+@router.post(
+    "/firmware",
+    name="firmware.create",
+    response_model=FirmwarePublic,
+    status_code=201,
+    openapi_extra=_CREATE_DOC,
+)
 @streams_upload
-async def create_firmware(request: Request, c: ContainerDep, p: FleetWriter) -> dict[str, Any]:
+async def create_firmware(request: Request, c: ContainerDep, p: FleetWriter) -> Response:
     form = await receive_form(
         request, c.files, max_files=1, kind=FileKind.FIRMWARE, created_by=p.email
     )
@@ -60,24 +69,24 @@ async def create_firmware(request: Request, c: ContainerDep, p: FleetWriter) -> 
         created_by=p.email,
     )
     audit_target(request, "firmware", row.id)
-    return firmware_public(row)
+    return reply(firmware_public(row), 201)
 
 
-@router.get("/firmware", name="firmware.list")
+@router.get("/firmware", name="firmware.list", response_model=FirmwareList)
 async def list_firmware(
     c: ContainerDep,
     _: FleetReader,
     offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
-) -> dict[str, Any]:
+) -> Response:
     """Newest first."""
     total, rows = await c.firmware.list_firmware(offset=offset, limit=limit)
-    return page(total, offset, limit, [firmware_public(r) for r in rows])
+    return reply(page(total, offset, limit, [firmware_public(r) for r in rows]))
 
 
-@router.get("/firmware/{firmware_id}", name="firmware.get")
-async def get_firmware(c: ContainerDep, _: FleetReader, firmware_id: Int32) -> dict[str, Any]:
-    return firmware_public(await c.firmware.get(firmware_id))
+@router.get("/firmware/{firmware_id}", name="firmware.get", response_model=FirmwarePublic)
+async def get_firmware(c: ContainerDep, _: FleetReader, firmware_id: Int32) -> Response:
+    return reply(firmware_public(await c.firmware.get(firmware_id)))
 
 
 @router.delete("/firmware/{firmware_id}", name="firmware.delete", status_code=204)

@@ -2,47 +2,43 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Body, Query, Request
+from fastapi import APIRouter, Body, Query, Request, Response
 
 from edgefleet.api.deps import ContainerDep, FleetReader, FleetWriter, audit_target
 from edgefleet.api.errors import CompatRoute
 from edgefleet.api.inputs import Int32, Offset
-from edgefleet.api.schemas import (
-    Exact,
-    GroupUpdate,
-    GroupWrite,
-    SelectedFrom,
-    group_public,
-    page,
-    selection,
-)
+from edgefleet.api.responses import reply
+from edgefleet.api.responses.groups import GroupList, GroupPublic
+from edgefleet.api.schemas import Exact, GroupUpdate, GroupWrite, SelectedFrom, selection
+from edgefleet.presenters.groups import group_public
+from edgefleet.presenters.pages import page
 
 router = APIRouter(prefix="/api/v1", tags=["groups"], route_class=CompatRoute)
 
 UUIDList = Annotated[list[str], Body(min_length=1, max_length=10000)]
 
 
-@router.get("/groups", name="groups.list")
+@router.get("/groups", name="groups.list", response_model=GroupList)
 async def list_groups(
     c: ContainerDep,
     _: FleetReader,
     offset: Offset = 0,
     limit: Annotated[int, Query(ge=1)] = 20,
-) -> dict[str, Any]:
+) -> Response:
     limit = min(limit, 1000)
     total, views = await c.fleet.list_groups(offset=offset, limit=limit)
-    return page(total, offset, limit, [group_public(v) for v in views])
+    return reply(page(total, offset, limit, [group_public(v) for v in views]))
 
 
-@router.post("/groups", name="groups.create")
+@router.post("/groups", name="groups.create", response_model=GroupPublic)
 async def create_group(
     request: Request, c: ContainerDep, _: FleetWriter, body: GroupWrite
-) -> dict[str, Any]:
+) -> Response:
     view = await c.fleet.create_group(body.name, body.description)
     audit_target(request, "group", view.group.id)
-    return group_public(view)
+    return reply(group_public(view))
 
 
 @router.delete("/groups", name="groups.delete_many")
@@ -57,18 +53,18 @@ async def delete_groups(
     return ids
 
 
-@router.get("/groups/{id}", name="groups.get")
-async def get_group(c: ContainerDep, _: FleetReader, id: Int32) -> dict[str, Any]:
-    return group_public(await c.fleet.get_group(id))
+@router.get("/groups/{id}", name="groups.get", response_model=GroupPublic)
+async def get_group(c: ContainerDep, _: FleetReader, id: Int32) -> Response:
+    return reply(group_public(await c.fleet.get_group(id)))
 
 
-@router.put("/groups/{id}", name="groups.update")
+@router.put("/groups/{id}", name="groups.update", response_model=GroupPublic)
 async def update_group(
     request: Request, c: ContainerDep, _: FleetWriter, id: Int32, body: GroupUpdate
-) -> dict[str, Any]:
+) -> Response:
     audit_target(request, "group", id)
-    return group_public(
-        await c.fleet.update_group(id, name=body.name, description=body.description)
+    return reply(
+        group_public(await c.fleet.update_group(id, name=body.name, description=body.description))
     )
 
 

@@ -10,17 +10,27 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgefleet.api.deps import ContainerDep, FleetReader, FleetWriter, audit_target
 from edgefleet.api.errors import CompatRoute
 from edgefleet.api.inputs import Int32, Int64, Offset, Timestamp
+from edgefleet.api.responses import reply
+from edgefleet.api.responses.groups import GroupPublic
+from edgefleet.api.responses.tasks import (
+    ExecutionList,
+    RelayJob,
+    RelayJobCreated,
+    TaskList,
+    TaskPublic,
+)
 from edgefleet.api.routes.tasks import Payload
-from edgefleet.api.schemas import group_public, page
-from edgefleet.api.taskviews import executions_page, relay_job_public, task_public
+from edgefleet.api.taskviews import executions_page
 from edgefleet.domain.tasks import RETRY_INTERVAL, TaskKind, TaskState
+from edgefleet.presenters.groups import group_public
+from edgefleet.presenters.pages import page
+from edgefleet.presenters.tasks import relay_job_public, task_public
 from edgefleet.services.tasks import TaskSpec
 
 router = APIRouter(prefix="/api/v1", tags=["remote tasks"], route_class=CompatRoute)
@@ -72,10 +82,10 @@ class JobRelayCreate(BaseModel):
     _times = field_validator("expiresAt", mode="before")(_time)
 
 
-@router.post("/groupTasks", name="groupTasks.create")
+@router.post("/groupTasks", name="groupTasks.create", response_model=GroupPublic)
 async def create_group_task(
     request: Request, c: ContainerDep, who: FleetWriter, body: GroupTaskCreate
-) -> dict[str, Any]:
+) -> Response:
     p = body.payload
     view = await c.tasks.create(
         TaskSpec(
@@ -96,10 +106,10 @@ async def create_group_task(
         )
     )
     audit_target(request, "task", view.task.uuid)
-    return group_public(await c.fleet.get_group(body.groupId))
+    return reply(group_public(await c.fleet.get_group(body.groupId)))
 
 
-@router.get("/groupTasks", name="groupTasks.list")
+@router.get("/groupTasks", name="groupTasks.list", response_model=TaskList)
 async def list_group_tasks(
     c: ContainerDep,
     _: FleetReader,
@@ -107,19 +117,21 @@ async def list_group_tasks(
     state: Annotated[list[str], Query()] = [],  # noqa: B006 - FastAPI reads, never mutates
     offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
-) -> dict[str, Any]:
+) -> Response:
     total, views = await c.tasks.list_tasks(
         kinds=GROUP, group_id=groupId, states=state, offset=offset, limit=limit
     )
-    return page(total, offset, limit, [task_public(v) for v in views])
+    return reply(page(total, offset, limit, [task_public(v) for v in views]))
 
 
-@router.get("/groupTasks/{uuid}", name="groupTasks.get")
-async def get_group_task(c: ContainerDep, _: FleetReader, uuid: str) -> dict[str, Any]:
-    return task_public(await c.tasks.get(uuid, kinds=GROUP))
+@router.get("/groupTasks/{uuid}", name="groupTasks.get", response_model=TaskPublic)
+async def get_group_task(c: ContainerDep, _: FleetReader, uuid: str) -> Response:
+    return reply(task_public(await c.tasks.get(uuid, kinds=GROUP)))
 
 
-@router.get("/groupTasks/{uuid}/executions", name="groupTasks.executions")
+@router.get(
+    "/groupTasks/{uuid}/executions", name="groupTasks.executions", response_model=ExecutionList
+)
 async def group_task_executions(
     c: ContainerDep,
     _: FleetReader,
@@ -127,33 +139,38 @@ async def group_task_executions(
     state: Annotated[list[TaskState], Query()] = [],  # noqa: B006
     offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> dict[str, Any]:
-    return await executions_page(c.tasks, uuid, GROUP, state, offset, limit)
+) -> Response:
+    return reply(await executions_page(c.tasks, uuid, GROUP, state, offset, limit))
 
 
-@router.post("/groupTasks/{uuid}/revoke", name="groupTasks.revoke")
-@router.delete("/groupTasks/{uuid}", name="groupTasks.delete")
+@router.post("/groupTasks/{uuid}/revoke", name="groupTasks.revoke", response_model=TaskPublic)
+@router.delete("/groupTasks/{uuid}", name="groupTasks.delete", response_model=TaskPublic)
 async def revoke_group_task(
     request: Request, c: ContainerDep, _: FleetWriter, uuid: str
-) -> dict[str, Any]:
-    """``DELETE`` revokes too: the records stay, as the original counted them in
+) -> Response:
+    """``DELETE revokes too: the records stay, as the original counted them in
     ``revokedCount``."""
     audit_target(request, "task", uuid)
-    return task_public(await c.tasks.revoke(uuid, kinds=GROUP))
+    return reply(task_public(await c.tasks.revoke(uuid, kinds=GROUP)))
 
 
-@router.post("/groupTasks/{uuid}/rerun", name="groupTasks.rerun")
+@router.post("/groupTasks/{uuid}/rerun", name="groupTasks.rerun", response_model=TaskPublic)
 async def rerun_group_task(
     request: Request, c: ContainerDep, _: FleetWriter, uuid: str
-) -> dict[str, Any]:
+) -> Response:
     audit_target(request, "task", uuid)
-    return task_public(await c.tasks.rerun_failed(uuid, kinds=GROUP))
+    return reply(task_public(await c.tasks.rerun_failed(uuid, kinds=GROUP)))
 
 
-@router.post("/deviceJobRelay", name="deviceJobRelay.create", status_code=201)
+@router.post(
+    "/deviceJobRelay",
+    name="deviceJobRelay.create",
+    status_code=201,
+    response_model=RelayJobCreated,
+)
 async def create_job_relay(
     request: Request, c: ContainerDep, who: FleetWriter, body: JobRelayCreate
-) -> JSONResponse:
+) -> Response:
     """Queue one request for one gateway; an offline gateway gets it when it reconnects,
     unless the job expires first (default 1 h)."""
     p = body.payload
@@ -170,10 +187,10 @@ async def create_job_relay(
         )
     )
     audit_target(request, "device", body.deviceUUID)
-    return JSONResponse({"deviceUUID": body.deviceUUID, "taskId": view.task.id}, status_code=201)
+    return reply({"deviceUUID": body.deviceUUID, "taskId": view.task.id}, 201)
 
 
-@router.get("/deviceJobRelay/{id}", name="deviceJobRelay.get")
-async def get_job_relay(c: ContainerDep, _: FleetReader, id: Int64) -> dict[str, Any]:
+@router.get("/deviceJobRelay/{id}", name="deviceJobRelay.get", response_model=RelayJob)
+async def get_job_relay(c: ContainerDep, _: FleetReader, id: Int64) -> Response:
     task, execution = await c.tasks.relay_job(id)
-    return relay_job_public(task, execution)
+    return reply(relay_job_public(task, execution))

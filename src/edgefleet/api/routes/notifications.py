@@ -14,19 +14,26 @@ See docs/notifications.md.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 
 from edgefleet.api.deps import ContainerDep, FleetReader, FleetWriter, audit_target
 from edgefleet.api.errors import CompatRoute
 from edgefleet.api.inputs import Int64, read_json
-from edgefleet.api.schemas import iso_time
-from edgefleet.db.tables import Notification
+from edgefleet.api.responses import reply
+from edgefleet.api.responses.notifications import (
+    DeliveryPublic,
+    NotificationCreated,
+    NotificationDetail,
+    NotificationPublic,
+    NotificationSecret,
+    SupportList,
+)
 from edgefleet.domain.events import NOTIFIABLE
-from edgefleet.domain.webhooks import PROTOCOLS, DeliveryState, support
+from edgefleet.domain.webhooks import PROTOCOLS, support
 from edgefleet.errors import ValidationError
-from edgefleet.services.notifications import DeliveryView, public_fields
+from edgefleet.presenters.notifications import delivery_public, notification_public
 
 compat = APIRouter(prefix="/api/v1", tags=["notifications"], route_class=CompatRoute)
 router = APIRouter(prefix="/api/v1", tags=["notifications"])
@@ -66,51 +73,18 @@ _DELETE_DOC = {
 }
 
 
-def notification_public(n: Notification) -> dict[str, Any]:
-    return {
-        **public_fields(n),
-        "createdAt": iso_time(n.created_at),
-        "updatedAt": iso_time(n.updated_at),
-        "confirmedAt": iso_time(n.confirmed_at),
-    }
+@compat.get("/notifications", name="notifications.list", response_model=list[NotificationPublic])
+async def list_notifications(c: ContainerDep, _: FleetReader) -> Response:
+    return reply([notification_public(n) for n in await c.notifications.list_notifications()])
 
 
-def delivery_public(view: DeliveryView) -> dict[str, Any]:
-    d = view.delivery
-    return {
-        "uuid": d.uuid,
-        "seq": d.id,
-        "eventId": d.event_id,
-        "eventType": d.event_type,
-        "state": d.state,
-        "attempts": d.attempts,
-        "lastCode": d.last_code,
-        "lastError": d.last_error,
-        "createdAt": iso_time(d.created_at),
-        "nextAt": iso_time(d.next_at) if d.state == DeliveryState.PENDING.value else None,
-        "deliveredAt": iso_time(d.delivered_at),
-        "body": d.body,
-        "history": [
-            {
-                "at": iso_time(a.at),
-                "statusCode": a.status_code,
-                "error": a.error,
-                "durationMs": a.duration_ms,
-            }
-            for a in view.attempts
-        ],
-    }
-
-
-@compat.get("/notifications", name="notifications.list")
-async def list_notifications(c: ContainerDep, _: FleetReader) -> list[dict[str, Any]]:
-    return [notification_public(n) for n in await c.notifications.list_notifications()]
-
-
-@compat.post("/notifications", name="notifications.create", openapi_extra=_CREATE_DOC)
-async def create_notification(
-    request: Request, c: ContainerDep, p: FleetWriter
-) -> list[dict[str, Any]]:
+@compat.post(
+    "/notifications",
+    name="notifications.create",
+    response_model=list[NotificationCreated],
+    openapi_extra=_CREATE_DOC,
+)
+async def create_notification(request: Request, c: ContainerDep, p: FleetWriter) -> Response:
     """Subscribe (or confirm again): the endpoint is called once before this answers."""
     body = await read_json(request)
     if not isinstance(body, dict):
@@ -126,7 +100,7 @@ async def create_notification(
     }
     if sub.secret is not None:
         out["secret"] = sub.secret
-    return [out]
+    return reply([out])
 
 
 @compat.delete("/notifications", name="notifications.delete_many", openapi_extra=_DELETE_DOC)
@@ -138,15 +112,15 @@ async def delete_notifications(request: Request, c: ContainerDep, _: FleetWriter
     return await c.notifications.delete(uuids)
 
 
-@compat.get("/notifications/support", name="notifications.support")
-async def notification_support(_: FleetReader) -> dict[str, Any]:
-    return support()
+@compat.get("/notifications/support", name="notifications.support", response_model=SupportList)
+async def notification_support(_: FleetReader) -> Response:
+    return reply(support())
 
 
-@router.get("/notifications/{uuid}", name="notifications.get")
-async def get_notification(c: ContainerDep, _: FleetReader, uuid: str) -> dict[str, Any]:
+@router.get("/notifications/{uuid}", name="notifications.get", response_model=NotificationDetail)
+async def get_notification(c: ContainerDep, _: FleetReader, uuid: str) -> Response:
     row, counts = await c.notifications.get(uuid)
-    return {**notification_public(row), "createdBy": row.created_by, "deliveries": counts}
+    return reply({**notification_public(row), "createdBy": row.created_by, "deliveries": counts})
 
 
 @compat.delete("/notifications/{uuid}", name="notifications.delete", status_code=204)
@@ -155,24 +129,30 @@ async def delete_notification(request: Request, c: ContainerDep, _: FleetWriter,
     await c.notifications.delete([uuid])
 
 
-@router.get("/notifications/{uuid}/deliveries", name="notifications.deliveries")
+@router.get(
+    "/notifications/{uuid}/deliveries",
+    name="notifications.deliveries",
+    response_model=list[DeliveryPublic],
+)
 async def list_deliveries(
     c: ContainerDep,
     _: FleetReader,
     uuid: str,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     before: Annotated[Int64 | None, Query(ge=1, description="a delivery's seq")] = None,
-) -> list[dict[str, Any]]:
+) -> Response:
     """Newest first; pass the last one's ``seq`` as ``before`` for the next page."""
     views = await c.notifications.deliveries(uuid, limit=limit, before=before)
-    return [delivery_public(v) for v in views]
+    return reply([delivery_public(v) for v in views])
 
 
-@router.post("/notifications/{uuid}/secret", name="notifications.rotate_secret")
-async def rotate_secret(
-    request: Request, c: ContainerDep, _: FleetWriter, uuid: str
-) -> dict[str, Any]:
+@router.post(
+    "/notifications/{uuid}/secret",
+    name="notifications.rotate_secret",
+    response_model=NotificationSecret,
+)
+async def rotate_secret(request: Request, c: ContainerDep, _: FleetWriter, uuid: str) -> Response:
     """A new signing secret, shown this once; the old one stops working now."""
     audit_target(request, "notification", uuid)
     row, secret = await c.notifications.rotate_secret(uuid)
-    return {"uuid": row.uuid, "secret": secret}
+    return reply({"uuid": row.uuid, "secret": secret})

@@ -9,18 +9,24 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgefleet.api.deps import ContainerDep, FleetReader, FleetWriter, audit_target
-from edgefleet.db.tables import DeviceCertificate
+from edgefleet.api.responses import reply
+from edgefleet.api.responses.certificates import CertificatePublic, IssuedCertificate, Revoked
 from edgefleet.pki import MAX_CSR_BYTES
+from edgefleet.presenters.certificates import certificate_public, issued_public
 
 router = APIRouter(prefix="/api/v1", tags=["certificates"])
 PEM = "application/x-pem-file"
+
+
+class PemResponse(PlainTextResponse):
+    """A PEM document (the type ``/openapi.json`` shows for the PEM routes)."""
+
+    media_type = PEM
 
 
 class CertificateRequest(BaseModel):
@@ -29,51 +35,55 @@ class CertificateRequest(BaseModel):
     csr: str = Field(min_length=1, max_length=MAX_CSR_BYTES)
 
 
-def _public(cert: DeviceCertificate) -> dict[str, Any]:
-    return {
-        "serialNumber": cert.serial,
-        "deviceUUID": cert.device_uuid,
-        "issuedAt": cert.issued_at,
-        "notAfter": cert.not_after,
-        "revokedAt": cert.revoked_at,
-    }
-
-
-@router.post("/devices/{uuid}/certificate", name="devices.certificate.issue", status_code=201)
+@router.post(
+    "/devices/{uuid}/certificate",
+    name="devices.certificate.issue",
+    response_model=IssuedCertificate,
+    status_code=201,
+)
 async def issue(
     request: Request, c: ContainerDep, _: FleetWriter, uuid: str, body: CertificateRequest
-) -> dict[str, Any]:
+) -> Response:
     audit_target(request, "device", uuid)
     issued = await c.pki.issue_device(uuid, body.csr)
     ca = await c.pki.authority()
-    return {
-        "certificate": issued.pem,
-        "ca": ca.cert_pem,
-        "serialNumber": issued.serial,
-        "notAfter": issued.not_after,
-    }
+    return reply(issued_public(issued, ca.cert_pem), 201)
 
 
-@router.get("/devices/{uuid}/certificates", name="devices.certificate.list")
-async def list_certificates(c: ContainerDep, _: FleetReader, uuid: str) -> list[dict[str, Any]]:
+@router.get(
+    "/devices/{uuid}/certificates",
+    name="devices.certificate.list",
+    response_model=list[CertificatePublic],
+)
+async def list_certificates(c: ContainerDep, _: FleetReader, uuid: str) -> Response:
     await c.fleet.get_device(uuid)
-    return [_public(x) for x in await c.pki.device_certificates(uuid)]
+    return reply([certificate_public(x) for x in await c.pki.device_certificates(uuid)])
 
 
-@router.delete("/devices/{uuid}/certificates", name="devices.certificate.revoke")
-async def revoke(request: Request, c: ContainerDep, _: FleetWriter, uuid: str) -> dict[str, int]:
+@router.delete(
+    "/devices/{uuid}/certificates", name="devices.certificate.revoke", response_model=Revoked
+)
+async def revoke(request: Request, c: ContainerDep, _: FleetWriter, uuid: str) -> Response:
     audit_target(request, "device", uuid)
     await c.fleet.get_device(uuid)
-    return {"revoked": await c.pki.revoke_devices([uuid])}
+    return reply({"revoked": await c.pki.revoke_devices([uuid])})
 
 
-@router.get("/pki/ca.pem", name="pki.ca", response_class=PlainTextResponse)
-async def ca_pem(c: ContainerDep) -> PlainTextResponse:
-    return PlainTextResponse((await c.pki.authority()).cert_pem, media_type=PEM)
+@router.get(
+    "/pki/ca.pem",
+    name="pki.ca",
+    response_class=PemResponse,
+    response_description="the CA's certificate",
+)
+async def ca_pem(c: ContainerDep) -> PemResponse:
+    return PemResponse((await c.pki.authority()).cert_pem)
 
 
-@router.get("/pki/crl.pem", name="pki.crl", response_class=PlainTextResponse)
-async def crl_pem(c: ContainerDep) -> PlainTextResponse:
-    return PlainTextResponse(
-        await c.pki.crl_pem(), media_type=PEM, headers={"Cache-Control": "no-store"}
-    )
+@router.get(
+    "/pki/crl.pem",
+    name="pki.crl",
+    response_class=PemResponse,
+    response_description="the certificate revocation list",
+)
+async def crl_pem(c: ContainerDep) -> PemResponse:
+    return PemResponse(await c.pki.crl_pem(), headers={"Cache-Control": "no-store"})

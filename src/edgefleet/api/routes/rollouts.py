@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgefleet.api.deps import (
@@ -23,10 +22,19 @@ from edgefleet.api.deps import (
     audit_target,
 )
 from edgefleet.api.inputs import Int32, Offset, Timestamp
+from edgefleet.api.responses import reply
+from edgefleet.api.responses.tasks import (
+    ExecutionList,
+    ExecutionPublic,
+    RolloutPreview,
+    TaskList,
+    TaskPublic,
+)
 from edgefleet.api.routes.tasks import Payload
-from edgefleet.api.schemas import page
-from edgefleet.api.taskviews import execution_public, executions_page, task_public
+from edgefleet.api.taskviews import executions_page
 from edgefleet.domain.tasks import TaskKind, TaskState
+from edgefleet.presenters.pages import page
+from edgefleet.presenters.tasks import execution_public, task_public
 from edgefleet.services.tasks import TaskService, TaskSpec
 
 router = APIRouter(prefix="/api/v1", tags=["rollouts"])
@@ -131,10 +139,16 @@ class RolloutCreate(BaseModel):
         )
 
 
-@router.post("/rollouts", name="rollouts.create", status_code=201)
+@router.post(
+    "/rollouts",
+    name="rollouts.create",
+    status_code=201,
+    response_model=TaskPublic,
+    responses={200: {"model": RolloutPreview, "description": "dryRun: the plan, nothing created"}},
+)
 async def create_rollout(
     request: Request, c: ContainerDep, who: FleetWriter, body: RolloutCreate
-) -> JSONResponse:
+) -> Response:
     spec = body.spec(who.email)
     if body.dryRun:
         audit_action(request, "rollouts.preview")  # creates nothing
@@ -143,32 +157,32 @@ async def create_rollout(
         for i, n in enumerate(plan.waves):
             waves.append({"index": i + 1, "size": n, "devices": plan.devices[start : start + n]})
             start += n
-        return JSONResponse(
+        return reply(
             {"dryRun": True, "total": len(plan.devices), "skipped": plan.skipped, "waves": waves}
         )
     view = await c.tasks.create(spec)
     audit_target(request, "task", view.task.uuid)
-    return JSONResponse(task_public(view), status_code=201)
+    return reply(task_public(view), 201)
 
 
-@router.get("/rollouts", name="rollouts.list")
+@router.get("/rollouts", name="rollouts.list", response_model=TaskList)
 async def list_rollouts(
     c: ContainerDep,
     _: FleetReader,
     state: Annotated[list[str], Query()] = [],  # noqa: B006 - FastAPI reads, never mutates
     offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
-) -> dict[str, Any]:
+) -> Response:
     total, views = await c.tasks.list_tasks(kinds=ROLLOUT, states=state, offset=offset, limit=limit)
-    return page(total, offset, limit, [task_public(v) for v in views])
+    return reply(page(total, offset, limit, [task_public(v) for v in views]))
 
 
-@router.get("/rollouts/{uuid}", name="rollouts.get")
-async def get_rollout(c: ContainerDep, _: FleetReader, uuid: str) -> dict[str, Any]:
-    return task_public(await c.tasks.get(uuid, kinds=ROLLOUT))
+@router.get("/rollouts/{uuid}", name="rollouts.get", response_model=TaskPublic)
+async def get_rollout(c: ContainerDep, _: FleetReader, uuid: str) -> Response:
+    return reply(task_public(await c.tasks.get(uuid, kinds=ROLLOUT)))
 
 
-@router.get("/rollouts/{uuid}/executions", name="rollouts.executions")
+@router.get("/rollouts/{uuid}/executions", name="rollouts.executions", response_model=ExecutionList)
 async def rollout_executions(
     c: ContainerDep,
     _: FleetReader,
@@ -176,8 +190,8 @@ async def rollout_executions(
     state: Annotated[list[TaskState], Query()] = [],  # noqa: B006
     offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> dict[str, Any]:
-    return await executions_page(c.tasks, uuid, ROLLOUT, state, offset, limit)
+) -> Response:
+    return reply(await executions_page(c.tasks, uuid, ROLLOUT, state, offset, limit))
 
 
 ACTIONS = {
@@ -189,22 +203,22 @@ ACTIONS = {
 }
 
 
-@router.post("/rollouts/{uuid}/{action}", name="rollouts.steer")
+@router.post("/rollouts/{uuid}/{action}", name="rollouts.steer", response_model=TaskPublic)
 async def steer_rollout(
     request: Request,
     c: ContainerDep,
     _: FleetWriter,
     uuid: str,
     action: Literal["pause", "resume", "abort", "revoke", "rerun"],
-) -> dict[str, Any]:
+) -> Response:
     """``pause`` stops new starts, ``resume`` undoes it, ``abort`` revokes what has not
     started, ``revoke`` also what is in flight (its gateways are told to cancel), ``rerun``
     runs the failed executions again."""
     audit_target(request, "task", uuid)
-    return task_public(await ACTIONS[action](c.tasks, uuid, ROLLOUT))
+    return reply(task_public(await ACTIONS[action](c.tasks, uuid, ROLLOUT)))
 
 
-@router.get("/executions/{uuid}", name="executions.get")
-async def get_execution(c: ContainerDep, _: FleetReader, uuid: str) -> dict[str, Any]:
+@router.get("/executions/{uuid}", name="executions.get", response_model=ExecutionPublic)
+async def get_execution(c: ContainerDep, _: FleetReader, uuid: str) -> Response:
     e, task, history = await c.tasks.execution(uuid)
-    return execution_public(e, task, history)
+    return reply(execution_public(e, task, history))

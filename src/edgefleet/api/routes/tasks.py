@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import pydantic
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -26,6 +26,8 @@ from edgefleet.api.deps import ContainerDep, FleetWriter, audit_target
 from edgefleet.api.errors import CompatRoute
 from edgefleet.api.inputs import parse_json
 from edgefleet.api.multipart import MultipartRoute, ReceivedForm, receive_form
+from edgefleet.api.responses import reply
+from edgefleet.api.responses.tasks import DeviceTaskResponse
 from edgefleet.bootstrap import Container
 from edgefleet.errors import EdgefleetError, GatewayTimeoutError, ValidationError
 from edgefleet.services.files import FileKind
@@ -85,7 +87,7 @@ async def create_device_task_with_files(
     c: ContainerDep,
     p: FleetWriter,
     wait: Annotated[float, Query(alias="timeout", ge=1, le=120)] = DEFAULT_WAIT,
-) -> dict[str, Any]:
+) -> Response:
     """The multipart ``deviceTasks``: files and ``jsonData`` (the JSON body as a string)."""
     form = await receive_form(
         request, c.files, max_files=MAX_FILES, kind=FileKind.ATTACHMENT, created_by=p.email
@@ -95,7 +97,9 @@ async def create_device_task_with_files(
         audit_target(request, "device", body.deviceUUID)
         pl = body.payload
         data = await _with_files(c, pl.data, form)
-        return await c.remote.request(body.deviceUUID, pl.method, pl.resource, data, wait=wait)
+        return reply(
+            await c.remote.request(body.deviceUUID, pl.method, pl.resource, data, wait=wait)
+        )
     except GatewayTimeoutError:
         raise  # the request went out: the gateway may still fetch the files
     except (EdgefleetError, RequestValidationError):  # nothing went out: keep nothing
@@ -141,6 +145,7 @@ router.add_api_route(
     name="deviceTasks.create_with_files",
     route_class_override=MultipartRoute,
     include_in_schema=False,
+    response_model=DeviceTaskResponse,
 )
 router.add_api_route(
     "/deviceTasks",
@@ -148,18 +153,19 @@ router.add_api_route(
     methods=["PUT"],
     name="deviceTasks.create_with_files",
     openapi_extra=_MULTIPART_DOC,
+    response_model=DeviceTaskResponse,
     description="The multipart deviceTasks (also accepted as POST): file fields and jsonData.",
 )
 
 
-@router.post("/deviceTasks", name="deviceTasks.create")
+@router.post("/deviceTasks", name="deviceTasks.create", response_model=DeviceTaskResponse)
 async def create_device_task(
     request: Request,
     c: ContainerDep,
     _: FleetWriter,
     body: DeviceTaskCreate,
     wait: Annotated[float, Query(alias="timeout", ge=1, le=120)] = DEFAULT_WAIT,
-) -> dict[str, Any]:
+) -> Response:
     audit_target(request, "device", body.deviceUUID)
     p = body.payload
-    return await c.remote.request(body.deviceUUID, p.method, p.resource, p.data, wait=wait)
+    return reply(await c.remote.request(body.deviceUUID, p.method, p.resource, p.data, wait=wait))

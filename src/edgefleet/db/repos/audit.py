@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from edgefleet.db.tables import AuditEntry
 from edgefleet.domain.audit import AuditFilter
 
 
 class AuditRepo:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncSession | AsyncConnection) -> None:
         self.s = session
 
-    async def add(self, entry: AuditEntry) -> None:
-        self.s.add(entry)
-        await self.s.flush()
+    async def add(self, values: dict[str, Any]) -> None:
+        """One entry (the columns of ``AuditEntry``), by a single INSERT."""
+        await self.s.execute(insert(AuditEntry).values(values))
 
     async def query(self, f: AuditFilter, limit: int) -> list[AuditEntry]:
         stmt = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)

@@ -49,7 +49,6 @@ class BackupError(EdgefleetError):
     """A backup or restore that cannot be made; the message says why and what to do."""
 
 
-
 # --- what both directions share -----------------------------------------------------------
 
 

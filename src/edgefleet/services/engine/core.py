@@ -77,7 +77,11 @@ class TaskEngine:
         lease: float = 30.0,
         result_delay: float = 0.05,
         instance: str = "",
+        history_observers: Sequence[Callable[[Sequence[HistoryRow]], None]] = (),
+        task_observers: Sequence[Callable[[Task], None]] = (),
     ) -> None:
+        """``history_observers`` are told every committed batch of execution state changes,
+        ``task_observers`` every committed change of a task's own state."""
         self.db = db
         self._send = send
         self._cancel = cancel or send
@@ -93,6 +97,8 @@ class TaskEngine:
         self._housekept = float("-inf")
         self._recovered = False
         self.observers = Observers()
+        self.observers.history.extend(history_observers)
+        self.observers.tasks.extend(task_observers)
         self.results = ResultRecorder(
             db, clock, self.observers, wake_dispatch=self._wake.set, delay=result_delay
         )

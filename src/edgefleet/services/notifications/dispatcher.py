@@ -321,8 +321,5 @@ class WebhookDispatcher:
             )
 
 
-
-
-
 def _describe_attempt(result: AttemptResult) -> str:
     return f"attempt {result.attempts} of webhook delivery {result.delivery_id}"

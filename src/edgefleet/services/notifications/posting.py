@@ -56,5 +56,3 @@ async def post(
 def _describe(exc: Exception) -> str:
     detail = str(exc) or exc.__class__.__name__
     return f"{exc.__class__.__name__}: {detail}" if detail != exc.__class__.__name__ else detail
-
-

@@ -340,7 +340,6 @@ class NotificationService:
             self.dispatcher.wake()
 
 
-
 def public_fields(row: Notification) -> dict[str, Any]:
     """A subscription in the original's shape."""
     return {

@@ -420,12 +420,17 @@
   });
 
   // live: each stored event refreshes the page's fragments (at most twice a second), and once
-  // more a little later: the gateway's row may be written just after its event is sent
+  // more a little later: the gateway's row may be written just after its event is sent. The
+  // stream starts after the newest event when the page was rendered (data-live-after): an
+  // event stored before the stream is subscribed is replayed, not lost (on a reconnection,
+  // EventSource's Last-Event-ID takes over)
   function live() {
     if (!document.body.dataset.live || !window.EventSource) return;
     let pending = null;
     let trailing = null;
-    const source = new EventSource("/api/v1/events/stream");
+    const after = document.body.dataset.liveAfter;
+    const query = after === undefined ? "" : "?after=" + encodeURIComponent(after);
+    const source = new EventSource("/api/v1/events/stream" + query);
     const kick = () => {
       clearTimeout(trailing);
       trailing = setTimeout(liveRefresh, 1500);

@@ -1,4 +1,4 @@
-// edgefleet console, groups and tasks pages (web/tasks.py): the JSON bodies a plain htmx
+// edgefleet console, groups and tasks pages (web/tasks/): the JSON bodies a plain htmx
 // form cannot send (arrays, nested payloads, typed policies, local times as UTC), sent to the
 // API with console.js's `edgefleet.api` (session CSRF header), then a `refresh` of the page.
 (function () {

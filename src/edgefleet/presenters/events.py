@@ -1,4 +1,4 @@
-"""JSON shapes of events, alarms and the event counts; the opaque list cursor."""
+"""Events, alarms and the event counts; the opaque cursor of the event list."""
 
 from __future__ import annotations
 
@@ -6,25 +6,14 @@ import base64
 import binascii
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from edgefleet.api.inputs import Int64
-from edgefleet.api.schemas import iso_time
 from edgefleet.db.tables import Event
 from edgefleet.domain.events import EventType, Severity
 from edgefleet.domain.limits import INT64_MAX
 from edgefleet.errors import ValidationError
+from edgefleet.presenters.times import iso_time
 from edgefleet.services.eventlog import EventSummary
 
 _CURSOR_PREFIX = "ev1:"
-
-
-class EventIds(BaseModel):
-    """The body of the bulk alarm endpoints."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    ids: list[Int64] = Field(min_length=1, max_length=10_000)
 
 
 def event_public(e: Event) -> dict[str, Any]:

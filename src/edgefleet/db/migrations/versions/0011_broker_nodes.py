@@ -1,7 +1,7 @@
 """broker nodes: leases on their inbound streams, server instances, each gateway's node
 
-Revision ID: 0010
-Revises: 0009
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-12-07 05:30:00
 
 With several independent broker nodes (``mqtt.nodes``), one server instance at a time
@@ -15,8 +15,10 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0010"
-down_revision: str | None = "0009"
+from edgefleet.db.migrate import declare_compatible, forget_compatible
+
+revision: str = "0011"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -44,9 +46,11 @@ def upgrade() -> None:
         ["broker_node", "connection_status"],
         unique=False,
     )
+    declare_compatible(revision, oldest_code="0010")  # expand: new tables, a nullable column
 
 
 def downgrade() -> None:
+    forget_compatible(revision)
     op.drop_index("ix_devices_broker_node_connection_status", table_name="devices")
     op.drop_column("devices", "broker_node")
     op.drop_table("server_instances")
