@@ -13,6 +13,7 @@ broker's start writes whole).
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from edgefleet.files.signing import UrlSigner
 from edgefleet.looplag import LoopLag
 from edgefleet.mqtt.client import BrokerLink
 from edgefleet.mqtt.limits import GatewayRate
+from edgefleet.mqtt.nodes import NodeLinks
 from edgefleet.mqtt.relay import GatewayRelay
 from edgefleet.mqtt.router import InboundRouter
 from edgefleet.protocol import topics
@@ -48,6 +50,7 @@ from edgefleet.services.events import EventService, TaskEvents
 from edgefleet.services.files import FileService, FirmwareService
 from edgefleet.services.fleet import FleetService
 from edgefleet.services.keys import KeyCache
+from edgefleet.services.nodes import NodeLeases
 from edgefleet.services.notifications import NotificationService
 from edgefleet.services.pki import PkiService, broker_tls
 from edgefleet.services.presence import PresenceMonitor, PresenceService
@@ -62,7 +65,11 @@ log = logging.getLogger(__name__)
 @dataclass
 class Messaging:
     """The server's side of the gateway protocol: broker link, relay, presence (its writer
-    and its monitor), router."""
+    and its monitor), router.
+
+    With broker nodes (``mqtt.nodes``), ``nodes`` holds the links to them and ``leases``
+    (on the instances that ingest) the leases on their streams; ``link`` is then not
+    started."""
 
     link: BrokerLink
     relay: GatewayRelay
@@ -70,7 +77,16 @@ class Messaging:
     monitor: PresenceMonitor
     router: InboundRouter
     broker: EmbeddedMosquitto | None
+    nodes: NodeLinks | None = None
+    leases: NodeLeases | None = None
     running: bool = False
+
+    def connected(self) -> bool:
+        """The server can reach gateways: its broker link is up (with broker nodes: the
+        publishing link of at least one node)."""
+        if self.nodes is not None:
+            return self.nodes.connected()
+        return self.link.connected.is_set()
 
 
 @dataclass
@@ -111,7 +127,12 @@ class Container:
         start = self.workers.start
         start("gateway-keys", self.keys.run)
         start("loop-lag", self.loop_lag.run)
-        start("broker-link", m.link.run)
+        if m.nodes is not None:
+            m.nodes.start()
+            if m.leases is not None:
+                start("broker-leases", m.leases.run)
+        else:
+            start("broker-link", m.link.run)
         start("presence-writer", m.presence.run)
         if m.monitor.sweep_interval:
             start("presence-sweep", m.monitor.sweep)
@@ -276,8 +297,14 @@ class _LinkHandle:
     async def publish(self, topic: str, payload: bytes) -> None:
         await self._made().publish(topic, payload)
 
-    async def clear_retained(self, topic: str) -> None:
-        await self._made().publish(topic, b"", retain=True)
+    nodes: NodeLinks | None = None
+    """With broker nodes: the links to them (a retained message is cleared on its node)."""
+
+    async def clear_retained(self, topic: str, node: str | None = None) -> None:
+        if self.nodes is not None and node is not None:
+            await self.nodes.publish(node, topic, b"", retain=True)
+        else:
+            await self._made().publish(topic, b"", retain=True)
 
 
 def _messaging(
@@ -326,12 +353,13 @@ def _messaging(
         tasks=tasks,
         events=events,
     )
+    instance = mqtt.client_id or f"edgefleet-{socket.gethostname()}"
     link = BrokerLink(
         host=mqtt.server_host,
         port=mqtt.server_port,
         username=mqtt.server_username,
         password=settings.mqtt_server_password(),
-        client_id=mqtt.client_id or f"edgefleet-{socket.gethostname()}",
+        client_id=instance,
         clean_session=mqtt.clean_session,
         subscriptions=topics.server_subscriptions(mqtt.shared_group),
         handler=router,
@@ -343,7 +371,32 @@ def _messaging(
     handle.link = link
     router.monitor = monitor
     monitor.link_up = link.connected
-    return Messaging(link, relay, presence, monitor, router, broker)
+    if not mqtt.partitioned:
+        return Messaging(link, relay, presence, monitor, router, broker)
+    # Broker nodes (docs/scaling.md): the same cycle over a link per node; ``link`` above is
+    # then not started. Each consumer link delivers into the router with its node's name.
+    nodes = NodeLinks(
+        instance=instance,
+        username=mqtt.server_username,
+        password=settings.mqtt_server_password(),
+        workers=workers,
+        consume=lambda name: functools.partial(router, node=name),
+        answers=router.answers,
+        dead=monitor.node_dead,
+        on_consumer_connect=monitor.connected,
+        grace=mqtt.node_grace_seconds,
+        dns=mqtt.nodes_dns,
+    )
+    nodes.configure(mqtt.broker_nodes)
+    handle.nodes = relay.nodes = nodes
+    monitor.scope = lambda: nodes.consumed
+    monitor.link_up = nodes.consumers_up
+    leases = (
+        NodeLeases(db, instance, lambda: nodes.names, gained=nodes.gained, lost=nodes.lost)
+        if rules.ingest  # the others publish only
+        else None
+    )
+    return Messaging(link, relay, presence, monitor, router, broker, nodes, leases)
 
 
 def _embedded_broker(

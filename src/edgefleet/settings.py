@@ -33,6 +33,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from edgefleet.domain.nodes import BrokerNode, parse_address, parse_node
+
 
 def _default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
@@ -71,11 +73,7 @@ class HTTPSettings(BaseModel):
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _split(cls, v: Any) -> Any:
-        if isinstance(v, str):  # comma-separated, or a JSON list as other network settings
-            if v.lstrip().startswith("["):
-                return json.loads(v)
-            return [part.strip() for part in v.split(",") if part.strip()]
-        return v
+        return _split(v)  # comma-separated, or a JSON list as other network settings
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -146,6 +144,67 @@ class MQTTSettings(BaseModel):
     """Probe the gateways held online that said nothing for this long (a broker node that
     dies may publish no wills); 0 turns the sweep off. Only instances that ingest events
     sweep, and none with ``shared_group``."""
+    nodes: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Independent broker nodes behind a TCP load balancer, each ``name=host:port`` (its
+    server listener; the name ``[a-z0-9-]+``), comma-separated or a JSON list in the
+    environment. Each server instance publishes to every node; each node's inbound stream is
+    consumed by one instance at a time, under a lease in the database (docs/scaling.md).
+    Empty: one broker, ``server_host:server_port`` (or the embedded one)."""
+    nodes_dns: str = ""
+    """``host:port``: every address the name resolves to (A and AAAA) is a node, named after
+    its address, looked up again every 30 s; beside ``nodes`` or instead of it."""
+    node_grace_seconds: float = Field(default=30, gt=0)
+    """A leased node whose link has been down this long is taken for dead: the gateways still
+    held online on it are marked offline (their wills died with it)."""
+
+    @field_validator("nodes", mode="before")
+    @classmethod
+    def _split_nodes(cls, v: Any) -> Any:
+        return _split(v)
+
+    @field_validator("nodes")
+    @classmethod
+    def _valid_nodes(cls, v: list[str]) -> list[str]:
+        names = [parse_node(entry).name for entry in v]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"node names must be unique: {', '.join(twice)}")
+        return v
+
+    @field_validator("nodes_dns")
+    @classmethod
+    def _valid_dns(cls, v: str) -> str:
+        if v:
+            parse_address(v)
+        return v
+
+    @model_validator(mode="after")
+    def _nodes_are_external(self) -> MQTTSettings:
+        if (self.nodes or self.nodes_dns) and self.embedded:
+            raise ValueError(
+                "mqtt.nodes and mqtt.nodes_dns name external broker nodes: set mqtt.embedded "
+                "to false (EDGEFLEET_MQTT__EMBEDDED=false); the embedded broker is one node"
+            )
+        return self
+
+    @property
+    def broker_nodes(self) -> list[BrokerNode]:
+        """The nodes ``nodes`` lists (those of ``nodes_dns`` are found at run time)."""
+        return [parse_node(entry) for entry in self.nodes]
+
+    @property
+    def partitioned(self) -> bool:
+        """Several broker nodes, partitioned by lease (not the single broker link)."""
+        return bool(self.nodes or self.nodes_dns)
+
+
+def _split(v: Any) -> Any:
+    """A list from the environment: comma-separated, or a JSON list."""
+    if isinstance(v, str):
+        if v.lstrip().startswith("["):
+            return json.loads(v)
+        return [part.strip() for part in v.split(",") if part.strip()]
+    return v
 
 
 class StorageSettings(BaseModel):

@@ -40,7 +40,7 @@ async def test_the_relay_and_the_router_send_through_the_broker_link(
     uuid = "6f1c3a52-0000-4000-8000-000000000001"
     await m.relay.send(uuid, "GET", "/system/time", None, "task-1")
     assert m.router.clear_retained is not None
-    await m.router.clear_retained(topics.topic(uuid, topics.Channel.CLIENT))
+    await m.router.clear_retained(topics.topic(uuid, topics.Channel.CLIENT), None)
     (request_topic, request, request_retained), cleared = sent
     assert request_topic == topics.topic(uuid, topics.Channel.SERVER)
     assert b'"task-1"' in request and not request_retained

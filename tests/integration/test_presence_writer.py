@@ -114,3 +114,33 @@ async def test_a_row_the_database_refuses_is_quarantined_and_the_writer_goes_on(
     assert _rejected("presence-writer") == rejected + len(bad)
     logged = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert all(any(u in m for m in logged) for u in bad), logged
+
+
+async def test_a_status_through_a_broker_node_records_the_node(container: Container) -> None:
+    """With broker nodes the status write records the node it came through (one UPDATE); a
+    gateway back online through another node keeps its change time; a node's death sets
+    offline only the gateways still on it."""
+    creds = await register(container, 3)
+    a, b, c = (u for u, _ in creds)
+    presence = PresenceService(container.db)
+    presence.apply_status(a, True, "m1")
+    presence.apply_status(b, True, "m1")
+    presence.apply_status(c, True)  # a single broker: no node
+    await _written(presence)
+    first = (await container.fleet.get_device(a)).device
+    assert (first.connection_status, first.broker_node) == ("online", "m1")
+    assert (await container.fleet.get_device(c)).device.broker_node is None
+    presence.apply_status(a, True, "m2")  # reconnected through another node
+    await _written(presence)
+    moved = (await container.fleet.get_device(a)).device
+    assert (moved.connection_status, moved.broker_node) == ("online", "m2")
+    assert moved.connection_changed_at == first.connection_changed_at
+    assert await container.fleet.presence(a) == ("online", "m2")
+    presence.apply_status(a, False, "m1")  # its will, published late by the node it left
+    await _written(presence)
+    assert await container.fleet.presence(a) == ("online", "m2")
+    assert await presence.online_uuids(["m1"]) == [b]
+    assert await presence.node_lost("m1") == [b]
+    assert await container.fleet.presence(b) == ("offline", "m1")
+    assert await container.fleet.presence(a) == ("online", "m2")
+    assert sorted(await presence.online_uuids()) == sorted([a, c])

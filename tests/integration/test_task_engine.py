@@ -51,7 +51,15 @@ class Gateways:
     sent: list[Sent] = field(default_factory=list)
     refuse: set[str] = field(default_factory=set)
 
-    async def send(self, device: str, method: str, resource: str, data: Any, task_id: str) -> None:
+    async def send(
+        self,
+        device: str,
+        method: str,
+        resource: str,
+        data: Any,
+        task_id: str,
+        node: str | None = None,
+    ) -> None:
         if device in self.refuse:
             raise EdgefleetError(f"{device} is not reachable")
         self.sent.append(Sent(device, method, resource, data, task_id))

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from edgefleet.settings import MASK, Settings, is_secret_name
+from edgefleet.domain.nodes import BrokerNode
+from edgefleet.settings import MASK, MQTTSettings, Settings, is_secret_name
 
 
 def test_embedded_defaults_use_sqlite_in_the_data_dir(
@@ -223,3 +224,45 @@ def test_a_short_broker_token_is_refused(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("EDGEFLEET_BROKER_TOKEN", "x" * 31)
     with pytest.raises(ValidationError, match=r"broker_token .* at least 32 characters"):
         Settings()
+
+
+def test_broker_nodes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEFLEET_MQTT__EMBEDDED", "false")
+    monkeypatch.setenv("EDGEFLEET_MQTT__NODES", "m1=10.0.0.11:18830, m-2=[fd00::2]:1883")
+    mqtt = Settings().mqtt
+    assert mqtt.partitioned
+    assert mqtt.broker_nodes == [
+        BrokerNode("m1", "10.0.0.11", 18830),
+        BrokerNode("m-2", "fd00::2", 1883),
+    ]
+    monkeypatch.setenv("EDGEFLEET_MQTT__NODES", '["m1=a.example:1"]')
+    assert Settings().mqtt.broker_nodes == [BrokerNode("m1", "a.example", 1)]
+
+
+def test_no_broker_nodes_is_the_single_broker_link() -> None:
+    mqtt = Settings().mqtt
+    assert mqtt.nodes == [] and mqtt.nodes_dns == "" and not mqtt.partitioned
+
+
+@pytest.mark.parametrize(
+    ("nodes", "says"),
+    [
+        (["M1=h:1"], "lower-case"),
+        (["m1=h"], "host:port"),
+        (["m1=h:0"], "port"),
+        (["h:1"], "name=host:port"),
+        (["m1=h:1", "m1=g:2"], "unique"),
+    ],
+)
+def test_bad_broker_nodes_are_refused(nodes: list[str], says: str) -> None:
+    with pytest.raises(ValidationError, match=says):
+        MQTTSettings(embedded=False, nodes=nodes)
+
+
+def test_broker_nodes_are_refused_beside_the_embedded_broker() -> None:
+    with pytest.raises(ValidationError, match="embedded"):
+        MQTTSettings(nodes=["m1=h:1"])
+    with pytest.raises(ValidationError, match="embedded"):
+        MQTTSettings(nodes_dns="brokers.internal:18830")
+    with pytest.raises(ValidationError, match="port"):
+        MQTTSettings(embedded=False, nodes_dns="brokers.internal")

@@ -160,6 +160,9 @@ class Device(Base):
         # a gateway found by its name in any letter case (the Events page's filter, on each
         # live refresh): repos/devices.py uuids_named
         Index("ix_devices_lower_display_name_uuid", func.lower(text("display_name")), "uuid"),
+        # the gateways held online on one broker node (its death, the presence sweep of
+        # the nodes an instance holds): services/presence.py
+        Index("ix_devices_broker_node_connection_status", "broker_node", "connection_status"),
     )
 
     uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -183,6 +186,29 @@ class Device(Base):
     group_id: Mapped[int | None] = mapped_column(ForeignKey("groups.id", ondelete="SET NULL"))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    broker_node: Mapped[str | None] = mapped_column(String(255), default=None)
+    """The broker node its latest status came through (``mqtt.nodes``); None with one broker."""
+
+
+class BrokerLease(Base):
+    """Which server instance consumes a broker node's inbound stream, until when
+    (services/nodes.py). A lease past ``expires_at`` is free to take."""
+
+    __tablename__ = "broker_leases"
+
+    node: Mapped[str] = mapped_column(String(255), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255))
+    expires_at: Mapped[datetime]
+
+
+class ServerInstance(Base):
+    """A server instance that consumes broker nodes, and when it last said so (its
+    heartbeat): the live ones share the nodes evenly."""
+
+    __tablename__ = "server_instances"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    seen_at: Mapped[datetime]
 
 
 class KeyChange(Base):

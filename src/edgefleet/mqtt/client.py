@@ -133,6 +133,7 @@ class BrokerLink:
         subscriptions: Sequence[str],
         handler: Handler,
         on_connect: Callable[[], None] | None = None,
+        on_disconnect: Callable[[], None] | None = None,
         keepalive: int = 30,
         max_backoff: float = 30.0,
         publish_timeout: float = 30.0,
@@ -144,6 +145,7 @@ class BrokerLink:
         self.subscriptions = list(subscriptions)
         self.handler = handler
         self.on_connect = on_connect
+        self.on_disconnect = on_disconnect
         self.keepalive = keepalive
         self.max_backoff = max_backoff
         self.publish_timeout = publish_timeout
@@ -168,8 +170,11 @@ class BrokerLink:
                     "broker %s:%d: %s; retrying in %.1f s", self.host, self.port, exc, delay
                 )
             finally:
+                was_connected = self._client is not None
                 self.connected.clear()
                 self._client = None
+                if was_connected and self.on_disconnect is not None:
+                    self.on_disconnect()
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311 - jitter
             delay = min(delay * 2, self.max_backoff)
 
@@ -188,7 +193,7 @@ class BrokerLink:
             # thousands of requests in flight are normal here (a reconciliation, a task to a
             # whole group), not a sign of trouble worth a warning each
             client.pending_calls_threshold = MAX_QUEUED
-            for sub in self.subscriptions:
+            for sub in list(self.subscriptions):
                 await client.subscribe(sub, qos=1)
             self._client = client
             self.connects += 1
@@ -227,6 +232,31 @@ class BrokerLink:
             )
         except aiomqtt.MqttError as exc:
             raise TransportError(f"publish to {topic} failed: {exc}") from exc
+
+    async def subscribe(self, topic: str) -> None:
+        """Add a subscription, now (when its SUBACK is back) and at every reconnection."""
+        if topic not in self.subscriptions:
+            self.subscriptions.append(topic)
+        client = self._client
+        if client is None:
+            raise TransportError("not connected to the broker")
+        try:
+            await client.subscribe(topic, qos=1, timeout=self.publish_timeout)
+        except aiomqtt.MqttError as exc:
+            raise TransportError(f"subscription to {topic} failed: {exc}") from exc
+
+    async def unsubscribe(self, topic: str) -> None:
+        """Drop a subscription (best effort: a lost connection has dropped it already when
+        the session is clean)."""
+        if topic in self.subscriptions:
+            self.subscriptions.remove(topic)
+        client = self._client
+        if client is None:
+            return
+        try:
+            await client.unsubscribe(topic, timeout=self.publish_timeout)
+        except aiomqtt.MqttError as exc:
+            log.info("unsubscription from %s failed: %s", topic, exc)
 
     async def wait_connected(self, seconds: float) -> None:
         try:

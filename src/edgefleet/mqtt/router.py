@@ -76,12 +76,12 @@ class InboundRouter:
         alarm_period: float = 300.0,
         tasks: TaskSink | None = None,
         events: EventService | None = None,
-        clear_retained: Callable[[str], Awaitable[None]] | None = None,
+        clear_retained: Callable[[str, str | None], Awaitable[None]] | None = None,
     ) -> None:
         """``tasks``: the task engine, told answers nobody waits for, events and properties.
         ``events``: where gateway events and status changes are stored (and their MQTT
         deliveries acknowledged once stored). ``clear_retained``: publish an empty retained
-        message to a topic."""
+        message to a topic (through the broker node it came from, with broker nodes)."""
         self.presence = presence
         self.relay = relay
         self._refreshing: set[asyncio.Task[bool]] = set()
@@ -108,9 +108,15 @@ class InboundRouter:
         self.gateway_log.close()
 
     async def __call__(
-        self, topic: str, payload: bytes, retained: bool, receipt: Receipt | None = None
+        self,
+        topic: str,
+        payload: bytes,
+        retained: bool,
+        receipt: Receipt | None = None,
+        node: str | None = None,
     ) -> None:
-        """Handle one message; never raises (a bug is logged, counted ``failed``)."""
+        """Handle one message; never raises (a bug is logged, counted ``failed``). ``node``:
+        the broker node it came through (broker nodes only; recorded with the status)."""
         label, device_uuid = "unknown", ""
         try:
             device_uuid, channel = topics.parse(topic)
@@ -121,7 +127,7 @@ class InboundRouter:
                 INBOUND.labels(label, "ignored").inc()
                 return
             if retained and channel is topics.Channel.CLIENT:
-                self._clear(topic)
+                self._clear(topic, node)
                 raise MessageError(
                     "retained message on a client topic: cleared from the broker, not stored",
                     RETAINED,
@@ -130,12 +136,12 @@ class InboundRouter:
                 if self.monitor is not None:
                     self.monitor.heard(device_uuid)
                 if not self.rate.allow(device_uuid):
-                    self._over_rate(device_uuid, channel, payload)
+                    self._over_rate(device_uuid, channel, payload, node)
                     raise MessageError(
                         f"over the gateway's rate of {self.rate.rate:g} messages/s", RATE_LIMITED
                     )
             if channel is topics.Channel.STATUS:
-                await self._status(device_uuid, decode_status(payload), retained, receipt)
+                await self._status(device_uuid, decode_status(payload), retained, receipt, node)
             else:
                 await self._client_message(device_uuid, payload, receipt)
                 if self.monitor is not None:
@@ -157,22 +163,29 @@ class InboundRouter:
         INBOUND.labels(label, "accepted").inc()
 
     async def _status(
-        self, device_uuid: str, online: bool, retained: bool, receipt: Receipt | None
+        self,
+        device_uuid: str,
+        online: bool,
+        retained: bool,
+        receipt: Receipt | None,
+        node: str | None = None,
     ) -> None:
         if self.monitor is not None:
-            self.monitor.status(device_uuid, online, retained)
+            self.monitor.status(device_uuid, online, retained, node)
         elif online or not retained:
-            self.presence.apply_status(device_uuid, online)
+            self.presence.apply_status(device_uuid, online, node)
         # a retained "0" may be stale: the reconciliation probes that gateway
         if not retained:
             if online:
-                self._refresh(device_uuid)
+                self._refresh(device_uuid, node)
                 if self.tasks is not None:
                     self.tasks.online(device_uuid)
             if self.events is not None:
                 await self.events.status(device_uuid, online, receipt)
 
-    def _over_rate(self, device_uuid: str, channel: topics.Channel, payload: bytes) -> None:
+    def _over_rate(
+        self, device_uuid: str, channel: topics.Channel, payload: bytes, node: str | None
+    ) -> None:
         """A message over the gateway's rate is dropped; a status still moves presence (the
         fleet's view must stay right, and that costs one folded row), without its event,
         properties refresh or task wake-up. One alarm (and one warning) per period."""
@@ -180,9 +193,9 @@ class InboundRouter:
             with contextlib.suppress(MessageError):
                 online = decode_status(payload)
                 if self.monitor is not None:
-                    self.monitor.limited_status(device_uuid, online)
+                    self.monitor.limited_status(device_uuid, online, node)
                 else:
-                    self.presence.apply_status(device_uuid, online)
+                    self.presence.apply_status(device_uuid, online, node)
         now = asyncio.get_running_loop().time()
         last = self._alarmed.get(device_uuid)
         if last is not None and now - last < self.alarm_period:
@@ -202,16 +215,16 @@ class InboundRouter:
                 )
             )
 
-    def _clear(self, topic: str) -> None:
+    def _clear(self, topic: str, node: str | None) -> None:
         """Publish an empty retained message to ``topic`` (in the background: the consumer
-        must not wait for the broker's answer)."""
+        must not wait for the broker's answer), on ``node`` if it came through one."""
         clear = self.clear_retained
         if clear is None:
             return
 
         async def run() -> None:
             try:
-                await clear(topic)
+                await clear(topic, node)
             except EdgefleetError as exc:
                 log.warning("retained message on %s not cleared: %s", topic, exc.message)
 
@@ -225,15 +238,7 @@ class InboundRouter:
     ) -> None:
         message = decode_client(payload)
         if isinstance(message, ResponseMessage):
-            if self._refresh_ids.pop(message.task_id, None) == device_uuid:
-                # written here, in arrival order, so a later property event is not overwritten
-                if message.code == 200 and isinstance(message.data, dict):
-                    self.presence.replace_properties(device_uuid, message.data)
-                    if self.tasks is not None:
-                        self.tasks.properties(device_uuid, message.data)
-                else:
-                    log.info("properties of %s: gateway answered %s", device_uuid, message.code)
-            if not self.relay.resolve(device_uuid, message) and self.tasks is not None:
+            if not self._answer(device_uuid, message) and self.tasks is not None:
                 self.tasks.response(device_uuid, message)  # a task's, or nobody's
             return
         assert isinstance(message, EventMessage)
@@ -254,16 +259,52 @@ class InboundRouter:
                 receipt=receipt,
             )
 
-    def _refresh(self, device_uuid: str) -> None:
+    def _answer(self, device_uuid: str, message: ResponseMessage) -> bool:
+        """A response to a request of this instance: stored as properties if it was a read
+        of them, handed to its waiting request; False when none waits for it here."""
+        if self._refresh_ids.pop(message.task_id, None) == device_uuid:
+            # written here, in arrival order, so a later property event is not overwritten
+            if message.code == 200 and isinstance(message.data, dict):
+                self.presence.replace_properties(device_uuid, message.data)
+                if self.tasks is not None:
+                    self.tasks.properties(device_uuid, message.data)
+            else:
+                log.info("properties of %s: gateway answered %s", device_uuid, message.code)
+        return self.relay.resolve(device_uuid, message)
+
+    async def answers(
+        self, topic: str, payload: bytes, retained: bool, receipt: Receipt | None = None
+    ) -> None:
+        """What a broker node's publishing link hears: the answers to this instance's own
+        requests, heard there while they wait (the node's consumer handles everything else
+        the gateway sends). Never raises."""
+        try:
+            device_uuid, channel = topics.parse(topic)
+            if channel is not topics.Channel.CLIENT or retained or not payload:
+                return
+            message = decode_client(payload)
+        except MessageError:
+            return
+        if isinstance(message, ResponseMessage):
+            self._answer(device_uuid, message)
+
+    def _refresh(self, device_uuid: str, node: str | None = None) -> None:
         # one request and its answer, not a loop: no worker
         task = asyncio.create_task(  # noqa: TID251
-            self._refresh_properties(device_uuid), name=f"properties:{device_uuid}"
+            self._refresh_properties(device_uuid, node=node), name=f"properties:{device_uuid}"
         )
         self._refreshing.add(task)
         task.add_done_callback(self._refreshing.discard)
 
     async def read_properties(
-        self, device_uuid: str, method: str, resource: str, data: Any = None, *, wait: float
+        self,
+        device_uuid: str,
+        method: str,
+        resource: str,
+        data: Any = None,
+        *,
+        wait: float,
+        node: str | None = None,
     ) -> ResponseMessage:
         """Relay ``GET /system/properties`` to a gateway and return its answer, which is also
         stored as the gateway's properties (in arrival order, as a refresh's is), so what a
@@ -272,7 +313,7 @@ class InboundRouter:
         self._refresh_ids[task_id] = device_uuid
         try:
             return await self.relay.request(
-                device_uuid, method, resource, data, wait=wait, task_id=task_id
+                device_uuid, method, resource, data, wait=wait, task_id=task_id, node=node
             )
         finally:
             self._refresh_ids.pop(task_id, None)
@@ -283,7 +324,12 @@ class InboundRouter:
         return await self._refresh_properties(device_uuid, wait, quiet=True)
 
     async def _refresh_properties(
-        self, device_uuid: str, wait: float = PROPERTIES_TIMEOUT, *, quiet: bool = False
+        self,
+        device_uuid: str,
+        wait: float = PROPERTIES_TIMEOUT,
+        *,
+        quiet: bool = False,
+        node: str | None = None,
     ) -> bool:
         """Ask a gateway for its properties (cached when the answer arrives); True if it
         answered at all. ``quiet``: a silence is the caller's to report."""
@@ -291,7 +337,7 @@ class InboundRouter:
         self._refresh_ids[task_id] = device_uuid
         try:
             await self.relay.request(
-                device_uuid, "get", "/system/properties", wait=wait, task_id=task_id
+                device_uuid, "get", "/system/properties", wait=wait, task_id=task_id, node=node
             )
             return True
         except EdgefleetError as exc:

@@ -238,12 +238,21 @@ class FleetService:
 
     async def connection_status(self, uuid: str) -> str:
         """The stored connection status of a device (``DeviceNotFoundError``): one column,
-        for the paths that ask nothing else (a request relayed to the gateway)."""
+        for the paths that ask nothing else."""
         async with self.db.session() as s:
             status = await DeviceRepo(s).connection_status(uuid)
         if status is None:
             raise DeviceNotFoundError(uuid)
         return status
+
+    async def presence(self, uuid: str) -> tuple[str, str | None]:
+        """``(connection status, broker node)`` of a device (``DeviceNotFoundError``), in one
+        query: what a request relayed to the gateway needs."""
+        async with self.db.session() as s:
+            found = await DeviceRepo(s).presence(uuid)
+        if found is None:
+            raise DeviceNotFoundError(uuid)
+        return found
 
     async def update_device(
         self,

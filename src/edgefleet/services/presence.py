@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -104,7 +104,8 @@ class PresenceService:
         self.properties_interval = properties_interval
         """Property updates are written at most this often (statuses at every batch): a
         gateway's changes within it fold into one row write."""
-        self._statuses: dict[str, bool] = {}
+        self._statuses: dict[str, tuple[bool, str | None]] = {}
+        """Each gateway's latest status, and the broker node it came through (or None)."""
         self._properties: dict[str, _PendingProperties] = {}
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
@@ -113,10 +114,11 @@ class PresenceService:
         self.properties_written = 0
         self._batches = BatchWriter(db, "presence-writer")
 
-    def apply_status(self, device_uuid: str, online: bool) -> None:
-        """Record a status message; written by ``run`` shortly after (the latest wins)."""
+    def apply_status(self, device_uuid: str, online: bool, node: str | None = None) -> None:
+        """Record a status message; written by ``run`` shortly after (the latest wins).
+        ``node``: the broker node it came through, written with it (broker nodes only)."""
         self._statuses.pop(device_uuid, None)
-        self._statuses[device_uuid] = online
+        self._statuses[device_uuid] = (online, node)
         self._pending()
 
     def replace_properties(self, device_uuid: str, properties: dict[str, Any]) -> None:
@@ -186,17 +188,27 @@ class PresenceService:
             elif not self._properties:
                 self._idle.set()
 
-    async def _write_statuses(self, batch: Sequence[tuple[str, bool]]) -> None:
-        """``(uuid, online)`` pairs in uuid order."""
+    async def _write_statuses(self, batch: Sequence[tuple[str, tuple[bool, str | None]]]) -> None:
+        """``(uuid, (online, node))`` pairs in uuid order."""
         rows = [
             (uuid, (ConnectionStatus.ONLINE if online else ConnectionStatus.OFFLINE).value)
-            for uuid, online in batch
+            for uuid, (online, node) in batch
+            if node is None
+        ]
+        on_nodes = [
+            (uuid, (ConnectionStatus.ONLINE if online else ConnectionStatus.OFFLINE).value, node)
+            for uuid, (online, node) in batch
+            if node is not None
         ]
         with BATCH_SECONDS.labels("status").time():
             async with self.db.session() as s:
-                await DeviceRepo(s).set_statuses(rows, self.clock())
-        self.written += len(rows)
-        WRITTEN.labels("status").inc(len(rows))
+                repo = DeviceRepo(s)
+                await repo.set_statuses(rows, self.clock())
+                await repo.set_statuses_on_nodes(
+                    on_nodes, self.clock(), online=ConnectionStatus.ONLINE.value
+                )
+        self.written += len(batch)
+        WRITTEN.labels("status").inc(len(batch))
 
     async def _write_properties(self, batch: Sequence[tuple[str, _PendingProperties]]) -> None:
         """``(uuid, pending)`` pairs in uuid order."""
@@ -226,18 +238,32 @@ class PresenceService:
         async with self.db.session() as s:
             return await DeviceRepo(s).statuses_of(device_uuids)
 
-    async def online_uuids(self) -> list[str]:
-        """Gateways the database holds online."""
+    async def online_uuids(self, nodes: Sequence[str] | None = None) -> list[str]:
+        """Gateways the database holds online (``nodes``: of these broker nodes only)."""
         async with self.db.session() as s:
-            return await DeviceRepo(s).uuids_with_status(ConnectionStatus.ONLINE.value)
+            return await DeviceRepo(s).uuids_with_status(ConnectionStatus.ONLINE.value, nodes)
+
+    async def node_lost(self, node: str) -> list[str]:
+        """A broker node died: every gateway still held online on it is set offline (once
+        what is queued is written: a ``1`` through another node has moved it there); their
+        uuids."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.drained(), 10)
+        async with self.db.session() as s:
+            lost = await DeviceRepo(s).offline_on_node(
+                node, ConnectionStatus.OFFLINE.value, self.clock()
+            )
+        self.written += len(lost)
+        WRITTEN.labels("status").inc(len(lost))
+        return lost
 
     async def drained(self) -> None:
         """Wait until every queued status is written (tests, shutdown)."""
         await self._idle.wait()
 
 
-def _describe_status(item: tuple[str, bool]) -> str:
-    return f"status {'online' if item[1] else 'offline'} of {item[0]}"
+def _describe_status(item: tuple[str, tuple[bool, str | None]]) -> str:
+    return f"status {'online' if item[1][0] else 'offline'} of {item[0]}"
 
 
 def _describe_properties(item: tuple[str, _PendingProperties]) -> str:
@@ -355,6 +381,9 @@ class PresenceMonitor:
         self.reconciled = asyncio.Event()
         self.tasks = tasks
         self.events = events
+        self.scope: Callable[[], Sequence[str]] | None = None
+        """Set by the composition root with broker nodes: the nodes this instance consumes.
+        The reconciliation and the sweep judge only the gateways held online on them."""
         self.link_up: asyncio.Event | None = None
         """Set by the composition root (the link tells this monitor it connected): the broker
         link's ``connected`` flag. A probe that times out while it is clear judges nothing
@@ -376,20 +405,23 @@ class PresenceMonitor:
         """A live (not retained) message came from this gateway."""
         self._heard[device_uuid] = asyncio.get_running_loop().time()
 
-    def status(self, device_uuid: str, online: bool, retained: bool) -> None:
-        """A gateway published its status: presence moves (a retained ``0`` may be stale:
-        the reconciliation probes that gateway instead)."""
+    def status(
+        self, device_uuid: str, online: bool, retained: bool, node: str | None = None
+    ) -> None:
+        """A gateway published its status (through broker node ``node``, if any): presence
+        moves (a retained ``0`` may be stale: the reconciliation probes that gateway
+        instead)."""
         if online:
             self._said_online.add(device_uuid)
             self._last_online = asyncio.get_running_loop().time()
-            self.presence.apply_status(device_uuid, True)
+            self.presence.apply_status(device_uuid, True, node)
         elif not retained:
             self._said_online.discard(device_uuid)
-            self.presence.apply_status(device_uuid, False)
+            self.presence.apply_status(device_uuid, False, node)
         if not retained:
             self._live_status(device_uuid, online)
 
-    def limited_status(self, device_uuid: str, online: bool) -> None:
+    def limited_status(self, device_uuid: str, online: bool, node: str | None = None) -> None:
         """A live status over its gateway's rate: presence still moves (the fleet's view must
         stay right), without counting as the end of a reconnect storm."""
         if online:
@@ -397,7 +429,7 @@ class PresenceMonitor:
         else:
             self._said_online.discard(device_uuid)
         self._live_status(device_uuid, online)
-        self.presence.apply_status(device_uuid, online)
+        self.presence.apply_status(device_uuid, online, node)
 
     def spoke(self, device_uuid: str) -> None:
         """A live message (not a status) came from this gateway: have it checked unless it
@@ -421,6 +453,26 @@ class PresenceMonitor:
             self._present.discard(device_uuid)
             self._said_offline[device_uuid] = asyncio.get_running_loop().time()
 
+    async def _believed(self) -> list[str]:
+        """The gateways held online that this instance judges (with broker nodes: those on
+        the nodes it consumes)."""
+        if self.scope is None:
+            return await self.presence.online_uuids()
+        return await self.presence.online_uuids(list(self.scope()))
+
+    async def node_dead(self, node: str) -> None:
+        """A broker node this instance consumes has been down past its grace: the gateways
+        still held online on it go offline, each with its ``device_offline`` event (those
+        that came back through another node have that node by now)."""
+        lost = await self.presence.node_lost(node)
+        if lost:
+            log.warning("broker node %s is down: %d gateways marked offline", node, len(lost))
+        for device_uuid in lost:
+            self._present.discard(device_uuid)
+            self._said_online.discard(device_uuid)
+            if self.events is not None:
+                self.events.emit(status_event(device_uuid, False, self.events.clock()))
+
     async def close(self) -> None:
         """Stop reconciling (shutdown)."""
         if self._reconciler is not None:
@@ -440,7 +492,7 @@ class PresenceMonitor:
             await asyncio.sleep(min(wait - loop.time(), self.quiet))
         try:
             await self.presence.drained()
-            believed = await self.presence.online_uuids()
+            believed = await self._believed()
         except EdgefleetError as exc:
             log.warning("presence not reconciled: %s", exc.message)
             return
@@ -471,7 +523,7 @@ class PresenceMonitor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.presence.drained(), self.probe_timeout)
             try:
-                believed = await self.presence.online_uuids()
+                believed = await self._believed()
             except EdgefleetError as exc:
                 log.warning("presence not swept: %s", exc.message)
                 continue

@@ -22,7 +22,14 @@ class Requester(Protocol):
     ``GatewayRelay.request``); ``GatewayTimeoutError`` on silence."""
 
     def request(
-        self, device_uuid: str, method: str, resource: str, data: Any = None, *, wait: float
+        self,
+        device_uuid: str,
+        method: str,
+        resource: str,
+        data: Any = None,
+        *,
+        wait: float,
+        node: str | None = None,
     ) -> Awaitable[ResponseMessage]: ...
 
 
@@ -30,7 +37,14 @@ class PropertiesReader(Protocol):
     """Relays a read of a gateway's properties and stores the answer (mqtt/router.py)."""
 
     def __call__(
-        self, device_uuid: str, method: str, resource: str, data: Any = None, *, wait: float
+        self,
+        device_uuid: str,
+        method: str,
+        resource: str,
+        data: Any = None,
+        *,
+        wait: float,
+        node: str | None = None,
     ) -> Awaitable[ResponseMessage]: ...
 
 
@@ -61,14 +75,20 @@ class RemoteService:
         An unknown device raises ``DeviceNotFoundError``, one not online
         ``DeviceOfflineError`` (nothing is sent), silence ``GatewayTimeoutError``.
         """
-        # the status alone: a device and its tags cost a query and ORM loading more
-        if await self.fleet.connection_status(device_uuid) != ConnectionStatus.ONLINE.value:
+        # the status (and broker node) alone: a device and its tags cost a query and ORM
+        # loading more
+        status, node = await self.fleet.presence(device_uuid)
+        if status != ConnectionStatus.ONLINE.value:
             raise DeviceOfflineError(device_uuid)
         whole_read = method.lower() == "get" and resource.split("?", 1)[0].rstrip("/") == PROPERTIES
         if whole_read and self.read_properties is not None:
-            response = await self.read_properties(device_uuid, method, resource, data, wait=wait)
+            response = await self.read_properties(
+                device_uuid, method, resource, data, wait=wait, node=node
+            )
         else:
-            response = await self.relay.request(device_uuid, method, resource, data, wait=wait)
+            response = await self.relay.request(
+                device_uuid, method, resource, data, wait=wait, node=node
+            )
         body = response.model_dump(mode="json")
         body["taskID"] = response.task_id  # the spec's spelling; the 2017 server sent task_id
         return body

@@ -23,7 +23,7 @@ async def healthz() -> Response:
 
 async def _readiness(c: Container, *, broker_required: bool) -> Response:
     checks = {"database": await c.db.ping()}
-    broker = c.messaging.link.connected.is_set() if c.messaging.running else None
+    broker = c.messaging.connected() if c.messaging.running else None
     if broker is not None and broker_required:
         checks["broker"] = broker
     workers = c.workers.report() if len(c.workers) else None

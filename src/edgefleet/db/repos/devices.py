@@ -7,7 +7,17 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -118,6 +128,16 @@ class DeviceRepo:
         status = await self.s.scalar(select(Device.connection_status).where(Device.uuid == uuid))
         return None if status is None else str(status)
 
+    async def presence(self, uuid: str) -> tuple[str, str | None] | None:
+        """``(connection status, broker node)`` of the device (None: no such device), in one
+        query without loading it."""
+        row = (
+            await self.s.execute(
+                select(Device.connection_status, Device.broker_node).where(Device.uuid == uuid)
+            )
+        ).first()
+        return None if row is None else (str(row[0]), row[1])
+
     async def get_many(self, uuids: Sequence[str]) -> list[Device]:
         if not uuids:
             return []
@@ -150,9 +170,27 @@ class DeviceRepo:
             out.update({k: (u, p) for k, u, p in rows})
         return out
 
-    async def uuids_with_status(self, status: str) -> list[str]:
-        rows = await self.s.scalars(select(Device.uuid).where(Device.connection_status == status))
+    async def uuids_with_status(self, status: str, nodes: Sequence[str] | None = None) -> list[str]:
+        """Devices in ``status``; ``nodes``: only those whose latest status came through one
+        of these broker nodes."""
+        query = select(Device.uuid).where(Device.connection_status == status)
+        if nodes is not None:
+            query = query.where(Device.broker_node.in_(list(nodes)))
+        rows = await self.s.scalars(query)
         return list(rows)
+
+    async def offline_on_node(self, node: str, offline: str, at: datetime) -> list[str]:
+        """Set every device not ``offline`` whose latest status came through ``node`` to
+        ``offline``, in one statement (a device that said ``1`` through another node
+        meanwhile has that node by then and is left alone); their uuids."""
+        rows = await self.s.execute(
+            update(Device)
+            .where(Device.broker_node == node, Device.connection_status != offline)
+            .values(connection_status=offline, connection_changed_at=at)
+            .returning(Device.uuid)
+            .execution_options(synchronize_session=False)
+        )
+        return sorted(u for (u,) in rows)
 
     async def statuses_of(self, uuids: Sequence[str]) -> dict[str, str]:
         """``{uuid: connection status}`` of the devices among ``uuids``."""
@@ -370,6 +408,41 @@ class DeviceRepo:
             .where(t.uuid == bindparam("u"), t.connection_status != bindparam("st"))
             .values(connection_status=bindparam("st"), connection_changed_at=bindparam("at")),
             [{"u": u, "st": st, "at": at} for u, st in rows],
+        )
+
+    async def set_statuses_on_nodes(
+        self, rows: Sequence[tuple[str, str, str]], at: datetime, *, online: str
+    ) -> None:
+        """Set ``(uuid, status, broker node)`` triples in the same one UPDATE: the node is
+        recorded with the status; a row already in that status keeps its change time, and a
+        row already so (status and node) is not written. A status other than ``online``
+        through a node the gateway has left (its will, published there late) is ignored: the
+        gateway said ``online`` through another node since."""
+        if not rows:
+            return
+        table = cast(Table, Device.__table__)
+        t = table.c
+        await self.s.execute(
+            update(table)
+            .where(
+                t.uuid == bindparam("u"),
+                (t.connection_status != bindparam("st"))
+                | t.broker_node.is_distinct_from(bindparam("node")),
+                (bindparam("st") == online)
+                | t.broker_node.is_(None)
+                | (t.broker_node == bindparam("node")),
+            )
+            .values(
+                connection_status=bindparam("st"),
+                broker_node=bindparam("node"),
+                connection_changed_at=case(
+                    (t.connection_status == bindparam("st"), t.connection_changed_at),
+                    # typed: in a CASE the column's type (naive UTC on the way in) is not
+                    # inferred
+                    else_=bindparam("at", type_=t.connection_changed_at.type),
+                ),
+            ),
+            [{"u": u, "st": st, "node": node, "at": at} for u, st, node in rows],
         )
 
     async def set_group(self, uuids: Sequence[str], group_id: int | None, at: datetime) -> None:

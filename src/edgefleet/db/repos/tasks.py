@@ -34,6 +34,8 @@ class Claimed:
     device_uuid: str
     message_id: str
     attempts: int
+    broker_node: str | None = None
+    """The broker node its gateway is on (broker nodes only), read with the claim."""
 
 
 @dataclass(frozen=True)
@@ -272,6 +274,9 @@ class TaskRepo:
                 Execution.device_uuid,
                 Execution.message_id,
                 Execution.attempts,
+                select(Device.broker_node)
+                .where(Device.uuid == Execution.device_uuid)
+                .scalar_subquery(),
             )
             .execution_options(synchronize_session=False)
         )

@@ -21,7 +21,7 @@ import socket
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import Counter
 
@@ -41,8 +41,22 @@ log = logging.getLogger(__name__)
 
 DISPATCHED = Counter("edgefleet_task_dispatched_total", "Requests sent for task executions")
 
-Send = Callable[[str, str, str, Any, str], Awaitable[None]]
-"""``send(device_uuid, method, resource, data, task_id)``: publish one request."""
+
+class Send(Protocol):
+    """Publishes one request (``node``: the broker node the gateway is on, if known)."""
+
+    def __call__(
+        self,
+        device_uuid: str,
+        method: str,
+        resource: str,
+        data: Any,
+        task_id: str,
+        /,
+        node: str | None = None,
+    ) -> Awaitable[None]: ...
+
+
 Resolve = Callable[[Task], Awaitable[Any]]
 """The ``data`` to send for a task at dispatch time (fresh download URLs)."""
 
@@ -326,7 +340,14 @@ class TaskEngine:
         assert task is not None
         p = task.payload
         try:
-            await self._send(c.device_uuid, p["method"], p["resource"], data[task.id], c.message_id)
+            await self._send(
+                c.device_uuid,
+                p["method"],
+                p["resource"],
+                data[task.id],
+                c.message_id,
+                node=c.broker_node,
+            )
             return True
         except EdgefleetError as exc:
             log.info("execution %s not sent to %s: %s", c.uuid, c.device_uuid, exc.message)
