@@ -50,7 +50,7 @@ from edgefleet.services.events import EventService, TaskEvents
 from edgefleet.services.files import FileService, FirmwareService
 from edgefleet.services.fleet import FleetService
 from edgefleet.services.keys import KeyCache
-from edgefleet.services.nodes import NodeLeases
+from edgefleet.services.nodes import NodeLeases, NodeRegistry
 from edgefleet.services.notifications import NotificationService
 from edgefleet.services.pki import PkiService, broker_tls
 from edgefleet.services.presence import PresenceMonitor, PresenceService
@@ -100,6 +100,7 @@ class Container:
     messaging: Messaging
     keys: KeyCache
     broker_auth: BrokerAuthService
+    node_registry: NodeRegistry
     pki: PkiService
     tasks: TaskService
     remote: RemoteService
@@ -225,6 +226,7 @@ def build(settings: Settings, db: Database | None = None) -> Container:
         messaging=messaging,
         keys=keys,
         broker_auth=broker_auth,
+        node_registry=NodeRegistry(db),
         pki=pki,
         tasks=tasks,
         remote=remote,
@@ -386,6 +388,7 @@ def _messaging(
         on_consumer_connect=monitor.connected,
         grace=mqtt.node_grace_seconds,
         dns=mqtt.nodes_dns,
+        registered=NodeRegistry(db).live if mqtt.node_registration else None,
     )
     nodes.configure(mqtt.broker_nodes)
     handle.nodes = relay.nodes = nodes

@@ -153,6 +153,10 @@ class MQTTSettings(BaseModel):
     nodes_dns: str = ""
     """``host:port``: every address the name resolves to (A and AAAA) is a node, named after
     its address, looked up again every 30 s; beside ``nodes`` or instead of it."""
+    node_registration: bool = False
+    """Also take as nodes those that register themselves (``edgefleet broker-node --name N
+    --advertise HOST:PORT`` at every key sync: an auto-scaled tier with no list to keep); a
+    node that has not registered for ``REGISTRATION_TTL`` (services/nodes.py) is dropped."""
     node_grace_seconds: float = Field(default=30, gt=0)
     """A leased node whose link has been down this long is taken for dead: the gateways still
     held online on it are marked offline (their wills died with it)."""
@@ -180,9 +184,10 @@ class MQTTSettings(BaseModel):
 
     @model_validator(mode="after")
     def _nodes_are_external(self) -> MQTTSettings:
-        if (self.nodes or self.nodes_dns) and self.embedded:
+        if self.partitioned and self.embedded:
             raise ValueError(
-                "mqtt.nodes and mqtt.nodes_dns name external broker nodes: set mqtt.embedded "
+                "mqtt.nodes, mqtt.nodes_dns and mqtt.node_registration name external broker "
+                "nodes: set mqtt.embedded "
                 "to false (EDGEFLEET_MQTT__EMBEDDED=false); the embedded broker is one node"
             )
         return self
@@ -195,7 +200,7 @@ class MQTTSettings(BaseModel):
     @property
     def partitioned(self) -> bool:
         """Several broker nodes, partitioned by lease (not the single broker link)."""
-        return bool(self.nodes or self.nodes_dns)
+        return bool(self.nodes or self.nodes_dns or self.node_registration)
 
 
 def _split(v: Any) -> Any:

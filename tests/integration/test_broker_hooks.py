@@ -115,3 +115,33 @@ async def test_hook_calls_are_not_audited(
     writer = await callers.token(Role.ADMIN, Scope.READ_WRITE)
     await client.post("/api/v1/groups", json={"name": "g"}, headers=writer.headers)
     assert await container.audit.query(AuditFilter(action="groups."), 10) != []
+
+
+async def test_broker_nodes_register_and_withdraw(
+    client: httpx.AsyncClient, container: Container, callers: Callers
+) -> None:
+    """``edgefleet broker-node --advertise``'s calls: a broker token registers a node with
+    its address (again and again: the latest address wins), the registry lists it until its
+    withdrawal; a bad name or address is a 4xx JSON problem; any other token is refused."""
+    h = (await callers.token(Role.ADMIN, Scope.BROKER)).headers
+    url = "/api/v1/broker/nodes/edge-a"
+    r = await client.put(url, json={"address": "10.0.0.5:18830"}, headers=h)
+    assert r.status_code == 200 and r.json() == {"name": "edge-a", "address": "10.0.0.5:18830"}
+    r = await client.put(url, json={"address": "[fd00::5]:18830"}, headers=h)
+    assert r.json() == {"name": "edge-a", "address": "[fd00::5]:18830"}
+    assert [str(n) for n in await container.node_registry.live()] == ["edge-a=[fd00::5]:18830"]
+    for bad_url, body in (
+        ("/api/v1/broker/nodes/Edge-A", {"address": "10.0.0.5:18830"}),
+        (url, {"address": "10.0.0.5"}),
+        (url, {"address": "10.0.0.5:0"}),
+        (url, {}),
+    ):
+        r = await client.put(bad_url, json=body, headers=h)
+        assert r.status_code in (400, 422) and r.headers["content-type"].endswith("json"), body
+    writer = await callers.token(Role.ADMIN, Scope.READ_WRITE)
+    r = await client.put(url, json={"address": "10.0.0.6:1"}, headers=writer.headers)
+    assert r.status_code == 403
+    assert (await client.delete(url, headers=writer.headers)).status_code == 403
+    assert (await client.delete(url, headers=h)).status_code == 204
+    assert await container.node_registry.live() == []
+    assert (await client.delete(url, headers=h)).status_code == 204  # gone already: fine

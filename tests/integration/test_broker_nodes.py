@@ -69,6 +69,8 @@ class Node:
     hashed: bool = False
     """Given the server's password as a mosquitto_passwd hash (--server-passwd-file)."""
     proc: subprocess.Popen[bytes] | None = None
+    options: tuple[str, ...] = ()
+    """More options of broker-node (--name, --advertise)."""
 
     def output(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
@@ -99,6 +101,7 @@ class Tier:
             *("--gateway-host", "127.0.0.1", "--gateway-port", str(node.gateway_port)),
             *("--server-host", "127.0.0.1", "--server-port", str(node.server_port)),
             *("--sync-seconds", "0.3", "--full-seconds", "1"),
+            *node.options,
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
         with node.log.open("ab") as out:
@@ -500,4 +503,86 @@ async def test_a_node_follows_the_server_with_its_provisioned_broker_token(
             code = await asyncio.to_thread(_stop, node.proc)
     sock.close()
     assert code == 0, tier.diagnosis()
+    assert token not in node.output()
+
+
+async def test_a_node_that_registers_itself_is_consumed_and_its_withdrawal_is_followed(
+    settings: Settings, database: Database, base: Path, server_passwd: Path
+) -> None:
+    """The AWS setup: the servers list no node (mqtt.node_registration); a node run with
+    --name and --advertise registers at every key sync, the server links to it and consumes
+    it (a gateway connecting through it is online, on that node); the node stopped
+    (SIGTERM) withdraws, the server drops it, and after the grace its gateways still held
+    online there are offline."""
+    require("mosquitto")
+    token = secrets.token_urlsafe(32)
+    mqtt = MQTTSettings(
+        embedded=False,
+        node_registration=True,
+        server_username=SERVER_USER,
+        server_password=SecretStr(SERVER_PASSWORD),
+        node_grace_seconds=1,
+    )
+    update = {"broker_token": SecretStr(token), "mqtt": mqtt}
+    container = build(settings.model_copy(update=update), db=database)
+    writer = await Callers(container).token(Role.OPERATOR, Scope.READ_WRITE)
+    files = server_passwd.parent
+    (files / "broker.token").write_text(token + "\n")
+    (files / "server.password").write_text(SERVER_PASSWORD + "\n")
+    nodes = container.messaging.nodes
+    assert nodes is not None and nodes.names == []
+    sock = bound_socket()
+    await container.start_messaging()
+    try:
+        async with (
+            serving(create_app(container), sock) as url,
+            httpx.AsyncClient(base_url=url, headers=writer.headers, timeout=30) as api,
+        ):
+            tier = Tier(url, files, api)
+            server_port = free_port()
+            node = Node("n1", base / "n1", free_port(), server_port, base / "n1.out")
+            node.options = ("--name", "edge-a", "--advertise", f"127.0.0.1:{server_port}")
+            tier.nodes = [node]
+            tier.start(node)
+            try:
+
+                async def consumed() -> bool:
+                    return nodes.consumed == ["edge-a"] and nodes.consumers_up.is_set()
+
+                try:
+                    await eventually(consumed, "the registered node consumed", 40)
+                except AssertionError:
+                    raise AssertionError(
+                        f"{nodes.names} {nodes.consumed} {nodes.consumers_up.is_set()}\n"
+                        + tier.diagnosis()
+                    ) from None
+                uuid, psk = await register(api, "a", "0090e8000001")
+                await eventually(lambda: connects(node, uuid, psk), "a connects", 15)
+                async with gateway_client(node, uuid, psk) as gw:
+                    await gw.publish(topic(uuid, Channel.STATUS), b"1", qos=1)
+
+                    async def online() -> bool:
+                        r = await api.get(f"/api/v1/devices/{uuid}")
+                        return bool(r.json()["connection"]["status"] == "online")
+
+                    await eventually(online, "a online through the registered node", 15)
+                    assert await container.fleet.presence(uuid) == ("online", "edge-a")
+            finally:
+                assert node.proc is not None
+                code = await asyncio.to_thread(_stop, node.proc)
+            assert code == 0, tier.diagnosis()
+
+            async def dropped() -> bool:
+                return nodes.names == []
+
+            await eventually(dropped, "the withdrawn node dropped", 15)
+
+            async def offline() -> bool:
+                r = await api.get(f"/api/v1/devices/{uuid}")
+                return bool(r.json()["connection"]["status"] == "offline")
+
+            await eventually(offline, "its gateway offline after the grace", 20)
+    finally:
+        await container.stop_messaging()
+        sock.close()
     assert token not in node.output()

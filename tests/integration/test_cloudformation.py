@@ -66,18 +66,6 @@ MOTO_UNSUPPORTED_TYPES = {
 }
 MOTO_UNSUPPORTED_NLB = {"GatewayLoadBalancer", "InternalLoadBalancer"}
 
-# Being landed beside this template (issue 20): the servers' EDGEFLEET_MQTT__NODE_REGISTRATION
-# and EDGEFLEET_BROKER_TOKEN, and broker-node's --name/--advertise. The tests that need them
-# are expected to fail (strictly: they must pass once these exist) until then.
-NODE_REGISTRATION_LANDED = (
-    "node_registration" in MQTTSettings.model_fields and "broker_token" in Settings.model_fields
-)
-needs_node_registration = pytest.mark.xfail(
-    not NODE_REGISTRATION_LANDED,
-    reason="EDGEFLEET_MQTT__NODE_REGISTRATION / EDGEFLEET_BROKER_TOKEN not in Settings yet",
-    strict=True,
-)
-
 Node = Any
 
 
@@ -667,7 +655,6 @@ def _run_embedded(
     exec(compile(code, "embedded", "exec"), scope)
 
 
-@needs_node_registration
 def test_server_wrapper_gives_edgefleet_production_settings(
     template: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -715,7 +702,7 @@ def test_server_wrapper_gives_edgefleet_production_settings(
     assert settings.storage.url == f"s3://{SAMPLE['FilesBucket']}/files"
     # the broker nodes: none embedded, none listed; those that register themselves
     assert not settings.mqtt.embedded
-    assert settings.mqtt.node_registration is True  # type: ignore[attr-defined]
+    assert settings.mqtt.node_registration is True
     assert not getattr(settings.mqtt, "nodes", [])
     assert (
         settings.mqtt.server_password.get_secret_value()
@@ -871,11 +858,6 @@ def test_broker_node_unit_with_the_drop_in_passes_systemd_analyze(
     assert done.returncode == 0 and not done.stderr.strip(), done.stderr
 
 
-@pytest.mark.xfail(
-    "--advertise" not in _broker_node_options(),
-    reason="broker-node --name/--advertise not landed yet",
-    strict=True,
-)
 def test_broker_node_command_line_uses_options_it_has(template: dict[str, Any]) -> None:
     argv = _drop_in_exec_start(_user_data(template, "BrokerLaunchTemplate"))
     used = {a for a in argv if a.startswith("--")}

@@ -55,6 +55,7 @@ from edgefleet.settings import MQTTSettings
 log = logging.getLogger(__name__)
 
 PSK_FILE_PATH = "/api/v1/broker/psk-file"
+NODES_PATH = "/api/v1/broker/nodes"
 RELOADED = b"Reloading config."
 """What Mosquitto logs (level "information") when a SIGHUP makes it re-read its files."""
 RELOAD_WAIT = 5.0
@@ -91,6 +92,12 @@ class NodeConfig:
     max_retry_seconds: float = 60.0
     log_max_bytes: int = 64 * 1024 * 1024
     """Mosquitto's log (a line per connection) is rotated past this size: one old file kept."""
+    name: str = ""
+    """The node's name in the tier (``[a-z0-9-]``; its host name, an instance id)."""
+    advertise: str = ""
+    """``host:port`` where the servers reach this node's server listener: when set, the node
+    registers itself at every sync (``PUT /api/v1/broker/nodes/<name>``), so servers with
+    ``mqtt.node_registration`` find it with no list to keep, and withdraws on SIGTERM."""
 
     @property
     def files(self) -> mosquitto.MosquittoFiles:
@@ -272,9 +279,12 @@ class BrokerNode:
             (log.info if state == "ok" else log.warning)(message, *args)
 
     async def sync_once(self, client: httpx.AsyncClient) -> bool:
-        """Ask the server once and apply its answer; whether the store changed."""
+        """Register (when advertised), ask the server once for the keys and apply its
+        answer; whether the store changed."""
         loop = asyncio.get_running_loop()
         headers = {"mx-api-token": self.config.token}
+        if self.config.advertise:
+            await self.register(client)
         if self.cursor is None or loop.time() - self._last_full >= self.config.full_seconds:
             if self.etag:
                 headers["If-None-Match"] = self.etag
@@ -355,6 +365,29 @@ class BrokerNode:
                     delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
+
+    async def register(self, client: httpx.AsyncClient) -> None:
+        """Tell the servers this node is up and where to reach it (again: they drop a node
+        that stops saying so)."""
+        cfg = self.config
+        r = await client.put(
+            f"{NODES_PATH}/{cfg.name}",
+            json={"address": cfg.advertise},
+            headers={"mx-api-token": cfg.token},
+        )
+        if r.status_code == 422 or r.status_code == 400:
+            raise BrokerNodeError(f"the server refused this node's registration: {r.text[:200]}")
+        _check(r)
+
+    async def withdraw(self) -> None:
+        """Tell the servers this node is going (on SIGTERM): they stop sending to it at once
+        instead of after the registration expires. Best effort."""
+        cfg = self.config
+        try:
+            async with httpx.AsyncClient(base_url=cfg.server_url, timeout=3.0) as client:
+                await client.delete(f"{NODES_PATH}/{cfg.name}", headers={"mx-api-token": cfg.token})
+        except httpx.HTTPError as exc:
+            log.warning("could not withdraw the node's registration: %s", _describe(exc))
 
     async def _unless_stopped(self, work: Coroutine[Any, Any, object]) -> bool:
         """Run ``work`` unless :meth:`stop` comes first (then cancel it: a server that does not
@@ -541,6 +574,8 @@ class BrokerNode:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+            if self.config.advertise:
+                await self.withdraw()
 
 
 def _local(host: str) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import socket
 from pathlib import Path
 
 import typer
@@ -14,6 +16,9 @@ from edgefleet.errors import EdgefleetError
 from edgefleet.settings import LogFormat, MQTTSettings
 
 _DEFAULTS = MQTTSettings()
+
+
+NODE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
 
 def _secret(path: Path, option: str) -> str:
@@ -86,6 +91,17 @@ def broker_node(
         help="Also start Mosquitto, restart it when it exits, stop it on SIGTERM. Without it, "
         "run `mosquitto -c <dir>/mosquitto.conf` yourself: the node signals it by its pid file.",
     ),
+    name: str = typer.Option(
+        None,
+        help="The node's name in the tier (lower-case letters, digits, '-'; default: the host "
+        "name). With --advertise.",
+    ),
+    advertise: str = typer.Option(
+        None,
+        help="HOST:PORT where the servers reach this node's server listener: the node then "
+        "registers itself with the server at every sync and withdraws on SIGTERM "
+        "(servers with EDGEFLEET_MQTT__NODE_REGISTRATION=true use the registered nodes).",
+    ),
     log_level: str = typer.Option("INFO", help="DEBUG, INFO, WARNING or ERROR."),
     log_format: LogFormat = typer.Option(LogFormat.CONSOLE, help="console or json."),
 ) -> None:
@@ -94,8 +110,8 @@ def broker_node(
     then keep its PSK store equal to the server's (GET /api/v1/broker/psk-file every few
     seconds, only the changes; reload only when something changed). No secret is logged."""
     logs.configure(log_level.upper(), log_format)
-    for name in ("httpx", "httpcore"):  # a line per request every few seconds: the node says
-        logging.getLogger(name).setLevel(logging.WARNING)  # what changed instead
+    for logger in ("httpx", "httpcore"):  # a line per request every few seconds: the node says
+        logging.getLogger(logger).setLevel(logging.WARNING)  # what changed instead
     mqtt = MQTTSettings(
         gateway_host=gateway_host,
         gateway_port=gateway_port,
@@ -126,6 +142,16 @@ def broker_node(
             )
         except EdgefleetError as exc:
             raise typer.BadParameter(exc.message, param_hint="--server-passwd-file") from exc
+    name = name or socket.gethostname().split(".")[0].lower()
+    if advertise is not None:
+        if not NODE_NAME.fullmatch(name):
+            raise typer.BadParameter(
+                f"{name!r}: a node's name is 1-63 lower-case letters, digits and '-'",
+                param_hint="--name",
+            )
+        host, sep, port = advertise.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise typer.BadParameter(f"{advertise!r} is not HOST:PORT", param_hint="--advertise")
     config = node.NodeConfig(
         server_url=server_url.rstrip("/"),
         token=_secret(token_file, "--token-file"),
@@ -135,6 +161,8 @@ def broker_node(
         server_password_hash=password_hash,
         sync_seconds=sync_seconds,
         full_seconds=full_seconds,
+        name=name,
+        advertise=advertise or "",
     )
     try:
         asyncio.run(node.BrokerNode(config, run_broker=run_broker).run())

@@ -201,6 +201,18 @@ class BrokerLease(Base):
     expires_at: Mapped[datetime]
 
 
+class RegisteredNode(Base):
+    """A broker node that registers itself (``mqtt.node_registration``), where the servers
+    reach it, and when it last said so."""
+
+    __tablename__ = "registered_nodes"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer)
+    seen_at: Mapped[datetime]
+
+
 class ServerInstance(Base):
     """A server instance that consumes broker nodes, and when it last said so (its
     heartbeat): the live ones share the nodes evenly."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -36,6 +37,8 @@ NodeHandler = Callable[[str], Handler]
 """A node's name → the handler of what its consumer link receives."""
 
 DNS_INTERVAL = 30.0
+REGISTERED_INTERVAL = 2.0
+"""How often the registered nodes are read (one indexed query)."""
 GRACE_CHECK = 1.0
 
 
@@ -72,6 +75,7 @@ class NodeLinks:
         on_consumer_connect: Callable[[], None] | None = None,
         grace: float = 30.0,
         dns: str = "",
+        registered: Callable[[], Awaitable[list[BrokerNode]]] | None = None,
     ) -> None:
         self.instance = instance
         self.username, self.password = username, password
@@ -82,8 +86,10 @@ class NodeLinks:
         self.on_consumer_connect = on_consumer_connect
         self.grace = grace
         self.dns = dns
+        self.registered = registered
         self._configured: list[BrokerNode] = []
         self._found: list[BrokerNode] = []
+        self._registered: list[BrokerNode] = []
         self._nodes: dict[str, _Node] = {}
         self._consumers: dict[str, _Consumer] = {}
         self.heard: dict[str, str] = {}
@@ -110,14 +116,24 @@ class NodeLinks:
         self._apply()
         if self.dns:
             self.workers.start("broker-nodes-dns", self._resolve_loop)
+        if self.registered is not None:
+            self.workers.start("broker-nodes-registered", self._registered_loop)
         self.workers.start("broker-node-grace", self._grace_loop)
 
     def _apply(self) -> None:
-        wanted = {n.name: n for n in [*self._configured, *self._found]}
+        # a name listed by configuration wins over the same name found or registered
+        wanted = {n.name: n for n in [*self._registered, *self._found, *self._configured]}
         for name in sorted(set(self._nodes) - set(wanted)):
             node = self._nodes.pop(name)
             log.info("broker node %s gone from the list", name)
             self.workers.start(f"broker-publish-stop:{name}", node.worker.stop, forever=False)
+            if name in self._consumers:  # its lease goes back at the next round
+                self.workers.start(
+                    f"broker-node-gone:{name}",
+                    functools.partial(self._gone, name),
+                    forever=False,
+                    replace=True,
+                )
         for name, spec in sorted(wanted.items()):
             if name in self._nodes and self._nodes[name].node == spec:
                 continue
@@ -151,6 +167,35 @@ class NodeLinks:
                 self._apply()
                 self.resolved.set()
             await asyncio.sleep(DNS_INTERVAL)
+
+    async def _gone(self, name: str) -> None:
+        """A node this instance consumed left the list (withdrawn, no longer registered,
+        removed from DNS): after the grace, the gateways still held online on it are taken
+        for offline, unless it came back meanwhile (no one else consumes a node no longer
+        listed)."""
+        await asyncio.sleep(self.grace)
+        if name not in self._nodes:
+            log.warning(
+                "broker node %s: gone for %g s, its gateways are taken for offline",
+                name,
+                self.grace,
+            )
+            await self.dead(name)
+
+    async def _registered_loop(self) -> None:
+        """Follow the nodes that register themselves (``mqtt.node_registration``): a node
+        that registers is linked within ``REGISTERED_INTERVAL``, one that withdrew or stopped
+        registering is dropped (its gateways, if they do not reconnect elsewhere, go offline
+        after the grace, as for a node that dies)."""
+        assert self.registered is not None
+        while True:
+            nodes = await self.registered()
+            if nodes != self._registered:
+                log.info("registered broker nodes: %s", ", ".join(map(str, nodes)) or "none")
+                self._registered = nodes
+                self._apply()
+            self.resolved.set()
+            await asyncio.sleep(REGISTERED_INTERVAL)
 
     def connected(self) -> bool:
         """At least one publishing link is up (readiness)."""

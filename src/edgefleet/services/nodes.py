@@ -31,8 +31,8 @@ from prometheus_client import Gauge
 from edgefleet.clock import Clock, utcnow
 from edgefleet.db.engine import Database
 from edgefleet.db.repos.nodes import NodeRepo
-from edgefleet.domain.nodes import fair_share
-from edgefleet.errors import EdgefleetError
+from edgefleet.domain.nodes import BrokerNode, fair_share, parse_node
+from edgefleet.errors import EdgefleetError, ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -159,3 +159,45 @@ class NodeLeases:
                 await repo.forget_instance(self.instance)
         except EdgefleetError as exc:
             log.warning("broker leases not given back (they expire): %s", exc.message)
+
+
+REGISTRATION_TTL = timedelta(seconds=30)
+"""A registered node not heard from for this long is no longer a node (a node registers at
+every key sync, every 5 s by default)."""
+
+
+class NodeRegistry:
+    """Broker nodes that register themselves (``mqtt.node_registration``)."""
+
+    def __init__(
+        self, db: Database, *, ttl: timedelta = REGISTRATION_TTL, clock: Clock = utcnow
+    ) -> None:
+        self.db = db
+        self.ttl = ttl
+        self.clock = clock
+
+    async def register(self, name: str, address: str) -> BrokerNode:
+        """Record that node ``name`` is up at ``address`` (``host:port``); ``ValidationError``
+        for a name or an address that is not one."""
+        try:
+            node = parse_node(f"{name}={address}")
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
+        if len(node.name) > 63 or len(node.host) > 255:
+            raise ValidationError("a node's name is at most 63 characters, its host 255")
+        async with self.db.session() as s:
+            await NodeRepo(s).register(node.name, node.host, node.port, self.clock())
+        return node
+
+    async def withdraw(self, name: str) -> bool:
+        async with self.db.session() as s:
+            return await NodeRepo(s).withdraw(name)
+
+    async def live(self) -> list[BrokerNode]:
+        """The nodes registered within ``ttl``; older registrations are forgotten."""
+        now = self.clock()
+        async with self.db.session() as s:
+            repo = NodeRepo(s)
+            await repo.forget_registered_before(now - FORGET_AFTER)
+            rows = await repo.registered(now - self.ttl)
+        return [BrokerNode(n, h, p) for n, h, p in rows]

@@ -62,3 +62,10 @@ class StoredFile(Answer):
 
 BINARY = {"schema": {"type": "string", "format": "binary"}}
 TEXT = {"schema": {"type": "string"}}
+
+
+class RegisteredNode(Answer):
+    """A broker node registered by itself (``edgefleet broker-node --advertise``)."""
+
+    name: str
+    address: str = Field(description="host:port of its server listener")

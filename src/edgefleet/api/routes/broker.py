@@ -7,6 +7,9 @@
 - ``GET /broker/psk-file`` gives the whole store as ``identity:hex`` lines, the format of
   Mosquitto's ``psk_file``, for broker nodes that keep a local copy (with an ETag: 304 while
   unchanged); ``?since=<cursor>`` gives only what changed after an earlier answer.
+- ``PUT /broker/nodes/{name}`` (``{"address": "host:port"}``): a broker node says it is up and
+  where the servers reach it, at every key sync; ``DELETE`` withdraws it (servers with
+  ``mqtt.node_registration`` follow these, docs/scaling.md).
 
 Every answer comes from the key cache in memory (services/keys.py), never by decrypting keys.
 
@@ -19,13 +22,13 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgefleet.api.deps import ContainerDep, require
 from edgefleet.api.responses import reply
-from edgefleet.api.responses.service import Authn, Authz, Psk
+from edgefleet.api.responses.service import Authn, Authz, Psk, RegisteredNode
 from edgefleet.domain.auth import Permission, Principal
 from edgefleet.domain.broker_access import Action
 from edgefleet.errors import DeviceNotFoundError
@@ -124,3 +127,26 @@ async def psk_file(
         "X-Edgefleet-Sync": "full" if answer.full else "changes",
     }
     return Response(answer.body, media_type="text/plain; charset=utf-8", headers=headers)
+
+
+class NodeBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    address: str = Field(min_length=3, max_length=270, description="host:port or [v6]:port")
+
+
+NodeName = Annotated[str, Path(min_length=1, max_length=63, pattern=r"^[a-z0-9-]+$")]
+
+
+@router.put("/nodes/{name}", name="broker.node_register", response_model=RegisteredNode)
+async def register_node(
+    c: ContainerDep, _: BrokerCaller, name: NodeName, body: NodeBody
+) -> Response:
+    node = await c.node_registry.register(name, body.address)
+    return reply({"name": node.name, "address": node.address})
+
+
+@router.delete("/nodes/{name}", name="broker.node_withdraw", status_code=204)
+async def withdraw_node(c: ContainerDep, _: BrokerCaller, name: NodeName) -> Response:
+    await c.node_registry.withdraw(name)
+    return Response(status_code=204)

@@ -14,7 +14,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from edgefleet.db.tables import BrokerLease, ServerInstance
+from edgefleet.db.tables import BrokerLease, RegisteredNode, ServerInstance
 
 
 class NodeRepo:
@@ -22,7 +22,9 @@ class NodeRepo:
         self.s = s
         self._dialect = s.get_bind().dialect.name
 
-    def _insert(self, table: type[BrokerLease] | type[ServerInstance]) -> sqlite.Insert:
+    def _insert(
+        self, table: type[BrokerLease] | type[ServerInstance] | type[RegisteredNode]
+    ) -> sqlite.Insert:
         make = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
         return make(table)  # type: ignore[return-value]  # the two share this API
 
@@ -86,3 +88,33 @@ class NodeRepo:
             select(BrokerLease.node, BrokerLease.holder, BrokerLease.expires_at)
         )
         return {n: (h, e) for n, h, e in rows}
+
+    # --- nodes that register themselves ------------------------------------------------
+
+    async def register(self, name: str, host: str, port: int, now: datetime) -> None:
+        """Node ``name`` is up now, its server listener at ``host:port``."""
+        stmt = self._insert(RegisteredNode).values(name=name, host=host, port=port, seen_at=now)
+        await self.s.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["name"], set_={"host": host, "port": port, "seen_at": now}
+            )
+        )
+
+    async def withdraw(self, name: str) -> bool:
+        """Node ``name`` is going; whether it was registered."""
+        rows = await self.s.execute(
+            delete(RegisteredNode).where(RegisteredNode.name == name).returning(RegisteredNode.name)
+        )
+        return rows.first() is not None
+
+    async def registered(self, since: datetime) -> list[tuple[str, str, int]]:
+        """``(name, host, port)`` of the nodes registered since ``since``, by name."""
+        rows = await self.s.execute(
+            select(RegisteredNode.name, RegisteredNode.host, RegisteredNode.port)
+            .where(RegisteredNode.seen_at >= since)
+            .order_by(RegisteredNode.name)
+        )
+        return [(n, h, p) for n, h, p in rows]
+
+    async def forget_registered_before(self, before: datetime) -> None:
+        await self.s.execute(delete(RegisteredNode).where(RegisteredNode.seen_at < before))
