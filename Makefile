@@ -32,12 +32,12 @@ run: $(VENV)/.installed
 
 ## lint (ruff, mypy, the layers' import contracts), then the whole suite on SQLite and
 ## PostgreSQL, one worker per core (pytest-xdist; a test file stays on one worker; every
-## worker starts its own brokers, databases, ports)
+## worker starts its own brokers, databases, ports); the 25 slowest steps are listed at the end
 test: $(VENV)/.installed-test test-tools
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/mypy
 	$(BIN)/lint-imports
-	$(BIN)/pytest -n auto --dist loadfile --ignore=tests/integration/test_install.py
+	$(BIN)/pytest -n auto --dist loadfile --durations=25 --ignore=tests/integration/test_install.py
 
 ## deploy/install.sh on a clean Debian 13 root (mmdebstrap, chroot; root needed): several
 ## minutes, so not in `make test`; .ci/run runs it when deploy/ or pyproject.toml changed
