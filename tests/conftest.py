@@ -9,6 +9,7 @@ With none of these, tests that need it fail and say what to install.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import os
 import secrets
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pwdlib.hashers.argon2 import Argon2Hasher
 from sqlalchemy import text
 
 from edgefleet.asgi import create_app
@@ -27,6 +29,7 @@ from edgefleet.db.engine import Database, make_engine
 from edgefleet.db.migrate import upgrade_async
 from edgefleet.db.tables import Base
 from edgefleet.domain.auth import Role, Scope
+from edgefleet.services import passwords
 from edgefleet.settings import HTTPSettings, MQTTSettings, Settings
 from tests.answers import checked_client
 from tests.brokers import free_port
@@ -37,6 +40,21 @@ from tests.pgserver import PostgresServer, find_postgres
 from tests.s3server import CREDENTIALS, S3Server, start_s3_server
 
 BACKENDS = ["sqlite", "postgresql"]
+
+TEST_ARGON2 = (1, 1024, 1)
+"""argon2id's time cost, memory (KiB) and parallelism in tests: about 1 ms of CPU per hash
+instead of 0.2 s. Each container built hashes once (the dummy hash of unknown accounts),
+each user made hashes and checks once more, and the tests make thousands. The hashes are
+still argon2id, checked the same way; a test marked ``production_password_cost`` (and every
+server run in a process of its own) keeps the production cost."""
+
+
+@pytest.fixture(autouse=True)
+def _test_password_cost(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.node.get_closest_marker("production_password_cost") is None:
+        time_cost, memory_cost, parallelism = TEST_ARGON2
+        cheap = functools.partial(Argon2Hasher, time_cost, memory_cost, parallelism)
+        monkeypatch.setattr(passwords, "Argon2Hasher", cheap)
 
 
 @pytest.fixture(scope="session")
@@ -74,6 +92,12 @@ async def _open_database(
     url = server.url(name)
     await upgrade_async(url)
     return Database(make_engine(url)), url, name
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "production_password_cost: argon2 at its production cost, not TEST_ARGON2"
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
