@@ -56,6 +56,11 @@ async def supervised(settings: Settings, database: Database) -> AsyncIterator[Co
     await eventually(lambda: _true(monitor.reconciled.is_set()))
     yield c
     await c.stop_messaging()
+    # the presence monitor's loops stopped, not left running past the stop's timeout (the
+    # sweep swallowed its cancellation in asyncio.wait_for and held most teardowns for 10 s)
+    for name in ("presence-sweep", "presence-heal"):
+        w = c.workers.get(name)
+        assert w is not None and w.task is not None and w.task.done(), name
 
 
 async def _true(value: bool) -> bool:

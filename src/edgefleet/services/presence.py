@@ -521,7 +521,8 @@ class PresenceMonitor:
             # statuses queued now are written first; bounded, since a writer kept busy by
             # property events is rarely idle (and a gateway queued now was heard anyway)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.presence.drained(), self.probe_timeout)
+                async with asyncio.timeout(self.probe_timeout):
+                    await self.presence.drained()
             try:
                 believed = await self._believed()
             except EdgefleetError as exc:
@@ -587,7 +588,8 @@ class PresenceMonitor:
             # the statuses queued before these messages are written first (bounded: a
             # writer kept busy by property events is rarely idle)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.presence.drained(), self.probe_timeout)
+                async with asyncio.timeout(self.probe_timeout):
+                    await self.presence.drained()
             try:
                 stored = await self.presence.statuses_of(candidates)
             except EdgefleetError as exc:
