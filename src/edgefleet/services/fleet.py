@@ -10,7 +10,7 @@ from typing import Any
 
 from edgefleet.clock import Clock, utcnow
 from edgefleet.db.engine import Database
-from edgefleet.db.repos.devices import DeviceRepo
+from edgefleet.db.repos.devices import DeviceRepo, device_presence
 from edgefleet.db.repos.groups import GroupRepo
 from edgefleet.db.repos.keys import KeyChangeRepo
 from edgefleet.db.tables import Device, Execution, Group, Task
@@ -248,8 +248,8 @@ class FleetService:
     async def presence(self, uuid: str) -> tuple[str, str | None]:
         """``(connection status, broker node)`` of a device (``DeviceNotFoundError``), in one
         query: what a request relayed to the gateway needs."""
-        async with self.db.session() as s:
-            found = await DeviceRepo(s).presence(uuid)
+        async with self.db.autocommit() as conn:  # one round trip, no BEGIN/COMMIT
+            found = await device_presence(conn, uuid)
         if found is None:
             raise DeviceNotFoundError(uuid)
         return found

@@ -19,7 +19,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from edgefleet.db.fleetquery import to_clause
 from edgefleet.db.tables import Device, DeviceCertificate, DeviceTag, Group
@@ -127,16 +127,6 @@ class DeviceRepo:
         """The device's connection status alone (None: no such device), without loading it."""
         status = await self.s.scalar(select(Device.connection_status).where(Device.uuid == uuid))
         return None if status is None else str(status)
-
-    async def presence(self, uuid: str) -> tuple[str, str | None] | None:
-        """``(connection status, broker node)`` of the device (None: no such device), in one
-        query without loading it."""
-        row = (
-            await self.s.execute(
-                select(Device.connection_status, Device.broker_node).where(Device.uuid == uuid)
-            )
-        ).first()
-        return None if row is None else (str(row[0]), row[1])
 
     async def get_many(self, uuids: Sequence[str]) -> list[Device]:
         if not uuids:
@@ -491,3 +481,17 @@ class DeviceRepo:
                 assert d.group_id is not None
                 out[d.group_id].append(d)
         return out
+
+
+async def device_presence(
+    conn: AsyncSession | AsyncConnection, uuid: str
+) -> tuple[str, str | None] | None:
+    """``(connection status, broker node)`` of a device (None: no such device): one query,
+    which a connection without a transaction (``Database.autocommit``) runs in one round
+    trip."""
+    row = (
+        await conn.execute(
+            select(Device.connection_status, Device.broker_node).where(Device.uuid == uuid)
+        )
+    ).first()
+    return None if row is None else (str(row[0]), row[1])
