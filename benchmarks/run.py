@@ -7,7 +7,6 @@ import signal
 
 from benchmarks import (
     bench_broker,
-    bench_cluster,
     bench_devices,
     bench_events,
     bench_keys,
@@ -25,7 +24,6 @@ def main() -> None:
     asyncio.run(bench_broker.main())
     asyncio.run(bench_tasks.main())
     asyncio.run(bench_events.main())
-    asyncio.run(bench_cluster.main())
 
 
 if __name__ == "__main__":

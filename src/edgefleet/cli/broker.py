@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import replace
 from pathlib import Path
 
 import typer
 
 from edgefleet.bootstrap import Container
-from edgefleet.brokers import aedes, emqx, mosquitto
+from edgefleet.brokers import emqx, mosquitto
 from edgefleet.cli.common import load_settings, run
 from edgefleet.cli.tokens import create_token
 from edgefleet.domain.auth import Scope
@@ -230,73 +229,3 @@ def emqx_config(
         f"once EMQX runs, load the gateway keys with {files.psk_sync_sh} and run it every few "
         "seconds (docs/brokers.md)"
     )
-
-
-@app.command("aedes")
-def aedes_config(
-    directory: Path = typer.Option(
-        None, "--dir", help="Where to write aedes.env (default: <data dir>/aedes)."
-    ),
-    server_url: str = ServerUrlOption,
-    token_file: Path = TokenFileOption,
-    user: str = TokenUserOption,
-    broker_id: str = typer.Option(None, help="This node's id (default: the host name)."),
-    redis_url: str = typer.Option(
-        "redis://127.0.0.1:6379/0", help="redis://host:port/db, shared by the nodes."
-    ),
-    gateway_host: str = typer.Option(None, help="TLS-PSK listener address (default: settings)."),
-    gateway_port: int = typer.Option(None, help="TLS-PSK listener port (default: settings, 8883)."),
-    server_host: str = typer.Option(
-        None, help="The server's plain listener address (default: settings)."
-    ),
-    server_port: int = typer.Option(
-        None, help="The server's plain listener port (default: settings)."
-    ),
-    psk_hint: str = typer.Option(None, help="The PSK identity hint (default: settings)."),
-    health_port: int = typer.Option(0, help="HTTP health port on the server address; 0 = off."),
-    psk_refresh_seconds: float = typer.Option(
-        5, help="How often the node asks for the keys changed since its last read."
-    ),
-    psk_full_seconds: float = typer.Option(
-        600, help="How often the node re-reads the whole key list anyway."
-    ),
-    heartbeat_seconds: float = typer.Option(
-        2, help="Node heartbeat: survivors publish a dead node's wills after about 3 of these."
-    ),
-) -> None:
-    """Write aedes.env (mode 600) for the clustered aedes broker in deploy/aedes: the
-    environment one node runs with (systemd EnvironmentFile= or docker --env-file)."""
-    _token_source(token_file, user)
-    settings = load_settings()
-    mqtt = settings.mqtt
-    path = (directory or settings.data_dir / "aedes") / "aedes.env"
-    node = aedes.AedesNode(
-        server_url=(server_url or settings.public_url).rstrip("/"),
-        token="",
-        broker_id=broker_id or socket.gethostname(),
-        redis_url=redis_url,
-        gateway_host=gateway_host or mqtt.gateway_host,
-        gateway_port=mqtt.gateway_port if gateway_port is None else gateway_port,
-        server_host=server_host or mqtt.server_host,
-        server_port=mqtt.server_port if server_port is None else server_port,
-        psk_hint=mqtt.psk_hint if psk_hint is None else psk_hint,
-        health_port=health_port,
-        psk_refresh_seconds=psk_refresh_seconds,
-        psk_full_seconds=psk_full_seconds,
-        heartbeat_seconds=heartbeat_seconds,
-    )
-    file_token = _read_token(token_file) or aedes.existing_token(path)
-    try:
-        aedes.check(replace(node, token=file_token))  # before anything is written
-    except aedes.AedesOptionError as exc:
-        raise typer.BadParameter(exc.message, param_hint=exc.option) from exc
-
-    async def work(c: Container) -> None:
-        token = await _broker_token(c, file_token, user, "aedes")
-        aedes.write_env(path, replace(node, token=token))
-
-    run(work)
-    if user and file_token:
-        typer.echo(f"kept the broker token already in {path}")
-    typer.echo(f"wrote {path} (mode 600; it holds the broker token)")
-    typer.echo("run a node with it: systemd EnvironmentFile= or docker run --env-file")

@@ -1,7 +1,7 @@
 """Answers for brokers that ask the server who may connect and publish (HTTP hooks).
 
-For brokers without a PSK file of their own (a cluster, EMQX-style HTTP authentication,
-aedes' PSK callback): the server is the source of truth. Every answer comes from memory: the
+For brokers without a PSK file of their own (a cluster, EMQX-style HTTP authentication, a
+PSK callback): the server is the source of truth. Every answer comes from memory: the
 keys from the key cache (services/keys.py, current within a second across instances, at once
 for changes made here), the rules from domain/broker_access.py. No check reads the database.
 """

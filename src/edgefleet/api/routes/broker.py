@@ -3,7 +3,8 @@
 - ``POST /broker/authn`` and ``POST /broker/authz`` answer in the shape of EMQX's HTTP
   authentication and authorisation (``{"result": "allow" | "deny", "is_superuser"}``), so an
   EMQX-compatible broker needs only its URL, a body template and the ``mx-api-token`` header.
-- ``GET /broker/psk/{identity}`` gives one gateway's key (hex), for PSK callbacks (aedes).
+- ``GET /broker/psk/{identity}`` gives one gateway's key (hex), for brokers that ask for a key
+  in their PSK callback.
 - ``GET /broker/psk-file`` gives the whole store as ``identity:hex`` lines, the format of
   Mosquitto's ``psk_file``, for broker nodes that keep a local copy (with an ETag: 304 while
   unchanged); ``?since=<cursor>`` gives only what changed after an earlier answer.
