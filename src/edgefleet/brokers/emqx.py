@@ -1,33 +1,26 @@
-"""EMQX 5.8.x: ``emqx.conf``, the gateway keys and the script that loads them, from the database.
+"""EMQX 5.8.x for fleets whose gateways hold X.509 certificates: ``emqx.conf`` and the TLS files.
 
 5.8 is the last EMQX line under the Apache License 2.0; 5.9 and later are under the Business
 Source License, so this module targets 5.8 only.
 
+**Never for TLS-PSK** (:data:`PSK_REFUSAL`): EMQX does not expose a PSK identity to
+authentication or authorisation (no ``use_identity_as_username``; ``peer_cert_as_clientid``
+takes certificate fields only), so a gateway holding one valid key could claim another
+gateway's uuid as its client id. PSK fleets use the Mosquitto nodes of ``edgefleet
+broker-node`` (docs/brokers.md, docs/scaling.md).
+
 What the configuration says:
-- gateways: the SSL listener (``listeners.ssl.default``) takes TLS-PSK only (TLS 1.2, the plain
-  PSK suites: EMQX's schema says TLS 1.3 suppresses PSK suites); the handshake is their
-  authentication, so the listener skips MQTT authentication (``enable_authn = false``);
+- gateways: the SSL listener (``listeners.ssl.default``, zone ``gateways``) takes only client
+  certificates signed by the server's CA (``verify_peer``, ``fail_if_no_peer_cert``); the
+  handshake is their authentication (``enable_authn = false``) and the certificate's CN, the
+  device uuid, is the client id (``peer_cert_as_clientid = cn``): a gateway cannot choose
+  another's;
 - the server: the plain listener (``listeners.tcp.default``) with username and password,
   checked by the server's hook ``POST /api/v1/broker/authn``;
 - authorisation of every publish and subscribe: ``POST /api/v1/broker/authz`` with the client
-  id as the username (a gateway's client id is its uuid), cached per connection;
+  id as the username, cached a minute per connection; a deleted device is refused every topic
+  (EMQX is given no CRL file: its CRL check fetches the certificates' distribution points);
 - the cluster: one of EMQX's discovery strategies (static, dns, etcd, k8s).
-
-Gateway keys do not go into ``psk_authentication.init_file``: EMQX stores the text after the
-separator as the key's bytes (``emqx_psk``: no decoding), while gateways decode edgefleet's 64
-hex digits into 32 bytes, so an ``identity:hex`` file would give every gateway the wrong key
-(and raw bytes cannot go into a line-based file). ``init_file`` is also read only at start and
-never deletes an entry. Instead ``psk.txt`` (``identity:hex``, the server's
-``GET /api/v1/broker/psk-file`` format) is decoded into EMQX's PSK table (``emqx_psk``, shared
-by the cluster) by ``psk-sync.erl`` through ``emqx eval``; the script also closes the sessions
-of gateways whose key disappeared or changed. ``psk-sync.sh`` fetches the list from the server
-and runs it: on a timer it is how new gateways reach EMQX without a restart (the same scheme as
-``deploy/aws/edgefleet.yaml``).
-
-EMQX does not expose the PSK identity to authentication or authorisation (no
-``use_identity_as_username``; ``peer_cert_as_clientid`` takes certificate fields only), so a
-gateway holding a valid key can claim another gateway's uuid as its client id: see
-``docs/brokers.md``.
 """
 
 from __future__ import annotations
@@ -37,30 +30,29 @@ import json
 import os
 import re
 import secrets
-import shlex
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from edgefleet.brokers.files import owner, render_psk, write_private
+from edgefleet.brokers.files import owner, write_private
 from edgefleet.errors import EdgefleetError
+from edgefleet.pki import TlsMaterial
 from edgefleet.protocol.messages import MAX_PACKET_BYTES
 from edgefleet.settings import MQTTSettings
 
 BROKER_USER = "emqx"
 
-PSK_CIPHERS = (
-    "PSK-AES256-GCM-SHA384",
-    "PSK-AES128-GCM-SHA256",
-    "PSK-AES256-CBC-SHA384",
-    "PSK-AES128-CBC-SHA256",
-    "PSK-AES256-CBC-SHA",
-    "PSK-AES128-CBC-SHA",
+PSK_REFUSAL = (
+    "EMQX cannot bind a TLS-PSK identity to the client id (one gateway's key would let its "
+    "holder pose as any gateway), so edgefleet configures it only for X.509 fleets: give "
+    "--x509 for gateways with certificates from the server's CA; for TLS-PSK gateways run "
+    "Mosquitto nodes (edgefleet broker-node, docs/brokers.md)"
 )
-"""The plain PSK suites of EMQX's PSK documentation (the RSA-PSK ones would need a server
-certificate); every gateway's OpenSSL offers them (``kPSK`` in ``protocol/psk.py``)."""
+"""Why ``broker-config emqx`` writes no PSK listener (issue 20)."""
+
+TLS_VERSIONS = ("tlsv1.3", "tlsv1.2")
 
 AUTHN_BODY = (
     '{username = "${username}", password = "${password}", clientid = "${clientid}", '
@@ -71,7 +63,8 @@ AUTHN_BODY = (
 AUTHZ_BODY = (
     '{username = "${clientid}", clientid = "${clientid}", topic = "${topic}", action = "${action}"}'
 )
-"""A PSK gateway sends no username: its client id (its uuid) stands for it."""
+"""A gateway's client id is its certificate's CN (its uuid): it stands for the gateway, whatever
+username the gateway sends."""
 
 MAX_PACKET_SIZE = f"{MAX_PACKET_BYTES // 1024}KB"
 """``mqtt.max_packet_size`` in EMQX's byte-size notation (its KB are 1024 bytes; the limit is a
@@ -154,16 +147,16 @@ class EmqxFiles:
         return self.directory / "emqx.conf"
 
     @property
-    def psk(self) -> Path:
-        return self.directory / "psk.txt"
+    def ca(self) -> Path:
+        return self.directory / "ca.pem"
 
     @property
-    def psk_sync_erl(self) -> Path:
-        return self.directory / "psk-sync.erl"
+    def server_cert(self) -> Path:
+        return self.directory / "server.pem"
 
     @property
-    def psk_sync_sh(self) -> Path:
-        return self.directory / "psk-sync.sh"
+    def server_key(self) -> Path:
+        return self.directory / "server.key"
 
     @property
     def token(self) -> Path:
@@ -274,8 +267,9 @@ def render_cluster(cluster: Cluster) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_conf(node: EmqxNode, cluster: Cluster, mqtt: MQTTSettings) -> str:
-    """The whole ``emqx.conf`` (HOCON) of one node."""
+def render_conf(node: EmqxNode, cluster: Cluster, mqtt: MQTTSettings, files: EmqxFiles) -> str:
+    """The whole ``emqx.conf`` (HOCON) of one node; the gateways' listener on
+    ``mqtt.gateway_port`` takes certificates only, reading the TLS files from ``files``."""
     hooks = node.hooks_url.rstrip("/")
     headers = f'{{"content-type" = "application/json", "mx-api-token" = {_q(node.token)}}}'
     dashboard_password = (
@@ -302,22 +296,25 @@ listeners.tcp.default {{
   zone = server
 }}
 
-# gateways: TLS-PSK (identity = device uuid); the handshake is their authentication. The keys
-# are in EMQX's PSK table, loaded by psk-sync.erl (not by init_file: EMQX takes a key's text
-# as its bytes, edgefleet's keys are hex).
+# gateways: X.509 client certificates from the edgefleet CA (no TLS-PSK: EMQX cannot bind a
+# PSK identity to the client id); the handshake is their authentication, the certificate's CN
+# (the device uuid) their client id
 listeners.ssl.default {{
   bind = {_q(f"{mqtt.gateway_host}:{mqtt.gateway_port}")}
+  zone = gateways
   enable_authn = false
   ssl_options {{
-    versions = ["tlsv1.2"]
-    ciphers = {_q_list(PSK_CIPHERS)}
+    versions = {_q_list(TLS_VERSIONS)}
+    cacertfile = {_q(str(files.ca.absolute()))}
+    certfile = {_q(str(files.server_cert.absolute()))}
+    keyfile = {_q(str(files.server_key.absolute()))}
+    verify = verify_peer
+    fail_if_no_peer_cert = true
   }}
 }}
 listeners.ws.default.enable = false
 listeners.wss.default.enable = false
-psk_authentication {{
-  enable = true
-}}
+zones.gateways.mqtt.peer_cert_as_clientid = cn
 
 # the protocol's limit (docs/protocol.md): a larger packet closes the connection
 mqtt.max_packet_size = {_q(MAX_PACKET_SIZE)}
@@ -342,10 +339,8 @@ authentication = [{{
 authorization {{
   no_match = deny
   deny_action = ignore
-  # a gateway's rights change only when it is deleted, and then psk-sync.erl closes its
-  # session (and the cache with it): connected gateways keep working through a short
-  # server outage
-  cache {{ enable = true, max_size = 32, ttl = 1h }}
+  # a gateway's rights change only when it is deleted: a minute later it may use no topic
+  cache {{ enable = true, max_size = 32, ttl = 1m }}
   sources = [{{
     type = http
     method = post
@@ -358,54 +353,8 @@ authorization {{
 """
 
 
-def _erl_string(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def render_psk_sync_erl(files: EmqxFiles) -> str:
-    """An Erlang script for ``emqx eval``: make EMQX's PSK table equal ``psk.txt``."""
-    return f"""%% Generated by `edgefleet broker-config emqx`. Run on any node of the cluster
-%% (the table is shared) with:  emqx eval '{{ok, R}} = file:script("{files.psk_sync_erl}"), R'
-%% EMQX uses a key's text as its bytes; edgefleet's keys are hex: decode them. Gateways whose
-%% key was removed or changed are disconnected.
-{{ok, Bin}} = file:read_file({_erl_string(str(files.psk))}),
-Wanted = maps:from_list(
-    [{{Id, binary:decode_hex(Hex)}}
-     || Line <- binary:split(Bin, <<"\\n">>, [global, trim_all]),
-        [Id, Hex] <- [binary:split(string:trim(Line), <<":">>)]]),
-Have = maps:from_list([{{Id, Key}} || {{psk_entry, Id, Key, _}} <- ets:tab2list(emqx_psk)]),
-Put = [E || {{Id, Key}} = E <- maps:to_list(Wanted), maps:get(Id, Have, none) =/= Key],
-Del = [Id || Id <- maps:keys(Have), not maps:is_key(Id, Wanted)],
-[ok = mria:dirty_write(emqx_psk, {{psk_entry, Id, Key, undefined}}) || {{Id, Key}} <- Put],
-[ok = mria:dirty_delete(emqx_psk, Id) || Id <- Del],
-Kick = Del ++ [Id || {{Id, _}} <- Put, maps:is_key(Id, Have)],
-[catch emqx_cm:kick_session(Id) || Id <- Kick],
-{{written, length(Put), deleted, length(Del), kicked, length(Kick), total, maps:size(Wanted)}}.
-"""
-
-
-def render_psk_sync_sh(files: EmqxFiles, hooks_url: str) -> str:
-    """Fetch the keys from the server and load them (run it on a timer, as user emqx)."""
-    d = shlex.quote(str(files.directory))
-    url = shlex.quote(hooks_url.rstrip("/") + "/psk-file")
-    erl = f'{{ok, R}} = file:script("{files.psk_sync_erl}"), R'
-    return f"""#!/bin/sh
-# Generated by `edgefleet broker-config emqx`: copies the server's gateway keys into EMQX's
-# PSK table. Run it every few seconds (a systemd timer, see docs/brokers.md) as the user EMQX
-# runs as; a gateway registered since the last run can connect after the next one.
-set -eu
-dir={d}
-umask 077
-# the token reaches curl on its standard input, never on a command line
-printf 'header = "mx-api-token: %s"\\n' "$(cat "$dir/broker.token")" |
-  curl -fsS --max-time 30 -K - -o "$dir/psk.txt.new" {url}
-mv "$dir/psk.txt.new" "$dir/psk.txt"
-exec "${{EMQX_BIN:-emqx}}" eval {shlex.quote(erl)}
-"""
-
-
-def _write(path: Path, text: str, mode: int = 0o600) -> None:
-    write_private(path, text, mode=mode, user=BROKER_USER)
+def _write(path: Path, text: str) -> None:
+    write_private(path, text, user=BROKER_USER)
 
 
 def existing_token(files: EmqxFiles) -> str:
@@ -431,9 +380,9 @@ def write_all(
     node: EmqxNode,
     cluster: Cluster,
     mqtt: MQTTSettings,
-    psk_entries: Sequence[tuple[str, str]],
+    tls: TlsMaterial,
 ) -> None:
-    """Write the configuration, the keys and the sync scripts (all private to the broker)."""
+    """Write the configuration and the TLS files (all private to the broker)."""
     if not node.token:
         _fail("--token-file", "the broker token is empty")
     check(node, cluster)
@@ -442,10 +391,10 @@ def write_all(
         ids = owner(BROKER_USER)
         if ids:
             os.chown(files.directory, *ids)
-    _write(files.conf, render_conf(node, cluster, mqtt))
+    _write(files.conf, render_conf(node, cluster, mqtt, files))
     _write(files.token, node.token + "\n")
     if node.dashboard_password:
         _write(files.dashboard_password, node.dashboard_password + "\n")
-    _write(files.psk, render_psk(psk_entries))
-    _write(files.psk_sync_erl, render_psk_sync_erl(files))
-    _write(files.psk_sync_sh, render_psk_sync_sh(files, node.hooks_url), mode=0o700)
+    _write(files.ca, tls.ca)
+    _write(files.server_cert, tls.cert)
+    _write(files.server_key, tls.key)

@@ -99,6 +99,12 @@ def _split(value: str | None) -> tuple[str, ...]:
 
 @app.command("emqx")
 def emqx_config(
+    x509: bool = typer.Option(
+        False,
+        "--x509",
+        help="Required: the gateways hold certificates from the server's CA (EMQX cannot bind "
+        "a TLS-PSK identity to the client id, so it is never configured for PSK).",
+    ),
     discovery: emqx.Discovery = typer.Option(
         ...,
         help="How nodes find each other: static (--seeds), dns (--dns-name), etcd "
@@ -145,9 +151,15 @@ def emqx_config(
     server_url: str = ServerUrlOption,
     token_file: Path = TokenFileOption,
     user: str = TokenUserOption,
-    gateway_host: str = typer.Option(None, help="TLS-PSK listener address (default: settings)."),
+    gateway_host: str = typer.Option(
+        None, help="The gateways' certificate listener address (default: settings)."
+    ),
     gateway_port: int = typer.Option(
-        None, min=1, max=65535, help="TLS-PSK listener port (default: settings, 8883)."
+        None,
+        min=1,
+        max=65535,
+        help="The gateways' certificate listener port (default: EDGEFLEET_MQTT__CERT_PORT, "
+        "else 8883).",
     ),
     server_host: str = typer.Option(
         None, help="The server's listener address (default: settings)."
@@ -161,8 +173,10 @@ def emqx_config(
     dashboard_bind: str = typer.Option("127.0.0.1:18083", help="EMQX's REST API and dashboard."),
 ) -> None:
     """Write emqx.conf for EMQX 5.8.x (the last Apache-2.0 line; 5.9+ is under the Business
-    Source License), the gateway keys and the script that loads them into EMQX (psk-sync.sh;
-    run it on a timer so new gateways connect without a restart). Nothing secret is printed."""
+    Source License) for a fleet of X.509 gateways (--x509; never TLS-PSK), with the CA, a
+    server certificate and its key. Nothing secret is printed."""
+    if not x509:
+        raise typer.BadParameter(emqx.PSK_REFUSAL, param_hint="--x509")
     _token_source(token_file, user)
     cookie = (
         cookie_file.read_text().strip()
@@ -181,7 +195,7 @@ def emqx_config(
             k: v
             for k, v in (
                 ("gateway_host", gateway_host),
-                ("gateway_port", gateway_port),
+                ("gateway_port", gateway_port or settings.mqtt.cert_port or None),
                 ("server_host", server_host),
                 ("server_port", server_port),
             )
@@ -218,14 +232,12 @@ def emqx_config(
             dashboard_bind=dashboard_bind,
             dashboard_password=emqx.dashboard_password(files),
         )
-        emqx.write_all(files, node, cluster, mqtt, await c.fleet.all_psks())
+        emqx.write_all(files, node, cluster, mqtt, await broker_tls(c.pki, mqtt))
 
     run(work)
     if user and file_token:
         typer.echo(f"kept the broker token already in {files.token}")
     typer.echo(f"wrote {files.conf} (install it as EMQX's emqx.conf, e.g. /etc/emqx/emqx.conf)")
-    typer.echo(f"wrote {files.psk}, {files.psk_sync_erl} and {files.psk_sync_sh}")
     typer.echo(
-        f"once EMQX runs, load the gateway keys with {files.psk_sync_sh} and run it every few "
-        "seconds (docs/brokers.md)"
+        f"wrote {files.ca}, {files.server_cert} and {files.server_key} (EMQX reads them there)"
     )
