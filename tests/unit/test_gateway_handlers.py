@@ -16,7 +16,7 @@ import pytest
 from edgefleet.agent.dispatch import Dispatcher
 from edgefleet.agent.handlers import configuration, firmware, jobs, system
 from edgefleet.agent.plugin import AgentContext
-from edgefleet.gateway.jobs import Background
+from edgefleet.gateway.jobs import Background, JobState
 from edgefleet.protocol.messages import RequestMessage, ResponseMessage
 from edgefleet.simulator.gateway import Behaviour, VirtualGateway
 from tests.gateways import eventually
@@ -204,7 +204,14 @@ async def test_a_firmware_upgrade_reports_alike_then_reboots(
     assert a.data == {"status": "accepted", "delay": 0.0, "url": ref["url"]}
 
     async def rebooted() -> bool:
-        return all(h.reported("/system/reboot") for h in hosts)
+        # the REBOOTING report goes out while the job still runs (the reboot's effects and
+        # the job's end follow it): wait for the job to have ended on both
+        return all(
+            h.reported("/system/reboot")
+            and h.background.state("fw") is not JobState.RUNNING
+            and h.background.state("fw") is not JobState.COMMITTED
+            for h in hosts
+        )
 
     await eventually(rebooted)
     digest = hashlib.sha256(IMAGE).hexdigest()
