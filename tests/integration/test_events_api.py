@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 from typer.testing import CliRunner
 
 from edgefleet.api.routes import events as events_routes
@@ -700,6 +700,28 @@ async def test_an_event_committed_late_below_the_highest_id_still_comes_once(
         [sentinel] = await store(container, ev(text="sentinel"))
         frames = await stream.events_until(sentinel.id)
     assert [f.data["id"] for f in frames if f.data] == [after.id, sentinel.id]
+
+
+@pytest.mark.postgresql_only  # PostgreSQL's json type keeps what SQLite's text would not
+async def test_a_stored_event_with_a_lone_surrogate_or_an_overflowing_number_is_streamed_whole(
+    served: str, container: Container, writer: Caller
+) -> None:
+    """Stored before the input rules (or by hand): a lone surrogate escape and a number too
+    large for a double read back as a lone surrogate and an infinity; the stream still sends
+    the event, as valid UTF-8 JSON, and the events after it."""
+    [odd] = await store(container, ev(text="odd"))
+    async with container.db.session() as s:
+        await s.execute(
+            text("UPDATE events SET data = CAST(:doc AS json) WHERE id = :id"),
+            {"id": odd.id, "doc": '{"name": "gw\\ud800", "load": 1e400}'},
+        )
+    [after] = await store(container, ev(text="after"))
+    async with sse(served, writer.headers, {"after": str(odd.id - 1)}) as stream:
+        first = await stream.event()
+        assert first.data is not None and first.data["id"] == odd.id
+        assert first.data["data"] == {"name": "gw\ufffd", "load": None}
+        second = await stream.event()
+        assert second.data is not None and second.data["id"] == after.id
 
 
 async def test_a_slow_stream_is_ended_and_the_others_go_on(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
@@ -20,7 +19,7 @@ from edgefleet.api.deps import (
     credential_holds,
 )
 from edgefleet.api.inputs import Int64
-from edgefleet.api.responses import reply
+from edgefleet.api.responses import json_bytes, reply
 from edgefleet.api.responses.events import Changed, EventList, EventPublic, EventSummaryPublic
 from edgefleet.api.responses.service import TEXT
 from edgefleet.api.schemas import EventIds
@@ -199,9 +198,10 @@ async def _frames(
             parts = []
             for e in batch:
                 last = max(last, e.id)
-                data = json.dumps(event_public(e), separators=(",", ":"), ensure_ascii=False)
-                parts.append(f"id: {last}\nevent: {e.type}\ndata: {data}\n\n")
-            yield "".join(parts).encode()
+                kind = e.type.encode("utf-8", "replace")
+                data = json_bytes(event_public(e))
+                parts.append(b"id: %d\nevent: %s\ndata: %s\n\n" % (last, kind, data))
+            yield b"".join(parts)
 
 
 @router.get("/events/{id}", name="events.get", response_model=EventPublic)
