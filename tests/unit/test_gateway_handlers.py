@@ -8,16 +8,19 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import aiomqtt
 import httpx
 import pytest
 
+from edgefleet.agent.core import Agent
 from edgefleet.agent.dispatch import Dispatcher
 from edgefleet.agent.handlers import configuration, firmware, jobs, system
 from edgefleet.agent.plugin import AgentContext
+from edgefleet.gateway.handlers import REBOOT
 from edgefleet.gateway.jobs import Background, JobState
-from edgefleet.protocol.messages import RequestMessage, ResponseMessage
+from edgefleet.protocol.messages import RequestMessage, ResponseMessage, decode_client
 from edgefleet.simulator.gateway import Behaviour, VirtualGateway
 from tests.gateways import eventually
 from tests.unit.test_agent_support import TOKEN, FileServer, agent_config, serve_files
@@ -147,6 +150,25 @@ def same(a: ResponseMessage, b: ResponseMessage) -> None:
         ("put", "/system/import", {"file": {"url": "http://127.0.0.1:9/c.tgz"}}, 400),
         ("put", "/system/import", {"file": {"url": "http://127.0.0.1:9/c"}, "scopes": []}, 200),
         ("delete", "/system/tasks/nobody", None, 404),
+        # what a hostile server could send: no route reached around the table, no crash
+        ("GET", "/system/properties/modelName", None, 200),
+        ("Delete", "/system/tasks/nobody", None, 404),
+        ("get", "/system/../system/properties", None, 404),
+        ("get", "/system/properties/..", None, 404),
+        ("get", "/system/properties/%2e%2e%2F%2e%2e%2Fetc%2Fpasswd", None, 404),
+        ("get", "/system/properties/modelName%00", None, 404),
+        ("get", "/system/properties/%ZZ", None, 404),
+        ("get", "/system/%70roperties/modelName", None, 200),
+        ("get", "/system/properties/__class__", None, 404),
+        ("post", "/system/reboot", [1, 2], 400),
+        ("post", "/system/reboot", "now", 400),
+        ("post", "/system/reboot", {"delay": 10**30}, 400),
+        ("post", "/system/firmware", {"file": "http://127.0.0.1:9/fw.img"}, 400),
+        ("post", "/system/firmware", {"file": {"url": "http://h/f", "size": -1}}, 400),
+        ("post", "/system/firmware", {"file": {"url": "http://h/f", "headers": {"a": 1}}}, 400),
+        ("put", "/system/import", {"file": {"url": "http://h/c"}, "scopes": "all"}, 400),
+        ("delete", "/system/tasks/" + "9" * 2000, None, 404),
+        ("delete", "/system/tasks/..%2F..", None, 404),
     ],
 )
 async def test_a_request_gets_the_same_answer_from_the_agent_and_the_simulator(
@@ -233,3 +255,76 @@ async def test_a_firmware_upgrade_reports_alike_then_reboots(
     b = await simulated.call("delete", "/system/tasks/fw", task_id="c")
     same(a, b)
     assert (a.code, a.data) == (409, {"message": "already finished"})
+
+
+class Publisher:
+    """Stands in for a simulated gateway's MQTT client: keeps what it publishes."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+
+    async def publish(self, topic: str, payload: bytes, qos: int = 0) -> None:
+        self.sent.append((topic, payload))
+
+
+DEEP = "[" * 40 + "]" * 40
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        ('{"delay": 1' + "0" * 30 + "}", "64 bits"),
+        ('{"delay": 1e999}', "finite"),
+        ('{"name": "a\\u0000b"}', "NUL"),
+        ('{"name": "\\ud800"}', "surrogate"),
+        (DEEP, "deeper"),
+    ],
+)
+async def test_an_unreadable_request_naming_its_task_is_answered_400_alike(
+    tmp_path: Path, data: str, reason: str
+) -> None:
+    """A hostile (or broken) server's request whose data no gateway may take: both hosts
+    answer its task_id 400, saying why, rather than leave the task waiting out its timeout,
+    and start nothing."""
+    head = '{"task_id": "t-1", "method": "POST", "resource": "/system/reboot", "data": '
+    payload = (head + data + "}").encode()
+    agent = Agent(agent_config(tmp_path))
+    await agent._handle(payload)
+    gw = RecordingGateway(uuid=agent.uuid, psk="00" * 16, host="127.0.0.1", port=9)
+    client = Publisher()
+    await gw._answer(cast(aiomqtt.Client, client), payload)
+    answers: list[ResponseMessage] = []
+    for _, sent in [*agent._outbox, *client.sent]:
+        message = decode_client(sent)
+        assert isinstance(message, ResponseMessage)
+        answers.append(message)
+    assert len(answers) == 2
+    for answer in answers:
+        assert (answer.task_id, answer.method, answer.resource) == ("t-1", "post", REBOOT)
+        assert answer.code == 400 and reason in answer.data["message"]
+    assert [a.sign for a in answers] == [["edgefleet-agent"], ["simulator"]]
+    assert agent.background.running == gw.background.running == 0
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"not json",
+        b'["t-1"]',
+        b'{"method": "post", "resource": "/system/reboot"}',
+        b'{"task_id": "", "method": "post", "resource": "/system/reboot"}',
+        b'{"task_id": "t-1", "method": "patch", "resource": "/system/reboot"}',
+        b'{"task_id": "t-1", "method": "post", "resource": "system/reboot"}',
+        b'{"task_id": "t\\u0000", "method": "post", "resource": "/system/reboot"}',
+        b'{"task_id": "' + b"t" * 129 + b'", "method": "post", "resource": "/"}',
+    ],
+)
+async def test_an_unreadable_request_with_nothing_to_echo_is_not_answered(
+    tmp_path: Path, payload: bytes
+) -> None:
+    agent = Agent(agent_config(tmp_path))
+    await agent._handle(payload)
+    gw = RecordingGateway(uuid=agent.uuid, psk="00" * 16, host="127.0.0.1", port=9)
+    client = Publisher()
+    await gw._answer(cast(aiomqtt.Client, client), payload)
+    assert list(agent._outbox) == client.sent == []

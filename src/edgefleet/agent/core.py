@@ -24,10 +24,11 @@ import aiomqtt
 import httpx
 
 from edgefleet.agent.config import AgentConfig
-from edgefleet.agent.dispatch import Dispatcher, Outcome, load_plugins
+from edgefleet.agent.dispatch import SIGN, Dispatcher, Outcome, load_plugins
 from edgefleet.agent.plugin import ENTRY_POINT_GROUP, AgentContext, Background, Job, Route
 from edgefleet.agent.state import TaskStore
 from edgefleet.errors import MessageError
+from edgefleet.gateway.routing import refusal
 from edgefleet.protocol import topics
 from edgefleet.protocol.messages import (
     MAX_MESSAGE_BYTES,
@@ -251,6 +252,9 @@ class Agent:
             request = decode_request(payload)
         except MessageError as exc:
             log.warning("rejected request: %s", exc.message)
+            refused = refusal(payload, exc.message, SIGN, self.rng)
+            if refused is not None:
+                await self._send(self._topic(topics.Channel.CLIENT), encode_response(refused))
             return
         response, outcome = await self.execute(request)
         # the jobs are known (and cancellable by task_id) from now on, but start only once the

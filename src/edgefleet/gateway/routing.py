@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from edgefleet.protocol.messages import RequestMessage, ResponseMessage
+from edgefleet.protocol.messages import RequestMessage, ResponseMessage, request_echo
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,15 @@ def respond(
         id=rng.randrange(MESSAGE_IDS),
         sign=list(sign),
     )
+
+
+def refusal(
+    payload: bytes, reason: str, sign: Sequence[str], rng: random.Random
+) -> ResponseMessage | None:
+    """The 400 answer to a request that could not be read (``reason`` says why), when it names
+    a task_id, method and resource to echo; None when it does not (see ``request_echo``)."""
+    echo = request_echo(payload)
+    return None if echo is None else respond(echo, 400, {"message": reason}, sign, rng)
 
 
 def request_of(message: RequestMessage) -> Request:

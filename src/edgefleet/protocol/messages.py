@@ -205,6 +205,30 @@ def decode_request(payload: bytes) -> RequestMessage:
         raise MessageError(f"bad request message: {_explain(exc)}", INVALID) from None
 
 
+def request_echo(payload: bytes) -> RequestMessage | None:
+    """What the answer to an unreadable request echoes (its task_id, method and resource, with
+    no data), when the request names them readably: a gateway answers it 400 rather than leave
+    the server waiting out its timeout. None when they cannot be read (nobody to answer)."""
+    if len(payload) > MAX_MESSAGE_BYTES:
+        return None
+    try:  # numbers and constants are not echoed: any will do, however odd
+        doc = json.loads(payload, parse_int=_zero, parse_float=_zero, parse_constant=_zero)
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, nested too deep
+        return None
+    if not isinstance(doc, dict):
+        return None
+    echo = {k: doc[k] for k in ("task_id", "method", "resource") if k in doc}
+    try:
+        _check_tree(echo)
+        return RequestMessage.model_validate(echo)
+    except (MessageError, ValidationError):
+        return None
+
+
+def _zero(_: str) -> int:
+    return 0
+
+
 def decode_client(payload: bytes) -> ClientMessage:
     """A message from a gateway's ``client`` topic: a response if it has a ``task_id``."""
     doc = _load(payload)

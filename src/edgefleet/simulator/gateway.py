@@ -44,6 +44,7 @@ from edgefleet.gateway.routing import (
     Reply,
     Request,
     Router,
+    refusal,
     respond,
 )
 from edgefleet.protocol import topics
@@ -338,6 +339,11 @@ class VirtualGateway:
             request = decode_request(payload)
         except MessageError as exc:
             log.warning("gateway %s: rejected request: %s", self.uuid, exc.message)
+            refused = refusal(payload, exc.message, SIGN, self.rng)
+            if refused is not None:
+                await client.publish(
+                    self._topic(topics.Channel.CLIENT), encode_response(refused), qos=1
+                )
             return
         self.requests += 1
         response = self._answers.get(request.task_id)
