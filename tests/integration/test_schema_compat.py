@@ -199,3 +199,35 @@ async def test_this_code_refuses_a_schema_that_contracted_past_it(url: str, tmp_
     code, out = await migrate_cli(url)
     assert code == 2
     assert "made by a newer edgefleet" in out
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        "INSERT INTO alembic_version (version_num) VALUES ('ffff0000')",  # two revisions
+        "DELETE FROM alembic_version",  # the tables, no revision
+    ],
+)
+async def test_a_schema_whose_revision_cannot_be_told_is_refused_saying_so(
+    url: str, tmp_path: Path, edit: str
+) -> None:
+    """alembic_version edited by hand (or a half-restored dump): `migrate` would run the first
+    migration again over the tables (or stop on Alembic's own error), `serve --no-migrate`
+    would stop on it; both refuse, saying what the record holds."""
+    engine = make_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(edit))
+        assert (await schema_state(engine)).verdict is Verdict.UNRECORDED
+    finally:
+        await engine.dispose()
+    container = build(settings_for(tmp_path, url))
+    try:
+        for migrate in (False, True):
+            with pytest.raises(StorageError, match="so which schema it has cannot be told"):
+                await prepare_schema(container, migrate=migrate)
+    finally:
+        await container.close()
+    code, out = await migrate_cli(url)
+    assert code == 2, out
+    assert "alembic_version, so which schema it has cannot be told" in out

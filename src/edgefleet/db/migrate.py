@@ -30,6 +30,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from edgefleet.errors import StorageError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+_OUR_TABLE = "devices"
+"""Made by the first migration: a database holding it holds edgefleet's schema."""
 
 
 def alembic_config(url: str) -> Config:
@@ -45,6 +47,9 @@ def upgrade(url: str, revision: str = "head") -> SchemaState | None:
 
     A schema newer than this code is left as it is when it runs with this code (a rollback's
     ``edgefleet migrate`` is then a no-op), and refused with the reason when it does not."""
+    unknown = asyncio.run(_state_of_url(url))
+    if unknown.verdict is Verdict.UNRECORDED:
+        raise StorageError(unknown.explain())
     try:
         command.upgrade(alembic_config(url), revision)
     except CommandError as exc:
@@ -80,6 +85,10 @@ class Verdict(StrEnum):
     """Made by a newer release whose migrations declare this code still runs on it."""
     AHEAD_INCOMPATIBLE = "ahead-incompatible"
     """Made by a newer release that contracted (or does not say): this code must not run."""
+    UNRECORDED = "unrecorded"
+    """Which schema it is cannot be told: edgefleet's tables with no revision recorded, or
+    several revisions recorded (``alembic_version`` emptied or edited by hand): neither run
+    nor migrate (the migrations would run again over the tables, or stop half way)."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +118,17 @@ class SchemaState:
                 f"this edgefleet is at {self.head}: run the newer release (or restore a "
                 "backup made by this one)"
             )
+        if self.verdict is Verdict.UNRECORDED:
+            what = (
+                f"records several revisions ({have})"
+                if self.current
+                else "holds edgefleet's tables but records no revision"
+            )
+            return (
+                f"the database {what} in alembic_version, so which schema it has cannot be "
+                f"told (this edgefleet is at {self.head}); restore a backup, or record the "
+                "schema's one revision in alembic_version"
+            )
         return f"database schema is at {have}, as this edgefleet needs"
 
 
@@ -128,7 +148,12 @@ def judge(current: str | None, oldest_code: str | None) -> SchemaState:
 
 
 def _read_state(conn: Connection) -> SchemaState:
-    current = MigrationContext.configure(conn).get_current_revision()
+    heads = MigrationContext.configure(conn).get_current_heads()
+    if len(heads) > 1:
+        return SchemaState(", ".join(heads), head_revision(), Verdict.UNRECORDED)
+    current = heads[0] if heads else None
+    if current is None and _OUR_TABLE in sa.inspect(conn).get_table_names():
+        return SchemaState(None, head_revision(), Verdict.UNRECORDED)
     oldest: str | None = None
     if current is not None and current != head_revision():
         try:
