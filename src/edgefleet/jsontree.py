@@ -13,6 +13,7 @@ a problem keeps no paths; the path is only worked out for a document already ref
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,16 @@ class Problem:
     text: str
     path: Path = ()
     """Where, from the root: keys and indexes (a key's own problem is at its object's path)."""
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def without_surrogates(value: str) -> str:
+    """``value`` with each lone surrogate (no UTF-8 encoder takes one) made U+FFFD, as a UTF-8
+    decoder does with a broken sequence: for writing out text stored before these rules (a
+    PostgreSQL ``json`` value keeps one as an escape)."""
+    return _SURROGATE.sub("\ufffd", value)
 
 
 def text_problem(value: str) -> Problem | None:

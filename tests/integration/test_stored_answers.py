@@ -76,3 +76,20 @@ async def test_a_number_too_large_for_a_double_is_answered_null_and_a_huge_integ
     )
     for props in await answers(client, writer, uuid):
         assert (props["uptime"], props["load"], props["count"]) == (None, None, int(huge))
+
+
+async def test_a_lone_surrogate_in_stored_properties_is_shown_on_the_console_device_page(
+    client: httpx.AsyncClient, writer: Caller, container: Container
+) -> None:
+    uuid = await stored_device(
+        client, writer, container, '{"hostname": "gw\\ud800", "nested": {"a": "\\ud800"}}'
+    )
+    r = await client.post(
+        "/api/v1/auth/login", json={"email": writer.email, "password": writer.password}
+    )
+    assert r.status_code == 200, r.text
+    for page in (f"/console/devices/{uuid}", f"/console/fragments/devices/{uuid}"):
+        r = await client.get(page)
+        assert r.status_code == 200, (page, r.text[:300])
+        text = r.content.decode("utf-8")
+        assert "gw\ufffd" in text

@@ -38,14 +38,27 @@ from edgefleet.domain.events import AlarmState
 from edgefleet.domain.query import parse
 from edgefleet.domain.tasks import TASK_OPEN, TaskKind
 from edgefleet.errors import EdgefleetError
+from edgefleet.jsontree import without_surrogates
 from edgefleet.web import i18n
 from edgefleet.web.i18n import gettext
 
 HERE = Path(__file__).parent
+
+
+def _printable(value: Any) -> Any:
+    """Every ``{{ }}`` value as it is, but text with a lone surrogate (a stored JSON value of
+    before the input rules, a gateway's property): U+FFFD in its place, so the page can be
+    encoded (else a 500 for the whole page)."""
+    if isinstance(value, str) and (cleaned := without_surrogates(value)) != value:
+        return type(value)(cleaned)  # Markup stays Markup: not escaped twice
+    return value
+
+
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(HERE / "templates"),
     autoescape=True,
     extensions=["jinja2.ext.i18n"],
+    finalize=_printable,
 )
 _env.install_gettext_callables(  # type: ignore[attr-defined]  # added by the i18n extension
     i18n.gettext, i18n.ngettext, newstyle=True

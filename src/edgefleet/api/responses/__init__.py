@@ -13,12 +13,13 @@ match the official spec where it agrees with itself (``tests/contract/test_respo
 
 from __future__ import annotations
 
-import re
 from typing import Any, Generic, TypeVar
 
 from fastapi import Response
 from pydantic import BaseModel, ConfigDict
 from pydantic_core import PydanticSerializationError, to_json
+
+from edgefleet.jsontree import without_surrogates
 
 
 class Answer(BaseModel):
@@ -49,9 +50,6 @@ def reply(content: Any, status_code: int = 200) -> Response:
     return Response(json_bytes(content), status_code=status_code, media_type="application/json")
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
 def json_bytes(content: Any) -> bytes:
     """``content`` as compact UTF-8 JSON, whatever a stored document holds: NaN and infinities
     (a number too large for a double in PostgreSQL's ``json`` reads back as one) are written
@@ -66,7 +64,7 @@ def json_bytes(content: Any) -> bytes:
 
 def _scrubbed(value: Any) -> Any:
     if isinstance(value, str):
-        return _SURROGATE.sub("\ufffd", value)
+        return without_surrogates(value)
     if isinstance(value, dict):
         return {_scrubbed(k): _scrubbed(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
