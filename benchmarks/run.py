@@ -6,6 +6,7 @@ import asyncio
 import signal
 
 from benchmarks import (
+    bench_api_cpu,
     bench_broker,
     bench_devices,
     bench_events,
@@ -19,6 +20,7 @@ def main() -> None:
     # a SIGTERM unwinds like Ctrl-C, so servers and simulators are stopped
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     asyncio.run(bench_devices.main())
+    asyncio.run(bench_api_cpu.main())
     asyncio.run(bench_keys.main())
     asyncio.run(bench_roundtrip.main())
     asyncio.run(bench_broker.main())

@@ -1,0 +1,114 @@
+"""Server CPU per ``GET /api/v1/devices`` request, beside a minimal FastAPI endpoint on the same
+stack in the same run (issue 19).
+
+In one process: the application (``edgefleet.asgi.create_app``, every middleware) driven by
+httpx's ASGI transport, sequential requests, CPU time (``time.process_time``) per request.
+The baseline is a route that returns a constant answer, added to the same application (the
+same middlewares, the same transport, the same token check), so the ratio is what the device
+list costs beyond the framework. The process's CPU includes the client's share (httpx, the
+transport) and the database driver's, not PostgreSQL's. Two databases: one device, and
+``BENCH_DEVICES`` (100,000) seeded by COPY; PostgreSQL (``EDGEFLEET_BENCH_PG``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from fastapi import Response
+
+from benchmarks.bench_devices import SECRET, seed
+from benchmarks.common import api_token, fresh_database, report
+from edgefleet.asgi import create_app
+from edgefleet.bootstrap import build
+from edgefleet.db.migrate import upgrade_async
+from edgefleet.domain.auth import Scope
+from edgefleet.settings import Settings
+
+DEVICES = int(os.environ.get("BENCH_DEVICES", "100000"))
+REQUESTS = int(os.environ.get("BENCH_REQUESTS", "2000"))
+WARMUP = 200
+
+
+async def cpu_per_request(client: httpx.AsyncClient, path: str, headers: dict[str, str]) -> float:
+    """CPU milliseconds per sequential request of ``path``, after a warm-up."""
+    for _ in range(WARMUP):
+        r = await client.get(path, headers=headers)
+        assert r.status_code == 200, r.text
+    t0 = time.process_time()
+    for _ in range(REQUESTS):
+        await client.get(path, headers=headers)
+    return (time.process_time() - t0) / REQUESTS * 1000
+
+
+async def measure(url: str, devices: int, tmp: Path) -> list[dict[str, object]]:
+    token = await api_token(url, tmp, SECRET, Scope.READ)
+    container = build(Settings(database_url=url, data_dir=tmp, secret_key=SECRET))
+    app = create_app(container)
+
+    async def minimal() -> Response:
+        return Response(b'{"ok":true}', media_type="application/json")
+
+    app.add_api_route("/api/v1/_bench_minimal", minimal)
+    h = {"mx-api-token": token}
+    rows: list[dict[str, object]] = []
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+            base = await cpu_per_request(client, "/api/v1/_bench_minimal", h)
+            for label, path in [
+                ("first page", "/api/v1/devices"),
+                ("page 50, offset 1000", "/api/v1/devices?limit=50&offset=1000"),
+            ]:
+                if devices < 1000 and "offset" in path:
+                    continue
+                ms = await cpu_per_request(client, path, h)
+                rows.append(
+                    {
+                        "devices": devices,
+                        "request": label,
+                        "cpu_ms": round(ms, 3),
+                        "req_per_cpu_s": round(1000 / ms),
+                        "minimal_cpu_ms": round(base, 3),
+                        "ratio": round(ms / base, 2),
+                    }
+                )
+    finally:
+        await container.close()
+    return rows
+
+
+def head_commit() -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+
+
+async def main() -> None:
+    rows: list[dict[str, object]] = []
+    for n in (1, DEVICES):
+        url = await fresh_database(f"edgefleet_bench_cpu_{n}")
+        await upgrade_async(url)
+        await seed(url, n)
+        with tempfile.TemporaryDirectory() as tmp:
+            rows += await measure(url, n, Path(tmp))
+    report(
+        "api_cpu",
+        rows,
+        {
+            "command": "python -m benchmarks.bench_api_cpu",
+            "commit": head_commit(),
+            "machine": f"{platform.node()} {os.cpu_count()} cpus {platform.python_version()}",
+            "requests": REQUESTS,
+        },
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
