@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgefleet.db.tables import Device
 from edgefleet.presenters.times import compat_time
-from edgefleet.services.fleet import DeviceView
+from edgefleet.services.fleet import DeviceRecord, DeviceView, ListedDevice
 
 
 def device_public(view: DeviceView) -> dict[str, Any]:
-    d: Device = view.device
+    return device_fields(view.device, view.tags)
+
+
+def listed_device(item: ListedDevice) -> dict[str, Any]:
+    return device_fields(item.record, item.tags)
+
+
+def device_fields(d: DeviceRecord, tags: list[str]) -> dict[str, Any]:
     properties: dict[str, Any] = {}
     if d.properties:
         properties = {
@@ -34,6 +40,6 @@ def device_public(view: DeviceView) -> dict[str, Any]:
         },
         "properties": properties,
         "groupId": d.group_id,
-        "tags": view.tags,
+        "tags": tags,
         "attributes": d.attributes or {},
     }

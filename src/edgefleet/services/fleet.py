@@ -6,11 +6,12 @@ import logging
 import uuid as uuidlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import Any, Protocol
 
 from edgefleet.clock import Clock, utcnow
 from edgefleet.db.engine import Database
-from edgefleet.db.repos.devices import DeviceRepo, device_presence
+from edgefleet.db.repos.devices import DeviceListReads, DeviceRepo, device_presence
 from edgefleet.db.repos.groups import GroupRepo
 from edgefleet.db.repos.keys import KeyChangeRepo
 from edgefleet.db.tables import Device, Execution, Group, Task
@@ -49,6 +50,54 @@ class Registration:
 class DeviceView:
     device: Device
     tags: list[str]
+
+
+class DeviceRecord(Protocol):
+    """What the device list shows of a device: a ``Device``, or a row of the list's columns
+    (``db/repos/devices.py`` ``LIST_COLUMNS``)."""
+
+    @property
+    def uuid(self) -> str: ...
+    @property
+    def display_name(self) -> str: ...
+    @property
+    def description(self) -> str: ...
+    @property
+    def mac(self) -> str: ...
+    @property
+    def serial_number(self) -> str: ...
+    @property
+    def icc_id(self) -> str: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def updated_at(self) -> datetime: ...
+    @property
+    def connection_status(self) -> str: ...
+    @property
+    def connection_changed_at(self) -> datetime: ...
+    @property
+    def properties(self) -> dict[str, Any]: ...
+    @property
+    def properties_updated_at(self) -> datetime | None: ...
+    @property
+    def group_id(self) -> int | None: ...
+    @property
+    def attributes(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class ListedDevice:
+    record: DeviceRecord
+    tags: list[str]
+
+
+@dataclass(frozen=True)
+class DeviceRows:
+    """A page of the device list as the API shows it (``FleetService.device_rows``)."""
+
+    total: int
+    items: list[ListedDevice]
 
 
 @dataclass(frozen=True)
@@ -220,6 +269,17 @@ class FleetService:
             total, rows = await repo.page(f, offset=offset, limit=limit, order=order)
             tags = await repo.tags_of([d.uuid for d in rows])
         return DevicePage(total, [DeviceView(d, tags.get(d.uuid, [])) for d in rows])
+
+    async def device_rows(
+        self, f: DeviceFilter, *, offset: int, limit: int, order: DeviceOrder = DeviceOrder()
+    ) -> DeviceRows:
+        """``list_devices`` for the API's list: the list's columns as rows, read outside a
+        transaction (two statements, three with the count, no BEGIN or COMMIT)."""
+        async with self.db.autocommit() as conn:
+            reads = DeviceListReads(conn)
+            total, rows = await reads.page(f, offset=offset, limit=limit, order=order, total=None)
+            tags = await reads.tags_of([r.uuid for r in rows])
+        return DeviceRows(total, [ListedDevice(r, tags.get(r.uuid, [])) for r in rows])
 
     async def breakdown(self) -> dict[str, list[tuple[str, int]]]:
         """Gateways by connection status, by model and by firmware version."""

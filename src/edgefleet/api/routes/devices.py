@@ -24,7 +24,7 @@ from edgefleet.domain.devices import ConnectionStatus, mac_key, parse_sort
 from edgefleet.domain.limits import INT64_MAX
 from edgefleet.domain.query import parse
 from edgefleet.errors import ValidationError
-from edgefleet.presenters.devices import device_public
+from edgefleet.presenters.devices import device_public, listed_device
 from edgefleet.services.fleet import Registration, Selection
 
 router = APIRouter(prefix="/api/v1", tags=["devices"], route_class=CompatRoute)
@@ -106,7 +106,7 @@ async def list_devices(
         group_id=groupId,
         query=parse(q) if q else None,
     )
-    page = await c.fleet.list_devices(
+    page = await c.fleet.device_rows(
         f, offset=offset, limit=limit, order=DeviceOrder(key, descending)
     )
     return reply(
@@ -114,7 +114,7 @@ async def list_devices(
             "count": page.total,
             "limit": limit,
             "offset": offset,
-            "data": [device_public(v) for v in page.items],
+            "data": [listed_device(v) for v in page.items],
         }
     )
 

@@ -201,57 +201,7 @@ class DeviceRepo:
     async def page(
         self, f: DeviceFilter, *, offset: int, limit: int, order: DeviceOrder = DeviceOrder()
     ) -> tuple[int, list[Device]]:
-        cond = _conditions(f)
-        if order.key == "group":
-            return await self._page_by_group(cond, offset, limit, order.descending)
-        total = await self.s.scalar(select(func.count()).select_from(Device).where(*cond))
-        stmt = select(Device).where(*cond)
-        rows = await self.s.scalars(
-            stmt.order_by(*order_clauses(order)).offset(offset).limit(limit)
-        )
-        return int(total or 0), list(rows)
-
-    async def _page_by_group(
-        self, cond: list[ColumnElement[bool]], offset: int, limit: int, descending: bool
-    ) -> tuple[int, list[Device]]:
-        """The list sorted by group name (ties by uuid), gateways without a group last, as
-        ``order_clauses(DeviceOrder("group"))`` orders it, without a join that sorts the fleet:
-        the members counted per group, the groups put in order by the database (its
-        collation; groups are few beside their members), the groups before the page skipped
-        whole, and the page read group by group from the index on (group_id, uuid)."""
-        counts: dict[int | None, int] = {
-            gid: int(n)
-            for gid, n in await self.s.execute(
-                select(Device.group_id, func.count()).where(*cond).group_by(Device.group_id)
-            )
-        }
-        total = sum(counts.values())
-        name = Group.name.desc() if descending else Group.name.asc()
-        ordered: list[int | None] = [
-            g for g in await self.s.scalars(select(Group.id).order_by(name)) if g in counts
-        ]
-        if None in counts:
-            ordered.append(None)
-        uuid_order = Device.uuid.desc() if descending else Device.uuid.asc()
-        out: list[Device] = []
-        skip = offset
-        for gid in ordered:
-            if len(out) >= limit:
-                break
-            n = counts.get(gid, 0)
-            if skip >= n:
-                skip -= n
-                continue
-            member = Device.group_id.is_(None) if gid is None else Device.group_id == gid
-            out += await self.s.scalars(
-                select(Device)
-                .where(*cond, member)
-                .order_by(uuid_order)
-                .offset(skip)
-                .limit(limit - len(out))
-            )
-            skip = 0
-        return total, out
+        return await _page(self.s, None, f, offset=offset, limit=limit, order=order)
 
     async def matching(self, uuids: Sequence[str], query: Node) -> set[str]:
         """Those of ``uuids`` that exist and match ``query`` now."""
@@ -328,16 +278,7 @@ class DeviceRepo:
         return deleted
 
     async def tags_of(self, uuids: Sequence[str]) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = defaultdict(list)
-        if uuids:
-            rows = await self.s.execute(
-                select(DeviceTag.device_uuid, DeviceTag.tag)
-                .where(DeviceTag.device_uuid.in_(uuids))
-                .order_by(DeviceTag.tag)
-            )
-            for uuid, tag in rows:
-                out[uuid].append(tag)
-        return out
+        return await _tags_of(self.s, uuids)
 
     async def set_tags(self, uuid: str, tags: Iterable[str]) -> None:
         await self.s.execute(delete(DeviceTag).where(DeviceTag.device_uuid == uuid))
@@ -495,3 +436,139 @@ async def device_presence(
         )
     ).first()
     return None if row is None else (str(row[0]), row[1])
+
+
+LIST_COLUMNS: tuple[Any, ...] = (
+    Device.uuid,
+    Device.display_name,
+    Device.description,
+    Device.mac,
+    Device.serial_number,
+    Device.icc_id,
+    Device.created_at,
+    Device.updated_at,
+    Device.connection_status,
+    Device.connection_changed_at,
+    Device.properties,
+    Device.properties_updated_at,
+    Device.group_id,
+    Device.attributes,
+)
+"""What the device list shows of a device (``presenters/devices.py``): read as Core rows,
+each column under its ``Device`` attribute's name."""
+
+Reader = AsyncSession | AsyncConnection
+
+
+async def _fetch(db: Reader, stmt: Any, columns: Sequence[Any] | None) -> list[Any]:
+    result = await db.execute(stmt)
+    return list(result.scalars() if columns is None else result)
+
+
+async def _page(
+    db: Reader,
+    columns: Sequence[Any] | None,
+    f: DeviceFilter,
+    *,
+    offset: int,
+    limit: int,
+    order: DeviceOrder,
+    total: int | None = None,
+) -> tuple[int, list[Any]]:
+    """A page of devices in ``order`` and the number matching ``f`` (``total`` when the caller
+    knows it): ``Device`` objects, or rows of ``columns``."""
+    what = (Device,) if columns is None else tuple(columns)
+    cond = _conditions(f)
+    if order.key == "group":
+        return await _page_by_group(db, what, columns, cond, offset, limit, order.descending)
+    if total is None:
+        total = int(await db.scalar(select(func.count()).select_from(Device).where(*cond)) or 0)
+    stmt = select(*what).where(*cond).order_by(*order_clauses(order)).offset(offset).limit(limit)
+    return total, await _fetch(db, stmt, columns)
+
+
+async def _page_by_group(
+    db: Reader,
+    what: tuple[Any, ...],
+    columns: Sequence[Any] | None,
+    cond: list[ColumnElement[bool]],
+    offset: int,
+    limit: int,
+    descending: bool,
+) -> tuple[int, list[Any]]:
+    """The list sorted by group name (ties by uuid), gateways without a group last, as
+    ``order_clauses(DeviceOrder("group"))`` orders it, without a join that sorts the fleet:
+    the members counted per group, the groups put in order by the database (its
+    collation; groups are few beside their members), the groups before the page skipped
+    whole, and the page read group by group from the index on (group_id, uuid)."""
+    counts: dict[int | None, int] = {
+        gid: int(n)
+        for gid, n in await db.execute(
+            select(Device.group_id, func.count()).where(*cond).group_by(Device.group_id)
+        )
+    }
+    total = sum(counts.values())
+    name = Group.name.desc() if descending else Group.name.asc()
+    ordered: list[int | None] = [
+        g for g in await db.scalars(select(Group.id).order_by(name)) if g in counts
+    ]
+    if None in counts:
+        ordered.append(None)
+    uuid_order = Device.uuid.desc() if descending else Device.uuid.asc()
+    out: list[Any] = []
+    skip = offset
+    for gid in ordered:
+        if len(out) >= limit:
+            break
+        n = counts.get(gid, 0)
+        if skip >= n:
+            skip -= n
+            continue
+        member = Device.group_id.is_(None) if gid is None else Device.group_id == gid
+        stmt = (
+            select(*what)
+            .where(*cond, member)
+            .order_by(uuid_order)
+            .offset(skip)
+            .limit(limit - len(out))
+        )
+        out += await _fetch(db, stmt, columns)
+        skip = 0
+    return total, out
+
+
+async def _tags_of(db: Reader, uuids: Sequence[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = defaultdict(list)
+    if uuids:
+        rows = await db.execute(
+            select(DeviceTag.device_uuid, DeviceTag.tag)
+            .where(DeviceTag.device_uuid.in_(uuids))
+            .order_by(DeviceTag.tag)
+        )
+        for uuid, tag in rows:
+            out[uuid].append(tag)
+    return out
+
+
+class DeviceListReads:
+    """The device list read as Core rows of ``LIST_COLUMNS`` (no ORM identity map, no
+    objects built), for a connection outside a transaction (``Database.autocommit``): the
+    list's statements each read their own snapshot, as they would in a READ COMMITTED
+    transaction."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.c = conn
+
+    async def page(
+        self, f: DeviceFilter, *, offset: int, limit: int, order: DeviceOrder, total: int | None
+    ) -> tuple[int, list[Any]]:
+        return await _page(
+            self.c, LIST_COLUMNS, f, offset=offset, limit=limit, order=order, total=total
+        )
+
+    async def count(self, f: DeviceFilter) -> int:
+        n = await self.c.scalar(select(func.count()).select_from(Device).where(*_conditions(f)))
+        return int(n or 0)
+
+    async def tags_of(self, uuids: Sequence[str]) -> dict[str, list[str]]:
+        return await _tags_of(self.c, uuids)
