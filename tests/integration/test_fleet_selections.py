@@ -109,6 +109,36 @@ async def test_every_order_of_the_list_is_read_from_an_index(
             assert "Sort" not in plan and "Index Scan" in plan, (key, plan)
 
 
+async def test_the_api_list_reads_the_pages_and_tags_the_objects_give(
+    container: Container,
+) -> None:
+    """The API's list (``device_rows``: Core rows, tags in the page's statement) gives, for
+    every order both ways, with and without a filter, at any offset, the gateways, the count
+    and the tags (in tag order) that the list of ``Device`` objects gives."""
+    uuids = await register(container, [f"gw{i}" for i in range(7)])
+    await container.fleet.update_device(uuids[0], tags=["zeta", "Alpha", "m-1"])
+    await container.fleet.update_device(uuids[4], tags=["line-3"])
+    group = await container.fleet.create_group("g")
+    await container.fleet.add_to_group(group.group.id, uuids[2:5])
+    for key in SORT_KEYS:
+        for descending in (False, True):
+            for f in (DeviceFilter(), DeviceFilter(partial={"displayName": "gw"})):
+                for offset, limit in ((0, 50), (2, 3), (6, 5)):
+                    order = DeviceOrder(key, descending)
+                    objects = await container.fleet.list_devices(
+                        f, offset=offset, limit=limit, order=order
+                    )
+                    rows = await container.fleet.device_rows(
+                        f, offset=offset, limit=limit, order=order
+                    )
+                    want = [(v.device.uuid, v.tags) for v in objects.items]
+                    got = [(r.record.uuid, r.tags) for r in rows.items]
+                    assert (rows.total, got) == (objects.total, want), (key, descending, offset)
+                    assert rows.total == 7 and len(got) == min(limit, 7 - offset)
+    listed = await container.fleet.device_rows(DeviceFilter(uuid=uuids[0]), offset=0, limit=1)
+    assert sorted(listed.items[0].tags) == ["Alpha", "m-1", "zeta"]
+
+
 async def test_the_list_by_group_name_pages_as_the_join_would_sort_it(
     container: Container, database: Database
 ) -> None:

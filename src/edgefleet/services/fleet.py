@@ -274,12 +274,11 @@ class FleetService:
         self, f: DeviceFilter, *, offset: int, limit: int, order: DeviceOrder = DeviceOrder()
     ) -> DeviceRows:
         """``list_devices`` for the API's list: the list's columns as rows, read outside a
-        transaction (two statements, three with the count, no BEGIN or COMMIT)."""
+        transaction (the count and the page with its tags, no BEGIN or COMMIT)."""
         async with self.db.autocommit() as conn:
             reads = DeviceListReads(conn)
             total, rows = await reads.page(f, offset=offset, limit=limit, order=order, total=None)
-            tags = await reads.tags_of([r.uuid for r in rows])
-        return DeviceRows(total, [ListedDevice(r, tags.get(r.uuid, [])) for r in rows])
+        return DeviceRows(total, [ListedDevice(r, r.tags or []) for r in rows])
 
     async def breakdown(self) -> dict[str, list[tuple[str, int]]]:
         """Gateways by connection status, by model and by firmware version."""

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
+    JSON,
     ColumnElement,
     Table,
     bindparam,
@@ -16,10 +17,13 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    type_coerce,
     update,
 )
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.sql import operators
 
 from edgefleet.db.fleetquery import to_clause
 from edgefleet.db.tables import Device, DeviceCertificate, DeviceTag, Group
@@ -455,14 +459,84 @@ LIST_COLUMNS: tuple[Any, ...] = (
     Device.attributes,
 )
 """What the device list shows of a device (``presenters/devices.py``): read as Core rows,
-each column under its ``Device`` attribute's name."""
+each column under its ``Device`` attribute's name, and ``tags``."""
 
 Reader = AsyncSession | AsyncConnection
 
 
-async def _fetch(db: Reader, stmt: Any, columns: Sequence[Any] | None) -> list[Any]:
-    result = await db.execute(stmt)
-    return list(result.scalars() if columns is None else result)
+def _tags_column(uuid: Any, dialect: str) -> Any:
+    """A device's tags in tag order, as a list: a correlated subquery on ``uuid``."""
+    if dialect == "postgresql":
+        agg = select(func.array_agg(aggregate_order_by(DeviceTag.tag, DeviceTag.tag)))
+        return agg.where(DeviceTag.device_uuid == uuid).scalar_subquery().label("tags")
+    ordered = (
+        select(DeviceTag.tag)
+        .where(DeviceTag.device_uuid == uuid)
+        .order_by(DeviceTag.tag)
+        .correlate_except(DeviceTag)
+        .subquery()
+    )
+    tags = select(func.json_group_array(ordered.c.tag)).scalar_subquery()
+    return type_coerce(tags, JSON).label("tags")
+
+
+async def _fetch(
+    db: Reader,
+    columns: Sequence[Any] | None,
+    cond: Sequence[ColumnElement[bool]],
+    order: Sequence[Any],
+    offset: int,
+    limit: int,
+    cache: Hashable | None = None,
+) -> list[Any]:
+    """``Device`` objects (``columns`` None), or rows of ``columns`` each with its device's
+    ``tags``: the page picked first (with its sort keys, to put it in ``order`` again), then
+    its rows' tags (a subquery in the page's own select would run for every row the offset
+    skips). ``cache``: a key under which the statement for ``columns``, ``cond`` and ``order``
+    may be kept (none: built for this call)."""
+    if columns is None:
+        objects = select(Device).where(*cond).order_by(*order).offset(offset).limit(limit)
+        return list(await db.scalars(objects))
+    dialect = _dialect(db)
+    params = {"page_offset": offset, "page_limit": limit}
+    if cache is None:
+        return list(await db.execute(_listed(columns, cond, order, dialect), params))
+    stmt = _LISTED.get((cache, dialect))
+    if stmt is None:
+        stmt = _LISTED[(cache, dialect)] = _listed(columns, cond, order, dialect)
+    return list(await db.execute(stmt, params))
+
+
+_LISTED: dict[tuple[Hashable, str], Any] = {}
+"""The list's statement without a filter, by order and dialect: built once (building one,
+subquery and all, costs as much CPU as running it)."""
+
+
+def _listed(
+    columns: Sequence[Any], cond: Sequence[ColumnElement[bool]], order: Sequence[Any], dialect: str
+) -> Any:
+    """A page of rows of ``columns`` with their ``tags``, offset and limit bound as
+    ``page_offset`` and ``page_limit``."""
+    # the sort keys go along with the page, so the outer select orders by the same values
+    keys = [o.element.label(f"sort_{i}") for i, o in enumerate(order)]
+    page = (
+        select(*columns, *keys)
+        .where(*cond)
+        .order_by(*order)
+        .offset(bindparam("page_offset"))
+        .limit(bindparam("page_limit"))
+    )
+    sub = page.subquery()
+    again = [
+        sub.c[k.name].desc() if o.modifier is operators.desc_op else sub.c[k.name].asc()
+        for k, o in zip(keys, order, strict=True)
+    ]
+    picked = [sub.c[c.key] for c in columns]
+    return select(*picked, _tags_column(sub.c.uuid, dialect)).order_by(*again)
+
+
+def _dialect(db: Reader) -> str:
+    return db.dialect.name if isinstance(db, AsyncConnection) else db.get_bind().dialect.name
 
 
 async def _page(
@@ -477,19 +551,17 @@ async def _page(
 ) -> tuple[int, list[Any]]:
     """A page of devices in ``order`` and the number matching ``f`` (``total`` when the caller
     knows it): ``Device`` objects, or rows of ``columns``."""
-    what = (Device,) if columns is None else tuple(columns)
     cond = _conditions(f)
     if order.key == "group":
-        return await _page_by_group(db, what, columns, cond, offset, limit, order.descending)
+        return await _page_by_group(db, columns, cond, offset, limit, order.descending)
     if total is None:
         total = int(await db.scalar(select(func.count()).select_from(Device).where(*cond)) or 0)
-    stmt = select(*what).where(*cond).order_by(*order_clauses(order)).offset(offset).limit(limit)
-    return total, await _fetch(db, stmt, columns)
+    cache = order if not cond and columns is LIST_COLUMNS else None
+    return total, await _fetch(db, columns, cond, order_clauses(order), offset, limit, cache)
 
 
 async def _page_by_group(
     db: Reader,
-    what: tuple[Any, ...],
     columns: Sequence[Any] | None,
     cond: list[ColumnElement[bool]],
     offset: int,
@@ -525,14 +597,7 @@ async def _page_by_group(
             skip -= n
             continue
         member = Device.group_id.is_(None) if gid is None else Device.group_id == gid
-        stmt = (
-            select(*what)
-            .where(*cond, member)
-            .order_by(uuid_order)
-            .offset(skip)
-            .limit(limit - len(out))
-        )
-        out += await _fetch(db, stmt, columns)
+        out += await _fetch(db, columns, [*cond, member], [uuid_order], skip, limit - len(out))
         skip = 0
     return total, out
 
@@ -569,6 +634,3 @@ class DeviceListReads:
     async def count(self, f: DeviceFilter) -> int:
         n = await self.c.scalar(select(func.count()).select_from(Device).where(*_conditions(f)))
         return int(n or 0)
-
-    async def tags_of(self, uuids: Sequence[str]) -> dict[str, list[str]]:
-        return await _tags_of(self.c, uuids)
