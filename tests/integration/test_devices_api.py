@@ -12,6 +12,7 @@ import httpx
 from edgefleet.bootstrap import Container
 from edgefleet.db.repos.devices import DeviceRepo
 from edgefleet.db.tables import Device
+from edgefleet.services.fleet import FLEET_COUNT_TTL, Registration
 from tests.conftest import Caller
 
 COMPAT_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}$")
@@ -98,6 +99,39 @@ async def test_list_pages_with_count_limit_offset(
     assert capped["limit"] == 1000
     r = await client.get("/api/v1/devices?offset=-1", headers=writer.headers)
     assert r.status_code == 400
+
+
+async def test_the_fleet_count_is_kept_briefly_and_dropped_by_a_change_made_here(
+    client: httpx.AsyncClient, writer: Caller, container: Container
+) -> None:
+    """The list's count of the whole fleet is read once a second at most; a registration or
+    deletion through this server shows in the next answer, a gateway another server added
+    within ``FLEET_COUNT_TTL``."""
+    now = [1000.0]
+    container.fleet.monotonic = lambda: now[0]
+
+    async def count(query: str = "") -> int:
+        r = await client.get(f"/api/v1/devices{query}", headers=writer.headers)
+        assert r.status_code == 200, r.text
+        return int(r.json()["count"])
+
+    first = await register(client, writer.headers, "0090e8000001")
+    assert await count() == 1
+    await register(client, writer.headers, "0090e8000002")
+    assert await count() == 2  # at once, in the same second
+    await container.fleet.register_many([Registration("b", "0090e8000003")])
+    assert await count() == 3
+    await container.fleet.delete_devices([str(first["uuid"])])
+    assert await count() == 2
+    # another server's registration: not counted until the kept count is a second old
+    async with container.db.session() as s:
+        device, tags, _ = container.fleet._new_device(Registration("c", "0090e8000004"))
+        await DeviceRepo(s).add(device, tags)
+    assert await count() == 2
+    assert await count("?limit=5") == 2  # the same count for any page of the whole fleet
+    assert await count("?status=created") == 3  # a filter's count is read each time
+    now[0] += FLEET_COUNT_TTL
+    assert await count() == 3
 
 
 async def test_exact_filters(client: httpx.AsyncClient, writer: Caller) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid as uuidlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,10 @@ from edgefleet.errors import (
 from edgefleet.secretbox import SecretBox
 
 log = logging.getLogger(__name__)
+
+FLEET_COUNT_TTL = 1.0
+"""Seconds a count of the whole fleet is kept for the device list (``FleetService._count``)."""
+NO_FILTER = DeviceFilter()
 
 MAX_TAGS = 50
 MAX_ATTRIBUTES = 100
@@ -188,11 +193,36 @@ class FleetService:
         clock: Clock = utcnow,
         *,
         credential_listeners: Sequence[CredentialListener] = (),
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.db = db
         self.box = box
         self.clock = clock
         self.credential_listeners = list(credential_listeners)
+        self.monotonic = monotonic
+        self._fleet_count: tuple[float, int] | None = None  # (read at, number of gateways)
+        self._fleet_changes = 0  # registrations and deletions made here: a count read
+        # across one is not kept
+
+    def _fleet_changed(self) -> None:
+        self._fleet_changes += 1
+        self._fleet_count = None
+
+    async def _count(self, reads: DeviceListReads, f: DeviceFilter) -> int | None:
+        """The number of gateways when ``f`` is no filter, from a count read at most
+        ``FLEET_COUNT_TTL`` ago (a registration or deletion here drops it at once; another
+        server's shows within the TTL); None for a filter (the page's read counts it: a
+        filter's count moves with the gateways' states, which change elsewhere)."""
+        if f != NO_FILTER:
+            return None
+        now = self.monotonic()
+        if self._fleet_count is not None and now - self._fleet_count[0] < FLEET_COUNT_TTL:
+            return self._fleet_count[1]
+        changes = self._fleet_changes
+        n = await reads.count(f)
+        if changes == self._fleet_changes:
+            self._fleet_count = (now, n)
+        return n
 
     def _credentials_changed(self, change: CredentialChange) -> None:
         for listener in self.credential_listeners:
@@ -238,6 +268,7 @@ class FleetService:
                 raise DuplicateError("device", "mac", reg.mac)
             await repo.add(device, tags)
             seq = await KeyChangeRepo(s).record([device.uuid], device.created_at)
+        self._fleet_changed()
         log.info("device registered: %s mac=%s", device.uuid, device.mac_key)
         self._credentials_changed(CredentialChange(seq, {device.uuid: psk}, [device.uuid]))
         return DeviceView(device, sorted(set(tags))), psk
@@ -256,6 +287,7 @@ class FleetService:
                 raise DuplicateError("device", "mac", next(iter(taken)))
             await repo.add_many([(d, t) for d, t, _ in made])
             seq = await KeyChangeRepo(s).record([d.uuid for d, _, _ in made], self.clock())
+        self._fleet_changed()
         log.info("devices registered: %d", len(made))
         uuids = [d.uuid for d, _, _ in made]
         self._credentials_changed(CredentialChange(seq, {d.uuid: psk for d, _, psk in made}, uuids))
@@ -274,10 +306,12 @@ class FleetService:
         self, f: DeviceFilter, *, offset: int, limit: int, order: DeviceOrder = DeviceOrder()
     ) -> DeviceRows:
         """``list_devices`` for the API's list: the list's columns as rows, read outside a
-        transaction (the count and the page with its tags, no BEGIN or COMMIT)."""
+        transaction (the count and the page with its tags, no BEGIN or COMMIT; the count of the
+        whole fleet kept briefly, see ``_count``)."""
         async with self.db.autocommit() as conn:
             reads = DeviceListReads(conn)
-            total, rows = await reads.page(f, offset=offset, limit=limit, order=order, total=None)
+            total = await self._count(reads, f) if order.key != "group" else None
+            total, rows = await reads.page(f, offset=offset, limit=limit, order=order, total=total)
         return DeviceRows(total, [ListedDevice(r, r.tags or []) for r in rows])
 
     async def breakdown(self) -> dict[str, list[tuple[str, int]]]:
@@ -399,6 +433,7 @@ class FleetService:
                 raise DeviceNotFoundError(", ".join(missing))
             deleted = await repo.delete(wanted, self.clock())
             seq = await KeyChangeRepo(s).record(deleted, self.clock())
+        self._fleet_changed()
         log.info("devices deregistered: %d", len(deleted))
         self._credentials_changed(CredentialChange(seq, {}, deleted=deleted))
         return deleted
