@@ -13,6 +13,7 @@ from benchmarks import (
     bench_keys,
     bench_roundtrip,
     bench_tasks,
+    bench_tier,
 )
 
 
@@ -26,6 +27,7 @@ def main() -> None:
     asyncio.run(bench_broker.main())
     asyncio.run(bench_tasks.main())
     asyncio.run(bench_events.main())
+    asyncio.run(bench_tier.main())
 
 
 if __name__ == "__main__":
