@@ -13,14 +13,15 @@ Two rounds in one run, the same gateways, the same nodes:
 1. ONE instance holds the three leases; the gateways connect; then an event window;
 2. a second instance joins and takes a lease (2 + 1); the gateways (all offline again after
    round 1) connect once more; then an event window.
-Each round: server CPU (``/proc/<pid>/stat`` utime + stime, summed over the instances) per
-connect — from the simulators' start until every gateway is online with its properties
-fetched since, less that time's events at the round's figure per event — and per event
-(stored events over the window); both raw and less the instances' idle CPU (measured for
-10 s before the round). Then ``kill -9`` of the node holding the most gateways: seconds until
-every gateway is online on a survivor with its properties fetched since the kill. Also: the
-gateways per node (``devices.broker_node``), the worst ``edgefleet_loop_lag_seconds`` of any
-instance (scraped every 5 s), and the machine's load average.
+Each round: the nodes' RSS per gateway (less their RSS before any connected); server CPU
+(``/proc/<pid>/stat`` utime + stime, summed over the instances) per connect — from the
+simulators' start until every gateway is online with its properties fetched since, less that
+time's events at the round's figure per event — and per event (stored events over the
+window); both raw and less the instances' idle CPU (measured for 10 s before the round).
+Then ``kill -9`` of the node holding the most gateways: seconds until every gateway is online
+on a survivor with its properties fetched since the kill. Also: the gateways per node
+(``devices.broker_node``), the worst ``edgefleet_loop_lag_seconds`` of any instance (scraped
+every 5 s), and the machine's load average.
 
 EDGEFLEET_BENCH_TIER_GATEWAYS (default 50000), EDGEFLEET_BENCH_SIM_PROCS (default 2),
 EDGEFLEET_BENCH_CONNECT_RATE (connections per second over all simulators, default 1000),
@@ -294,6 +295,8 @@ async def _run(
             procs.append(node.proc)
             nodes.append(node)
         lb_port = free_port()
+        await _until("the nodes listen", lambda: _listening(nodes), 30)
+        idle_rss = [rss_kib(x.proc.pid) for x in nodes if x.proc is not None]
         prefix = tmp / "nginx"
         prefix.mkdir()
         prefix.chmod(0o777)
@@ -370,7 +373,8 @@ async def _run(
             idle_per_s = (sum(i.cpu() for i in running) - cpu0) / IDLE_SECONDS
             events0 = await _events(pg)
             since = datetime.now(UTC).replace(tzinfo=None)
-            cpu0, t0 = sum(i.cpu() for i in running), time.monotonic()
+            each0 = [i.cpu() for i in running]
+            cpu0, t0 = sum(each0), time.monotonic()
             sims = await start_simulators(base, n, sim_procs, rate, *sim_args)
 
             async def confirmed() -> int:
@@ -383,14 +387,17 @@ async def _run(
 
             await wait_for("online and properties fetched", confirmed, n, STEP_TIMEOUT)
             connect_s = time.monotonic() - t0
-            connect_cpu = sum(i.cpu() for i in running) - cpu0
+            each1 = [i.cpu() for i in running]
+            connect_cpu = sum(each1) - cpu0
             connect_events = await _events(pg) - events0
+            node_rss = [rss_kib(x.proc.pid) for x in nodes if x.proc is not None]
             # the event window: every gateway connected, only events (and background) remain
-            events1, cpu1, t1 = await _events(pg), sum(i.cpu() for i in running), time.monotonic()
+            events1, w0, t1 = await _events(pg), [i.cpu() for i in running], time.monotonic()
             await asyncio.sleep(window)
             window_events = await _events(pg) - events1
             window_s = time.monotonic() - t1
-            window_cpu = sum(i.cpu() for i in running) - cpu1
+            each2 = [i.cpu() for i in running]
+            window_cpu = sum(each2) - sum(w0)
             per_event = window_cpu / max(window_events, 1)
             per_event_net = (window_cpu - idle_per_s * window_s) / max(window_events, 1)
             per_connect = (connect_cpu - connect_events * per_event) / n
@@ -409,7 +416,13 @@ async def _run(
                 "events_per_s": round(window_events / window_s, 1),
                 "cpu_ms_per_event": round(per_event * 1000, 3),
                 "cpu_ms_per_event_net": round(per_event_net * 1000, 3),
-                "cpu_s_by_instance": [round(i.cpu(), 1) for i in running],
+                "node_kib_per_gateway": round((sum(node_rss) - sum(idle_rss)) / n, 1),
+                "connect_cpu_s_by_instance": [
+                    round(y - x, 2) for x, y in zip(each0, each1, strict=True)
+                ],
+                "window_cpu_s_by_instance": [
+                    round(y - x, 2) for x, y in zip(w0, each2, strict=True)
+                ],
                 "rss_mib_by_instance": [round(i.rss_kib() / 1024, 1) for i in running],
                 "load_avg": [round(x, 2) for x in os.getloadavg()],
             }
@@ -529,6 +542,18 @@ def _eq(
         return await get() in wanted
 
     return check
+
+
+async def _listening(nodes: list[Node]) -> bool:
+    """Every node accepts connections on its server listener."""
+    for x in nodes:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", x.mqtt.server_port)
+        except OSError:
+            return False
+        writer.close()
+        await writer.wait_closed()
+    return True
 
 
 async def _events(pg: asyncpg.Connection) -> int:
