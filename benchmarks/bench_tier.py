@@ -11,8 +11,8 @@ publish a property event every ``EDGEFLEET_BENCH_TIER_EVENT_INTERVAL`` seconds (
 
 Two rounds in one run, the same gateways, the same nodes:
 1. ONE instance holds the three leases; the gateways connect; then an event window;
-2. a second instance joins and takes a lease (2 + 1); the gateways (all offline again after
-   round 1) connect once more; then an event window.
+2. a second instance joins and takes its share of the leases (2 + 1); the gateways (all
+   offline again after round 1) connect once more; then an event window.
 Each round: the nodes' RSS per gateway (less their RSS before any connected); server CPU
 (``/proc/<pid>/stat`` utime + stime, summed over the instances) per connect — from the
 simulators' start until every gateway is online with its properties fetched since, less that
@@ -23,11 +23,16 @@ on a survivor with its properties fetched since the kill. Also: the gateways per
 (``devices.broker_node``), the worst ``edgefleet_loop_lag_seconds`` of any instance (scraped
 every 5 s), and the machine's load average.
 
-EDGEFLEET_BENCH_TIER_GATEWAYS (default 50000), EDGEFLEET_BENCH_SIM_PROCS (default 2),
+EDGEFLEET_BENCH_TIER_GATEWAYS (default 50000), EDGEFLEET_BENCH_TIER_NODES (default 3),
+EDGEFLEET_BENCH_SIM_PROCS (default: 2, or more so that each holds fewer gateways than the
+open-file limit of a process),
 EDGEFLEET_BENCH_CONNECT_RATE (connections per second over all simulators, default 1000),
 EDGEFLEET_BENCH_TIER_EVENT_INTERVAL (default 20) and EDGEFLEET_BENCH_TIER_WINDOW (seconds of
 the event window, default 20) size it. Needs mosquitto and nginx with its stream module
-(scripts/setup-system.sh test); about 2.2 open files per gateway in nginx (20,000 here).
+(scripts/setup-system.sh test). Open files (20,000 per process here): nginx runs as many
+workers as its two sockets per gateway need; a node holds a socket per gateway, and after the
+kill the survivors hold all of them — 50,000 over 3 nodes is 25,000 per survivor, over this
+machine's limit: there, run 4 nodes (16,667 per survivor) or raise the limit.
 """
 
 from __future__ import annotations
@@ -72,7 +77,8 @@ from edgefleet.simulator.fleet import ensure_devices
 
 DB = "edgefleet_bench_tier"
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
-NODES = ("n1", "n2", "n3")
+FILES = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+"""Open files a process may have here (the hard limit: this machine's is 20,000)."""
 STEP_TIMEOUT = 600.0
 IDLE_SECONDS = 10.0
 LAG_SCRAPE_SECONDS = 5.0
@@ -174,20 +180,22 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
 
 def _nginx_conf(prefix: Path, nodes: list[Node], port: int, gateways: int) -> str:
     connections = 2 * gateways + 1024  # each proxied gateway: one socket each side
-    files = min(resource.getrlimit(resource.RLIMIT_NOFILE)[1], 2 * connections)
+    # a worker holds what its open files allow; more workers share the listener (reuseport)
+    per_worker = min(connections, FILES - 1024)
+    workers = -(-connections // per_worker)
     down = "max_fails=1 fail_timeout=30s"  # a dead node is left alone for 30 s
     upstream = "".join(f"server 127.0.0.1:{x.mqtt.gateway_port} {down}; " for x in nodes)
     return f"""
 load_module {STREAM_MODULE};
-worker_processes 1;
-worker_rlimit_nofile {files};
+worker_processes {workers};
+worker_rlimit_nofile {per_worker + 1024};
 error_log {prefix}/error.log warn;
 pid {prefix}/nginx.pid;
-events {{ worker_connections {connections}; }}
+events {{ worker_connections {per_worker}; }}
 stream {{
   upstream gateways {{ {upstream} }}
   proxy_connect_timeout 1s;
-  server {{ listen 127.0.0.1:{port} backlog=4096; proxy_pass gateways; }}
+  server {{ listen 127.0.0.1:{port} backlog=4096 reuseport; proxy_pass gateways; }}
 }}
 """
 
@@ -214,7 +222,10 @@ async def _drop_database(name: str) -> None:
 
 async def main() -> None:
     n = int(os.environ.get("EDGEFLEET_BENCH_TIER_GATEWAYS", "50000"))
-    sim_procs = int(os.environ.get("EDGEFLEET_BENCH_SIM_PROCS", "2"))
+    nodes = int(os.environ.get("EDGEFLEET_BENCH_TIER_NODES", "3"))
+    # a simulator holds a socket per gateway: within the open files of a process
+    sims = os.environ.get("EDGEFLEET_BENCH_SIM_PROCS")
+    sim_procs = int(sims) if sims else max(2, -(-n // (FILES - 1024)))
     rate = float(os.environ.get("EDGEFLEET_BENCH_CONNECT_RATE", "1000"))
     interval = float(os.environ.get("EDGEFLEET_BENCH_TIER_EVENT_INTERVAL", "20"))
     window = float(os.environ.get("EDGEFLEET_BENCH_TIER_WINDOW", "20"))
@@ -225,7 +236,7 @@ async def main() -> None:
         await asyncio.to_thread(upgrade, url)
         with tempfile.TemporaryDirectory() as tmp_name:
             rows, meta = await _run(
-                Path(tmp_name), dirs, url, n, sim_procs, rate, interval, window, binaries
+                Path(tmp_name), dirs, url, n, nodes, sim_procs, rate, interval, window, binaries
             )
     finally:
         for d in dirs:
@@ -238,7 +249,7 @@ async def main() -> None:
             "machine": os.uname().nodename,
             "cpus": os.cpu_count(),
             "gateways": n,
-            "nodes": len(NODES),
+            "nodes": nodes,
             "sim_processes": sim_procs,
             "connect_rate_asked": rate,
             "event_interval_s": interval,
@@ -253,6 +264,7 @@ async def _run(
     dirs: list[Path],
     url: str,
     n: int,
+    node_count: int,
     sim_procs: int,
     rate: float,
     interval: float,
@@ -281,7 +293,7 @@ async def _run(
         _progress(f"{n} gateways registered in {register_s:.1f} s")
 
         nodes: list[Node] = []
-        for name in NODES:
+        for name in (f"n{i}" for i in range(1, node_count + 1)):
             mqtt = MQTTSettings(
                 gateway_host="127.0.0.1", gateway_port=free_port(), server_port=free_port()
             )
@@ -360,7 +372,7 @@ async def _run(
 
         a, b = instances
         await start(a)
-        await _until("instance a holds the 3 leases", _eq(held, {"edgefleet-a": 3}))
+        await _until("instance a holds every lease", _eq(held, {"edgefleet-a": node_count}))
         lag_task = asyncio.create_task(lag.run(), name="bench:loop-lag")
         sim_args = ("--host", "127.0.0.1", "--port", str(lb_port))
         sim_args += ("--event-interval", str(interval))
@@ -453,8 +465,14 @@ async def _run(
         a.worst_lag = 0.0
         await start(b)
         await _until(
-            "the leases shared 2 + 1",
-            _eq(held, {"edgefleet-a": 2, "edgefleet-b": 1}, {"edgefleet-a": 1, "edgefleet-b": 2}),
+            "the leases shared",
+            _eq(
+                held,
+                *(
+                    {"edgefleet-a": k, "edgefleet-b": node_count - k}
+                    for k in (node_count // 2, node_count - node_count // 2)
+                ),
+            ),
         )
         _progress("round 2: two instances, three nodes")
         two = await round_([a, b])
