@@ -226,7 +226,11 @@ def build(settings: Settings, db: Database | None = None) -> Container:
         messaging=messaging,
         keys=keys,
         broker_auth=broker_auth,
-        node_registry=NodeRegistry(db),
+        node_registry=NodeRegistry(
+            db,
+            networks=settings.mqtt.allowed_node_networks,
+            limit=settings.mqtt.max_registered_nodes,
+        ),
         pki=pki,
         tasks=tasks,
         remote=remote,

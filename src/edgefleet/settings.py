@@ -105,6 +105,19 @@ class LoginSettings(BaseModel):
     """Threads that hash and check passwords; 0: half the cores (at least 1, at most 4)."""
 
 
+PRIVATE_NETWORKS = (
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "fc00::/7",
+    "::1/128",
+)
+"""The default ``mqtt.node_networks``: RFC 1918, carrier-grade NAT (RFC 6598), unique local
+IPv6 and loopback."""
+
+
 class MQTTSettings(BaseModel):
     """The broker: gateways on a TLS-PSK listener, the server on its own loopback listener."""
 
@@ -157,6 +170,18 @@ class MQTTSettings(BaseModel):
     """Also take as nodes those that register themselves (``edgefleet broker-node --name N
     --advertise HOST:PORT`` at every key sync: an auto-scaled tier with no list to keep); a
     node that has not registered for ``REGISTRATION_TTL`` (services/nodes.py) is dropped."""
+    node_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(PRIVATE_NETWORKS)
+    )
+    """The networks a registering node's address may be in (CIDR, comma-separated or a JSON
+    list): the servers send it their MQTT password and publish gateways' requests to it, so
+    a broker token must not point them anywhere else. The address must be an IP address (no
+    host name: its answer could change after the check). Default: the private ranges and
+    loopback. Link-local (169.254.0.0/16: cloud metadata, fe80::/10), multicast and
+    unspecified addresses are refused whatever this says."""
+    max_registered_nodes: int = Field(default=100, ge=1)
+    """At most this many nodes registered at once (each costs every server instance a link);
+    one more is refused (409) until one is withdrawn or expires."""
     node_grace_seconds: float = Field(default=30, gt=0)
     """A leased node whose link has been down this long is taken for dead: the gateways still
     held online on it are marked offline (their wills died with it)."""
@@ -174,6 +199,22 @@ class MQTTSettings(BaseModel):
         if twice:
             raise ValueError(f"node names must be unique: {', '.join(twice)}")
         return v
+
+    @field_validator("node_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, v: Any) -> Any:
+        return _split(v)
+
+    @field_validator("node_networks")
+    @classmethod
+    def _valid_networks(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            ipaddress.ip_network(entry, strict=False)  # ValueError names the entry
+        return v
+
+    @property
+    def allowed_node_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(entry, strict=False) for entry in self.node_networks]
 
     @field_validator("nodes_dns")
     @classmethod

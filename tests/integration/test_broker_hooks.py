@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import httpx
 
 from edgefleet.bootstrap import Container
@@ -121,14 +123,15 @@ async def test_broker_nodes_register_and_withdraw(
     client: httpx.AsyncClient, container: Container, callers: Callers
 ) -> None:
     """``edgefleet broker-node --advertise``'s calls: a broker token registers a node with
-    its address (again and again: the latest address wins), the registry lists it until its
-    withdrawal; a bad name or address is a 4xx JSON problem; any other token is refused."""
+    its address (again and again), the registry lists it until its withdrawal; a bad name or
+    address is a 4xx JSON problem; any other token is refused."""
     h = (await callers.token(Role.ADMIN, Scope.BROKER)).headers
     url = "/api/v1/broker/nodes/edge-a"
-    r = await client.put(url, json={"address": "10.0.0.5:18830"}, headers=h)
-    assert r.status_code == 200 and r.json() == {"name": "edge-a", "address": "10.0.0.5:18830"}
     r = await client.put(url, json={"address": "[fd00::5]:18830"}, headers=h)
+    assert r.status_code == 200
     assert r.json() == {"name": "edge-a", "address": "[fd00::5]:18830"}
+    r = await client.put(url, json={"address": "[fd00::5]:18830"}, headers=h)
+    assert r.status_code == 200
     assert [str(n) for n in await container.node_registry.live()] == ["edge-a=[fd00::5]:18830"]
     for bad_url, body in (
         ("/api/v1/broker/nodes/Edge-A", {"address": "10.0.0.5:18830"}),
@@ -145,3 +148,82 @@ async def test_broker_nodes_register_and_withdraw(
     assert (await client.delete(url, headers=h)).status_code == 204
     assert await container.node_registry.live() == []
     assert (await client.delete(url, headers=h)).status_code == 204  # gone already: fine
+
+
+async def test_a_node_registers_only_a_private_ip_address(
+    client: httpx.AsyncClient, container: Container, callers: Callers
+) -> None:
+    """A broker token (every broker node holds one) cannot point the servers, which send a
+    registered node their MQTT password and gateways' requests, at an outside host, a cloud
+    metadata address or a host name that may resolve anywhere: 400, nothing registered."""
+    h = (await callers.token(Role.ADMIN, Scope.BROKER)).headers
+    url = "/api/v1/broker/nodes/evil"
+    for address in (
+        "203.0.113.7:1883",  # the internet
+        "169.254.169.254:80",  # cloud metadata (link-local)
+        "[fe80::1]:1883",
+        "[::ffff:169.254.169.254]:80",  # the same, IPv4-mapped
+        "[2001:db8::1]:1883",
+        "0.0.0.0:1883",
+        "224.0.0.1:1883",
+        "evil.example.com:1883",  # a name: its answer may change after the check
+        "localhost:1883",
+    ):
+        r = await client.put(url, json={"address": address}, headers=h)
+        assert r.status_code == 400, address
+        assert r.headers["content-type"].endswith("json"), address
+    assert await container.node_registry.live() == []
+    for address in ("10.1.2.3:18830", "172.16.0.9:18830", "192.168.1.2:18830", "[fd12::1]:1"):
+        r = await client.put(url, json={"address": address}, headers=h)
+        assert r.status_code == 200, address
+        assert (await client.delete(url, headers=h)).status_code == 204
+
+
+async def test_a_live_node_keeps_its_name(
+    client: httpx.AsyncClient, container: Container, callers: Callers
+) -> None:
+    """A name a live node holds cannot be moved to another address (409: a second node
+    misconfigured with the same name, or a token holder diverting a node's traffic); it
+    moves once the node withdraws or its registration expires."""
+    h = (await callers.token(Role.ADMIN, Scope.BROKER)).headers
+    url = "/api/v1/broker/nodes/edge-a"
+    assert (await client.put(url, json={"address": "10.0.0.5:18830"}, headers=h)).is_success
+    r = await client.put(url, json={"address": "10.0.0.66:18830"}, headers=h)
+    assert r.status_code == 409 and r.headers["content-type"].endswith("json")
+    assert [str(n) for n in await container.node_registry.live()] == ["edge-a=10.0.0.5:18830"]
+    # the same node again at another port is another address too
+    r = await client.put(url, json={"address": "10.0.0.5:1"}, headers=h)
+    assert r.status_code == 409
+    # expired: the name is free
+    registry = container.node_registry
+    later = registry.clock() + registry.ttl + timedelta(seconds=1)
+    registry.clock = lambda: later
+    r = await client.put(url, json={"address": "10.0.0.66:18830"}, headers=h)
+    assert r.status_code == 200
+    assert [str(n) for n in await registry.live()] == ["edge-a=10.0.0.66:18830"]
+    # withdrawn: free at once
+    assert (await client.delete(url, headers=h)).status_code == 204
+    assert (await client.put(url, json={"address": "10.0.0.7:18830"}, headers=h)).is_success
+
+
+async def test_registered_nodes_are_capped(
+    client: httpx.AsyncClient, container: Container, callers: Callers
+) -> None:
+    """Each registered node costs every server instance a link: one over
+    ``mqtt.max_registered_nodes`` is refused (409) while a live one may still renew, and a
+    place frees when a node withdraws."""
+    h = (await callers.token(Role.ADMIN, Scope.BROKER)).headers
+    container.node_registry.limit = 2
+    for i in (1, 2):
+        r = await client.put(
+            f"/api/v1/broker/nodes/n{i}", json={"address": f"10.0.0.{i}:1"}, headers=h
+        )
+        assert r.status_code == 200
+    r = await client.put("/api/v1/broker/nodes/n3", json={"address": "10.0.0.3:1"}, headers=h)
+    assert r.status_code == 409 and "max_registered_nodes" in r.json()["detail"]
+    r = await client.put("/api/v1/broker/nodes/n2", json={"address": "10.0.0.2:1"}, headers=h)
+    assert r.status_code == 200  # a renewal is not a new node
+    assert (await client.delete("/api/v1/broker/nodes/n1", headers=h)).status_code == 204
+    r = await client.put("/api/v1/broker/nodes/n3", json={"address": "10.0.0.3:1"}, headers=h)
+    assert r.status_code == 200
+    assert [n.name for n in await container.node_registry.live()] == ["n2", "n3"]

@@ -22,6 +22,7 @@ What holding a lease means (opening the node's consumer link) is the owner's: ``
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
@@ -32,7 +33,7 @@ from edgefleet.clock import Clock, utcnow
 from edgefleet.db.engine import Database
 from edgefleet.db.repos.nodes import NodeRepo
 from edgefleet.domain.nodes import BrokerNode, fair_share, parse_node
-from edgefleet.errors import EdgefleetError, ValidationError
+from edgefleet.errors import ConflictError, EdgefleetError, ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -166,27 +167,76 @@ REGISTRATION_TTL = timedelta(seconds=30)
 every key sync, every 5 s by default)."""
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
 class NodeRegistry:
-    """Broker nodes that register themselves (``mqtt.node_registration``)."""
+    """Broker nodes that register themselves (``mqtt.node_registration``).
+
+    Whoever holds the broker token (every broker node) may register, so what a registration
+    may point the servers at is bounded (docs/scaling.md): an IP address in ``networks``
+    (never link-local, multicast or unspecified), at most ``limit`` live nodes, and a name
+    a live node holds keeps its address until it is withdrawn or expires."""
 
     def __init__(
-        self, db: Database, *, ttl: timedelta = REGISTRATION_TTL, clock: Clock = utcnow
+        self,
+        db: Database,
+        *,
+        networks: Sequence[Network] = (),
+        limit: int = 100,
+        ttl: timedelta = REGISTRATION_TTL,
+        clock: Clock = utcnow,
     ) -> None:
         self.db = db
+        self.networks = list(networks)
+        self.limit = limit
         self.ttl = ttl
         self.clock = clock
 
+    def check_address(self, host: str) -> None:
+        """``ValidationError`` unless ``host`` is an IP address a node may register."""
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            raise ValidationError(
+                f"{host!r}: a node registers an IP address, not a host name"
+            ) from None
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip.is_reserved:
+            raise ValidationError(f"{host}: a link-local, multicast or reserved address")
+        if not any(ip in net for net in self.networks if net.version == ip.version):
+            raise ValidationError(
+                f"{host} is outside the networks nodes may register in (mqtt.node_networks)"
+            )
+
     async def register(self, name: str, address: str) -> BrokerNode:
-        """Record that node ``name`` is up at ``address`` (``host:port``); ``ValidationError``
-        for a name or an address that is not one."""
+        """Record that node ``name`` is up at ``address`` (``host:port``): ``ValidationError``
+        for a name or an address that is not one or not allowed; ``ConflictError`` for a
+        name a live node holds at another address, or one node over ``limit``."""
         try:
             node = parse_node(f"{name}={address}")
         except ValueError as exc:
             raise ValidationError(str(exc)) from None
         if len(node.name) > 63 or len(node.host) > 255:
             raise ValidationError("a node's name is at most 63 characters, its host 255")
+        self.check_address(node.host)
+        now = self.clock()
         async with self.db.session() as s:
-            await NodeRepo(s).register(node.name, node.host, node.port, self.clock())
+            repo = NodeRepo(s)
+            outcome = await repo.register(
+                node.name, node.host, node.port, now, live_since=now - self.ttl, limit=self.limit
+            )
+        if outcome == "taken":
+            raise ConflictError(
+                f"node {node.name} is registered at another address; it moves once withdrawn "
+                f"or after {int(self.ttl.total_seconds())} s unheard"
+            )
+        if outcome == "full":
+            raise ConflictError(
+                f"{self.limit} nodes are registered already (mqtt.max_registered_nodes)"
+            )
         return node
 
     async def withdraw(self, name: str) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Literal
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -91,14 +92,48 @@ class NodeRepo:
 
     # --- nodes that register themselves ------------------------------------------------
 
-    async def register(self, name: str, host: str, port: int, now: datetime) -> None:
-        """Node ``name`` is up now, its server listener at ``host:port``."""
+    async def register(
+        self,
+        name: str,
+        host: str,
+        port: int,
+        now: datetime,
+        *,
+        live_since: datetime,
+        limit: int,
+    ) -> Literal["ok", "taken", "full"]:
+        """Node ``name`` is up now, its server listener at ``host:port``: ``"ok"``; or
+        ``"taken"`` (a node registered since ``live_since`` holds the name at another
+        address), ``"full"`` (a new name with ``limit`` nodes live already): nothing written."""
+        held = (
+            await self.s.execute(
+                select(
+                    RegisteredNode.host,
+                    RegisteredNode.port,
+                    (RegisteredNode.seen_at >= live_since).label("live"),
+                )
+                .where(RegisteredNode.name == name)
+                .with_for_update()
+            )
+        ).first()
+        live_here = held is not None and bool(held.live)
+        if live_here and held is not None and (held.host, held.port) != (host, port):
+            return "taken"
+        if not live_here:
+            live = await self.s.scalar(
+                select(func.count())
+                .select_from(RegisteredNode)
+                .where(RegisteredNode.seen_at >= live_since)
+            )
+            if (live or 0) >= limit:
+                return "full"
         stmt = self._insert(RegisteredNode).values(name=name, host=host, port=port, seen_at=now)
         await self.s.execute(
             stmt.on_conflict_do_update(
                 index_elements=["name"], set_={"host": host, "port": port, "seen_at": now}
             )
         )
+        return "ok"
 
     async def withdraw(self, name: str) -> bool:
         """Node ``name`` is going; whether it was registered."""
