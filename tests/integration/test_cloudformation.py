@@ -489,6 +489,8 @@ SAMPLE = {
     "VpcCidr": "10.20.0.0/16",
     "PublicSubnetA.CidrBlock": "10.20.0.0/20",
     "PublicSubnetB.CidrBlock": "10.20.16.0/20",
+    "PrivateSubnetA.CidrBlock": "10.20.32.0/20",
+    "PrivateSubnetB.CidrBlock": "10.20.48.0/20",
     "DbHost": "fleet-test-db.abc.eu-central-1.rds.amazonaws.com",
     "DbPort": "5432",
 }
@@ -703,6 +705,12 @@ def test_server_wrapper_gives_edgefleet_production_settings(
     # the broker nodes: none embedded, none listed; those that register themselves
     assert not settings.mqtt.embedded
     assert settings.mqtt.node_registration is True
+    # a broker token registers only an address in the brokers' (private) subnets: not the
+    # load balancers' public ones, nor any other host the servers would send their password to
+    assert settings.mqtt.node_networks == [
+        SAMPLE["PrivateSubnetA.CidrBlock"],
+        SAMPLE["PrivateSubnetB.CidrBlock"],
+    ]
     assert not getattr(settings.mqtt, "nodes", [])
     assert (
         settings.mqtt.server_password.get_secret_value()
