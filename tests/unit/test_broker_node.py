@@ -110,6 +110,8 @@ class ServerTwin:
             raise httpx.ConnectError("connection refused")
         if request.headers.get("mx-api-token") != "t0ken":
             return httpx.Response(401)
+        if request.url.path.startswith("/api/v1/broker/nodes/"):
+            return httpx.Response(409, json={"detail": "node edge-a is registered elsewhere"})
         cursor = str(len(self.log))
         body = "".join(f"{i}:{k}\n" for i, k in sorted(self.keys.items()))
         since = request.url.params.get("since")
@@ -206,6 +208,22 @@ async def test_a_refused_token_or_an_unreachable_server_keeps_the_store(
             await node.sync_once(client)
         assert "Xk9" not in err.value.message
     assert node.files.psk.read_text() == f"{A}:01\n"
+
+
+async def test_a_refused_registration_is_reported_but_the_keys_are_still_synced(
+    tmp_path: Path, twin: ServerTwin
+) -> None:
+    """A node whose registration is refused (409: its name is held by a live node at another
+    address, e.g. restarted at a new address; 400: an address outside mqtt.node_networks)
+    says why, and still follows the keys: gateways provisioned meanwhile can connect."""
+    node = _node(tmp_path)
+    node.config = replace(node.config, name="edge-a", advertise="10.0.0.9:18830")
+    twin.set(A, "01")
+    async with _client(twin) as client:
+        with pytest.raises(BrokerNodeError, match=r"refused this node's registration.*elsewhere"):
+            await node.sync_once(client)
+    assert node.files.psk.read_text() == f"{A}:01\n"
+    assert [r.method for r in twin.requests] == ["PUT", "GET"]
 
 
 def test_the_server_users_hash_is_taken_from_a_mosquitto_password_file() -> None:

@@ -280,11 +280,22 @@ class BrokerNode:
 
     async def sync_once(self, client: httpx.AsyncClient) -> bool:
         """Register (when advertised), ask the server once for the keys and apply its
-        answer; whether the store changed."""
-        loop = asyncio.get_running_loop()
+        answer; whether the store changed. A refused registration (a name in use, an address
+        not allowed) is raised after the keys are synced: it must not leave them stale."""
         headers = {"mx-api-token": self.config.token}
+        refused: BrokerNodeError | None = None
         if self.config.advertise:
-            await self.register(client)
+            try:
+                await self.register(client)
+            except BrokerNodeError as exc:  # the keys are still to be followed
+                refused = exc
+        changed = await self._sync_keys(client, headers)
+        if refused is not None:
+            raise refused
+        return changed
+
+    async def _sync_keys(self, client: httpx.AsyncClient, headers: dict[str, str]) -> bool:
+        loop = asyncio.get_running_loop()
         if self.cursor is None or loop.time() - self._last_full >= self.config.full_seconds:
             if self.etag:
                 headers["If-None-Match"] = self.etag
@@ -375,7 +386,7 @@ class BrokerNode:
             json={"address": cfg.advertise},
             headers={"mx-api-token": cfg.token},
         )
-        if r.status_code == 422 or r.status_code == 400:
+        if r.status_code in (400, 409, 422):  # a bad or disallowed address, a name in use
             raise BrokerNodeError(f"the server refused this node's registration: {r.text[:200]}")
         _check(r)
 
