@@ -163,3 +163,29 @@ async def test_leases_not_renewed_in_time_are_dropped_before_they_expire(
     finally:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
+
+
+async def test_two_processes_with_one_instance_id_are_told(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two server processes misconfigured with one instance id (the same
+    EDGEFLEET_MQTT__CLIENT_ID) would renew each other's leases and consume the same nodes
+    twice, their MQTT client ids kicking each other: each sees, at its next round, a heartbeat
+    it did not write, and says so (an error, the gauge); alone again, it stops."""
+    clock = Clock()
+    first, _ = leases_of(database, "edge-1", clock)
+    second, _ = leases_of(database, "edge-1", clock)
+    await first.tick()
+    clock.advance(1)
+    await first.tick()
+    assert not first.id_shared  # its own beats only
+    clock.advance(1)
+    await second.tick()
+    clock.advance(1)
+    with caplog.at_level("ERROR", logger="edgefleet.services.nodes"):
+        await first.tick()
+    assert first.id_shared
+    assert "EDGEFLEET_MQTT__CLIENT_ID" in caplog.text and "edge-1" in caplog.text
+    clock.advance(1)
+    await first.tick()
+    assert not first.id_shared  # the other stopped beating

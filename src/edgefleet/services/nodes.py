@@ -25,7 +25,7 @@ import asyncio
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from prometheus_client import Gauge
 
@@ -38,6 +38,10 @@ from edgefleet.errors import ConflictError, EdgefleetError, ValidationError
 log = logging.getLogger(__name__)
 
 HELD = Gauge("edgefleet_broker_leases_held", "Broker-node leases this instance holds")
+SHARED_ID = Gauge(
+    "edgefleet_instance_id_shared",
+    "1 while another server process heartbeats under this instance's id (a misconfiguration)",
+)
 
 Change = Callable[[str], Awaitable[None]]
 FORGET_AFTER = timedelta(hours=1)
@@ -74,6 +78,10 @@ class NodeLeases:
         """Loop time until which the leases held are surely this instance's."""
         self.changed = asyncio.Event()
         """Set at each change of ``held`` (tests wait on it)."""
+        self.beat: datetime | None = None
+        """The last heartbeat this process wrote (None: unknown, e.g. a round cut short)."""
+        self.id_shared = False
+        """Another process beats under this instance id (a misconfiguration)."""
 
     async def tick(self) -> None:
         """One round: heartbeat, renew, balance, take."""
@@ -82,13 +90,25 @@ class NodeLeases:
         now = self.clock()
         expires = now + timedelta(seconds=self.ttl)
         known = sorted(set(self.nodes()))
+        previous, self.beat = self.beat, None
         async with self.db.session() as s:
             repo = NodeRepo(s)
-            await repo.heartbeat(self.instance, now)
+            shared = await repo.heartbeat(self.instance, now, previous)
             live = await repo.live_instances(now - timedelta(seconds=self.ttl))
             kept = await repo.renew(self.instance, sorted(self.held), expires)
             await repo.forget_instances_before(now - FORGET_AFTER)
+        self.beat = now
         self.valid_until = started + self.ttl - self.margin
+        if previous is not None and shared != self.id_shared:
+            self.id_shared = shared
+            SHARED_ID.set(int(shared))
+            if shared:
+                log.error(
+                    "another server process uses this instance id (%s): both renew the same "
+                    "leases and their MQTT client ids collide; give each instance its own "
+                    "EDGEFLEET_MQTT__CLIENT_ID (or host name)",
+                    self.instance,
+                )
         for node in sorted(self.held - kept):
             log.warning("broker node %s: lease lost to another instance", node)
             await self._drop(node)

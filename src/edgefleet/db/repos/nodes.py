@@ -29,12 +29,24 @@ class NodeRepo:
         make = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
         return make(table)  # type: ignore[return-value]  # the two share this API
 
-    async def heartbeat(self, instance: str, now: datetime) -> None:
-        """This instance is alive now."""
+    async def heartbeat(
+        self, instance: str, now: datetime, previous: datetime | None = None
+    ) -> bool:
+        """This instance is alive now; whether, since its ``previous`` beat, another process
+        beat under the same id (two instances misconfigured with one id)."""
+        shared = False
+        if previous is not None:
+            other = await self.s.scalar(
+                select(func.count())
+                .select_from(ServerInstance)
+                .where(ServerInstance.id == instance, ServerInstance.seen_at != previous)
+            )
+            shared = bool(other)
         stmt = self._insert(ServerInstance).values(id=instance, seen_at=now)
         await self.s.execute(
             stmt.on_conflict_do_update(index_elements=["id"], set_={"seen_at": now})
         )
+        return shared
 
     async def live_instances(self, since: datetime) -> int:
         """Instances heard from since ``since``."""
