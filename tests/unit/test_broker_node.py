@@ -71,6 +71,15 @@ def test_the_store_is_written_sorted_in_mosquittos_format() -> None:
         f"# cursor=1 changes\n{A}:abc\n",
         "# cursor=1 changes\n:00\n",
         "# cursor=1 changes\n-\n",
+        # identities Mosquitto's psk_file or an MQTT client id would take otherwise
+        "# cursor=1 changes\n../../etc/passwd:00\n",
+        "# cursor=1 changes\n#comment:00\n",
+        "# cursor=1 changes\na b:00\n",
+        "# cursor=1 changes\na\x00b:00\n",
+        "# cursor=1 changes\na/#:00\n",
+        f"# cursor=1 changes\n{'a' * 129}:00\n",
+        "# cursor=1 changes\n-a/#\n",
+        "# cursor=1 changes\n-a b\n",
     ],
 )
 def test_an_answer_that_is_not_a_key_file_is_refused(answer: str) -> None:

@@ -35,6 +35,7 @@ import contextlib
 import logging
 import os
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -64,6 +65,9 @@ KICKER = "edgefleet-node"
 """The node's own MQTT user, with which it closes revoked gateways' sessions; the ACL gives it
 no gateway's topics."""
 _HEX = frozenset("0123456789abcdefABCDEF")
+_IDENTITY = re.compile(r"[A-Za-z0-9._-]{1,128}")
+"""What a PSK identity (a device uuid) is written with: nothing Mosquitto's psk_file or an
+MQTT client id would take otherwise (no ':', '#', '/', space or control character)."""
 
 
 class BrokerNodeError(EdgefleetError):
@@ -106,8 +110,10 @@ class NodeConfig:
 
 def _key_line(line: str) -> tuple[str, str]:
     identity, sep, key = line.partition(":")
-    if not sep or not identity or not key or not _HEX.issuperset(key) or len(key) % 2:
+    if not sep or not key or not _HEX.issuperset(key) or len(key) % 2:
         raise SyncAnswerError(f"not an identity:hex line ({len(line)} characters)")
+    if not _IDENTITY.fullmatch(identity):
+        raise SyncAnswerError(f"not a PSK identity ({len(identity)} characters)")
     return identity, key
 
 
@@ -147,7 +153,7 @@ def parse_sync(text: str) -> KeySyncAnswer:
         if not line:
             continue
         if line.startswith("-"):
-            if words[2] == "full" or len(line) == 1:
+            if words[2] == "full" or not _IDENTITY.fullmatch(line[1:]):
                 raise SyncAnswerError("a removal line in a full answer, or one with no identity")
             removed.add(line[1:])
             keys.pop(line[1:], None)
