@@ -919,11 +919,28 @@ def test_containers_run_as_non_root_on_a_read_only_root(helm_home: Path, value_s
             _merged(REQUIRED, {"config": {"env": {"EDGEFLEET_HTTP__PORT": "9000"}}}),
             "config.env.EDGEFLEET_HTTP__PORT is set by the chart",
         ),
+        # a secret given as a setting would be written in clear into the ConfigMap (and, for
+        # those the chart takes from its Secret, silently overridden by it)
+        *(
+            (
+                _merged(REQUIRED, {"config": {"env": {name: "s3cr3t"}}}),
+                f"config.env.{name} is a secret: config.env goes into a ConfigMap",
+            )
+            for name in (
+                "EDGEFLEET_SECRET_KEY",
+                "EDGEFLEET_DATABASE_URL",
+                "EDGEFLEET_BROKER_TOKEN",
+                "EDGEFLEET_MQTT__SERVER_PASSWORD",
+                "AWS_SECRET_ACCESS_KEY",
+            )
+        ),
     ],
     ids=[
         "secret-key", "database-url", "mqtt-password", "public-url", "mqtt-host",
         "mqtt-host-and-broker-tier", "no-broker-node", "existing-and-broker-token", "storage-url",
         "half-s3-keys", "existing-and-inline-secrets", "env-overrides-the-chart",
+        "env-secret-key", "env-database-url", "env-broker-token", "env-mqtt-password",
+        "env-aws-secret",
     ],
 )  # fmt: skip
 def test_missing_or_contradictory_values_fail_with_a_clear_message(

@@ -141,6 +141,9 @@ exists). Role settings (ingest, shared group, client id) are in the Deployments.
 {{- if hasKey $env $name }}
 {{- fail (printf "config.env.%s is set by the chart from its own value (values.yaml)" $name) }}
 {{- end }}
+{{- if regexMatch "(?i)(PASSWORD|SECRET|TOKEN|DATABASE_URL|ACCESS_KEY)" $name }}
+{{- fail (printf "config.env.%s is a secret: config.env goes into a ConfigMap, readable in clear; give it in secrets.* or secrets.existingSecret" $name) }}
+{{- end }}
 {{- $_ := set $env $name (toString $value) }}
 {{- end }}
 {{- toYaml $env }}
