@@ -227,3 +227,27 @@ async def test_registered_nodes_are_capped(
     r = await client.put("/api/v1/broker/nodes/n3", json={"address": "10.0.0.3:1"}, headers=h)
     assert r.status_code == 200
     assert [n.name for n in await container.node_registry.live()] == ["n2", "n3"]
+
+
+async def test_a_percent_encoded_broker_path_is_not_served(
+    client: httpx.AsyncClient, callers: Callers
+) -> None:
+    """The public proxies (the AWS ALB's rule, the Ingress's paths) keep /api/v1/broker/*
+    from the internet by its path: ``/api/v1/%62roker/…`` (the same route once decoded)
+    would slip past them, so it is a 404 here, even with a broker token; so is /metrics."""
+    h = (await callers.token(Role.ADMIN, Scope.BROKER)).headers
+    assert (await client.get("/api/v1/broker/psk-file", headers=h)).status_code == 200
+    for path in (
+        "/api/v1/%62roker/psk-file",
+        "/api/v1/broker%2Fpsk-file",
+        "/api/%761/broker/psk-file",
+    ):
+        r = await client.get(path, headers=h)
+        assert r.status_code == 404, path
+        assert r.headers["content-type"].endswith("json"), path
+    # nor /metrics (no authentication), which the ALB keeps from the public the same way
+    assert (await client.get("/metrics/")).status_code == 200
+    for path in ("/%6Detrics/", "/%6detrics/", "/metric%73/"):
+        r = await client.get(path)
+        assert r.status_code == 404, path
+        assert r.headers["content-type"].endswith("json"), path

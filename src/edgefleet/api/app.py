@@ -10,7 +10,9 @@ from fastapi import Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import make_asgi_app
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
 from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from edgefleet import __version__
@@ -37,7 +39,7 @@ from edgefleet.api.routes import (
     users,
 )
 from edgefleet.bootstrap import Container
-from edgefleet.errors import EdgefleetError
+from edgefleet.errors import EdgefleetError, NotFoundError
 
 
 def create_app(
@@ -110,7 +112,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, errors.handle_error)
     app.add_exception_handler(StarletteHTTPException, errors.handle_error)
     app.add_exception_handler(Exception, errors.handle_unexpected)
-    app.mount("/metrics", make_asgi_app())
+    app.mount("/metrics", _spelt_out(b"/metrics", make_asgi_app()))
     if pages is not None:
         pages(app)
     # the last added runs first: unexpected errors, proxy headers, metrics, body limit,
@@ -132,3 +134,19 @@ def create_app(
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(trusted))
     app.add_middleware(errors.UnexpectedErrors)  # outermost: sees what every layer raised
     return app
+
+
+def _spelt_out(prefix: bytes, inner: ASGIApp) -> ASGIApp:
+    """``inner`` only for a path sent as ``prefix`` literally: ``/%6Detrics`` (``/metrics``
+    once decoded) would slip past a proxy that keeps it from the public by its path (the AWS
+    ALB's rule); it is a 404 here."""
+
+    async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
+        raw = scope.get("raw_path")
+        if scope["type"] == "http" and raw is not None and not raw.startswith(prefix):
+            response = errors.error_response(Request(scope), NotFoundError("not found"))
+            await response(scope, receive, send)
+            return
+        await inner(scope, receive, send)
+
+    return guarded

@@ -32,12 +32,24 @@ from edgefleet.api.responses import reply
 from edgefleet.api.responses.service import Authn, Authz, Psk, RegisteredNode
 from edgefleet.domain.auth import Permission, Principal
 from edgefleet.domain.broker_access import Action
-from edgefleet.errors import DeviceNotFoundError
+from edgefleet.errors import DeviceNotFoundError, NotFoundError
 from edgefleet.services.keys import SYNC_ANSWERS
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/api/v1/broker", tags=["broker hooks"])
+
+async def literal_path(request: Request) -> None:
+    """The path as sent spells ``/api/v1/broker/`` (not ``/api/v1/%62roker/``): the proxies
+    in front of the public side (the AWS ALB's rule, the Ingress's list) keep these routes
+    from the internet by their path, which a percent-encoded one would slip past."""
+    raw: bytes = request.scope.get("raw_path") or request.url.path.encode()
+    if not raw.startswith(b"/api/v1/broker/"):
+        raise NotFoundError("not found")
+
+
+router = APIRouter(
+    prefix="/api/v1/broker", tags=["broker hooks"], dependencies=[Depends(literal_path)]
+)
 BrokerCaller = Annotated[Principal, Depends(require(Permission.BROKER))]
 
 
