@@ -392,7 +392,9 @@ def _messaging(
         on_consumer_connect=monitor.connected,
         grace=mqtt.node_grace_seconds,
         dns=mqtt.nodes_dns,
-        registered=NodeRegistry(db).live if mqtt.node_registration else None,
+        registered=NodeRegistry(db, networks=mqtt.allowed_node_networks).live
+        if mqtt.node_registration
+        else None,
     )
     nodes.configure(mqtt.broker_nodes)
     handle.nodes = relay.nodes = nodes

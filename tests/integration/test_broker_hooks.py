@@ -7,6 +7,7 @@ from datetime import timedelta
 import httpx
 
 from edgefleet.bootstrap import Container
+from edgefleet.db.repos.nodes import NodeRepo
 from edgefleet.domain.audit import AuditFilter
 from edgefleet.domain.auth import Role, Scope
 from edgefleet.services.fleet import Registration
@@ -251,3 +252,15 @@ async def test_a_percent_encoded_broker_path_is_not_served(
         r = await client.get(path)
         assert r.status_code == 404, path
         assert r.headers["content-type"].endswith("json"), path
+
+
+async def test_a_registration_outside_the_networks_is_not_a_node(container: Container) -> None:
+    """A row written before mqtt.node_networks was narrowed (or by a server configured with
+    other networks) is not linked to: the servers check the address again as they read."""
+    registry = container.node_registry
+    now = registry.clock()
+    async with container.db.session() as s:
+        repo = NodeRepo(s)
+        for name, host in (("old", "203.0.113.7"), ("meta", "169.254.169.254"), ("ok", "10.0.0.1")):
+            await repo.register(name, host, 1883, now, live_since=now, limit=100)
+    assert [str(n) for n in await registry.live()] == ["ok=10.0.0.1:1883"]

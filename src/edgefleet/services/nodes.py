@@ -264,10 +264,19 @@ class NodeRegistry:
             return await NodeRepo(s).withdraw(name)
 
     async def live(self) -> list[BrokerNode]:
-        """The nodes registered within ``ttl``; older registrations are forgotten."""
+        """The nodes registered within ``ttl`` at an address allowed now; older registrations
+        are forgotten."""
         now = self.clock()
         async with self.db.session() as s:
             repo = NodeRepo(s)
             await repo.forget_registered_before(now - FORGET_AFTER)
             rows = await repo.registered(now - self.ttl)
-        return [BrokerNode(n, h, p) for n, h, p in rows]
+        nodes = []
+        for name, host, port in rows:
+            try:  # written before these networks were set, or by a server with others
+                self.check_address(host)
+            except ValidationError as exc:
+                log.warning("registered broker node %s ignored: %s", name, exc.message)
+                continue
+            nodes.append(BrokerNode(name, host, port))
+        return nodes
