@@ -119,7 +119,7 @@ def configure(level: str = "INFO", fmt: LogFormat = LogFormat.CONSOLE) -> None:
         ],
         processors=rendering,
     )
-    output = logging.StreamHandler(sys.stderr)
+    output = _Output(sys.stderr)
     output.setFormatter(formatter)
     records: queue.Queue[logging.LogRecord] = queue.Queue(QUEUE_SIZE)
     handler = BoundedQueueHandler(records)
@@ -171,6 +171,19 @@ def _written(pipeline: _Pipeline, timeout: float) -> bool:
 
 
 atexit.register(shutdown)  # before logging's own shutdown, which atexit runs later
+
+
+class _Output(logging.StreamHandler):  # type: ignore[type-arg]
+    """The writer thread's output. A record it cannot write (the stream closed under it, a
+    full disk) is lost, never raised: the standard handler reports the failure on stderr and,
+    that stream closed too, raises, which ends the writer thread, after which every record
+    queues until the queue is full and the log goes silent."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        try:
+            super().handleError(record)
+        except Exception:  # noqa: S110 - nowhere left to report it
+            pass
 
 
 class BoundedQueueHandler(logging.handlers.QueueHandler):

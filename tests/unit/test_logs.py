@@ -149,3 +149,18 @@ def test_a_stalled_output_holds_neither_the_caller_nor_the_exit() -> None:
         assert not logs.flush(timeout=0.2)
         logs.shutdown(timeout=0.2)  # gives up instead of hanging
     output.flowing.set()
+
+
+def test_a_closed_output_loses_records_but_not_the_writer() -> None:
+    """The stream closed under the writer (and stderr with it, where logging reports a failed
+    write): the records are lost, the writer thread goes on, ``flush`` still returns."""
+    output = io.StringIO()
+    with _configured(LogFormat.JSON, output):
+        output.close()
+        for i in range(3):
+            logging.getLogger("test").warning("line %d", i)
+        assert logs.flush(timeout=5)
+        pipeline = logs._pipeline
+        assert pipeline is not None
+        thread = pipeline.listener._thread
+        assert thread is not None and thread.is_alive()
