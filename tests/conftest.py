@@ -22,7 +22,6 @@ import httpx
 import pytest
 from pwdlib.hashers.argon2 import Argon2Hasher
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
 
 from edgefleet.asgi import create_app
 from edgefleet.bootstrap import Container, build
@@ -134,37 +133,15 @@ async def _empty(db: Database) -> None:
     # A connection a cancelled task left checked out (the previous test's server stopped in
     # the middle of a transaction) can hold SQLite's write lock until it is collected: about
     # one run in three of test_agent.py[sqlite] then failed here with "database is locked"
-    # after the 30 s busy timeout (seen in CI too). Collecting closes it, but a full
-    # collection costs 0.1-0.4 s once the suite's modules are loaded: so only when the rows
-    # cannot be deleted within EMPTY_LOCK_WAIT (the lock is held), and then again with the
-    # usual wait.
-    try:
-        await _delete_rows(db, EMPTY_LOCK_WAIT)
-    except DBAPIError:
-        gc.collect()
-        await _delete_rows(db, None)
-
-
-EMPTY_LOCK_WAIT = 2
-"""Seconds the first try to empty the database waits for a lock before collecting garbage."""
-
-
-async def _delete_rows(db: Database, lock_wait: int | None) -> None:
+    # after the 30 s busy timeout (seen in CI too). Collecting first closes it.
+    gc.collect()
     tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
-    async with db.engine.begin() as conn:
+    async with db.session() as s:
         if db.dialect == "postgresql":
-            if lock_wait is not None:
-                await conn.execute(text(f"SET LOCAL lock_timeout = '{lock_wait}s'"))
-            await conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
-            return
-        usual = (await conn.execute(text("PRAGMA busy_timeout"))).scalar_one()
-        if lock_wait is not None:  # per connection: set back before it returns to the pool
-            await conn.execute(text(f"PRAGMA busy_timeout = {lock_wait * 1000}"))
-        try:
+            await s.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+        else:
             for name in tables:
-                await conn.execute(text(f"DELETE FROM {name}"))
-        finally:
-            await conn.execute(text(f"PRAGMA busy_timeout = {int(usual)}"))
+                await s.execute(text(f"DELETE FROM {name}"))
 
 
 @pytest.fixture
