@@ -14,9 +14,12 @@ import gc
 import os
 import secrets
 import socket
+import sys
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -31,6 +34,7 @@ from edgefleet.db.tables import Base
 from edgefleet.domain.auth import Role, Scope
 from edgefleet.services import passwords
 from edgefleet.settings import HTTPSettings, MQTTSettings, Settings
+from edgefleet.workers import Workers
 from tests.answers import checked_client
 from tests.brokers import free_port
 from tests.filestores import FileBackend, StoreEnv, serve
@@ -303,3 +307,35 @@ async def live_api(live: Container) -> AsyncIterator[httpx.AsyncClient]:
 async def live_writer(live: Container) -> Caller:
     """An operator's read/write token on the ``live`` container."""
     return await Callers(live).token(Role.OPERATOR, Scope.READ_WRITE)
+
+
+# --- workers a test leaves running ---------------------------------------------------------
+# A container whose test ended without stop_messaging keeps its workers running on the
+# session's event loop: against a database later dropped, into the captured logs of later
+# tests (seen in CI: "worker task-engine failed: database … does not exist" failing
+# log-asserting tests of other files). No fixture wider than a test starts messaging, so what
+# still runs after a test's teardown is that test's leak: it is cancelled here and reported
+# on the real stderr, naming the test (the leaking test is still to be found).
+_workers_made: weakref.WeakSet[Workers] = weakref.WeakSet()
+_workers_init = Workers.__init__
+
+
+def _tracked_init(self: Workers, *args: Any, **kwargs: Any) -> None:
+    _workers_init(self, *args, **kwargs)
+    _workers_made.add(self)
+
+
+Workers.__init__ = _tracked_init  # type: ignore[method-assign]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    yield
+    for workers in list(_workers_made):
+        left = [w for w in workers._workers.values() if w.task is not None and not w.task.done()]
+        for w in left:
+            assert w.task is not None
+            w.task.cancel()
+        if left:
+            names = ", ".join(sorted(w.name for w in left))
+            print(f"\n{item.nodeid} left workers running (cancelled): {names}", file=sys.__stderr__)
